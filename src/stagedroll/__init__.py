@@ -1,0 +1,70 @@
+"""stagedroll: in-process staged rollouts.
+
+Deterministic bucketing, rollout policies, guards that route calls to the new or the old
+path, and state that every process of a service shares.
+"""
+
+from __future__ import annotations
+
+from ._bucketing import bucket, threshold
+from ._decision import Decision, Reason
+from ._guard import Tracking
+from ._outcomes import ArmStats
+from ._policy import (
+    Health,
+    Policy,
+    RolloutPolicy,
+    Rule,
+    Segment,
+    Stage,
+    Targeting,
+    load_policy,
+    parse_duration,
+    parse_policy,
+)
+from ._rollout import Rollout
+from ._rollouts import Rollouts
+from ._state import Action, RolloutState, RolloutStatus, Status, Transition
+from ._version import __version__
+from .exceptions import (
+    PolicyError,
+    StagedrollError,
+    StoreError,
+    TransitionError,
+    UnknownRolloutError,
+)
+from .stores import MemoryStore, Store
+
+__all__ = [
+    "Action",
+    "ArmStats",
+    "Decision",
+    "Health",
+    "MemoryStore",
+    "Policy",
+    "PolicyError",
+    "Reason",
+    "Rollout",
+    "RolloutPolicy",
+    "RolloutState",
+    "RolloutStatus",
+    "Rollouts",
+    "Rule",
+    "Segment",
+    "Stage",
+    "StagedrollError",
+    "Status",
+    "Store",
+    "StoreError",
+    "Targeting",
+    "Tracking",
+    "Transition",
+    "TransitionError",
+    "UnknownRolloutError",
+    "__version__",
+    "bucket",
+    "load_policy",
+    "parse_duration",
+    "parse_policy",
+    "threshold",
+]

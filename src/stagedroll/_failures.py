@@ -1,0 +1,65 @@
+"""Internal failures: counted always, logged at most once a minute per kind.
+
+stagedroll never lets its own failures reach the caller. They are routed here instead, so
+that an operator sees them in the logs without a failing store flooding them once per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+__all__ = ["Failures"]
+
+_log = structlog.get_logger("stagedroll")
+
+
+class Failures:
+    """Counts internal failures by event name and logs each event at most once per interval."""
+
+    __slots__ = ("_clock", "_counts", "_interval", "_last", "_lock", "_suppressed")
+
+    def __init__(
+        self, *, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._interval = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def record(self, event: str, exc: BaseException | None = None, **fields: object) -> None:
+        """Count one failure of kind ``event``; log it unless logged within the interval."""
+        now = self._clock()
+        with self._lock:
+            self._counts[event] = self._counts.get(event, 0) + 1
+            last = self._last.get(event)
+            if last is not None and now - last < self._interval:
+                self._suppressed[event] = self._suppressed.get(event, 0) + 1
+                return
+            self._last[event] = now
+            suppressed = self._suppressed.pop(event, 0)
+        with contextlib.suppress(Exception):  # a broken logging setup must not break the host
+            _log.error(
+                event,
+                exc_info=exc,
+                suppressed=suppressed,
+                total=self._counts[event],
+                **fields,
+            )
+
+    def count(self, event: str | None = None) -> int:
+        """Failures of kind ``event`` so far, or of every kind."""
+        if event is None:
+            return sum(self._counts.values())
+        return self._counts.get(event, 0)
+
+    def counts(self) -> dict[str, int]:
+        """Failures so far, by kind."""
+        with self._lock:
+            return dict(self._counts)

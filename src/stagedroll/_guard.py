@@ -1,0 +1,187 @@
+"""Guards: route each call to the new or the old path, and record its outcome.
+
+One routing core (:func:`_router`) serves the sync and the async wrapper, which differ only
+by ``await``. Exceptions of the user's functions keep their type and traceback; failures of
+stagedroll itself send the call to the old path.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from time import perf_counter
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+from ._decision import Decision
+from ._outcomes import ArmCounts
+
+if TYPE_CHECKING:
+    from ._rollout import Rollout
+
+__all__ = ["Tracking", "guard"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _router(
+    rollout: Rollout,
+    unit: Callable[..., object] | None,
+    attributes: Callable[..., Mapping[str, object]] | None,
+) -> Callable[[tuple[Any, ...], dict[str, Any]], ArmCounts]:
+    """Return a function mapping a call's arguments to the arm that serves it. Never raises."""
+    route = rollout.route
+
+    def by_unit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
+        try:
+            attrs = attributes(*args, **kwargs) if attributes is not None else None
+            return route(unit(*args, **kwargs), attrs)  # type: ignore[misc]  # unit is set here
+        except Exception as exc:
+            rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
+            return rollout._view.arms.targeted_off
+
+    def by_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
+        try:
+            return rollout._view.sample()
+        except Exception as exc:  # pragma: no cover - defensive: sample() has no failure mode
+            rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
+            return rollout._view.arms.targeted_off
+
+    return by_request if unit is None else by_unit
+
+
+def guard(
+    rollout: Rollout,
+    *,
+    fallback: Callable[P, R],
+    unit: Callable[P, object] | None,
+    attributes: Callable[P, Mapping[str, object]] | None = None,
+    reraise: bool = False,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Build the decorator of :meth:`Rollouts.guard` for ``rollout``."""
+    if not callable(fallback):
+        raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
+    if unit is not None and not callable(unit):
+        raise TypeError(
+            f"unit must be a callable taking the function's arguments (or None for per-request "
+            f"bucketing), not {type(unit).__name__}"
+        )
+    route = _router(rollout, unit, attributes)
+    record = rollout.record
+
+    def decorate(new: Callable[P, R]) -> Callable[P, R]:
+        is_async = inspect.iscoroutinefunction(new)
+        if is_async != inspect.iscoroutinefunction(fallback):
+            raise TypeError(
+                f"{new.__qualname__} and its fallback {getattr(fallback, '__qualname__', fallback)}"
+                " must both be async or both be sync"
+            )
+        if is_async:
+            wrapper = _async_wrapper(
+                cast("Callable[..., Awaitable[Any]]", new),
+                cast("Callable[..., Awaitable[Any]]", fallback),
+                route,
+                record,
+                reraise,
+            )
+            return cast("Callable[P, R]", wrapper)
+
+        @functools.wraps(new)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            arm = route(args, kwargs)
+            start = perf_counter()
+            if arm.enabled:
+                try:
+                    result = new(*args, **kwargs)
+                except Exception:
+                    record(arm, error=True, latency_s=perf_counter() - start, fallback=not reraise)
+                    if reraise:
+                        raise
+                    return fallback(*args, **kwargs)
+            else:
+                try:
+                    result = fallback(*args, **kwargs)
+                except Exception:
+                    record(arm, error=True, latency_s=perf_counter() - start)
+                    raise
+            record(arm, error=False, latency_s=perf_counter() - start)
+            return result
+
+        return call
+
+    return decorate
+
+
+def _async_wrapper(
+    new: Callable[..., Awaitable[Any]],
+    fallback: Callable[..., Awaitable[Any]],
+    route: Callable[[tuple[Any, ...], dict[str, Any]], ArmCounts],
+    record: Callable[..., None],
+    reraise: bool,
+) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(new)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        arm = route(args, kwargs)
+        start = perf_counter()
+        if arm.enabled:
+            try:
+                result = await new(*args, **kwargs)
+            except Exception:
+                record(arm, error=True, latency_s=perf_counter() - start, fallback=not reraise)
+                if reraise:
+                    raise
+                return await fallback(*args, **kwargs)
+        else:
+            try:
+                result = await fallback(*args, **kwargs)
+            except Exception:
+                record(arm, error=True, latency_s=perf_counter() - start)
+                raise
+        record(arm, error=False, latency_s=perf_counter() - start)
+        return result
+
+    return call
+
+
+class Tracking:
+    """The context manager of :meth:`Rollouts.track`: yields the decision, records the outcome.
+
+    Usable once, with ``with`` or ``async with``. An ``Exception`` leaving the block counts
+    as an error and propagates; ``BaseException`` (cancellation, interrupts) is not counted.
+    """
+
+    __slots__ = ("_arm", "_rollout", "_start", "decision")
+
+    def __init__(self, rollout: Rollout, decision: Decision, arm: ArmCounts) -> None:
+        self._rollout = rollout
+        self._arm = arm
+        self._start = 0.0
+        self.decision = decision
+
+    def __enter__(self) -> Decision:
+        self._start = perf_counter()
+        return self.decision
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            return  # cancelled or interrupted: the outcome is unknown
+        latency = perf_counter() - self._start
+        self._rollout.record(self._arm, error=exc_type is not None, latency_s=latency)
+
+    async def __aenter__(self) -> Decision:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)

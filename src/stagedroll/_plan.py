@@ -1,0 +1,214 @@
+"""A rollout compiled for one environment (:class:`Plan`) and its view of a state (:class:`View`).
+
+Decisions run on these small objects, never on the pydantic models: a view holds exactly
+what the evaluation order needs (environment and status, deny, allow, segments, bucket),
+precomputed, so the common case is one hash and one comparison.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from ._bucketing import hash_key, threshold, unit_key
+from ._decision import Decision, Reason
+from ._outcomes import ArmCounts, Arms
+from ._policy import Policy, RolloutPolicy
+from ._state import RolloutState, Status
+from ._targeting import Predicate, compile_rule, compile_segment
+
+__all__ = ["Mode", "Plan", "StagePlan", "View", "compile_policy"]
+
+Mode = Literal["stages", "fixed", "off"]
+_random_bucket = random.getrandbits
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """A stage with its threshold and the segments in force (its own and the earlier ones')."""
+
+    index: int
+    name: str
+    percent: float
+    threshold: int
+    segments: tuple[Predicate, ...]
+
+
+class Plan:
+    """One rollout of a policy, compiled for the process's environment."""
+
+    __slots__ = (
+        "allow",
+        "bucket_by",
+        "deny",
+        "fixed",
+        "mode",
+        "name",
+        "policy",
+        "prefix",
+        "salt",
+        "stages",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        policy: RolloutPolicy,
+        segments: Mapping[str, Predicate],
+        environment: str | None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.salt = policy.salt_or(name)
+        self.prefix = self.salt + ":"
+        self.bucket_by = policy.bucket_by
+        self.allow = frozenset(policy.targeting.allow)
+        self.deny = frozenset(policy.targeting.deny)
+        stages: list[StagePlan] = []
+        included: list[Predicate] = []
+        for i, stage in enumerate(policy.stages):
+            # Segments stay in once included, as units do when the percentage grows.
+            included.extend(segments[s] for s in stage.segments if segments[s] not in included)
+            stages.append(
+                StagePlan(i, stage.name, stage.percent, threshold(stage.percent), tuple(included))
+            )
+        self.stages = tuple(stages)
+        setting = policy.environments.get(environment) if environment is not None else None
+        if environment is not None and policy.environments and setting is None:
+            setting = "off"  # environments listed, this one not: the new path stays off here
+        self.mode: Mode
+        self.fixed: StagePlan | None = None
+        if setting is None or setting == "stages":
+            self.mode = "stages"
+        elif setting == "off":
+            self.mode = "off"
+        else:
+            self.mode = "fixed"
+            self.fixed = StagePlan(-1, f"{environment}", setting, threshold(setting), ())
+
+    @property
+    def last_stage(self) -> int:
+        """The index of the final stage."""
+        return len(self.stages) - 1
+
+    def view(self, state: RolloutState, arms: Arms) -> View:
+        """Precompute what decisions need under ``state``."""
+        return View(self, state, arms)
+
+
+class View:
+    """What decisions need for one rollout in one state; replaced whole when the state changes."""
+
+    __slots__ = (
+        "allow",
+        "arms",
+        "bucket_by",
+        "constant",
+        "control",
+        "deny",
+        "percent",
+        "plain",
+        "prefix",
+        "rollout",
+        "segments",
+        "stage",
+        "stage_name",
+        "state",
+        "threshold",
+        "treatment",
+    )
+
+    def __init__(self, plan: Plan, state: RolloutState, arms: Arms) -> None:
+        self.rollout = plan.name
+        self.state = state
+        self.arms = arms
+        self.control, self.treatment = arms.control, arms.treatment
+        self.prefix = plan.prefix
+        self.bucket_by = plan.bucket_by
+        self.allow = plan.allow
+        self.deny = plan.deny
+        # A policy that lost stages since the state was written: hold at its last stage.
+        self.stage = min(state.stage, plan.last_stage)
+        current = (
+            plan.fixed
+            if plan.mode == "fixed"
+            else (plan.stages[self.stage] if self.stage >= 0 else None)
+        )
+        self.stage_name = current.name if current is not None else None
+        self.percent = current.percent if current is not None else 0.0
+        self.threshold = current.threshold if current is not None else 0
+        self.segments = current.segments if current is not None else ()
+        # A decision that does not depend on the unit is made once, here.
+        self.constant: Decision | None = None
+        if plan.mode == "off":
+            self.constant = Decision(plan.name, False, Reason.ENVIRONMENT, None, 0.0)
+        elif state.status is Status.KILLED:
+            self.constant = Decision(plan.name, False, Reason.KILLED, self.stage_name, 0.0)
+        elif state.status is Status.COMPLETE:
+            self.constant = Decision(plan.name, True, Reason.COMPLETE, self.stage_name, 100.0)
+        # The fast path: nothing but the bucket can decide.
+        self.plain = (
+            self.constant is None
+            and self.bucket_by is None
+            and not self.allow
+            and not self.deny
+            and not self.segments
+        )
+
+    def evaluate(self, key: str | None, attributes: Mapping[str, object] | None) -> Decision:
+        """Decide for a unit whose key is already text (or ``None``: no unit).
+
+        The evaluation order: environment and status (precomputed), no unit, deny, allow,
+        stage segments, bucket.
+        """
+        if self.constant is not None:
+            return self.constant
+        if self.bucket_by is not None:
+            raw = attributes.get(self.bucket_by) if attributes is not None else None
+            try:
+                key = unit_key(raw) if raw is not None else None
+            except TypeError:
+                key = None  # documented: an attribute of the wrong type counts as no unit
+        name, stage, percent = self.rollout, self.stage_name, self.percent
+        if key is None:
+            return Decision(name, False, Reason.NO_UNIT, stage, percent)
+        if key in self.deny:
+            return Decision(name, False, Reason.DENIED, stage, percent)
+        if key in self.allow:
+            return Decision(name, True, Reason.ALLOWED, stage, percent)
+        if attributes is not None:
+            for segment in self.segments:
+                if segment(attributes):
+                    return Decision(name, True, Reason.SEGMENT, stage, percent)
+        bucket = hash_key(self.prefix + key)
+        if bucket < self.threshold:
+            return Decision(name, True, Reason.IN_COHORT, stage, percent, bucket)
+        return Decision(name, False, Reason.OUT_OF_COHORT, stage, percent, bucket)
+
+    def sample(self) -> ArmCounts:
+        """Route one request with no unit: a fresh random bucket against the threshold."""
+        if self.constant is not None:
+            return self.arms.targeted_on if self.constant.enabled else self.arms.targeted_off
+        return self.treatment if _random_bucket(32) < self.threshold else self.control
+
+    def arm(self, decision: Decision) -> ArmCounts:
+        """The counters that a call decided by ``decision`` is recorded in."""
+        reason = decision.reason
+        if reason is Reason.IN_COHORT:
+            return self.treatment
+        if reason is Reason.OUT_OF_COHORT:
+            return self.control
+        return self.arms.targeted_on if decision.enabled else self.arms.targeted_off
+
+
+def compile_policy(policy: Policy, environment: str | None) -> dict[str, Plan]:
+    """Compile every rollout of ``policy`` for ``environment``."""
+    segments = {
+        name: compile_segment(
+            [compile_rule(r.attribute, r.op, r.value) for r in segment.rules], match=segment.match
+        )
+        for name, segment in policy.segments.items()
+    }
+    return {name: Plan(name, r, segments, environment) for name, r in policy.rollouts.items()}

@@ -1,0 +1,454 @@
+"""The rollout policy: pydantic models, and loading them from TOML, JSON, YAML or a dict.
+
+Models are frozen and refuse unknown fields. Every problem is reported with the path of the
+field it concerns, all at once, as a :class:`~stagedroll.exceptions.PolicyError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from ._bucketing import percent_error
+from ._targeting import Operator, semver_key
+from .exceptions import MissingExtraError, PolicyError, PolicyProblem
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "EnvironmentSetting",
+    "Health",
+    "Policy",
+    "RolloutPolicy",
+    "Rule",
+    "Segment",
+    "Stage",
+    "Targeting",
+    "load_policy",
+    "parse_duration",
+    "parse_policy",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PROBLEMS = "policy_problems"
+
+
+def parse_duration(value: object) -> float:
+    """Return the seconds in a duration such as ``"30m"``, ``"1h30m"``, ``"2d"`` or ``90``.
+
+    Units: ``ms``, ``s``, ``m``, ``h``, ``d``, ``w``; a bare number is seconds. Raises
+    :class:`ValueError` for anything else, or for a duration that is not positive.
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as '30m', '2h' or '1d'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        parts = _DURATION_PART.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"must be a duration such as '30m', '2h' or '1d', not {value!r}")
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    else:
+        raise ValueError("must be a duration such as '30m', '2h' or '1d'")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError("must be a positive duration")
+    return seconds
+
+
+def _percent(value: object) -> float:
+    problem = percent_error(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return float(value)  # type: ignore[arg-type]  # percent_error accepted a number
+
+
+def _unit_id(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _environment_setting(value: object) -> object:
+    if value in ("stages", "off"):
+        return value
+    if isinstance(value, str) or percent_error(value) is not None:
+        raise ValueError('must be "stages", "off" or a percent between 0 and 100')
+    return float(value)  # type: ignore[arg-type]  # a valid percent is a number
+
+
+Percent = Annotated[float, BeforeValidator(_percent)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+UnitId = Annotated[StrictStr, BeforeValidator(_unit_id)]
+Name = Annotated[StrictStr, Field(pattern=_NAME.pattern)]
+EnvironmentSetting = Annotated[
+    Literal["stages", "off"] | float, BeforeValidator(_environment_setting)
+]
+
+
+def _problems(problems: list[tuple[str, str]]) -> PydanticCustomError:
+    """Report problems at sub-paths of the model being validated."""
+    return PydanticCustomError(_PROBLEMS, "{count} problems", {"problems": problems})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Rule(_Model):
+    """One condition on a unit's attribute, e.g. ``email`` ``suffix`` ``@example.com``."""
+
+    attribute: Annotated[StrictStr, Field(min_length=1)]
+    op: Operator
+    value: Any
+
+    @model_validator(mode="after")
+    def _value_fits_operator(self) -> Rule:
+        value, op = self.value, self.op
+        scalar = (str, int, float, bool)
+        problem = None
+        if op in ("in", "not_in"):
+            if not isinstance(value, list | tuple) or not value:
+                problem = "must be a non-empty list"
+            elif not all(isinstance(v, scalar) for v in value):
+                problem = "must list strings, numbers or booleans"
+        elif op in ("eq", "ne"):
+            if not isinstance(value, scalar):
+                problem = "must be a string, a number or a boolean"
+        elif op in ("lt", "le", "gt", "ge"):
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                problem = "must be a number or a string"
+        elif op in ("prefix", "suffix", "contains"):
+            if not isinstance(value, str):
+                problem = "must be a string"
+        elif semver_key(value) is None:
+            problem = "must be a version such as '1.4.0'"
+        if problem is not None:
+            raise _problems([("value", f"{problem} for operator {op!r}")])
+        return self
+
+
+class Segment(_Model):
+    """A named group of units, defined by rules on their attributes."""
+
+    description: StrictStr = ""
+    match: Literal["all", "any"] = "all"
+    rules: Annotated[tuple[Rule, ...], Field(min_length=1)]
+
+
+class Stage(_Model):
+    """One step of a rollout: a share of units, how long to bake, whom to include."""
+
+    name: Name
+    percent: Percent
+    bake: Duration | None = None
+    min_units: Annotated[StrictInt, Field(ge=0)] = 0
+    segments: tuple[StrictStr, ...] = ()
+
+
+class Targeting(_Model):
+    """Units always in (``allow``) or always out (``deny``; deny wins)."""
+
+    allow: tuple[UnitId, ...] = ()
+    deny: tuple[UnitId, ...] = ()
+
+
+class Health(_Model):
+    """The knobs of the health gate (auto-freeze)."""
+
+    alpha_freeze: Annotated[float, Field(gt=0, lt=1, strict=True)] = 0.05
+    alpha_rollback: Annotated[float, Field(gt=0, lt=1, strict=True)] = 0.001
+    r0: Annotated[float, Field(ge=1, strict=True)] = 1.0
+    min_events: Annotated[StrictInt, Field(ge=1)] = 3
+    latency_slo_ms: Annotated[float, Field(gt=0, strict=True)] | None = None
+
+    @model_validator(mode="after")
+    def _rollback_needs_more_evidence(self) -> Health:
+        if self.alpha_rollback > self.alpha_freeze:
+            raise _problems(
+                [("alpha_rollback", f"must not exceed alpha_freeze ({self.alpha_freeze})")]
+            )
+        return self
+
+
+class RolloutPolicy(_Model):
+    """One rollout: its stages, environments, targeting and health gate."""
+
+    description: StrictStr = ""
+    salt: Annotated[StrictStr, Field(min_length=1)] | None = None
+    bucket_by: Annotated[StrictStr, Field(min_length=1)] | None = None
+    advance: Literal["auto", "manual"] = "manual"
+    stages: Annotated[tuple[Stage, ...], Field(min_length=1)]
+    environments: dict[StrictStr, EnvironmentSetting] = Field(default_factory=dict)
+    targeting: Targeting = Targeting()
+    health: Health = Health()
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> RolloutPolicy:
+        context = info.context or {}
+        problems: list[tuple[str, str]] = []
+        seen: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):
+            if stage.name in seen:
+                problems.append(
+                    (f"stages[{i}].name", f"duplicates the name of stages[{seen[stage.name]}]")
+                )
+            seen.setdefault(stage.name, i)
+            if i and stage.percent <= self.stages[i - 1].percent:
+                previous = f"{self.stages[i - 1].percent:g}"
+                problems.append(
+                    (
+                        f"stages[{i}].percent",
+                        f"must be greater than the previous stage ({previous})",
+                    )
+                )
+            known_segments = context.get("segments")
+            for j, segment in enumerate(stage.segments):
+                if known_segments is not None and segment not in known_segments:
+                    problems.append(
+                        (
+                            f"stages[{i}].segments[{j}]",
+                            f"unknown segment {segment!r}{_hint(segment, known_segments)}",
+                        )
+                    )
+        declared = context.get("environments")
+        if declared is not None:
+            listing = ", ".join(declared)
+            problems.extend(
+                (f"environments.{env}", f"unknown environment (declared: {listing})")
+                for env in self.environments
+                if env not in declared
+            )
+        both = sorted(set(self.targeting.allow) & set(self.targeting.deny))
+        if both:
+            problems.append(("targeting.deny", f"units also in targeting.allow: {', '.join(both)}"))
+        if problems:
+            raise _problems(problems)
+        return self
+
+    def salt_or(self, name: str) -> str:
+        """The salt in force: the pinned one, else the rollout's name."""
+        return self.salt if self.salt is not None else name
+
+
+class Policy(_Model):
+    """A policy document: rollouts, the segments they refer to, and the known environments."""
+
+    environments: tuple[Name, ...] | None = None
+    segments: dict[Name, Segment] = Field(default_factory=dict)
+    rollouts: dict[Name, RolloutPolicy] = Field(default_factory=dict)
+
+    @field_validator("environments")
+    @classmethod
+    def _unique_environments(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists an environment twice")
+        return value
+
+    def check_environment(self, environment: str | None) -> None:
+        """Raise :class:`PolicyError` if the process's ``environment`` is not one the policy knows.
+
+        Known: the declared ``environments`` list, else every name the rollouts use (when
+        they use any). ``None`` (no environment named) is always accepted.
+        """
+        if environment is None:
+            return
+        known = self.environments
+        if known is None:
+            used = {env for r in self.rollouts.values() for env in r.environments}
+            known = tuple(sorted(used)) if used else None
+        if known is not None and environment not in known:
+            message = f"unknown environment {environment!r} (known: {', '.join(known)})"
+            raise PolicyError([PolicyProblem("environment", message + _hint(environment, known))])
+
+
+def _hint(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+_FIELDS = sorted(
+    {name for model in (Rule, Segment, Stage, Targeting, Health, RolloutPolicy, Policy)
+     for name in model.model_fields}
+)  # fmt: skip
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(error: Any) -> str:
+    kind, msg = error["type"], str(error["msg"])
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        field = str(error["loc"][-1])
+        return f"unknown field{_hint(field, _FIELDS)}"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch":
+        return "must be a name of letters, digits, '-', '_' or '.', starting with a letter or digit"
+    if msg.startswith("Input should be"):
+        msg = "must be" + msg.removeprefix("Input should be")
+    elif kind == "too_short":
+        return "must not be empty"
+    if kind.endswith("_type") or kind == "literal_error":
+        shown = repr(error.get("input"))
+        msg += f" (got {shown if len(shown) <= 40 else shown[:37] + '...'})"
+    return msg
+
+
+def _convert(exc: ValidationError) -> list[PolicyProblem]:
+    errors = exc.errors(include_url=False)
+    nested = {tuple(e["loc"][:i]) for e in errors for i in range(len(e["loc"]))}
+    problems = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        if error["type"] == "too_short" and loc in nested:
+            continue  # the items were invalid, which is reported: their count is not news
+        if error["type"] == _PROBLEMS:
+            for sub, message in error["ctx"]["problems"]:
+                problems.append(PolicyProblem(f"{_path(loc)}.{sub}" if loc else sub, message))
+            continue
+        if "[key]" in loc:
+            loc = loc[: loc.index("[key]")]
+            problems.append(PolicyProblem(_path(loc), f"invalid name: {_message(error)}"))
+            continue
+        problems.append(PolicyProblem(_path(loc), _message(error)))
+    return problems
+
+
+def _context(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What a rollout's checks need from the rest of the document."""
+    context: dict[str, Any] = {}
+    segments = data.get("segments", {})
+    if isinstance(segments, Mapping):
+        context["segments"] = tuple(str(k) for k in segments)
+    environments = data.get("environments")
+    if isinstance(environments, list | tuple) and all(isinstance(e, str) for e in environments):
+        context["environments"] = tuple(environments)
+    return context
+
+
+def policy_from_dict(data: object, *, source: str | None = None) -> Policy:
+    """Validate a mapping (the parsed document) into a :class:`Policy`."""
+    if isinstance(data, Policy):
+        return data
+    if not isinstance(data, Mapping):
+        raise PolicyError(
+            [
+                PolicyProblem(
+                    "", f"the document must be a table of rollouts, not {type(data).__name__}"
+                )
+            ],
+            source=source,
+        )
+    try:
+        return Policy.model_validate(data, context=_context(data))
+    except ValidationError as exc:
+        raise PolicyError(_convert(exc), source=source) from None
+
+
+def parse_policy(
+    text: str, *, format: Literal["toml", "json", "yaml"], source: str | None = None
+) -> Policy:
+    """Parse and validate a policy document given as text."""
+    try:
+        if format == "toml":
+            data: object = tomllib.loads(text)
+        elif format == "json":
+            data = json.loads(text)
+        elif format == "yaml":
+            data = _load_yaml(text)
+        else:
+            raise PolicyError(
+                [PolicyProblem("", f"unknown policy format {format!r}")], source=source
+            )
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError([PolicyProblem("", f"invalid TOML: {exc}")], source=source) from None
+    except json.JSONDecodeError as exc:
+        raise PolicyError([PolicyProblem("", f"invalid JSON: {exc}")], source=source) from None
+    except _YamlError as exc:
+        raise PolicyError([PolicyProblem("", f"invalid YAML: {exc}")], source=source) from None
+    return policy_from_dict(data, source=source)
+
+
+class _YamlError(Exception):
+    pass
+
+
+def _load_yaml(text: str) -> object:
+    try:
+        import yaml  # noqa: PLC0415 - an optional extra, imported when a YAML file is read
+    except ImportError:
+        raise MissingExtraError("Reading YAML policies", "yaml", "yaml") from None
+    try:
+        # safe_load builds plain data only: a python/* tag is an error, never code.
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _YamlError(" ".join(str(exc).split())) from None
+
+
+_FORMATS: dict[str, Literal["toml", "json", "yaml"]] = {
+    ".toml": "toml",
+    ".json": "json",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+}
+
+
+def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> Policy:
+    """Load a policy from a file (``.toml``, ``.json``, ``.yaml``/``.yml``) or a mapping.
+
+    Raises :class:`~stagedroll.exceptions.PolicyError` naming every bad field, and
+    :class:`OSError` when the file cannot be read.
+    """
+    if isinstance(source, Policy | Mapping):
+        return policy_from_dict(source)
+    path = Path(source)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(_FORMATS)
+        raise PolicyError(
+            [
+                PolicyProblem(
+                    "",
+                    f"cannot tell the format from {path.suffix or 'no suffix'!r} (known: {known})",
+                )
+            ],
+            source=str(path),
+        )
+    return parse_policy(path.read_text(encoding="utf-8"), format=fmt, source=str(path))

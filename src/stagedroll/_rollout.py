@@ -1,0 +1,146 @@
+"""``Rollout``: the handle of one rollout, and the fast path of every decision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+import mmh3
+
+from ._bucketing import unit_key
+from ._decision import Decision, Reason
+from ._guard import Tracking, guard
+from ._outcomes import ArmCounts, Outcomes
+from ._plan import Plan, View
+from ._policy import RolloutPolicy
+from ._state import RolloutState, RolloutStatus, Transition
+
+if TYPE_CHECKING:
+    from ._rollouts import Rollouts
+
+__all__ = ["Rollout"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_hash = mmh3.hash
+
+
+class Rollout:
+    """One rollout of a :class:`Rollouts`: the fast handle for decisions, guards and transitions.
+
+    Get one with ``rollouts["name"]``; it stays valid across transitions.
+    """
+
+    __slots__ = ("__weakref__", "_owner", "_plan", "_view", "name", "outcomes")
+
+    def __init__(self, owner: Rollouts, plan: Plan, state: RolloutState) -> None:
+        self._owner = owner
+        self._plan = plan
+        self.name = plan.name
+        self.outcomes = Outcomes()
+        self._view: View = plan.view(state, self.outcomes.arms(state.stage))
+
+    def __repr__(self) -> str:
+        v = self._view
+        return f"<Rollout {self.name!r} stage={v.stage_name!r} {v.percent:g}% {v.state.status}>"
+
+    @property
+    def policy(self) -> RolloutPolicy:
+        """The part of the policy that describes this rollout."""
+        return self._plan.policy
+
+    @property
+    def state(self) -> RolloutState:
+        """The state the decisions currently follow."""
+        return self._view.state
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def enabled(self, unit: object, attributes: Mapping[str, object] | None = None) -> bool:
+        """Return whether the new path is on for ``unit``; see :meth:`decide`."""
+        v = self._view
+        if v.plain and unit.__class__ is str and unit.isascii():
+            return _hash(v.prefix + unit, 0, False) < v.threshold
+        return self.decide(unit, attributes).enabled
+
+    def decide(self, unit: object, attributes: Mapping[str, object] | None = None) -> Decision:
+        """Return the decision for ``unit`` (``str``, ``int``, ``UUID`` or ``None``) and why.
+
+        Order: environment, status (killed: off, complete: on), no unit, deny, allow, stage
+        segments (matched on ``attributes``), bucket. Raises :class:`TypeError` for a unit
+        or ``attributes`` of the wrong type (a bug at the call site); any failure inside
+        stagedroll gives ``enabled=False`` with reason ``ERROR`` instead of raising.
+        """
+        key = unit if unit is None or unit.__class__ is str else unit_key(unit)
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
+        try:
+            return self._view.evaluate(key, attributes)
+        except Exception as exc:
+            self._owner.failures.record("decision.failed", exc, rollout=self.name)
+            return Decision(self.name, False, Reason.ERROR)
+
+    def route(self, unit: object, attributes: Mapping[str, object] | None = None) -> ArmCounts:
+        """Return the outcome counters of the arm that ``unit`` takes (``.enabled``: new path)."""
+        v = self._view
+        if v.plain and unit.__class__ is str and unit.isascii():
+            if _hash(v.prefix + unit, 0, False) < v.threshold:
+                return v.treatment
+            return v.control
+        return v.arm(self.decide(unit, attributes))
+
+    # -- guards and outcomes -------------------------------------------------------------------
+
+    def guard(
+        self,
+        *,
+        fallback: Callable[P, R],
+        unit: Callable[P, object] | None,
+        attributes: Callable[P, Mapping[str, object]] | None = None,
+        reraise: bool = False,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorate the new path; see :meth:`Rollouts.guard`."""
+        return guard(self, fallback=fallback, unit=unit, attributes=attributes, reraise=reraise)
+
+    def track(self, unit: object, attributes: Mapping[str, object] | None = None) -> Tracking:
+        """Decide for ``unit``, record the outcome of the block; see :meth:`Rollouts.track`."""
+        decision = self.decide(unit, attributes)
+        return Tracking(self, decision, self._view.arm(decision))
+
+    def report(
+        self,
+        unit: object,
+        *,
+        error: bool,
+        latency_s: float | None = None,
+        attributes: Mapping[str, object] | None = None,
+    ) -> Decision:
+        """Record one outcome for ``unit`` on the arm it is decided into; return that decision."""
+        decision = self.decide(unit, attributes)
+        self.record(self._view.arm(decision), error=error, latency_s=latency_s)
+        return decision
+
+    def record(
+        self, arm: ArmCounts, *, error: bool, latency_s: float | None, fallback: bool = False
+    ) -> None:
+        """Add one outcome to ``arm``; never raises (a failure here is logged and counted)."""
+        try:
+            self.outcomes.record(arm, error, latency_s, fallback)
+        except Exception as exc:  # pragma: no cover - defensive: counting must not break calls
+            self._owner.failures.record("outcome.failed", exc, rollout=self.name)
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def status(self) -> RolloutStatus:
+        """Where the rollout stands; see :meth:`Rollouts.status`."""
+        return self._owner.status(self.name)
+
+    def history(self, limit: int | None = None) -> list[Transition]:
+        """The rollout's transitions, newest first."""
+        return self._owner.history(self.name, limit=limit)
+
+    def _adopt(self, state: RolloutState) -> None:
+        """Follow ``state`` if it is newer than the one in force."""
+        if state.version > self._view.state.version:
+            self._view = self._plan.view(state, self.outcomes.arms(state.stage))

@@ -1,0 +1,357 @@
+"""``Rollouts``: a policy bound to a state store and the process's environment.
+
+The decision path (``enabled``, ``decide``) reads a precomputed :class:`~._plan.View` and
+never touches the store; transitions go to the store by compare-and-set and replace the
+view of every ``Rollouts`` watching that store.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import mmh3
+import structlog
+
+from ._decision import Decision, Reason
+from ._failures import Failures
+from ._plan import compile_policy
+from ._policy import Policy, load_policy
+from ._rollout import Rollout
+from ._state import Action, Evidence, RolloutState, RolloutStatus, Transition
+from ._transitions import EVENTS, initial_state, next_state
+from .exceptions import StoreError, UnknownRolloutError
+from .stores import MemoryStore, Store, store_from_url
+
+if TYPE_CHECKING:
+    from ._guard import Tracking
+
+__all__ = ["Rollouts"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_log = structlog.get_logger("stagedroll")
+_hash = mmh3.hash
+_CAS_ATTEMPTS = 8
+_MAX_UNKNOWN_NAMES = 1024
+_NO_EVIDENCE: Evidence = MappingProxyType({})
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (containers): still say something
+        return "unknown"
+
+
+class Rollouts:
+    """A policy's rollouts, bound to a state store and the process's environment.
+
+    Each instance is independent: no global state. ``policy`` is a :class:`Policy`, a
+    mapping in the policy file's shape, or a path to a TOML, JSON or YAML file.
+    ``environment`` defaults to ``$STAGEDROLL_ENV``; ``store`` to a new :class:`MemoryStore`
+    (or a store URL such as ``memory://``); ``clock`` (seconds, default :func:`time.time`)
+    stamps transitions and measures bake times.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | Mapping[str, Any] | str | os.PathLike[str],
+        *,
+        store: Store | str | None = None,
+        environment: str | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.policy: Policy = load_policy(policy)
+        if environment is None:
+            environment = os.environ.get("STAGEDROLL_ENV") or None
+        self.policy.check_environment(environment)
+        self.environment = environment
+        self.clock: Callable[[], float] = clock if clock is not None else time.time
+        if store is None:
+            store = MemoryStore()
+        elif isinstance(store, str):
+            store = store_from_url(store)
+        self.store: Store = store
+        self.failures = Failures()
+        self._unknown: set[str] = set()
+        self._rollouts: dict[str, Rollout] = {
+            name: Rollout(self, plan, self._start(name))
+            for name, plan in compile_policy(self.policy, environment).items()
+        }
+        self.store.watch(self._on_state)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        store: Store | str | None = None,
+        environment: str | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Rollouts:
+        """Load the policy at ``path`` (TOML, JSON or YAML) and bind it."""
+        return cls(Path(path), store=store, environment=environment, clock=clock)
+
+    def __repr__(self) -> str:
+        return f"<Rollouts {sorted(self._rollouts)} environment={self.environment!r}>"
+
+    def _start(self, name: str) -> RolloutState:
+        """Load a rollout's state; record its start if the store has never seen it."""
+        try:
+            state = self.store.load(name)
+            if state is not None:
+                return state
+            first = initial_state(self.clock())
+            started = RolloutState(
+                stage=0, status=first.status, since=first.since, version=1, actor="stagedroll"
+            )
+            entry = Transition(name, Action.START, 0, 0, None, started.status, 1, started.since,
+                               actor="stagedroll")  # fmt: skip
+            if self.store.compare_and_set(name, 0, started, entry):
+                _log.info(EVENTS[Action.START], rollout=name, stage=0)
+                return started
+            return self.store.load(name) or first
+        except Exception as exc:
+            # Serve from the first stage until the store answers; never fail the host.
+            self.failures.record("store.load_failed", exc, rollout=name)
+            return initial_state(self.clock())
+
+    def _on_state(self, name: str, state: RolloutState) -> None:
+        rollout = self._rollouts.get(name)
+        if rollout is not None:
+            rollout._adopt(state)
+
+    # -- lookup ------------------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Rollout:
+        """Return the handle of rollout ``name``; raise :class:`UnknownRolloutError` if none."""
+        try:
+            return self._rollouts[name]
+        except KeyError:
+            raise UnknownRolloutError(name, list(self._rollouts)) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rollouts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rollouts)
+
+    def __len__(self) -> int:
+        return len(self._rollouts)
+
+    def _missing(self, name: str) -> None:
+        if name not in self._unknown and len(self._unknown) < _MAX_UNKNOWN_NAMES:
+            self._unknown.add(name)
+            _log.warning("rollout.unknown", rollout=name, known=sorted(self._rollouts))
+
+    # -- decisions ---------------------------------------------------------------------------------
+
+    def enabled(
+        self, name: str, unit: object, attributes: Mapping[str, object] | None = None
+    ) -> bool:
+        """Return whether the new path of rollout ``name`` is on for ``unit``.
+
+        An unknown name gives ``False`` and is logged once.
+        """
+        rollout = self._rollouts.get(name)
+        if rollout is None:
+            self._missing(name)
+            return False
+        # Rollout.enabled's fast path, inlined: this is the hottest call of the library.
+        v = rollout._view
+        if v.plain and unit.__class__ is str and unit.isascii():
+            return _hash(v.prefix + unit, 0, False) < v.threshold
+        return rollout.decide(unit, attributes).enabled
+
+    def decide(
+        self, name: str, unit: object, attributes: Mapping[str, object] | None = None
+    ) -> Decision:
+        """Return the decision of rollout ``name`` for ``unit``; see :meth:`Rollout.decide`.
+
+        An unknown name gives ``enabled=False`` with reason ``UNKNOWN_ROLLOUT``, logged once.
+        """
+        rollout = self._rollouts.get(name)
+        if rollout is None:
+            self._missing(name)
+            return Decision(name, False, Reason.UNKNOWN_ROLLOUT)
+        return rollout.decide(unit, attributes)
+
+    def guard(
+        self,
+        name: str,
+        *,
+        fallback: Callable[P, R],
+        unit: Callable[P, object] | None,
+        attributes: Callable[P, Mapping[str, object]] | None = None,
+        reraise: bool = False,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorate the new path of rollout ``name``, with ``fallback`` as the old one.
+
+        ``unit`` takes the function's arguments and returns the unit to bucket on (``None``
+        buckets each call afresh: per-request rollouts). ``attributes`` likewise returns the
+        attributes that segments match. Each call runs the new function in treatment and
+        ``fallback`` in control, and records its outcome. When the new function raises an
+        ``Exception``, the error is recorded and ``fallback`` answers instead, unless
+        ``reraise=True``. Works on ``async def`` functions too (both sides async). Raises
+        :class:`UnknownRolloutError` at once for an unknown name.
+        """
+        return self[name].guard(fallback=fallback, unit=unit, attributes=attributes,
+                                reraise=reraise)  # fmt: skip
+
+    def track(
+        self, name: str, unit: object, attributes: Mapping[str, object] | None = None
+    ) -> Tracking:
+        """Decide for ``unit`` and record the outcome of the ``with`` (or ``async with``) block.
+
+        The block receives the :class:`Decision`; an exception leaving it counts as an error
+        (and propagates). Raises :class:`UnknownRolloutError` for an unknown name.
+        """
+        return self[name].track(unit, attributes)
+
+    def report(
+        self,
+        name: str,
+        unit: object,
+        *,
+        error: bool,
+        latency_s: float | None = None,
+        attributes: Mapping[str, object] | None = None,
+    ) -> Decision:
+        """Record an outcome observed outside a guard (the manual error hook).
+
+        The outcome goes to the arm ``unit`` is decided into; that decision is returned. An
+        unknown name records nothing and returns an ``UNKNOWN_ROLLOUT`` decision.
+        """
+        rollout = self._rollouts.get(name)
+        if rollout is None:
+            self._missing(name)
+            return Decision(name, False, Reason.UNKNOWN_ROLLOUT)
+        return rollout.report(unit, error=error, latency_s=latency_s, attributes=attributes)
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def advance(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
+        """Move rollout ``name`` to its next stage."""
+        return self._transition(name, Action.ADVANCE, reason, actor)
+
+    def freeze(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
+        """Hold rollout ``name`` at its stage: it keeps serving it, and does not advance."""
+        return self._transition(name, Action.FREEZE, reason, actor)
+
+    def unfreeze(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
+        """Resume rollout ``name`` at its stage after a freeze, rollback or kill."""
+        return self._transition(name, Action.UNFREEZE, reason, actor)
+
+    def rollback(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
+        """Move rollout ``name`` back one stage (to 0 % from the first stage)."""
+        return self._transition(name, Action.ROLLBACK, reason, actor)
+
+    def kill(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
+        """Turn the new path of rollout ``name`` off for everyone, now (the kill switch)."""
+        return self._transition(name, Action.KILL, reason, actor)
+
+    def complete(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
+        """Turn the new path of rollout ``name`` on for everyone, for good."""
+        return self._transition(name, Action.COMPLETE, reason, actor)
+
+    def _transition(
+        self,
+        name: str,
+        action: Action,
+        reason: str,
+        actor: str | None,
+        evidence: Evidence = _NO_EVIDENCE,
+    ) -> Transition:
+        """Apply ``action`` by compare-and-set, retrying when another writer got there first.
+
+        Raises :class:`TransitionError` when the action does not apply to the state found in
+        the store, and :class:`StoreError` when the store fails or stays contended.
+        """
+        rollout = self[name]
+        who = actor if actor is not None else _default_actor()
+        for _ in range(_CAS_ATTEMPTS):
+            current = self._load(name) or rollout.state
+            now = self.clock()
+            new = next_state(name, action, current, last_stage=rollout._plan.last_stage,
+                             now=now, reason=reason, actor=who)  # fmt: skip
+            entry = Transition(
+                rollout=name,
+                action=action,
+                from_stage=current.stage,
+                to_stage=new.stage,
+                from_status=current.status,
+                to_status=new.status,
+                version=new.version,
+                at=now,
+                reason=reason,
+                actor=who,
+                evidence=evidence,
+            )
+            try:
+                committed = self.store.compare_and_set(name, current.version, new, entry)
+            except Exception as exc:
+                raise StoreError(f"the store failed to {action} {name!r}: {exc}") from exc
+            if committed:
+                rollout._adopt(new)  # the store's listeners did it too, unless it has none
+                stage = rollout._view.stage_name
+                _log.info(EVENTS[action], rollout=name, stage=stage, from_stage=current.stage,
+                          to_stage=new.stage, status=str(new.status), reason=reason, actor=who,
+                          **dict(evidence))  # fmt: skip
+                return entry
+        raise StoreError(f"could not {action} {name!r}: the state kept changing under us")
+
+    def _load(self, name: str) -> RolloutState | None:
+        try:
+            state = self.store.load(name)
+        except Exception as exc:
+            raise StoreError(f"the store failed to load {name!r}: {exc}") from exc
+        if state is not None:
+            self._rollouts[name]._adopt(state)
+        return state
+
+    def status(self, name: str) -> RolloutStatus:
+        """Where rollout ``name`` stands, read afresh from the store."""
+        rollout = self[name]
+        self._load(name)
+        view = rollout._view
+        state = view.state
+        control, treatment, targeted = rollout.outcomes.stats(view.stage)
+        last = rollout._plan.last_stage
+        following = rollout._plan.stages[view.stage + 1].name if view.stage < last else None
+        return RolloutStatus(
+            rollout=name,
+            environment=self.environment,
+            mode=rollout._plan.mode,
+            stage=view.stage,
+            stage_name=view.stage_name,
+            percent=0.0
+            if view.constant is not None and not view.constant.enabled
+            else view.constant.percent
+            if view.constant is not None
+            else view.percent,
+            status=state.status,
+            since=state.since,
+            version=state.version,
+            reason=state.reason,
+            actor=state.actor,
+            control=control,
+            treatment=treatment,
+            targeted=targeted,
+            next_stage=following,
+            internal_errors=self.failures.count(),
+        )
+
+    def history(self, name: str, limit: int | None = None) -> list[Transition]:
+        """The transitions of rollout ``name``, newest first (at most ``limit``)."""
+        self[name]
+        try:
+            return self.store.history(name, limit)
+        except Exception as exc:
+            raise StoreError(f"the store failed to read the history of {name!r}: {exc}") from exc

@@ -1,0 +1,111 @@
+"""A rollout's state as the store keeps it, and the transitions that change it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ._outcomes import ArmStats
+
+__all__ = ["Action", "RolloutState", "RolloutStatus", "Status", "Transition"]
+
+Evidence = Mapping[str, float | int | str | None]
+_NO_EVIDENCE: Evidence = MappingProxyType({})
+
+
+class Status(str, enum.Enum):
+    """Where a rollout stands."""
+
+    RUNNING = "running"
+    """Serving its stage; may advance."""
+    FROZEN = "frozen"
+    """Serving its stage; does not advance until unfrozen."""
+    ROLLED_BACK = "rolled_back"
+    """Moved back a stage (stage ``-1`` is 0 %); does not advance by itself."""
+    KILLED = "killed"
+    """The new path is off for everyone."""
+    COMPLETE = "complete"
+    """The new path is on for everyone, for good."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Action(str, enum.Enum):
+    """What a transition did."""
+
+    START = "start"
+    ADVANCE = "advance"
+    FREEZE = "freeze"
+    UNFREEZE = "unfreeze"
+    ROLLBACK = "rollback"
+    KILL = "kill"
+    COMPLETE = "complete"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    """The stored state of one rollout.
+
+    ``stage`` indexes the policy's stages; ``-1`` means before the first stage (0 %),
+    where a rollback from the first stage lands. ``version`` rises by one with every
+    transition and is what compare-and-set compares. ``since`` is the clock's time
+    (seconds since the epoch with the default clock) when this state began.
+    """
+
+    stage: int
+    status: Status
+    since: float
+    version: int
+    reason: str = ""
+    actor: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One entry of a rollout's history: a change of state, who made it and why."""
+
+    rollout: str
+    action: Action
+    from_stage: int
+    to_stage: int
+    from_status: Status | None
+    to_status: Status
+    version: int
+    at: float
+    reason: str = ""
+    actor: str = ""
+    evidence: Evidence = field(default_factory=lambda: _NO_EVIDENCE)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStatus:
+    """Where a rollout stands, as :meth:`Rollouts.status` reports it.
+
+    ``percent`` is the share in force in this process's environment (``mode`` says whether
+    it follows the stages, is fixed by the environment, or is off there). ``control`` and
+    ``treatment`` count the outcomes this process recorded during the current stage.
+    """
+
+    rollout: str
+    environment: str | None
+    mode: str
+    stage: int
+    stage_name: str | None
+    percent: float
+    status: Status
+    since: float
+    version: int
+    reason: str
+    actor: str
+    control: ArmStats
+    treatment: ArmStats
+    targeted: ArmStats
+    """Calls routed by targeting, status or environment rather than the bucket (not compared)."""
+    next_stage: str | None
+    internal_errors: int

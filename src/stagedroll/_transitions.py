@@ -1,0 +1,98 @@
+"""The transition rules: which action applies to which state, and the state it leads to.
+
+Pure functions over :class:`RolloutState`; the store's compare-and-set makes them safe
+between processes.
+"""
+
+from __future__ import annotations
+
+from ._state import Action, RolloutState, Status
+from .exceptions import TransitionError
+
+__all__ = ["EVENTS", "initial_state", "next_state"]
+
+EVENTS: dict[Action, str] = {
+    Action.START: "rollout.started",
+    Action.ADVANCE: "rollout.advanced",
+    Action.FREEZE: "rollout.frozen",
+    Action.UNFREEZE: "rollout.unfrozen",
+    Action.ROLLBACK: "rollout.rolled_back",
+    Action.KILL: "rollout.killed",
+    Action.COMPLETE: "rollout.completed",
+}
+"""The structlog event name of each action."""
+
+_ALLOWED_FROM: dict[Action, frozenset[Status]] = {
+    Action.ADVANCE: frozenset({Status.RUNNING, Status.ROLLED_BACK}),
+    Action.FREEZE: frozenset({Status.RUNNING, Status.ROLLED_BACK}),
+    Action.UNFREEZE: frozenset({Status.FROZEN, Status.ROLLED_BACK, Status.KILLED}),
+    Action.ROLLBACK: frozenset(
+        {Status.RUNNING, Status.FROZEN, Status.ROLLED_BACK, Status.COMPLETE}
+    ),
+    Action.KILL: frozenset({Status.RUNNING, Status.FROZEN, Status.ROLLED_BACK, Status.COMPLETE}),
+    Action.COMPLETE: frozenset({Status.RUNNING, Status.FROZEN, Status.ROLLED_BACK, Status.KILLED}),
+}
+
+_WHY_NOT: dict[Status, str] = {
+    Status.RUNNING: "it is running",
+    Status.FROZEN: "it is frozen (unfreeze it first)",
+    Status.ROLLED_BACK: "it was rolled back",
+    Status.KILLED: "it was killed (unfreeze it to resume)",
+    Status.COMPLETE: "it is complete",
+}
+
+
+def next_state(
+    name: str,
+    action: Action,
+    state: RolloutState,
+    *,
+    last_stage: int,
+    now: float,
+    reason: str,
+    actor: str,
+) -> RolloutState:
+    """Return the state that ``action`` leads to from ``state``.
+
+    Raises :class:`TransitionError` when the action does not apply, saying why:
+
+    - ``advance``: to the next stage, from ``running`` or ``rolled_back``;
+    - ``freeze``: stay at this stage and stop advancing;
+    - ``unfreeze``: resume (``running``) at the current stage after a freeze, rollback or kill;
+    - ``rollback``: to the previous stage, or to 0 % (stage ``-1``) from the first;
+    - ``kill``: 0 % now; ``complete``: 100 % for good.
+    """
+    if action is Action.START:
+        raise TransitionError("a rollout is started by the store, not by a transition")
+    if state.status not in _ALLOWED_FROM[action]:
+        raise TransitionError(f"cannot {action} {name!r}: {_WHY_NOT[state.status]}")
+    stage, status = state.stage, Status.RUNNING
+    if action is Action.ADVANCE:
+        if stage >= last_stage:
+            raise TransitionError(
+                f"cannot advance {name!r}: it is at its last stage (complete it instead)"
+            )
+        stage += 1
+    elif action is Action.FREEZE:
+        status = Status.FROZEN
+    elif action is Action.ROLLBACK:
+        if stage < 0:
+            raise TransitionError(f"cannot roll back {name!r}: it is already at 0 %")
+        stage, status = min(stage, last_stage) - 1, Status.ROLLED_BACK
+    elif action is Action.KILL:
+        status = Status.KILLED
+    elif action is Action.COMPLETE:
+        stage, status = last_stage, Status.COMPLETE
+    return RolloutState(
+        stage=stage,
+        status=status,
+        since=now,
+        version=state.version + 1,
+        reason=reason,
+        actor=actor,
+    )
+
+
+def initial_state(now: float) -> RolloutState:
+    """The state of a rollout the store has never seen: first stage, running, version 0."""
+    return RolloutState(stage=0, status=Status.RUNNING, since=now, version=0)

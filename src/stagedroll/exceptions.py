@@ -1,0 +1,105 @@
+"""Exceptions raised by stagedroll.
+
+Every exception derives from :class:`StagedrollError` and, where one fits, from the
+matching builtin, so ``except ValueError`` keeps working::
+
+    StagedrollError
+    ├── PolicyError (ValueError)
+    ├── UnknownRolloutError (LookupError)
+    ├── TransitionError
+    ├── StoreError
+    └── MissingExtraError (ImportError)
+
+Decisions never raise these: a failure on the decision path makes the decision fall back
+to the stable path. They come from loading policies, naming rollouts and operating on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "MissingExtraError",
+    "PolicyError",
+    "PolicyProblem",
+    "StagedrollError",
+    "StoreError",
+    "TransitionError",
+    "UnknownRolloutError",
+]
+
+
+class StagedrollError(Exception):
+    """The root of every error stagedroll raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    """One problem in a policy: where it is and what is wrong."""
+
+    path: str
+    """Dotted path to the field, e.g. ``rollouts.new-checkout.stages[2].percent``."""
+
+    message: str
+    """What is wrong with it."""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class PolicyError(StagedrollError, ValueError):
+    """Raised when a policy cannot be read or is invalid.
+
+    The message lists every problem found, one per line; :attr:`problems` holds them
+    as :class:`PolicyProblem` values for programs.
+    """
+
+    def __init__(self, problems: Sequence[PolicyProblem], *, source: str | None = None) -> None:
+        self.problems: tuple[PolicyProblem, ...] = tuple(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''}{where}:"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class UnknownRolloutError(StagedrollError, LookupError):
+    """Raised by ``rollouts[name]`` and ``rollouts.guard(name, ...)`` for an unknown name.
+
+    Failing at once turns a typo into an import-time error instead of a path that never runs.
+    """
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        listing = ", ".join(sorted(known)) or "none"
+        super().__init__(f"unknown rollout {name!r} (known: {listing})")
+
+    def __str__(self) -> str:
+        # LookupError's str() quotes its argument; show the sentence as is.
+        return str(self.args[0])
+
+
+class TransitionError(StagedrollError):
+    """Raised when a transition does not apply to the rollout's state (e.g. advancing a frozen one).
+
+    The message says why, e.g. ``cannot advance 'checkout': it is frozen (unfreeze it first)``.
+    """
+
+
+class StoreError(StagedrollError):
+    """Raised by operator calls (transitions, ``history``) when the state store fails.
+
+    The decision path never raises it: decisions keep the last known state.
+    """
+
+
+class MissingExtraError(StagedrollError, ImportError):
+    """Raised when a feature needs an optional dependency that is not installed."""
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{feature} needs the optional dependency {module!r}: "
+            f"pip install 'stagedroll[{extra}]'",
+            name=module,
+        )
