@@ -108,4 +108,6 @@ class RolloutStatus:
     targeted: ArmStats
     """Calls routed by targeting, status or environment rather than the bucket (not compared)."""
     next_stage: str | None
+    """The name of the stage that ``advance`` leads to, ``None`` at the last stage."""
     internal_errors: int
+    """Failures inside stagedroll in this process so far (all rollouts): see ``Rollouts.failures``."""

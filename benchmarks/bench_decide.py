@@ -1,0 +1,194 @@
+"""The cost of a decision, against the floor of one inline hash and one comparison.
+
+Every candidate runs in this one process, interleaved with the floor, repeated; the best
+(minimum) of the repeats is taken, so a noisy neighbour only ever makes a number worse.
+
+    .venv/bin/python benchmarks/bench_decide.py [--quick] [--json] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mmh3
+import structlog
+
+import stagedroll
+from stagedroll import Rollouts, threshold
+
+NAME = "new-checkout"
+TARGETED = "new-checkout-targeted"
+UNITS = [f"user-{i}" for i in range(1000)]
+ATTRIBUTES: dict[str, object] = {"plan": "free", "country": "DE"}  # matches no segment
+POLICY: dict[str, Any] = {
+    "segments": {"beta": {"rules": [{"attribute": "plan", "op": "eq", "value": "beta"}]}},
+    "rollouts": {
+        NAME: {"stages": [{"name": "quarter", "percent": 25}]},
+        TARGETED: {
+            "salt": NAME,
+            "stages": [{"name": "quarter", "percent": 25, "segments": ["beta"]}],
+            "targeting": {"allow": ["user-vip"], "deny": ["user-banned"]},
+        },
+    },
+}
+# The name of a measured candidate, and the most it may cost (as a multiple of the floor).
+TARGETS = {"Rollout.enabled": 2.0, "Rollouts.enabled": 2.5, "guard overhead": 5.0}
+
+Bench = Callable[[int], int]  # runs `loops` passes over UNITS; returns the elapsed ns
+
+
+def noop_new(u: str) -> str:
+    return u
+
+
+def noop_old(u: str) -> str:
+    return u
+
+
+def candidates(rollouts: Rollouts) -> dict[str, Bench]:
+    """One timing loop per candidate; each loop body is the call under test, nothing else."""
+    units, salt, t, hash_ = UNITS, NAME + ":", threshold(25), mmh3.hash
+    rollout_enabled = rollouts[NAME].enabled
+    rollouts_enabled, rollouts_decide = rollouts.enabled, rollouts.decide
+    guarded = rollouts.guard(NAME, fallback=noop_old, unit=lambda u: u)(noop_new)
+    bare, attributes = noop_new, ATTRIBUTES
+
+    def floor(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                hash_(salt + u, 0, False) < t  # noqa: B015 - the comparison is the work
+        return time.perf_counter_ns() - start
+
+    def rollout(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                rollout_enabled(u)
+        return time.perf_counter_ns() - start
+
+    def rollouts_(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                rollouts_enabled(NAME, u)
+        return time.perf_counter_ns() - start
+
+    def decide(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                rollouts_decide(TARGETED, u, attributes)
+        return time.perf_counter_ns() - start
+
+    def bare_call(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                bare(u)
+        return time.perf_counter_ns() - start
+
+    def guarded_call(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                guarded(u)
+        return time.perf_counter_ns() - start
+
+    return {
+        "floor": floor,
+        "Rollout.enabled": rollout,
+        "Rollouts.enabled": rollouts_,
+        "Rollouts.decide (3 rules)": decide,
+        "bare noop call": bare_call,
+        "guarded noop call": guarded_call,
+    }
+
+
+def measure(benches: dict[str, Bench], loops: int, repeats: int) -> dict[str, list[float]]:
+    """Ns per call of every bench, ``repeats`` times, interleaved (round-robin)."""
+    samples: dict[str, list[float]] = {name: [] for name in benches}
+    for bench in benches.values():
+        bench(max(1, loops // 10))  # warm up
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, bench in benches.items():
+                samples[name].append(bench(loops) / (loops * len(UNITS)))
+    finally:
+        gc.enable()
+    return samples
+
+
+def sanity_check(rollouts: Rollouts) -> None:
+    """The library must agree with the floor's formula, or the comparison means nothing."""
+    t, rollout = threshold(25), rollouts[NAME]
+    for u in UNITS:
+        expected = mmh3.hash(f"{NAME}:{u}", 0, False) < t
+        if rollout.enabled(u) != expected or rollouts.enabled(NAME, u) != expected:
+            sys.exit(f"bench_decide: the decision for {u!r} disagrees with the floor's formula")
+        if rollouts.decide(TARGETED, u, ATTRIBUTES).enabled != expected:
+            sys.exit(f"bench_decide: decide({TARGETED!r}, {u!r}) disagrees with the floor")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer loops and repeats (smoke)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target fails")
+    parser.add_argument("--repeats", type=int, help="rounds per candidate (default 9, quick 3)")
+    parser.add_argument("--loops", type=int, help="passes over the 1000 units per round")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 9)
+    loops = args.loops or (20 if args.quick else 200)
+
+    # Rollouts logs its start through structlog; keep stdout for the results.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    rollouts = Rollouts(POLICY, environment=None)
+    sanity_check(rollouts)
+    samples = measure(candidates(rollouts), loops, repeats)
+
+    best = {name: min(s) for name, s in samples.items()}
+    floor = best["floor"]
+    ns = {**best, "guard overhead": best["guarded noop call"] - best["bare noop call"]}
+    results = {
+        name: {
+            "ns": round(value, 1),
+            "median_ns": round(statistics.median(samples[name]), 1) if name in samples else None,
+            "ratio": round(value / floor, 2),
+            "target": TARGETS.get(name),
+            "pass": value / floor <= TARGETS[name] if name in TARGETS else None,
+        }
+        for name, value in ns.items()
+    }
+    failed = [name for name, r in results.items() if r["pass"] is False]
+
+    if args.json:
+        meta = {"python": platform.python_version(), "stagedroll": stagedroll.__version__,
+                "units": len(UNITS), "loops": loops, "repeats": repeats}  # fmt: skip
+        print(json.dumps({"meta": meta, "results": results, "ok": not failed}, indent=2))
+    else:
+        print(f"stagedroll {stagedroll.__version__}, Python {platform.python_version()}, "
+              f"{len(UNITS)} units x {loops} loops, best of {repeats} interleaved rounds")  # fmt: skip
+        print(f"{'candidate':<26} {'ns/call':>8} {'median':>8} {'x floor':>8}  target")
+        for name, r in results.items():
+            median = f"{r['median_ns']:8.1f}" if r["median_ns"] is not None else " " * 8
+            verdict = ""
+            if r["target"] is not None:
+                verdict = f"<= {r['target']:.1f}x  {'PASS' if r['pass'] else 'FAIL'}"
+            print(f"{name:<26} {r['ns']:8.1f} {median} {r['ratio']:7.2f}x  {verdict}")
+        print("FAILED: " + ", ".join(failed) if failed else "all targets met")
+    return 1 if args.check and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

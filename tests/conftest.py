@@ -1,0 +1,37 @@
+"""Shared fixtures: small policies most tests start from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def plain_policy(*percents: float, name: str = "checkout") -> dict[str, Any]:
+    """A policy with one rollout whose stages have the given percents."""
+    stages = [{"name": f"s{i}", "percent": p} for i, p in enumerate(percents)]
+    return {"rollouts": {name: {"stages": stages}}}
+
+
+@pytest.fixture(name="policy")
+def _policy() -> dict[str, Any]:
+    return {
+        "environments": ["dev", "staging", "prod"],
+        "segments": {
+            "employees": {"rules": [{"attribute": "email", "op": "suffix", "value": "@corp.test"}]}
+        },
+        "rollouts": {
+            "checkout": {
+                "stages": [
+                    {"name": "employees", "percent": 0, "segments": ["employees"]},
+                    {"name": "canary", "percent": 1, "bake": "30m"},
+                    {"name": "half", "percent": 50},
+                    {"name": "all", "percent": 100},
+                ],
+                "environments": {"dev": 100, "staging": "stages", "prod": "stages"},
+                "targeting": {"allow": ["vip"], "deny": ["banned"]},
+            },
+            "search": {"stages": [{"name": "quarter", "percent": 25}]},
+            "orgs": {"bucket_by": "org", "stages": [{"name": "half", "percent": 50}]},
+        },
+    }

@@ -1,0 +1,62 @@
+"""Checked by mypy only (never run): the documented API must type-check as users write it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import stagedroll
+
+
+@dataclass
+class Order:
+    user_id: str
+    total: float
+
+
+rollouts = stagedroll.Rollouts.from_file("rollouts.toml", environment="prod")
+same = stagedroll.Rollouts(stagedroll.load_policy("rollouts.toml"), store=stagedroll.MemoryStore())
+
+on: bool = rollouts.enabled("new-checkout", "user-42")
+decision: stagedroll.Decision = rollouts.decide("new-checkout", "user-42", {"country": "NZ"})
+reason: stagedroll.Reason = decision.reason
+checkout: stagedroll.Rollout = rollouts["new-checkout"]
+fast: bool = checkout.enabled("user-42")
+
+
+def legacy_checkout(order: Order) -> str:
+    return "legacy"
+
+
+@rollouts.guard("new-checkout", fallback=legacy_checkout, unit=lambda order: order.user_id)
+def new_checkout(order: Order) -> str:
+    return "new"
+
+
+receipt: str = new_checkout(Order("user-42", 10.0))
+
+
+async def legacy_fetch(user: str, *, limit: int = 10) -> list[str]:
+    return []
+
+
+@rollouts.guard("new-checkout", fallback=legacy_fetch, unit=lambda user, **_: user)
+async def new_fetch(user: str, *, limit: int = 10) -> list[str]:
+    return [user]
+
+
+async def main() -> None:
+    items: list[str] = await new_fetch("user-1", limit=3)
+    async with rollouts.track("new-checkout", "user-42") as tracked:
+        assert isinstance(tracked.enabled, bool) and items is not None
+
+
+with rollouts.track("new-checkout", "user-42") as tracked:
+    stage: str | None = tracked.stage
+
+asyncio.run(main())
+rollouts.report("new-checkout", "user-42", error=True, latency_s=0.12)
+transition: stagedroll.Transition = rollouts.freeze("new-checkout", reason="errors", actor="alice")
+status: stagedroll.RolloutStatus = rollouts.status("new-checkout")
+history: list[stagedroll.Transition] = rollouts.history("new-checkout")
+hashed: int = stagedroll.bucket("new-checkout", "user-42")
