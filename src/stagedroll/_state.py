@@ -110,4 +110,4 @@ class RolloutStatus:
     next_stage: str | None
     """The name of the stage that ``advance`` leads to, ``None`` at the last stage."""
     internal_errors: int
-    """Failures inside stagedroll in this process so far (all rollouts): see ``Rollouts.failures``."""
+    """Failures inside stagedroll in this process so far, all rollouts (``Rollouts.failures``)."""
