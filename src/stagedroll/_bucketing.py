@@ -11,7 +11,8 @@ The contract (fixed; the golden vectors in ``tests/data/bucketing.json`` pin it)
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+from fractions import Fraction
 
 import mmh3
 
@@ -30,7 +31,8 @@ _SCALE: int = 10**MAX_PERCENT_DECIMALS
 def unit_key(unit: object) -> str:
     """Return the text that identifies ``unit`` in the hash key.
 
-    ``str`` is taken as is, ``int`` and :class:`uuid.UUID` through ``str()``. Anything
+    ``str`` is taken as is, ``int`` and :class:`uuid.UUID` through ``str()`` (an ``int``
+    subclass such as an ``IntEnum`` member by its number, whatever its ``__str__``). Anything
     else (``bool``, ``float``, ``bytes``, ``None``, objects) raises :class:`TypeError`:
     their text forms are ambiguous or unstable, so a silent ``repr`` would scatter units.
     """
@@ -64,26 +66,29 @@ def bucket(salt: str, unit: object) -> int:
     >>> bucket("new-checkout", "user-2")
     992310789
     """
-    if salt.__class__ is not str:
+    if not isinstance(salt, str):
         raise TypeError(f"salt must be str, not {type(salt).__name__}")
-    return hash_key(salt + ":" + unit_key(unit))
+    return hash_key(str.__str__(salt) + ":" + unit_key(unit))
 
 
 def percent_error(percent: object) -> str | None:
     """Say what is wrong with ``percent`` as a rollout percentage, or ``None`` if it is valid."""
     if isinstance(percent, bool) or not isinstance(percent, int | float | Decimal):
         return "must be a number"
-    try:
-        exact = Decimal(repr(percent)) if isinstance(percent, float) else Decimal(percent)
-    except (InvalidOperation, ValueError):  # pragma: no cover - repr of a float parses
-        return "must be a number"
+    exact = _exact(percent)
     if not exact.is_finite():
         return "must be a finite number"
     if exact < 0 or exact > 100:
         return "must be between 0 and 100"
-    if (exact * _SCALE) != (exact * _SCALE).to_integral_value():
+    # Fraction arithmetic is exact whatever the caller's decimal context says.
+    if (Fraction(exact) * _SCALE).denominator != 1:
         return f"must have at most {MAX_PERCENT_DECIMALS} decimals"
     return None
+
+
+def _exact(percent: float | int | Decimal) -> Decimal:
+    """The decimal a percentage was written as: ``repr`` of a float is its shortest form."""
+    return Decimal(repr(percent)) if isinstance(percent, float) else Decimal(percent)
 
 
 def threshold(percent: float | int | Decimal) -> int:
@@ -95,6 +100,5 @@ def threshold(percent: float | int | Decimal) -> int:
     problem = percent_error(percent)
     if problem is not None:
         raise ValueError(f"percent {percent!r} {problem}")
-    exact = Decimal(repr(percent)) if isinstance(percent, float) else Decimal(percent)
-    steps = int(exact * _SCALE)
-    return steps * SPACE // (100 * _SCALE)
+    steps = Fraction(_exact(percent)) * _SCALE
+    return int(steps) * SPACE // (100 * _SCALE)
