@@ -14,7 +14,7 @@ from typing import Literal
 
 from ._bucketing import hash_key, threshold, unit_key
 from ._decision import Decision, Reason
-from ._outcomes import ArmCounts, Arms
+from ._outcomes import ArmCounts, Outcomes
 from ._policy import Policy, RolloutPolicy
 from ._state import RolloutState, Status
 from ._targeting import Predicate, compile_rule, compile_segment
@@ -93,9 +93,9 @@ class Plan:
         """The index of the final stage."""
         return len(self.stages) - 1
 
-    def view(self, state: RolloutState, arms: Arms) -> View:
-        """Precompute what decisions need under ``state``."""
-        return View(self, state, arms)
+    def view(self, state: RolloutState, outcomes: Outcomes) -> View:
+        """Precompute what decisions need under ``state``; record into ``outcomes``."""
+        return View(self, state, outcomes)
 
 
 class View:
@@ -120,17 +120,17 @@ class View:
         "treatment",
     )
 
-    def __init__(self, plan: Plan, state: RolloutState, arms: Arms) -> None:
+    def __init__(self, plan: Plan, state: RolloutState, outcomes: Outcomes) -> None:
         self.rollout = plan.name
         self.state = state
-        self.arms = arms
-        self.control, self.treatment = arms.control, arms.treatment
         self.prefix = plan.prefix
         self.bucket_by = plan.bucket_by
         self.allow = plan.allow
         self.deny = plan.deny
         # A policy that lost stages since the state was written: hold at its last stage.
         self.stage = min(state.stage, plan.last_stage)
+        self.arms = outcomes.arms(self.stage)
+        self.control, self.treatment = self.arms.control, self.arms.treatment
         current = (
             plan.fixed
             if plan.mode == "fixed"

@@ -39,7 +39,7 @@ class Rollout:
         self._plan = plan
         self.name = plan.name
         self.outcomes = Outcomes()
-        self._view: View = plan.view(state, self.outcomes.arms(state.stage))
+        self._view: View = plan.view(state, self.outcomes)
 
     def __repr__(self) -> str:
         v = self._view
@@ -143,4 +143,4 @@ class Rollout:
     def _adopt(self, state: RolloutState) -> None:
         """Follow ``state`` if it is newer than the one in force."""
         if state.version > self._view.state.version:
-            self._view = self._plan.view(state, self.outcomes.arms(state.stage))
+            self._view = self._plan.view(state, self.outcomes)
