@@ -14,8 +14,10 @@ from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
+import mmh3
+
 from ._decision import Decision
-from ._outcomes import ArmCounts
+from ._outcomes import FOLD_AT, ArmCounts
 
 if TYPE_CHECKING:
     from ._rollout import Rollout
@@ -24,32 +26,49 @@ __all__ = ["Tracking", "guard"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_hash = mmh3.hash
+
+
+Route = Callable[[tuple[Any, ...], dict[str, Any]], ArmCounts]
+Record = Callable[..., None]
 
 
 def _router(
     rollout: Rollout,
     unit: Callable[..., object] | None,
     attributes: Callable[..., Mapping[str, object]] | None,
-) -> Callable[[tuple[Any, ...], dict[str, Any]], ArmCounts]:
+) -> Route:
     """Return a function mapping a call's arguments to the arm that serves it. Never raises."""
-    route = rollout.route
+    failures = rollout._owner.failures
 
-    def by_unit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
-        try:
-            attrs = attributes(*args, **kwargs) if attributes is not None else None
-            return route(unit(*args, **kwargs), attrs)  # type: ignore[misc]  # unit is set here
-        except Exception as exc:
-            rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
-            return rollout._view.arms.targeted_off
+    def failed(exc: Exception) -> ArmCounts:
+        failures.record("guard.routing_failed", exc, rollout=rollout.name)
+        return rollout._view.arms.targeted_off
 
-    def by_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
-        try:
+    if unit is None:
+
+        def by_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
             return rollout._view.sample()
-        except Exception as exc:  # pragma: no cover - defensive: sample() has no failure mode
-            rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
-            return rollout._view.arms.targeted_off
 
-    return by_request if unit is None else by_unit
+        return by_request
+
+    if attributes is None:
+
+        def by_unit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
+            try:
+                return rollout.route(unit(*args, **kwargs))
+            except Exception as exc:
+                return failed(exc)
+
+        return by_unit
+
+    def by_unit_and_attributes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
+        try:
+            return rollout.route(unit(*args, **kwargs), attributes(*args, **kwargs))
+        except Exception as exc:
+            return failed(exc)
+
+    return by_unit_and_attributes
 
 
 def guard(
@@ -70,6 +89,8 @@ def guard(
         )
     route = _router(rollout, unit, attributes)
     record = rollout.record
+    success = rollout.outcomes.success
+    fold = rollout.outcomes.fold
 
     def decorate(new: Callable[P, R]) -> Callable[P, R]:
         is_async = inspect.iscoroutinefunction(new)
@@ -82,15 +103,33 @@ def guard(
             wrapper = _async_wrapper(
                 cast("Callable[..., Awaitable[Any]]", new),
                 cast("Callable[..., Awaitable[Any]]", fallback),
-                route,
-                record,
-                reraise,
+                route=route,
+                record=record,
+                success=success,
+                reraise=reraise,
             )
             return cast("Callable[P, R]", wrapper)
 
+        inline = unit is not None and attributes is None
+        view_of = rollout
+
         @functools.wraps(new)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            arm = route(args, kwargs)
+            if inline:
+                # The router and Rollout.route's fast path, inlined: this is the caller's
+                # hot path, and each Python call saved is worth half the hash.
+                try:
+                    key = unit(*args, **kwargs)  # type: ignore[misc]  # not None when inline
+                    v = view_of._view
+                    if v.plain and key.__class__ is str and key.isascii():
+                        hashed = _hash(v.prefix + key, 0, False)
+                        arm = v.treatment if hashed < v.threshold else v.control
+                    else:
+                        arm = view_of.route(key)
+                except Exception:
+                    arm = route(args, kwargs)  # the slow path counts and logs the failure
+            else:
+                arm = route(args, kwargs)
             start = perf_counter()
             if arm.enabled:
                 try:
@@ -106,7 +145,11 @@ def guard(
                 except Exception:
                     record(arm, error=True, latency_s=perf_counter() - start)
                     raise
-            record(arm, error=False, latency_s=perf_counter() - start)
+            # Outcomes.success, inlined: a lock-free append, folded in batches.
+            pending = arm.pending
+            pending.append(perf_counter() - start)
+            if len(pending) >= FOLD_AT:
+                fold(arm)
             return result
 
         return call
@@ -117,8 +160,10 @@ def guard(
 def _async_wrapper(
     new: Callable[..., Awaitable[Any]],
     fallback: Callable[..., Awaitable[Any]],
-    route: Callable[[tuple[Any, ...], dict[str, Any]], ArmCounts],
-    record: Callable[..., None],
+    *,
+    route: Route,
+    record: Record,
+    success: Callable[[ArmCounts, float], None],
     reraise: bool,
 ) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(new)
@@ -139,7 +184,7 @@ def _async_wrapper(
             except Exception:
                 record(arm, error=True, latency_s=perf_counter() - start)
                 raise
-        record(arm, error=False, latency_s=perf_counter() - start)
+        success(arm, perf_counter() - start)
         return result
 
     return call

@@ -2,6 +2,11 @@
 
 Every guarded call, ``track`` block and ``report`` ends here, through one sink per rollout.
 The counters are per stage, so a new stage starts from zero and the old ones stay readable.
+
+The common outcome, a success with a latency, is recorded without a lock: its latency is
+appended to the arm's ``pending`` list (an atomic operation) and folded into the counters
+under the lock, in batches of :data:`FOLD_AT` or when the counters are read. Errors, which
+are rare and carry more, take the lock at once.
 """
 
 from __future__ import annotations
@@ -10,17 +15,30 @@ import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["ArmCounts", "ArmStats", "Arms", "Outcomes"]
+__all__ = ["FOLD_AT", "ArmCounts", "ArmStats", "Arms", "Outcomes"]
+
+FOLD_AT = 1024
+"""Pending latencies an arm holds at most before they are folded into its counters."""
 
 
 class ArmCounts:
-    """Mutable counters of one arm of one stage; updated under the rollout's lock.
+    """Counters of one arm of one stage.
 
     ``enabled`` says which path the arm's calls take; ``compared`` whether the arm is part
     of the comparison (bucketed units), or was routed by targeting, status or environment.
+    ``pending`` holds latencies of successful calls not yet folded into the counters.
     """
 
-    __slots__ = ("calls", "compared", "enabled", "errors", "fallbacks", "latency_n", "latency_s")
+    __slots__ = (
+        "calls",
+        "compared",
+        "enabled",
+        "errors",
+        "fallbacks",
+        "latency_n",
+        "latency_s",
+        "pending",
+    )
 
     def __init__(self, *, enabled: bool, compared: bool) -> None:
         self.enabled = enabled
@@ -30,14 +48,30 @@ class ArmCounts:
         self.fallbacks = 0
         self.latency_n = 0
         self.latency_s = 0.0
+        self.pending: list[float] = []
+
+    def fold(self) -> None:
+        """Move pending latencies into the counters; call with the rollout's lock held."""
+        pending = self.pending
+        n = len(pending)
+        if n:
+            batch = pending[:n]
+            # Deleting the first n leaves whatever other threads appended meanwhile.
+            del pending[:n]
+            self.calls += n
+            self.latency_n += n
+            self.latency_s += sum(batch)
 
     def stats(self) -> ArmStats:
-        """A frozen copy for reading."""
+        """A frozen copy for reading (pending latencies included)."""
+        pending = self.pending[:]
+        latency_n = self.latency_n + len(pending)
+        latency_s = self.latency_s + sum(pending)
         return ArmStats(
-            calls=self.calls,
+            calls=self.calls + len(pending),
             errors=self.errors,
             fallbacks=self.fallbacks,
-            mean_latency_s=self.latency_s / self.latency_n if self.latency_n else None,
+            mean_latency_s=latency_s / latency_n if latency_n else None,
         )
 
 
@@ -92,6 +126,18 @@ class Outcomes:
                 arms = self._arms.setdefault(stage, _new_arms())
         return arms
 
+    def success(self, counts: ArmCounts, latency_s: float) -> None:
+        """Record a successful call: lock-free, folded in batches."""
+        pending = counts.pending
+        pending.append(latency_s)
+        if len(pending) >= FOLD_AT:
+            self.fold(counts)
+
+    def fold(self, counts: ArmCounts) -> None:
+        """Fold ``counts``'s pending latencies into its counters."""
+        with self.lock:
+            counts.fold()
+
     def record(
         self, counts: ArmCounts, error: bool, latency_s: float | None, fallback: bool = False
     ) -> None:
@@ -110,13 +156,14 @@ class Outcomes:
         """Frozen stats of ``stage``: control, treatment, and the targeted calls of both paths."""
         arms = self.arms(stage)
         with self.lock:
+            for counts in arms:
+                counts.fold()
             off, on = arms.targeted_off, arms.targeted_on
+            timed = off.latency_n + on.latency_n
             targeted = ArmStats(
                 calls=off.calls + on.calls,
                 errors=off.errors + on.errors,
                 fallbacks=off.fallbacks + on.fallbacks,
-                mean_latency_s=(off.latency_s + on.latency_s) / (off.latency_n + on.latency_n)
-                if off.latency_n + on.latency_n
-                else None,
+                mean_latency_s=(off.latency_s + on.latency_s) / timed if timed else None,
             )
             return arms.control.stats(), arms.treatment.stats(), targeted

@@ -103,15 +103,19 @@ class View:
 
     __slots__ = (
         "allow",
+        "allowed",
         "arms",
         "bucket_by",
         "constant",
         "control",
+        "denied",
         "deny",
+        "no_unit",
         "percent",
         "plain",
         "prefix",
         "rollout",
+        "segment",
         "segments",
         "stage",
         "stage_name",
@@ -148,6 +152,11 @@ class View:
             self.constant = Decision(plan.name, False, Reason.KILLED, self.stage_name, 0.0)
         elif state.status is Status.COMPLETE:
             self.constant = Decision(plan.name, True, Reason.COMPLETE, self.stage_name, 100.0)
+        name, stage, percent = plan.name, self.stage_name, self.percent
+        self.no_unit = Decision(name, False, Reason.NO_UNIT, stage, percent)
+        self.denied = Decision(name, False, Reason.DENIED, stage, percent)
+        self.allowed = Decision(name, True, Reason.ALLOWED, stage, percent)
+        self.segment = Decision(name, True, Reason.SEGMENT, stage, percent)
         # The fast path: nothing but the bucket can decide.
         self.plain = (
             self.constant is None
@@ -157,11 +166,12 @@ class View:
             and not self.segments
         )
 
-    def evaluate(self, key: str | None, attributes: Mapping[str, object] | None) -> Decision:
-        """Decide for a unit whose key is already text (or ``None``: no unit).
+    def settle(self, key: str | None, attributes: Mapping[str, object] | None) -> Decision | int:
+        """Return the decision made before the bucket step, or else the unit's bucket.
 
         The evaluation order: environment and status (precomputed), no unit, deny, allow,
-        stage segments, bucket.
+        stage segments, bucket. The decisions of the earlier steps do not depend on the unit,
+        so they are built once per view; only the bucket step is per unit.
         """
         if self.constant is not None:
             return self.constant
@@ -171,21 +181,41 @@ class View:
                 key = unit_key(raw) if raw is not None else None
             except TypeError:
                 key = None  # documented: an attribute of the wrong type counts as no unit
-        name, stage, percent = self.rollout, self.stage_name, self.percent
         if key is None:
-            return Decision(name, False, Reason.NO_UNIT, stage, percent)
+            return self.no_unit
         if key in self.deny:
-            return Decision(name, False, Reason.DENIED, stage, percent)
+            return self.denied
         if key in self.allow:
-            return Decision(name, True, Reason.ALLOWED, stage, percent)
+            return self.allowed
         if attributes is not None:
             for segment in self.segments:
                 if segment(attributes):
-                    return Decision(name, True, Reason.SEGMENT, stage, percent)
-        bucket = hash_key(self.prefix + key)
-        if bucket < self.threshold:
-            return Decision(name, True, Reason.IN_COHORT, stage, percent, bucket)
-        return Decision(name, False, Reason.OUT_OF_COHORT, stage, percent, bucket)
+                    return self.segment
+        return hash_key(self.prefix + key)
+
+    def evaluate(self, key: str | None, attributes: Mapping[str, object] | None) -> Decision:
+        """Decide for a unit whose key is already text (or ``None``: no unit)."""
+        settled = self.settle(key, attributes)
+        if isinstance(settled, Decision):
+            return settled
+        stage, percent = self.stage_name, self.percent
+        if settled < self.threshold:
+            return Decision(self.rollout, True, Reason.IN_COHORT, stage, percent, settled)
+        return Decision(self.rollout, False, Reason.OUT_OF_COHORT, stage, percent, settled)
+
+    def enabled(self, key: str | None, attributes: Mapping[str, object] | None) -> bool:
+        """Whether the new path is on, without building a :class:`Decision`."""
+        settled = self.settle(key, attributes)
+        if isinstance(settled, Decision):
+            return settled.enabled
+        return settled < self.threshold
+
+    def route(self, key: str | None, attributes: Mapping[str, object] | None) -> ArmCounts:
+        """The counters of the arm that the unit's calls are recorded in."""
+        settled = self.settle(key, attributes)
+        if isinstance(settled, Decision):
+            return self.arms.targeted_on if settled.enabled else self.arms.targeted_off
+        return self.treatment if settled < self.threshold else self.control
 
     def sample(self) -> ArmCounts:
         """Route one request with no unit: a fresh random bucket against the threshold."""

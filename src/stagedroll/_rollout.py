@@ -26,6 +26,17 @@ R = TypeVar("R")
 _hash = mmh3.hash
 
 
+def _key(unit: object, attributes: object) -> str | None:
+    """Check a call's arguments; return the unit as text. Wrong types raise TypeError."""
+    if (
+        attributes is not None
+        and attributes.__class__ is not dict
+        and not isinstance(attributes, Mapping)
+    ):
+        raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
+    return unit if unit is None or unit.__class__ is str else unit_key(unit)
+
+
 class Rollout:
     """One rollout of a :class:`Rollouts`: the fast handle for decisions, guards and transitions.
 
@@ -62,7 +73,12 @@ class Rollout:
         v = self._view
         if v.plain and unit.__class__ is str and unit.isascii():
             return _hash(v.prefix + unit, 0, False) < v.threshold
-        return self.decide(unit, attributes).enabled
+        key = _key(unit, attributes)
+        try:
+            return v.enabled(key, attributes)
+        except Exception as exc:
+            self._failed(exc)
+            return False
 
     def decide(self, unit: object, attributes: Mapping[str, object] | None = None) -> Decision:
         """Return the decision for ``unit`` (``str``, ``int``, ``UUID`` or ``None``) and why.
@@ -72,23 +88,27 @@ class Rollout:
         or ``attributes`` of the wrong type (a bug at the call site); any failure inside
         stagedroll gives ``enabled=False`` with reason ``ERROR`` instead of raising.
         """
-        key = unit if unit is None or unit.__class__ is str else unit_key(unit)
-        if attributes is not None and not isinstance(attributes, Mapping):
-            raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
+        key = _key(unit, attributes)
         try:
             return self._view.evaluate(key, attributes)
         except Exception as exc:
-            self._owner.failures.record("decision.failed", exc, rollout=self.name)
+            self._failed(exc)
             return Decision(self.name, False, Reason.ERROR)
 
     def route(self, unit: object, attributes: Mapping[str, object] | None = None) -> ArmCounts:
         """Return the outcome counters of the arm that ``unit`` takes (``.enabled``: new path)."""
         v = self._view
         if v.plain and unit.__class__ is str and unit.isascii():
-            if _hash(v.prefix + unit, 0, False) < v.threshold:
-                return v.treatment
-            return v.control
-        return v.arm(self.decide(unit, attributes))
+            return v.treatment if _hash(v.prefix + unit, 0, False) < v.threshold else v.control
+        key = _key(unit, attributes)
+        try:
+            return v.route(key, attributes)
+        except Exception as exc:
+            self._failed(exc)
+            return v.arms.targeted_off
+
+    def _failed(self, exc: Exception) -> None:
+        self._owner.failures.record("decision.failed", exc, rollout=self.name)
 
     # -- guards and outcomes -------------------------------------------------------------------
 
@@ -126,7 +146,10 @@ class Rollout:
     ) -> None:
         """Add one outcome to ``arm``; never raises (a failure here is logged and counted)."""
         try:
-            self.outcomes.record(arm, error, latency_s, fallback)
+            if error or fallback or latency_s is None:
+                self.outcomes.record(arm, error, latency_s, fallback)
+            else:
+                self.outcomes.success(arm, latency_s)
         except Exception as exc:  # pragma: no cover - defensive: counting must not break calls
             self._owner.failures.record("outcome.failed", exc, rollout=self.name)
 

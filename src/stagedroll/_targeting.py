@@ -128,6 +128,15 @@ def compile_rule(attribute: str, op: str, value: Any) -> Predicate:
 def compile_segment(rules: Collection[Predicate], *, match: Literal["all", "any"]) -> Predicate:
     """Combine rule predicates: all must hold, or any may."""
     frozen = tuple(rules)
-    if match == "all":
-        return lambda attributes: all(rule(attributes) for rule in frozen)
-    return lambda attributes: any(rule(attributes) for rule in frozen)
+    if len(frozen) == 1:
+        return frozen[0]
+    wanted = match == "any"
+
+    def segment(attributes: Attributes) -> bool:
+        # A loop, not all()/any() over a generator: this runs on the decision path.
+        for rule in frozen:
+            if rule(attributes) is wanted:
+                return wanted
+        return not wanted
+
+    return segment
