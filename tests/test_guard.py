@@ -698,6 +698,29 @@ class TestRoutingFailures:
         assert new({"id": "u1"}) == "new"
         assert full.failures.count("guard.routing_failed") == 1
 
+    def test_a_failing_extractor_runs_once_per_call(self, full: Rollouts) -> None:
+        """The unit extractor is called once per call, also when it fails."""
+        calls: list[str] = []
+
+        def unit(user: str) -> str:
+            calls.append(user)
+            raise KeyError("id")
+
+        def old(user: str) -> str:
+            return "old"
+
+        @full.guard("checkout", fallback=old, unit=unit)
+        def new(user: str) -> str:
+            return "new"
+
+        assert new("u1") == "old"
+        assert calls == ["u1"]
+
+    def test_attributes_without_a_unit_are_refused(self, full: Rollouts) -> None:
+        """Per-request bucketing applies no targeting, so attributes with unit=None are refused."""
+        with pytest.raises(TypeError, match="attributes need a unit"):
+            full.guard("checkout", fallback=str, unit=None, attributes=dict)
+
     def test_raising_attributes_extractor_serves_the_fallback(self, full: Rollouts) -> None:
         """An attributes extractor that raises sends the call to the fallback, counted."""
 
@@ -876,6 +899,28 @@ class TestOutcomesPerStage:
         outcomes = rollouts["checkout"].outcomes
         assert outcomes.stats(0)[0].calls == 1
         assert outcomes.stats(1)[1].calls == 2
+
+    def test_a_stage_visited_again_starts_from_zero(self, rollouts: Rollouts) -> None:
+        """After a rollback and a new advance, the stage counts only its new traffic."""
+
+        def old(user: str) -> str:
+            return "old"
+
+        @rollouts.guard("checkout", fallback=old, unit=lambda user: user)
+        def new(user: str) -> str:
+            return "new"
+
+        rollouts.advance("checkout")
+        for i in range(5):
+            new(f"u{i}")
+        rollouts.rollback("checkout")
+        assert rollouts.status("checkout").control == ArmStats()
+        rollouts.advance("checkout")
+        assert rollouts.status("checkout").treatment == ArmStats()
+        rollouts.freeze("checkout")
+        new("u1")
+        rollouts.unfreeze("checkout")
+        assert rollouts.status("checkout").treatment.calls == 1
 
     def test_state_from_another_rollouts_moves_the_counts(self) -> None:
         """A transition made through another ``Rollouts`` on the same store switches stages."""

@@ -17,8 +17,8 @@ from stagedroll import (
     MemoryStore,
     PolicyError,
     Reason,
-    RolloutState,
     Rollouts,
+    RolloutState,
     Status,
     StoreError,
     Transition,
@@ -48,6 +48,22 @@ class FailingStore(MemoryStore):
     ) -> bool:
         if self.fail_write:
             raise ConnectionError("store down")
+        return super().compare_and_set(rollout, expected_version, state, transition)
+
+
+class InterleavingStore(MemoryStore):
+    """A MemoryStore where another writer advances the rollout just before our next write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interleave: Rollouts | None = None
+
+    def compare_and_set(
+        self, rollout: str, expected_version: int, state: RolloutState, transition: Transition
+    ) -> bool:
+        other, self.interleave = self.interleave, None
+        if other is not None:
+            other.advance(rollout, actor="other-process")
         return super().compare_and_set(rollout, expected_version, state, transition)
 
 
@@ -102,7 +118,7 @@ class TestConstruction:
 
     def test_unknown_environment_is_refused(self, policy: dict[str, Any]) -> None:
         """A process environment the policy does not declare is a PolicyError with a hint."""
-        with pytest.raises(PolicyError, match="unknown environment 'prd'.*did you mean 'prod'"):
+        with pytest.raises(PolicyError, match=r"unknown environment 'prd'.*did you mean 'prod'"):
             Rollouts(policy, environment="prd")
 
     def test_start_is_recorded_once(self, policy: dict[str, Any]) -> None:
@@ -148,7 +164,7 @@ class TestDecisions:
     def test_units_of_other_types_raise_type_error(self, rollouts: Rollouts) -> None:
         """A float, bool or object unit is a bug at the call site: TypeError, not a guess."""
         for bad in (1.5, True, b"user", object()):
-            with pytest.raises(TypeError, match="must be str, int or uuid.UUID"):
+            with pytest.raises(TypeError, match=r"must be str, int or uuid\.UUID"):
                 rollouts.decide("search", bad)
             with pytest.raises(TypeError):
                 rollouts.enabled("search", bad)
@@ -331,6 +347,24 @@ class TestTransitions:
             t.join()
         assert sorted(outcomes) == ["refused"] * 5 + ["won"]
         assert [t.action for t in store.history("checkout")] == [Action.FREEZE, Action.START]
+
+    def test_a_write_that_lost_the_race_is_not_reapplied(self) -> None:
+        """Two advances racing move one stage: the loser is told, not retried onto the next."""
+        store = InterleavingStore()
+        ours = Rollouts(plain_policy(1, 5, 25), store=store)
+        store.interleave = Rollouts(plain_policy(1, 5, 25), store=store)
+        with pytest.raises(
+            TransitionError, match=r"changed meanwhile \(now stage 1.*other-process"
+        ):
+            ours.advance("checkout", actor="us")
+        assert ours.status("checkout").stage == 1
+        assert [t.actor for t in store.history("checkout")] == ["other-process", "stagedroll"]
+
+    def test_rollback_wording(self, rollouts: Rollouts) -> None:
+        """Refusals read as sentences: 'cannot roll back', not 'cannot rollback'."""
+        rollouts.kill("search")
+        with pytest.raises(TransitionError, match="cannot roll back 'search': it was killed"):
+            rollouts.rollback("search")
 
     def test_a_policy_with_fewer_stages_holds_at_its_last(self, policy: dict[str, Any]) -> None:
         """A stored stage beyond the policy's stages is served as the last stage."""

@@ -18,7 +18,7 @@ def step(action: Action, current: RolloutState, last_stage: int = 3) -> RolloutS
 
 class TestNextState:
     def test_advance_moves_to_the_next_stage(self) -> None:
-        """Advance raises the stage by one, stamps the time, reason and actor, and bumps the version."""
+        """Advance raises the stage by one, stamps time, reason and actor, and bumps the version."""
         new = step(Action.ADVANCE, state(1, version=4))
         assert new == RolloutState(2, Status.RUNNING, 10.0, 5, "why", "alice")
 

@@ -42,8 +42,9 @@ class Reason(str, enum.Enum):
 class Decision:
     """Whether the new path is on for one unit, and why.
 
-    ``stage`` is the name of the stage in force (``None`` before the first stage, off in
-    this environment, or on a fixed percent), ``percent`` its share, and ``bucket`` the
+    ``stage`` is the name of the stage in force (``None`` before the first stage or when the
+    rollout is off in this environment; the environment's name where the environment fixes
+    the percent), ``percent`` its share, and ``bucket`` the
     unit's hash when the bucket step was reached (``None`` when an earlier step decided).
     """
 

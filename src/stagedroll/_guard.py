@@ -39,11 +39,9 @@ def _router(
     attributes: Callable[..., Mapping[str, object]] | None,
 ) -> Route:
     """Return a function mapping a call's arguments to the arm that serves it. Never raises."""
-    failures = rollout._owner.failures
 
     def failed(exc: Exception) -> ArmCounts:
-        failures.record("guard.routing_failed", exc, rollout=rollout.name)
-        return rollout._view.arms.targeted_off
+        return _routing_failed(rollout, exc)
 
     if unit is None:
 
@@ -71,6 +69,12 @@ def _router(
     return by_unit_and_attributes
 
 
+def _routing_failed(rollout: Rollout, exc: Exception) -> ArmCounts:
+    """Count and log a failure to route a call; send the call to the old path."""
+    rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
+    return rollout._view.arms.targeted_off
+
+
 def guard(
     rollout: Rollout,
     *,
@@ -86,6 +90,10 @@ def guard(
         raise TypeError(
             f"unit must be a callable taking the function's arguments (or None for per-request "
             f"bucketing), not {type(unit).__name__}"
+        )
+    if unit is None and attributes is not None:
+        raise TypeError(
+            "attributes need a unit: per-request bucketing (unit=None) applies no targeting"
         )
     route = _router(rollout, unit, attributes)
     record = rollout.record
@@ -111,7 +119,6 @@ def guard(
             return cast("Callable[P, R]", wrapper)
 
         inline = unit is not None and attributes is None
-        view_of = rollout
 
         @functools.wraps(new)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -120,14 +127,14 @@ def guard(
                 # hot path, and each Python call saved is worth half the hash.
                 try:
                     key = unit(*args, **kwargs)  # type: ignore[misc]  # not None when inline
-                    v = view_of._view
+                    v = rollout._view
                     if v.plain and key.__class__ is str and key.isascii():
                         hashed = _hash(v.prefix + key, 0, False)
                         arm = v.treatment if hashed < v.threshold else v.control
                     else:
-                        arm = view_of.route(key)
-                except Exception:
-                    arm = route(args, kwargs)  # the slow path counts and logs the failure
+                        arm = rollout.route(key)
+                except Exception as exc:
+                    arm = _routing_failed(rollout, exc)
             else:
                 arm = route(args, kwargs)
             start = perf_counter()
@@ -193,8 +200,9 @@ def _async_wrapper(
 class Tracking:
     """The context manager of :meth:`Rollouts.track`: yields the decision, records the outcome.
 
-    Usable once, with ``with`` or ``async with``. An ``Exception`` leaving the block counts
-    as an error and propagates; ``BaseException`` (cancellation, interrupts) is not counted.
+    Use it with ``with`` or ``async with``; each block records one outcome. An ``Exception``
+    leaving the block counts as an error and propagates; ``BaseException`` (cancellation,
+    interrupts) is not counted.
     """
 
     __slots__ = ("_arm", "_rollout", "_start", "decision")

@@ -126,6 +126,12 @@ class Outcomes:
                 arms = self._arms.setdefault(stage, _new_arms())
         return arms
 
+    def enter(self, stage: int) -> Arms:
+        """Start fresh counters for a new visit of ``stage`` (after a stage change)."""
+        with self.lock:
+            arms = self._arms[stage] = _new_arms()
+        return arms
+
     def success(self, counts: ArmCounts, latency_s: float) -> None:
         """Record a successful call: lock-free, folded in batches."""
         pending = counts.pending

@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -67,7 +68,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a duration such as '30m', '2h' or '1d'")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("must be a duration of a sensible size") from None
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
         parts = _DURATION_PART.findall(text)
@@ -111,9 +115,70 @@ EnvironmentSetting = Annotated[
 ]
 
 
-def _problems(problems: list[tuple[str, str]]) -> PydanticCustomError:
-    """Report problems at sub-paths of the model being validated."""
-    return PydanticCustomError(_PROBLEMS, "{count} problems", {"problems": problems})
+def _problems(problems: list[tuple[str, str]], nested: Any = ()) -> PydanticCustomError:
+    """Report problems at sub-paths of the model being validated (and its field errors)."""
+    context = {"problems": problems, "nested": list(nested), "count": len(problems)}
+    return PydanticCustomError(_PROBLEMS, "{count} problems", context)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if percent_error(value) is None else None  # type: ignore[arg-type]
+
+
+def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Check a rollout's fields against each other, on raw input, skipping ill-typed parts."""
+    problems: list[tuple[str, str]] = []
+    stages = data.get("stages")
+    known_segments = context.get("segments")
+    seen: dict[str, int] = {}
+    previous: float | None = None
+    for i, stage in enumerate(stages if isinstance(stages, list | tuple) else ()):
+        if not isinstance(stage, Mapping):
+            previous = None
+            continue
+        name = stage.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(
+                    (f"stages[{i}].name", f"duplicates the name of stages[{seen[name]}]")
+                )
+            seen.setdefault(name, i)
+        percent = _number(stage.get("percent"))
+        if percent is not None and previous is not None and percent <= previous:
+            message = f"must be greater than the previous stage ({previous:g})"
+            problems.append((f"stages[{i}].percent", message))
+        previous = percent
+        segments = stage.get("segments")
+        for j, segment in enumerate(segments if isinstance(segments, list | tuple) else ()):
+            if (
+                known_segments is not None
+                and isinstance(segment, str)
+                and segment not in known_segments
+            ):
+                message = f"unknown segment {segment!r}{_hint(segment, known_segments)}"
+                problems.append((f"stages[{i}].segments[{j}]", message))
+    declared = context.get("environments")
+    environments = data.get("environments")
+    if declared is not None and isinstance(environments, Mapping):
+        listing = ", ".join(declared)
+        problems.extend(
+            (f"environments.{env}", f"unknown environment (declared: {listing})")
+            for env in environments
+            if isinstance(env, str) and env not in declared
+        )
+    targeting = data.get("targeting")
+    if isinstance(targeting, Mapping):
+        allow, deny = (_unit_set(targeting.get(key)) for key in ("allow", "deny"))
+        both = sorted(allow & deny)
+        if both:
+            problems.append(("targeting.deny", f"units also in targeting.allow: {', '.join(both)}"))
+    return problems
+
+
+def _unit_set(units: object) -> set[str]:
+    if not isinstance(units, list | tuple):
+        return set()
+    return {str(u) for u in units if isinstance(u, str | int) and not isinstance(u, bool)}
 
 
 class _Model(BaseModel):
@@ -208,48 +273,24 @@ class RolloutPolicy(_Model):
     targeting: Targeting = Targeting()
     health: Health = Health()
 
-    @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo) -> RolloutPolicy:
-        context = info.context or {}
-        problems: list[tuple[str, str]] = []
-        seen: dict[str, int] = {}
-        for i, stage in enumerate(self.stages):
-            if stage.name in seen:
-                problems.append(
-                    (f"stages[{i}].name", f"duplicates the name of stages[{seen[stage.name]}]")
-                )
-            seen.setdefault(stage.name, i)
-            if i and stage.percent <= self.stages[i - 1].percent:
-                previous = f"{self.stages[i - 1].percent:g}"
-                problems.append(
-                    (
-                        f"stages[{i}].percent",
-                        f"must be greater than the previous stage ({previous})",
-                    )
-                )
-            known_segments = context.get("segments")
-            for j, segment in enumerate(stage.segments):
-                if known_segments is not None and segment not in known_segments:
-                    problems.append(
-                        (
-                            f"stages[{i}].segments[{j}]",
-                            f"unknown segment {segment!r}{_hint(segment, known_segments)}",
-                        )
-                    )
-        declared = context.get("environments")
-        if declared is not None:
-            listing = ", ".join(declared)
-            problems.extend(
-                (f"environments.{env}", f"unknown environment (declared: {listing})")
-                for env in self.environments
-                if env not in declared
-            )
-        both = sorted(set(self.targeting.allow) & set(self.targeting.deny))
-        if both:
-            problems.append(("targeting.deny", f"units also in targeting.allow: {', '.join(both)}"))
+    @model_validator(mode="wrap")
+    @classmethod
+    def _consistent(
+        cls, data: Any, handler: ModelWrapValidatorHandler[RolloutPolicy], info: ValidationInfo
+    ) -> RolloutPolicy:
+        # The checks across fields run on the raw input, so that their problems are reported
+        # together with those of the fields, not only once every field is valid.
+        raw = data.model_dump() if isinstance(data, RolloutPolicy) else data
+        problems = _cross_checks(raw, info.context or {}) if isinstance(raw, Mapping) else []
+        try:
+            model = handler(data)
+        except ValidationError as exc:
+            if not problems:
+                raise
+            raise _problems(problems, nested=exc.errors(include_url=False)) from None
         if problems:
             raise _problems(problems)
-        return self
+        return model
 
     def salt_or(self, name: str) -> str:
         """The salt in force: the pinned one, else the rollout's name."""
@@ -319,6 +360,12 @@ def _message(error: Any) -> str:
         return f"unknown field{_hint(field, _FIELDS)}"
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind in ("tuple_type", "list_type"):
+        return f"must be a list (got {_shown(error.get('input'))})"
+    if kind in ("dict_type", "model_type"):
+        return f"must be a table (got {_shown(error.get('input'))})"
     if kind == "string_pattern_mismatch":
         return "must be a name of letters, digits, '-', '_' or '.', starting with a letter or digit"
     if msg.startswith("Input should be"):
@@ -326,20 +373,24 @@ def _message(error: Any) -> str:
     elif kind == "too_short":
         return "must not be empty"
     if kind.endswith("_type") or kind == "literal_error":
-        shown = repr(error.get("input"))
-        msg += f" (got {shown if len(shown) <= 40 else shown[:37] + '...'})"
+        msg += f" (got {_shown(error.get('input'))})"
     return msg
 
 
-def _convert(exc: ValidationError) -> list[PolicyProblem]:
-    errors = exc.errors(include_url=False)
-    nested = {tuple(e["loc"][:i]) for e in errors for i in range(len(e["loc"]))}
+def _shown(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _convert(errors: list[Any], prefix: tuple[int | str, ...] = ()) -> list[PolicyProblem]:
+    inner = {tuple(e["loc"][:i]) for e in errors for i in range(len(e["loc"]))}
     problems = []
     for error in errors:
-        loc = tuple(error["loc"])
-        if error["type"] == "too_short" and loc in nested:
+        loc = prefix + tuple(error["loc"])
+        if error["type"] == "too_short" and tuple(error["loc"]) in inner:
             continue  # the items were invalid, which is reported: their count is not news
         if error["type"] == _PROBLEMS:
+            problems.extend(_convert(error["ctx"]["nested"], loc))
             for sub, message in error["ctx"]["problems"]:
                 problems.append(PolicyProblem(f"{_path(loc)}.{sub}" if loc else sub, message))
             continue
@@ -379,7 +430,7 @@ def policy_from_dict(data: object, *, source: str | None = None) -> Policy:
     try:
         return Policy.model_validate(data, context=_context(data))
     except ValidationError as exc:
-        raise PolicyError(_convert(exc), source=source) from None
+        raise PolicyError(_convert(exc.errors(include_url=False)), source=source) from None
 
 
 def parse_policy(
@@ -436,7 +487,7 @@ def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> 
     Raises :class:`~stagedroll.exceptions.PolicyError` naming every bad field, and
     :class:`OSError` when the file cannot be read.
     """
-    if isinstance(source, Policy | Mapping):
+    if not isinstance(source, str | os.PathLike):
         return policy_from_dict(source)
     path = Path(source)
     fmt = _FORMATS.get(path.suffix.lower())
@@ -451,4 +502,11 @@ def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> 
             ],
             source=str(path),
         )
-    return parse_policy(path.read_text(encoding="utf-8"), format=fmt, source=str(path))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.start}"
+        raise PolicyError(
+            [PolicyProblem("", f"not UTF-8 text ({where})")], source=str(path)
+        ) from None
+    return parse_policy(text, format=fmt, source=str(path))

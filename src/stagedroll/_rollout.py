@@ -164,6 +164,13 @@ class Rollout:
         return self._owner.history(self.name, limit=limit)
 
     def _adopt(self, state: RolloutState) -> None:
-        """Follow ``state`` if it is newer than the one in force."""
-        if state.version > self._view.state.version:
+        """Follow ``state`` if it is newer than the one in force.
+
+        Moving to another stage starts that stage's counters afresh: a stage visited again
+        (after a rollback) is judged on its new traffic only.
+        """
+        current = self._view.state
+        if state.version > current.version:
+            if state.stage != current.stage:
+                self.outcomes.enter(min(state.stage, self._plan.last_stage))
             self._view = self._plan.view(state, self.outcomes)

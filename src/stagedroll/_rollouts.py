@@ -24,8 +24,8 @@ from ._plan import compile_policy
 from ._policy import Policy, load_policy
 from ._rollout import Rollout
 from ._state import Action, Evidence, RolloutState, RolloutStatus, Transition
-from ._transitions import EVENTS, initial_state, next_state
-from .exceptions import StoreError, UnknownRolloutError
+from ._transitions import EVENTS, initial_state, next_state, verb
+from .exceptions import StoreError, TransitionError, UnknownRolloutError
 from .stores import MemoryStore, Store, store_from_url
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ R = TypeVar("R")
 
 _log = structlog.get_logger("stagedroll")
 _hash = mmh3.hash
-_CAS_ATTEMPTS = 8
 _MAX_UNKNOWN_NAMES = 1024
 _NO_EVIDENCE: Evidence = MappingProxyType({})
 
@@ -57,7 +56,7 @@ class Rollouts:
     mapping in the policy file's shape, or a path to a TOML, JSON or YAML file.
     ``environment`` defaults to ``$STAGEDROLL_ENV``; ``store`` to a new :class:`MemoryStore`
     (or a store URL such as ``memory://``); ``clock`` (seconds, default :func:`time.time`)
-    stamps transitions and measures bake times.
+    stamps transitions.
     """
 
     def __init__(
@@ -70,7 +69,8 @@ class Rollouts:
     ) -> None:
         self.policy: Policy = load_policy(policy)
         if environment is None:
-            environment = os.environ.get("STAGEDROLL_ENV") or None
+            environment = os.environ.get("STAGEDROLL_ENV")
+        environment = environment or None  # an empty name names no environment
         self.policy.check_environment(environment)
         self.environment = environment
         self.clock: Callable[[], float] = clock if clock is not None else time.time
@@ -115,7 +115,11 @@ class Rollouts:
             entry = Transition(name, Action.START, 0, 0, None, started.status, 1, started.since,
                                actor="stagedroll")  # fmt: skip
             if self.store.compare_and_set(name, 0, started, entry):
-                _log.info(EVENTS[Action.START], rollout=name, stage=0)
+                _log.info(
+                    EVENTS[Action.START],
+                    rollout=name,
+                    stage=self.policy.rollouts[name].stages[0].name,
+                )
                 return started
             return self.store.load(name) or first
         except Exception as exc:
@@ -269,43 +273,47 @@ class Rollouts:
         actor: str | None,
         evidence: Evidence = _NO_EVIDENCE,
     ) -> Transition:
-        """Apply ``action`` by compare-and-set, retrying when another writer got there first.
+        """Apply ``action`` to the state in the store, by compare-and-set.
 
-        Raises :class:`TransitionError` when the action does not apply to the state found in
-        the store, and :class:`StoreError` when the store fails or stays contended.
+        Raises :class:`TransitionError` when the action does not apply to that state, or when
+        another writer changed it between our read and our write (the action is then not
+        retried: ``advance`` twice would skip a stage), and :class:`StoreError` when the store
+        fails.
         """
         rollout = self[name]
         who = actor if actor is not None else _default_actor()
-        for _ in range(_CAS_ATTEMPTS):
-            current = self._load(name) or rollout.state
-            now = self.clock()
-            new = next_state(name, action, current, last_stage=rollout._plan.last_stage,
-                             now=now, reason=reason, actor=who)  # fmt: skip
-            entry = Transition(
-                rollout=name,
-                action=action,
-                from_stage=current.stage,
-                to_stage=new.stage,
-                from_status=current.status,
-                to_status=new.status,
-                version=new.version,
-                at=now,
-                reason=reason,
-                actor=who,
-                evidence=evidence,
+        current = self._load(name) or rollout.state
+        now = self.clock()
+        new = next_state(name, action, current, last_stage=rollout._plan.last_stage,
+                         now=now, reason=reason, actor=who)  # fmt: skip
+        entry = Transition(
+            rollout=name,
+            action=action,
+            from_stage=current.stage,
+            to_stage=new.stage,
+            from_status=current.status,
+            to_status=new.status,
+            version=new.version,
+            at=now,
+            reason=reason,
+            actor=who,
+            evidence=evidence,
+        )
+        try:
+            committed = self.store.compare_and_set(name, current.version, new, entry)
+        except Exception as exc:
+            raise StoreError(f"the store failed to {verb(action)} {name!r}: {exc}") from exc
+        if not committed:
+            latest = self._load(name) or current
+            raise TransitionError(
+                f"cannot {verb(action)} {name!r}: it changed meanwhile (now stage {latest.stage}, "
+                f"{latest.status}, by {latest.actor or 'unknown'}); not applied"
             )
-            try:
-                committed = self.store.compare_and_set(name, current.version, new, entry)
-            except Exception as exc:
-                raise StoreError(f"the store failed to {action} {name!r}: {exc}") from exc
-            if committed:
-                rollout._adopt(new)  # the store's listeners did it too, unless it has none
-                stage = rollout._view.stage_name
-                _log.info(EVENTS[action], rollout=name, stage=stage, from_stage=current.stage,
-                          to_stage=new.stage, status=str(new.status), reason=reason, actor=who,
-                          **dict(evidence))  # fmt: skip
-                return entry
-        raise StoreError(f"could not {action} {name!r}: the state kept changing under us")
+        rollout._adopt(new)  # the store's listeners did it too, unless it has none
+        _log.info(EVENTS[action], rollout=name, stage=rollout._view.stage_name,
+                  from_stage=current.stage, to_stage=new.stage, status=str(new.status),
+                  reason=reason, actor=who, **dict(evidence))  # fmt: skip
+        return entry
 
     def _load(self, name: str) -> RolloutState | None:
         try:

@@ -1,7 +1,9 @@
 """Targeting rules: segment predicates over a unit's attributes, and version comparison.
 
-A rule never raises: an attribute that is missing, of the wrong type, or not a version
-makes the rule false. So a bad attribute can only keep a unit out of a segment.
+A rule never raises. A missing attribute makes every rule false (``ne`` and ``not_in``
+included). An attribute of the wrong type makes the ordering, text and version rules false;
+``eq``, ``ne``, ``in`` and ``not_in`` compare with Python's ``==``, so ``42`` is ``ne``
+``"DE"``, and ``true`` equals ``1``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ._state import Action, RolloutState, Status
 from .exceptions import TransitionError
 
-__all__ = ["EVENTS", "initial_state", "next_state"]
+__all__ = ["EVENTS", "initial_state", "next_state", "verb"]
 
 EVENTS: dict[Action, str] = {
     Action.START: "rollout.started",
@@ -32,6 +32,12 @@ _ALLOWED_FROM: dict[Action, frozenset[Status]] = {
     Action.KILL: frozenset({Status.RUNNING, Status.FROZEN, Status.ROLLED_BACK, Status.COMPLETE}),
     Action.COMPLETE: frozenset({Status.RUNNING, Status.FROZEN, Status.ROLLED_BACK, Status.KILLED}),
 }
+
+
+def verb(action: Action) -> str:
+    """The action as a verb in a sentence (``roll back``, not ``rollback``)."""
+    return "roll back" if action is Action.ROLLBACK else action.value
+
 
 _WHY_NOT: dict[Status, str] = {
     Status.RUNNING: "it is running",
@@ -65,7 +71,7 @@ def next_state(
     if action is Action.START:
         raise TransitionError("a rollout is started by the store, not by a transition")
     if state.status not in _ALLOWED_FROM[action]:
-        raise TransitionError(f"cannot {action} {name!r}: {_WHY_NOT[state.status]}")
+        raise TransitionError(f"cannot {verb(action)} {name!r}: {_WHY_NOT[state.status]}")
     stage, status = state.stage, Status.RUNNING
     if action is Action.ADVANCE:
         if stage >= last_stage:

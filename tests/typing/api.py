@@ -48,7 +48,8 @@ async def new_fetch(user: str, *, limit: int = 10) -> list[str]:
 async def main() -> None:
     items: list[str] = await new_fetch("user-1", limit=3)
     async with rollouts.track("new-checkout", "user-42") as tracked:
-        assert isinstance(tracked.enabled, bool) and items is not None
+        assert isinstance(tracked.enabled, bool)
+        assert items is not None
 
 
 with rollouts.track("new-checkout", "user-42") as tracked:
