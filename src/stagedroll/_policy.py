@@ -6,6 +6,7 @@ field it concerns, all at once, as a :class:`~stagedroll.exceptions.PolicyError`
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -94,15 +95,22 @@ def _percent(value: object) -> float:
 
 def _unit_id(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python converts to text
+            raise ValueError("is too long a number to be a unit") from None
     return value
 
 
 def _environment_setting(value: object) -> object:
     if value in ("stages", "off"):
         return value
+    if value is False:  # YAML reads a bare `off` as false
+        raise ValueError('must be "stages", "off" or a percent (got false: quote "off" in YAML)')
     if isinstance(value, str) or percent_error(value) is not None:
-        raise ValueError('must be "stages", "off" or a percent between 0 and 100')
+        raise ValueError(
+            f'must be "stages", "off" or a percent between 0 and 100 (got {_shown(value)})'
+        )
     return float(value)  # type: ignore[arg-type]  # a valid percent is a number
 
 
@@ -160,9 +168,9 @@ def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[t
     declared = context.get("environments")
     environments = data.get("environments")
     if declared is not None and isinstance(environments, Mapping):
-        listing = ", ".join(declared)
+        listing = f"declared: {', '.join(declared)}" if declared else "none are declared"
         problems.extend(
-            (f"environments.{env}", f"unknown environment (declared: {listing})")
+            (f"environments.{env}", f"unknown environment ({listing})")
             for env in environments
             if isinstance(env, str) and env not in declared
         )
@@ -178,7 +186,14 @@ def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[t
 def _unit_set(units: object) -> set[str]:
     if not isinstance(units, list | tuple):
         return set()
-    return {str(u) for u in units if isinstance(u, str | int) and not isinstance(u, bool)}
+    found = set()
+    for unit in units:
+        if isinstance(unit, str):
+            found.add(unit)
+        elif isinstance(unit, int) and not isinstance(unit, bool):
+            with contextlib.suppress(ValueError):  # too many digits: reported by its field
+                found.add(str(unit))
+    return found
 
 
 class _Model(BaseModel):
@@ -329,14 +344,32 @@ class Policy(_Model):
 
 
 def _hint(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
+    close = difflib.get_close_matches(word, [c for c in choices if c != word], n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-_FIELDS = sorted(
-    {name for model in (Rule, Segment, Stage, Targeting, Health, RolloutPolicy, Policy)
-     for name in model.model_fields}
-)  # fmt: skip
+# Where each nested model lives: (parent, field) -> (child, whether a key or index follows).
+_CHILDREN: dict[tuple[type[BaseModel], str], tuple[type[BaseModel], bool]] = {
+    (Policy, "segments"): (Segment, True),
+    (Policy, "rollouts"): (RolloutPolicy, True),
+    (Segment, "rules"): (Rule, True),
+    (RolloutPolicy, "stages"): (Stage, True),
+    (RolloutPolicy, "targeting"): (Targeting, False),
+    (RolloutPolicy, "health"): (Health, False),
+}
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model whose field ``loc`` names, or ``None`` if ``loc`` leaves the known shape."""
+    model: type[BaseModel] = Policy
+    i = 0
+    while i < len(loc) - 1:
+        child = _CHILDREN.get((model, str(loc[i])))
+        if child is None:
+            return None
+        model, keyed = child
+        i += 2 if keyed else 1
+    return model if i == len(loc) - 1 else None
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -351,13 +384,15 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _message(error: Any) -> str:
+def _message(error: Any, loc: tuple[int | str, ...]) -> str:
     kind, msg = error["type"], str(error["msg"])
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        field = str(error["loc"][-1])
-        return f"unknown field{_hint(field, _FIELDS)}"
+        field = str(loc[-1])
+        model = _model_at(loc)
+        known = sorted(model.model_fields) if model is not None else []
+        return f"unknown field{_hint(field, known)}"
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
     if kind == "string_too_short":
@@ -396,9 +431,9 @@ def _convert(errors: list[Any], prefix: tuple[int | str, ...] = ()) -> list[Poli
             continue
         if "[key]" in loc:
             loc = loc[: loc.index("[key]")]
-            problems.append(PolicyProblem(_path(loc), f"invalid name: {_message(error)}"))
+            problems.append(PolicyProblem(_path(loc), f"invalid name: {_message(error, loc)}"))
             continue
-        problems.append(PolicyProblem(_path(loc), _message(error)))
+        problems.append(PolicyProblem(_path(loc), _message(error, loc)))
     return problems
 
 
@@ -422,7 +457,10 @@ def policy_from_dict(data: object, *, source: str | None = None) -> Policy:
         raise PolicyError(
             [
                 PolicyProblem(
-                    "", f"the document must be a table of rollouts, not {type(data).__name__}"
+                    "",
+                    "the document is empty"
+                    if data is None
+                    else f"the document must be a table of rollouts, not {type(data).__name__}",
                 )
             ],
             source=source,
@@ -454,6 +492,9 @@ def parse_policy(
         raise PolicyError([PolicyProblem("", f"invalid JSON: {exc}")], source=source) from None
     except _YamlError as exc:
         raise PolicyError([PolicyProblem("", f"invalid YAML: {exc}")], source=source) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        problem = PolicyProblem("", f"invalid {format.upper()}: {exc}")
+        raise PolicyError([problem], source=source) from None
     return policy_from_dict(data, source=source)
 
 
@@ -492,12 +533,13 @@ def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> 
     path = Path(source)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
+        suffix = repr(path.suffix) if path.suffix else "a name without suffix"
         known = ", ".join(_FORMATS)
         raise PolicyError(
             [
                 PolicyProblem(
                     "",
-                    f"cannot tell the format from {path.suffix or 'no suffix'!r} (known: {known})",
+                    f"cannot tell the format from {suffix} (known: {known})",
                 )
             ],
             source=str(path),
