@@ -411,6 +411,21 @@ class TestFallbackFails:
 
 
 class TestAsync:
+    def test_objects_with_an_async_call_are_async(self, full: Rollouts) -> None:
+        """A callable object whose __call__ is async is guarded as async, fallback and all."""
+
+        class Old:
+            async def __call__(self, user: str) -> str:
+                return "old"
+
+        class New:
+            async def __call__(self, user: str) -> str:
+                raise ConnectionError("new path down")
+
+        guarded = full.guard("checkout", fallback=Old(), unit=lambda user: user)(New())
+        assert asyncio.run(guarded("u1")) == "old"
+        assert full.status("checkout").treatment.fallbacks == 1
+
     def test_both_arms_are_awaited(self, rollouts: Rollouts) -> None:
         """An async guard awaits the new function in treatment and the fallback in control."""
 
@@ -1069,6 +1084,26 @@ class TestTrack:
 
 
 class TestReport:
+    @pytest.mark.parametrize("latency", ["0.12", float("nan"), -1.0, float("inf"), True])
+    def test_a_bad_latency_is_dropped_not_kept(self, full: Rollouts, latency: object) -> None:
+        """A latency that is no finite, non-negative number is dropped and counted."""
+        full.report("checkout", "u1", error=False, latency_s=latency)  # type: ignore[arg-type]
+        assert full.failures.count("outcome.bad_latency") == 1
+
+        def old(user: str) -> str:
+            return "old"
+
+        @full.guard("checkout", fallback=old, unit=lambda user: user)
+        def new(user: str) -> str:
+            return "new"
+
+        for i in range(2100):  # past two batch folds of the lock-free path
+            assert new(f"u{i}") == "new"
+        stats = full.status("checkout").treatment
+        assert stats.calls == 2101
+        assert stats.mean_latency_s is not None
+        assert stats.mean_latency_s >= 0
+
     def test_returns_the_decision_and_records(self, rollouts: Rollouts) -> None:
         """``report`` returns the unit's decision and counts the outcome in its arm."""
         [on] = _units(rollouts, "search", enabled=True, count=1)

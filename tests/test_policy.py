@@ -955,6 +955,17 @@ class TestDocumentProblems:
             load_policy(path)
 
 
+class TestPolicyModel:
+    def test_references_are_checked_without_load_policy(self) -> None:
+        """A Policy built directly still refuses a stage naming an unknown segment."""
+        document: dict[str, Any] = {
+            "segments": {"staff": {"rules": [{"attribute": "a", "op": "eq", "value": 1}]}},
+            "rollouts": {"r": {"stages": [{"name": "a", "percent": 1, "segments": ["staf"]}]}},
+        }
+        with pytest.raises(ValidationError, match=r"rollouts\.r\.stages\[0\]\.segments\[0\]"):
+            Policy.model_validate(document)
+
+
 class TestNothingElseRaises:
     @given(st.dictionaries(KEYS.filter(lambda k: isinstance(k, str)), JUNK, max_size=5))
     def test_junk(self, document: dict[str, object]) -> None:

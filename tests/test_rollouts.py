@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,11 @@ class TestDecisions:
                 rollouts.enabled("search", bad)
         with pytest.raises(TypeError, match="attributes must be a mapping"):
             rollouts.decide("search", "u", ["not", "a", "mapping"])  # type: ignore[arg-type]
+
+    def test_an_int_too_long_for_text_is_a_type_error(self, rollouts: Rollouts) -> None:
+        """An int unit beyond Python's int-to-text limit is refused like other bad units."""
+        with pytest.raises(TypeError, match="pass a str"):
+            rollouts.decide("search", 10**5000)
 
     def test_no_unit(self, rollouts: Rollouts) -> None:
         """None is no unit: off, with reason NO_UNIT."""
@@ -366,6 +371,14 @@ class TestTransitions:
         with pytest.raises(TransitionError, match="cannot roll back 'search': it was killed"):
             rollouts.rollback("search")
 
+    def test_an_older_state_never_replaces_a_newer_one(self, rollouts: Rollouts) -> None:
+        """Adopting a state older than the one in force changes nothing."""
+        handle = rollouts["search"]
+        old = handle.state
+        rollouts.kill("search")
+        handle._adopt(old)
+        assert handle.state.status is Status.KILLED
+
     def test_a_policy_with_fewer_stages_holds_at_its_last(self, policy: dict[str, Any]) -> None:
         """A stored stage beyond the policy's stages is served as the last stage."""
         store = MemoryStore()
@@ -412,6 +425,34 @@ class TestNeverBreakTheHost:
             assert rollouts.enabled("checkout", "u1", ExplodingAttributes()) is False
         assert rollouts.failures.count("decision.failed") == 6
         assert [e["event"] for e in logs] == ["decision.failed"]
+
+
+class TestBrokenLogging:
+    @pytest.fixture(name="broken_logging")
+    def _broken_logging(self) -> Iterator[None]:
+        def explode(logger: object, method: str, event: MutableMapping[str, Any]) -> str:
+            raise RuntimeError("logging is broken")
+
+        structlog.configure(processors=[explode])
+        yield
+        structlog.reset_defaults()
+
+    @pytest.mark.usefixtures("broken_logging")
+    def test_decisions_and_transitions_survive_a_raising_logger(
+        self, policy: dict[str, Any]
+    ) -> None:
+        """A logging setup that raises reaches neither decisions nor committed transitions."""
+        store = MemoryStore()
+        rollouts = Rollouts(policy, store=store)
+        assert rollouts.enabled("chekout", "u") is False
+        assert rollouts.decide("checkout", "u", ExplodingAttributes()).reason is Reason.ERROR
+        rollouts.advance("checkout")
+        rollouts.kill("checkout")
+        assert [t.action for t in store.history("checkout")] == [
+            Action.KILL,
+            Action.ADVANCE,
+            Action.START,
+        ]
 
 
 class TestStatus:

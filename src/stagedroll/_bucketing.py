@@ -42,7 +42,10 @@ def unit_key(unit: object) -> str:
     if isinstance(unit, str):
         return str.__str__(unit)
     if isinstance(unit, int) and not isinstance(unit, bool):
-        return int.__repr__(unit)
+        try:
+            return int.__repr__(unit)
+        except ValueError:  # beyond sys.get_int_max_str_digits()
+            raise TypeError("an int unit this long cannot be written as text; pass a str") from None
     if isinstance(unit, uuid.UUID):
         return str(unit)
     raise TypeError(

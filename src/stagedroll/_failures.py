@@ -13,15 +13,23 @@ from collections.abc import Callable
 
 import structlog
 
-__all__ = ["Failures"]
+from ._forksafe import register
+
+__all__ = ["Failures", "log"]
 
 _log = structlog.get_logger("stagedroll")
+
+
+def log(level: str, event: str, **fields: object) -> None:
+    """Log through structlog; a broken logging setup must not break the host, so never raise."""
+    with contextlib.suppress(Exception):
+        getattr(_log, level)(event, **fields)
 
 
 class Failures:
     """Counts internal failures by event name and logs each event at most once per interval."""
 
-    __slots__ = ("_clock", "_counts", "_interval", "_last", "_lock", "_suppressed")
+    __slots__ = ("__weakref__", "_clock", "_counts", "_interval", "_last", "_lock", "_suppressed")
 
     def __init__(
         self, *, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
@@ -32,6 +40,14 @@ class Failures:
         self._counts: dict[str, int] = {}
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock, and counts of this process only."""
+        self._lock = threading.Lock()
+        self._counts.clear()
+        self._last.clear()
+        self._suppressed.clear()
 
     def record(self, event: str, exc: BaseException | None = None, **fields: object) -> None:
         """Count one failure of kind ``event``; log it unless logged within the interval."""
@@ -44,14 +60,9 @@ class Failures:
                 return
             self._last[event] = now
             suppressed = self._suppressed.pop(event, 0)
-        with contextlib.suppress(Exception):  # a broken logging setup must not break the host
-            _log.error(
-                event,
-                exc_info=exc,
-                suppressed=suppressed,
-                total=self._counts[event],
-                **fields,
-            )
+        log(
+            "error", event, exc_info=exc, suppressed=suppressed, total=self._counts[event], **fields
+        )
 
     def count(self, event: str | None = None) -> int:
         """Failures of kind ``event`` so far, or of every kind."""

@@ -69,6 +69,13 @@ def _router(
     return by_unit_and_attributes
 
 
+def _is_async(fn: Callable[..., object]) -> bool:
+    """Whether calling ``fn`` gives a coroutine (``async def``, or an async ``__call__``)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the method itself is what we inspect
+    )
+
+
 def _routing_failed(rollout: Rollout, exc: Exception) -> ArmCounts:
     """Count and log a failure to route a call; send the call to the old path."""
     rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
@@ -101,8 +108,8 @@ def guard(
     fold = rollout.outcomes.fold
 
     def decorate(new: Callable[P, R]) -> Callable[P, R]:
-        is_async = inspect.iscoroutinefunction(new)
-        if is_async != inspect.iscoroutinefunction(fallback):
+        is_async = _is_async(new)
+        if is_async != _is_async(fallback):
             raise TypeError(
                 f"{new.__qualname__} and its fallback {getattr(fallback, '__qualname__', fallback)}"
                 " must both be async or both be sync"

@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ._forksafe import register
+
 __all__ = ["FOLD_AT", "ArmCounts", "ArmStats", "Arms", "Outcomes"]
 
 FOLD_AT = 1024
@@ -55,12 +57,18 @@ class ArmCounts:
         pending = self.pending
         n = len(pending)
         if n:
-            batch = pending[:n]
+            total = sum(pending[:n])
             # Deleting the first n leaves whatever other threads appended meanwhile.
             del pending[:n]
             self.calls += n
             self.latency_n += n
-            self.latency_s += sum(batch)
+            self.latency_s += total
+
+    def reset(self) -> None:
+        """Forget every count (in a forked child: they were the parent's)."""
+        self.calls = self.errors = self.fallbacks = self.latency_n = 0
+        self.latency_s = 0.0
+        self.pending.clear()
 
     def stats(self) -> ArmStats:
         """A frozen copy for reading (pending latencies included)."""
@@ -112,11 +120,19 @@ def _new_arms() -> Arms:
 class Outcomes:
     """The outcome sink of one rollout: per stage, its :class:`Arms`."""
 
-    __slots__ = ("_arms", "lock")
+    __slots__ = ("__weakref__", "_arms", "lock")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._arms: dict[int, Arms] = {}
+        register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock, and counts of this process only."""
+        self.lock = threading.Lock()
+        for arms in self._arms.values():
+            for counts in arms:
+                counts.reset()
 
     def arms(self, stage: int) -> Arms:
         """The counters of ``stage``, created on first use."""

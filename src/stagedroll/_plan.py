@@ -29,7 +29,6 @@ _random_bucket = random.getrandbits
 class StagePlan:
     """A stage with its threshold and the segments in force (its own and the earlier ones')."""
 
-    index: int
     name: str
     percent: float
     threshold: int
@@ -48,7 +47,6 @@ class Plan:
         "name",
         "policy",
         "prefix",
-        "salt",
         "stages",
     )
 
@@ -61,18 +59,17 @@ class Plan:
     ) -> None:
         self.name = name
         self.policy = policy
-        self.salt = policy.salt_or(name)
-        self.prefix = self.salt + ":"
+        self.prefix = policy.salt_or(name) + ":"
         self.bucket_by = policy.bucket_by
         self.allow = frozenset(policy.targeting.allow)
         self.deny = frozenset(policy.targeting.deny)
         stages: list[StagePlan] = []
         included: list[Predicate] = []
-        for i, stage in enumerate(policy.stages):
+        for stage in policy.stages:
             # Segments stay in once included, as units do when the percentage grows.
             included.extend(segments[s] for s in stage.segments if segments[s] not in included)
             stages.append(
-                StagePlan(i, stage.name, stage.percent, threshold(stage.percent), tuple(included))
+                StagePlan(stage.name, stage.percent, threshold(stage.percent), tuple(included))
             )
         self.stages = tuple(stages)
         setting = policy.environments.get(environment) if environment is not None else None
@@ -86,7 +83,7 @@ class Plan:
             self.mode = "off"
         else:
             self.mode = "fixed"
-            self.fixed = StagePlan(-1, f"{environment}", setting, threshold(setting), ())
+            self.fixed = StagePlan(f"{environment}", setting, threshold(setting), ())
 
     @property
     def last_stage(self) -> int:

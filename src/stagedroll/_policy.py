@@ -125,8 +125,9 @@ EnvironmentSetting = Annotated[
 
 def _problems(problems: list[tuple[str, str]], nested: Any = ()) -> PydanticCustomError:
     """Report problems at sub-paths of the model being validated (and its field errors)."""
-    context = {"problems": problems, "nested": list(nested), "count": len(problems)}
-    return PydanticCustomError(_PROBLEMS, "{count} problems", context)
+    summary = "; ".join(f"{path}: {message}" for path, message in problems)
+    context = {"problems": problems, "nested": list(nested), "summary": summary}
+    return PydanticCustomError(_PROBLEMS, "{summary}", context)
 
 
 def _number(value: object) -> float | None:
@@ -318,6 +319,20 @@ class Policy(_Model):
     environments: tuple[Name, ...] | None = None
     segments: dict[Name, Segment] = Field(default_factory=dict)
     rollouts: dict[Name, RolloutPolicy] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        # load_policy checks references within each rollout, with the whole document as
+        # context; a Policy built directly (Policy(...), model_validate) is checked here.
+        context = {"segments": tuple(self.segments), "environments": self.environments}
+        problems = [
+            (f"rollouts.{name}.{path}", message)
+            for name, rollout in self.rollouts.items()
+            for path, message in _cross_checks(rollout.model_dump(), context)
+        ]
+        if problems:
+            raise _problems(problems)
+        return self
 
     @field_validator("environments")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -9,6 +11,7 @@ import mmh3
 
 from ._bucketing import unit_key
 from ._decision import Decision, Reason
+from ._forksafe import register
 from ._guard import Tracking, guard
 from ._outcomes import ArmCounts, Outcomes
 from ._plan import Plan, View
@@ -24,6 +27,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _hash = mmh3.hash
+
+
+def _is_latency(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _key(unit: object, attributes: object) -> str | None:
@@ -43,14 +55,19 @@ class Rollout:
     Get one with ``rollouts["name"]``; it stays valid across transitions.
     """
 
-    __slots__ = ("__weakref__", "_owner", "_plan", "_view", "name", "outcomes")
+    __slots__ = ("__weakref__", "_lock", "_owner", "_plan", "_view", "name", "outcomes")
 
     def __init__(self, owner: Rollouts, plan: Plan, state: RolloutState) -> None:
         self._owner = owner
         self._plan = plan
         self.name = plan.name
         self.outcomes = Outcomes()
+        self._lock = threading.Lock()  # serializes view changes; decisions never take it
         self._view: View = plan.view(state, self.outcomes)
+        register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         v = self._view
@@ -88,9 +105,12 @@ class Rollout:
         or ``attributes`` of the wrong type (a bug at the call site); any failure inside
         stagedroll gives ``enabled=False`` with reason ``ERROR`` instead of raising.
         """
+        return self._decide(self._view, unit, attributes)
+
+    def _decide(self, v: View, unit: object, attributes: Mapping[str, object] | None) -> Decision:
         key = _key(unit, attributes)
         try:
-            return self._view.evaluate(key, attributes)
+            return v.evaluate(key, attributes)
         except Exception as exc:
             self._failed(exc)
             return Decision(self.name, False, Reason.ERROR)
@@ -125,8 +145,9 @@ class Rollout:
 
     def track(self, unit: object, attributes: Mapping[str, object] | None = None) -> Tracking:
         """Decide for ``unit``, record the outcome of the block; see :meth:`Rollouts.track`."""
-        decision = self.decide(unit, attributes)
-        return Tracking(self, decision, self._view.arm(decision))
+        v = self._view  # decide and record on one view, even if a transition comes between
+        decision = self._decide(v, unit, attributes)
+        return Tracking(self, decision, v.arm(decision))
 
     def report(
         self,
@@ -137,14 +158,23 @@ class Rollout:
         attributes: Mapping[str, object] | None = None,
     ) -> Decision:
         """Record one outcome for ``unit`` on the arm it is decided into; return that decision."""
-        decision = self.decide(unit, attributes)
-        self.record(self._view.arm(decision), error=error, latency_s=latency_s)
+        v = self._view
+        decision = self._decide(v, unit, attributes)
+        self.record(v.arm(decision), error=error, latency_s=latency_s)
         return decision
 
     def record(
         self, arm: ArmCounts, *, error: bool, latency_s: float | None, fallback: bool = False
     ) -> None:
-        """Add one outcome to ``arm``; never raises (a failure here is logged and counted)."""
+        """Add one outcome to ``arm``; never raises (a failure here is logged and counted).
+
+        A latency that is not a finite, non-negative number of seconds is dropped, counted
+        and logged (``outcome.bad_latency``); the outcome itself is kept.
+        """
+        if latency_s is not None and not _is_latency(latency_s):
+            self._owner.failures.record("outcome.bad_latency", rollout=self.name,
+                                        latency=repr(latency_s)[:40])  # fmt: skip
+            latency_s = None
         try:
             if error or fallback or latency_s is None:
                 self.outcomes.record(arm, error, latency_s, fallback)
@@ -169,8 +199,9 @@ class Rollout:
         Moving to another stage starts that stage's counters afresh: a stage visited again
         (after a rollback) is judged on its new traffic only.
         """
-        current = self._view.state
-        if state.version > current.version:
-            if state.stage != current.stage:
-                self.outcomes.enter(min(state.stage, self._plan.last_stage))
-            self._view = self._plan.view(state, self.outcomes)
+        with self._lock:  # two adopters must not let an older state overwrite a newer one
+            current = self._view.state
+            if state.version > current.version:
+                if state.stage != current.stage:
+                    self.outcomes.enter(min(state.stage, self._plan.last_stage))
+                self._view = self._plan.view(state, self.outcomes)

@@ -12,18 +12,16 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import mmh3
-import structlog
 
 from ._decision import Decision, Reason
-from ._failures import Failures
+from ._failures import Failures, log
 from ._plan import compile_policy
 from ._policy import Policy, load_policy
 from ._rollout import Rollout
-from ._state import Action, Evidence, RolloutState, RolloutStatus, Transition
+from ._state import NO_EVIDENCE, Action, Evidence, RolloutState, RolloutStatus, Transition
 from ._transitions import EVENTS, initial_state, next_state, verb
 from .exceptions import StoreError, TransitionError, UnknownRolloutError
 from .stores import MemoryStore, Store, store_from_url
@@ -36,10 +34,8 @@ __all__ = ["Rollouts"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_log = structlog.get_logger("stagedroll")
 _hash = mmh3.hash
 _MAX_UNKNOWN_NAMES = 1024
-_NO_EVIDENCE: Evidence = MappingProxyType({})
 
 
 def _default_actor() -> str:
@@ -114,18 +110,16 @@ class Rollouts:
             )
             entry = Transition(name, Action.START, 0, 0, None, started.status, 1, started.since,
                                actor="stagedroll")  # fmt: skip
-            if self.store.compare_and_set(name, 0, started, entry):
-                _log.info(
-                    EVENTS[Action.START],
-                    rollout=name,
-                    stage=self.policy.rollouts[name].stages[0].name,
-                )
-                return started
-            return self.store.load(name) or first
+            committed = self.store.compare_and_set(name, 0, started, entry)
+            state = started if committed else self.store.load(name)
         except Exception as exc:
             # Serve from the first stage until the store answers; never fail the host.
             self.failures.record("store.load_failed", exc, rollout=name)
             return initial_state(self.clock())
+        if committed:
+            stage = self.policy.rollouts[name].stages[0].name
+            log("info", EVENTS[Action.START], rollout=name, stage=stage)
+        return state or first
 
     def _on_state(self, name: str, state: RolloutState) -> None:
         rollout = self._rollouts.get(name)
@@ -153,7 +147,7 @@ class Rollouts:
     def _missing(self, name: str) -> None:
         if name not in self._unknown and len(self._unknown) < _MAX_UNKNOWN_NAMES:
             self._unknown.add(name)
-            _log.warning("rollout.unknown", rollout=name, known=sorted(self._rollouts))
+            log("warning", "rollout.unknown", rollout=name, known=sorted(self._rollouts))
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -172,7 +166,7 @@ class Rollouts:
         v = rollout._view
         if v.plain and unit.__class__ is str and unit.isascii():
             return _hash(v.prefix + unit, 0, False) < v.threshold
-        return rollout.decide(unit, attributes).enabled
+        return rollout.enabled(unit, attributes)
 
     def decide(
         self, name: str, unit: object, attributes: Mapping[str, object] | None = None
@@ -271,7 +265,7 @@ class Rollouts:
         action: Action,
         reason: str,
         actor: str | None,
-        evidence: Evidence = _NO_EVIDENCE,
+        evidence: Evidence = NO_EVIDENCE,
     ) -> Transition:
         """Apply ``action`` to the state in the store, by compare-and-set.
 
@@ -310,9 +304,9 @@ class Rollouts:
                 f"{latest.status}, by {latest.actor or 'unknown'}); not applied"
             )
         rollout._adopt(new)  # the store's listeners did it too, unless it has none
-        _log.info(EVENTS[action], rollout=name, stage=rollout._view.stage_name,
-                  from_stage=current.stage, to_stage=new.stage, status=str(new.status),
-                  reason=reason, actor=who, **dict(evidence))  # fmt: skip
+        log("info", EVENTS[action], rollout=name, stage=rollout._view.stage_name,
+            from_stage=current.stage, to_stage=new.stage, status=str(new.status),
+            reason=reason, actor=who, evidence=dict(evidence))  # fmt: skip
         return entry
 
     def _load(self, name: str) -> RolloutState | None:
@@ -339,11 +333,7 @@ class Rollouts:
             mode=rollout._plan.mode,
             stage=view.stage,
             stage_name=view.stage_name,
-            percent=0.0
-            if view.constant is not None and not view.constant.enabled
-            else view.constant.percent
-            if view.constant is not None
-            else view.percent,
+            percent=view.constant.percent if view.constant is not None else view.percent,
             status=state.status,
             since=state.since,
             version=state.version,

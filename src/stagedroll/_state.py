@@ -9,10 +9,10 @@ from types import MappingProxyType
 
 from ._outcomes import ArmStats
 
-__all__ = ["Action", "RolloutState", "RolloutStatus", "Status", "Transition"]
+__all__ = ["NO_EVIDENCE", "Action", "RolloutState", "RolloutStatus", "Status", "Transition"]
 
 Evidence = Mapping[str, float | int | str | None]
-_NO_EVIDENCE: Evidence = MappingProxyType({})
+NO_EVIDENCE: Evidence = MappingProxyType({})
 
 
 class Status(str, enum.Enum):
@@ -80,7 +80,7 @@ class Transition:
     at: float
     reason: str = ""
     actor: str = ""
-    evidence: Evidence = field(default_factory=lambda: _NO_EVIDENCE)
+    evidence: Evidence = field(default_factory=lambda: NO_EVIDENCE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,14 +8,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
+from .._failures import log
+from .._forksafe import register
 from .._state import RolloutState, Transition
 from ._protocol import StateListener
 
 __all__ = ["MemoryStore"]
-
-_log = structlog.get_logger("stagedroll")
 
 
 class MemoryStore:
@@ -33,6 +31,11 @@ class MemoryStore:
         self._states: dict[str, RolloutState] = {}
         self._history: defaultdict[str, list[Transition]] = defaultdict(list)
         self._listeners: list[Callable[[], Any]] = []
+        register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (the data is the child's own copy)."""
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MemoryStore(rollouts={len(self._states)})"
@@ -59,14 +62,17 @@ class MemoryStore:
             if len(entries) > self._max_history:
                 del entries[: len(entries) - self._max_history]
             listeners = list(self._listeners)
+        failed: list[Exception] = []
         for ref in listeners:
             listener = ref()
             if listener is None:
                 continue
             try:
                 listener(rollout, state)
-            except Exception:  # a listener must not undo a committed transition
-                _log.exception("store.listener_failed", rollout=rollout)
+            except Exception as exc:  # a listener must not undo a committed transition
+                failed.append(exc)
+        for error in failed:
+            log("error", "store.listener_failed", rollout=rollout, exc_info=error)
         return True
 
     def history(self, rollout: str, limit: int | None = None) -> list[Transition]:
