@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# No timing thresholds in tests: hypothesis's per-example deadline is one, on shared machines.
+settings.register_profile("stagedroll", deadline=None)
+settings.load_profile("stagedroll")
 
 
 def plain_policy(*percents: float, name: str = "checkout") -> dict[str, Any]:

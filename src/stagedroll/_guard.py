@@ -1,8 +1,10 @@
 """Guards: route each call to the new or the old path, and record its outcome.
 
 One routing core (:func:`_router`) serves the sync and the async wrapper, which differ only
-by ``await``. Exceptions of the user's functions keep their type and traceback; failures of
-stagedroll itself send the call to the old path.
+by ``await``; the sync wrapper inlines the common case (a unit, no attributes, a rollout
+only the bucket decides) because it sits on the caller's hot path. Exceptions of the user's
+functions keep their type and traceback; failures of stagedroll itself send the call to the
+old path.
 """
 
 from __future__ import annotations
