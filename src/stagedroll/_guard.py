@@ -56,7 +56,7 @@ def _router(
 
         def by_unit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
             try:
-                return rollout.route(unit(*args, **kwargs))
+                return rollout._route(unit(*args, **kwargs))
             except Exception as exc:
                 return failed(exc)
 
@@ -64,7 +64,7 @@ def _router(
 
     def by_unit_and_attributes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
         try:
-            return rollout.route(unit(*args, **kwargs), attributes(*args, **kwargs))
+            return rollout._route(unit(*args, **kwargs), attributes(*args, **kwargs))
         except Exception as exc:
             return failed(exc)
 
@@ -105,7 +105,7 @@ def guard(
             "attributes need a unit: per-request bucketing (unit=None) applies no targeting"
         )
     route = _router(rollout, unit, attributes)
-    record = rollout.record
+    record = rollout._record
     success = rollout.outcomes.success
     fold = rollout.outcomes.fold
 
@@ -132,7 +132,7 @@ def guard(
         @functools.wraps(new)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
             if inline:
-                # The router and Rollout.route's fast path, inlined: this is the caller's
+                # The router and Rollout._route's fast path, inlined: this is the caller's
                 # hot path, and each Python call saved is worth half the hash.
                 try:
                     key = unit(*args, **kwargs)  # type: ignore[misc]  # not None when inline
@@ -141,7 +141,7 @@ def guard(
                         hashed = _hash(v.prefix + key, 0, False)
                         arm = v.treatment if hashed < v.threshold else v.control
                     else:
-                        arm = rollout.route(key)
+                        arm = rollout._route(key)
                 except Exception as exc:
                     arm = _routing_failed(rollout, exc)
             else:
@@ -235,7 +235,7 @@ class Tracking:
         if exc_type is not None and not issubclass(exc_type, Exception):
             return  # cancelled or interrupted: the outcome is unknown
         latency = perf_counter() - self._start
-        self._rollout.record(self._arm, error=exc_type is not None, latency_s=latency)
+        self._rollout._record(self._arm, error=exc_type is not None, latency_s=latency)
 
     async def __aenter__(self) -> Decision:
         return self.__enter__()

@@ -115,7 +115,7 @@ class Rollout:
             self._failed(exc)
             return Decision(self.name, False, Reason.ERROR)
 
-    def route(self, unit: object, attributes: Mapping[str, object] | None = None) -> ArmCounts:
+    def _route(self, unit: object, attributes: Mapping[str, object] | None = None) -> ArmCounts:
         """Return the outcome counters of the arm that ``unit`` takes (``.enabled``: new path)."""
         v = self._view
         if v.plain and unit.__class__ is str and unit.isascii():
@@ -160,10 +160,10 @@ class Rollout:
         """Record one outcome for ``unit`` on the arm it is decided into; return that decision."""
         v = self._view
         decision = self._decide(v, unit, attributes)
-        self.record(v.arm(decision), error=error, latency_s=latency_s)
+        self._record(v.arm(decision), error=error, latency_s=latency_s)
         return decision
 
-    def record(
+    def _record(
         self, arm: ArmCounts, *, error: bool, latency_s: float | None, fallback: bool = False
     ) -> None:
         """Add one outcome to ``arm``; never raises (a failure here is logged and counted).
