@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench coverage clean
+.PHONY: test lint typecheck pytest demo demo-cohorts bench coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ coverage: $(STAMP)
 	$(BIN)/python -m coverage report
 
 demo: $(STAMP)
+	$(BIN)/python examples/service.py
+
+demo-cohorts: $(STAMP)
 	$(BIN)/python examples/cohorts.py
 
 bench: $(STAMP)

@@ -12,7 +12,9 @@ import argparse
 import gc
 import json
 import logging
+import math
 import platform
+import random
 import statistics
 import sys
 import time
@@ -27,12 +29,19 @@ from stagedroll import Rollouts, threshold
 
 NAME = "new-checkout"
 TARGETED = "new-checkout-targeted"
+UNTESTED = "new-checkout-no-health"
 UNITS = [f"user-{i}" for i in range(1000)]
 ATTRIBUTES: dict[str, object] = {"plan": "free", "country": "DE"}  # matches no segment
 POLICY: dict[str, Any] = {
     "segments": {"beta": {"rules": [{"attribute": "plan", "op": "eq", "value": "beta"}]}},
     "rollouts": {
-        NAME: {"stages": [{"name": "quarter", "percent": 25}]},
+        # The latency test on: the recorded outcomes' slow calls take the locked path.
+        NAME: {"stages": [{"name": "quarter", "percent": 25}], "health": {"latency_p95": True}},
+        UNTESTED: {
+            "salt": NAME,
+            "stages": [{"name": "quarter", "percent": 25}],
+            "health": {"enabled": False},
+        },
         TARGETED: {
             "salt": NAME,
             "stages": [{"name": "quarter", "percent": 25, "segments": ["beta"]}],
@@ -41,7 +50,15 @@ POLICY: dict[str, Any] = {
     },
 }
 # The name of a measured candidate, and the most it may cost (as a multiple of the floor).
-TARGETS = {"Rollout.enabled": 2.0, "Rollouts.enabled": 2.5, "guard overhead": 5.0}
+TARGETS = {
+    "Rollout.enabled": 2.0,
+    "Rollouts.enabled": 2.5,
+    "record an outcome": 3.0,
+    "guarded call, health on": 6.0,
+    "guard overhead, health off": 5.0,
+}
+# Latencies of the recorded outcomes: log-normal around 1 ms, so about 5 % are slow calls.
+LATENCIES = [0.001 * math.exp(0.5 * random.Random(i).gauss(0.0, 1.0)) for i in range(len(UNITS))]
 
 Bench = Callable[[int], int]  # runs `loops` passes over UNITS; returns the elapsed ns
 
@@ -60,7 +77,15 @@ def candidates(rollouts: Rollouts) -> dict[str, Bench]:
     rollout_enabled = rollouts[NAME].enabled
     rollouts_enabled, rollouts_decide = rollouts.enabled, rollouts.decide
     guarded = rollouts.guard(NAME, fallback=noop_old, unit=lambda u: u)(noop_new)
+    untested = rollouts.guard(UNTESTED, fallback=noop_old, unit=lambda u: u)(noop_new)
     bare, attributes = noop_new, ATTRIBUTES
+    # What the guards, track and report call to record one successful outcome.
+    success = rollouts[NAME].outcomes.success
+    view = rollouts[NAME]._view
+    outcomes = [
+        (view.treatment if rollouts.enabled(NAME, u) else view.control, latency, u)
+        for u, latency in zip(UNITS, LATENCIES, strict=True)
+    ]
 
     def floor(loops: int) -> int:
         start = time.perf_counter_ns()
@@ -111,14 +136,30 @@ def candidates(rollouts: Rollouts) -> dict[str, Bench]:
                 guarded(u)
         return time.perf_counter_ns() - start
 
+    def untested_call(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                untested(u)
+        return time.perf_counter_ns() - start
+
+    def record(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for arm, latency, u in outcomes:
+                success(arm, latency, u)
+        return time.perf_counter_ns() - start
+
     return {
         "floor": floor,
         "floor, prefix pre-joined": floor_prefix,
         "Rollout.enabled": handle,
         "Rollouts.enabled": by_name,
         "Rollouts.decide (3 rules)": decide,
+        "record an outcome": record,
         "bare noop call": bare_call,
-        "guarded noop call": guarded_call,
+        "guarded call, health on": guarded_call,
+        "guarded call, health off": untested_call,
     }
 
 
@@ -150,11 +191,17 @@ def sanity_check(rollouts: Rollouts) -> None:
 
 def summarize(samples: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
     """Best and median ns per call of each candidate, its ratio to the floor, its verdict."""
-    pairs = zip(samples["guarded noop call"], samples["bare noop call"], strict=True)
-    samples = {**samples, "guard overhead": [g - b for g, b in pairs]}
+    bare = samples["bare noop call"]
+    overheads = {
+        "guard overhead, health on": "guarded call, health on",
+        "guard overhead, health off": "guarded call, health off",
+    }
+    for overhead, call in overheads.items():
+        samples = {**samples, overhead: [g - b for g, b in zip(samples[call], bare, strict=True)]}
     best = {name: min(s) for name, s in samples.items()}
-    # The overhead's best is the difference of the bests, not the luckiest difference.
-    best["guard overhead"] = best["guarded noop call"] - best["bare noop call"]
+    for overhead, call in overheads.items():
+        # An overhead's best is the difference of the bests, not the luckiest difference.
+        best[overhead] = best[call] - best["bare noop call"]
     results: dict[str, dict[str, Any]] = {}
     for name, ns in best.items():
         ratio, target = ns / best["floor"], TARGETS.get(name)
@@ -172,12 +219,12 @@ def print_table(results: dict[str, dict[str, Any]], loops: int, repeats: int) ->
     python = platform.python_version()
     print(f"stagedroll {stagedroll.__version__}, Python {python}")
     print(f"{len(UNITS)} units x {loops} loops per round, best of {repeats} interleaved rounds\n")
-    print(f"{'candidate':<26} {'best ns':>8} {'median':>8} {'x floor':>8}  target")
+    print(f"{'candidate':<28} {'best ns':>8} {'median':>8} {'x floor':>8}  target")
     for name, r in results.items():
         verdict = ""
         if r["target"] is not None:
             verdict = f"<= {r['target']:.1f}x  {'PASS' if r['pass'] else 'FAIL'}"
-        print(f"{name:<26} {r['ns']:8.1f} {r['median_ns']:8.1f} {r['ratio']:7.2f}x  {verdict}")
+        print(f"{name:<28} {r['ns']:8.1f} {r['median_ns']:8.1f} {r['ratio']:7.2f}x  {verdict}")
 
 
 def positive(text: str) -> int:

@@ -12,6 +12,26 @@ settings.register_profile("stagedroll", deadline=None)
 settings.load_profile("stagedroll")
 
 
+EVIDENCE_KEYS = frozenset(
+    {
+        "share",
+        "e_errors",
+        "e_latency",
+        "e_sample_ratio",
+        "r_errors",
+        "r_latency",
+        "error_events_treatment",
+        "error_events_control",
+        "slow_events_treatment",
+        "slow_events_control",
+        "units_treatment",
+        "units_control",
+        "slow_threshold_s",
+    }
+)
+"""The keys of the health evidence in every transition's history entry."""
+
+
 def plain_policy(*percents: float, name: str = "checkout") -> dict[str, Any]:
     """A policy with one rollout whose stages have the given percents."""
     stages = [{"name": f"s{i}", "percent": p} for i, p in enumerate(percents)]

@@ -505,6 +505,32 @@ class TestStageProblems:
             "rollouts.r.stages[0].min_units: must be greater than or equal to 0"
         ]
 
+    def test_min_units_cap(self) -> None:
+        """``min_units`` is at most 50,000: the units an arm remembers per stage."""
+        at_cap = [{"name": "a", "percent": 1, "min_units": 50_000}]
+        assert load_policy(_doc(stages=at_cap)).rollouts["r"].stages[0].min_units == 50_000
+        above = [{"name": "a", "percent": 1, "min_units": 50_001}]
+        assert _problems(_doc(stages=above)) == [
+            "rollouts.r.stages[0].min_units: must be less than or equal to 50000"
+        ]
+
+    def test_min_units_needs_a_percent(self) -> None:
+        """``min_units`` above 0 at 0 % can never be met: named, for each such stage."""
+        stages = [
+            {"name": "staff", "percent": 0, "min_units": 0},
+            {"name": "a", "percent": 1, "min_units": 10},
+        ]
+        assert load_policy(_doc(stages=stages)).rollouts["r"].stages[1].min_units == 10
+        stages[0]["min_units"] = 5
+        assert _problems(_doc(stages=stages)) == [
+            "rollouts.r.stages[0].min_units: needs a percent above 0: only bucketed units count"
+        ]
+
+    def test_min_units_needs_a_percent_without_load_policy(self) -> None:
+        """A Policy built directly checks ``min_units`` against the percent too."""
+        with pytest.raises(ValidationError, match=r"stages\[0\]\.min_units: needs a percent"):
+            Policy.model_validate(_doc(stages=[{"name": "a", "percent": 0, "min_units": 5}]))
+
     def test_bad_stage_name(self) -> None:
         """A stage name with a space is named."""
         stages = [{"name": "first stage", "percent": 1}]
@@ -671,15 +697,128 @@ class TestTargetingAndHealthProblems:
         ("health", "problem"),
         [
             ({"alpha_freeze": 1}, "alpha_freeze: must be less than 1"),
-            ({"alpha_rollback": 0}, "alpha_rollback: must be greater than 0"),
+            ({"alpha_rollback": 0}, "alpha_rollback: must be greater than or equal to 1e-12"),
+            ({"alpha_freeze": 5e-324}, "alpha_freeze: must be greater than or equal to 1e-12"),
+            ({"alpha_freeze": float("nan")}, "alpha_freeze: must be a finite number"),
+            ({"r0": 1e300}, "r0: must be less than or equal to 100"),
+            ({"r0": float("inf")}, "r0: must be a finite number"),
+            ({"latency_slo_ms": float("inf")}, "latency_slo_ms: must be a finite number"),
             ({"latency_slo_ms": 0}, "latency_slo_ms: must be greater than 0"),
             ({"min_events": 0}, "min_events: must be greater than or equal to 1"),
             ({"r0": 0.5}, "r0: must be greater than or equal to 1"),
+            ({"latency_share": -0.1}, "latency_share: must be greater than or equal to 0"),
+            ({"latency_share": 1.5}, "latency_share: must be less than or equal to 1"),
+            (
+                {"alpha_sample_ratio": 0},
+                "alpha_sample_ratio: must be greater than or equal to 1e-12",
+            ),
+            ({"alpha_sample_ratio": 1}, "alpha_sample_ratio: must be less than 1"),
         ],
     )
     def test_out_of_range(self, health: dict[str, object], problem: str) -> None:
         """A health knob out of its range is named."""
         assert _problems(_doc(health=health)) == [f"rollouts.r.health.{problem}"]
+
+    def test_health_defaults(self) -> None:
+        """The health gate is on by default, with FREEZE.md's numbers."""
+        health = load_policy(_doc()).rollouts["r"].health
+        assert health == Health()
+        assert (health.enabled, health.alpha_freeze, health.alpha_rollback) == (True, 0.05, 0.001)
+        assert (health.alpha_sample_ratio, health.r0, health.min_events) == (0.001, 1.0, 3)
+        assert (health.latency_slo_ms, health.latency_p95, health.latency_share) == (
+            None,
+            False,
+            None,
+        )
+        assert health.latency_part == 0.0  # latency is not tested: errors get all of alpha
+
+    @pytest.mark.parametrize("share", [0, 0.25, 1])
+    @pytest.mark.parametrize("latency", [{"latency_p95": True}, {"latency_slo_ms": 250}])
+    def test_latency_share_bounds_are_allowed(
+        self, share: float, latency: dict[str, object]
+    ) -> None:
+        """``latency_share`` may be 0 (errors only), 1 (latency only) or anything between."""
+        policy = load_policy(_doc(health={**latency, "latency_share": share}))
+        assert policy.rollouts["r"].health.latency_share == share
+        assert policy.rollouts["r"].health.latency_part == share
+
+    @pytest.mark.parametrize(
+        ("health", "part"),
+        [
+            pytest.param({}, 0.0, id="no-latency-test"),
+            pytest.param({"latency_p95": False}, 0.0, id="p95-off"),
+            pytest.param({"latency_p95": True}, 0.5, id="p95-default-share"),
+            pytest.param({"latency_slo_ms": 250}, 0.5, id="slo-default-share"),
+            pytest.param({"latency_p95": True, "latency_share": 0.2}, 0.2, id="p95-given-share"),
+            pytest.param({"latency_slo_ms": 250, "latency_share": 0.7}, 0.7, id="slo-given-share"),
+        ],
+    )
+    def test_latency_part(self, health: dict[str, object], part: float) -> None:
+        """The part of each alpha in force for latency: 0 without a latency test, else the
+        given ``latency_share``, 0.5 by default."""
+        assert load_policy(_doc(health=health)).rollouts["r"].health.latency_part == part
+        assert Health(**health).latency_part == part  # type: ignore[arg-type]
+
+    def test_p95_and_an_slo_conflict(self) -> None:
+        """``latency_p95`` and ``latency_slo_ms`` are two definitions of slow: one at a time."""
+        health = {"latency_p95": True, "latency_slo_ms": 250}
+        assert _problems(_doc(health=health)) == [
+            "rollouts.r.health.latency_p95: "
+            "conflicts with latency_slo_ms: choose one definition of slow"
+        ]
+
+    def test_p95_off_with_an_slo_is_no_conflict(self) -> None:
+        """``latency_p95 = false`` beside an SLO is the default, not a second definition."""
+        health = load_policy(_doc(health={"latency_p95": False, "latency_slo_ms": 250}))
+        assert health.rollouts["r"].health.latency_part == 0.5
+
+    @pytest.mark.parametrize("share", [0, 0.5, 1])
+    @pytest.mark.parametrize("health", [{}, {"latency_p95": False}])
+    def test_latency_share_needs_a_latency_test(
+        self, share: float, health: dict[str, object]
+    ) -> None:
+        """A share for a latency test that is not there is refused, saying how to add one."""
+        assert _problems(_doc(health={**health, "latency_share": share})) == [
+            "rollouts.r.health.latency_share: "
+            "needs a latency test: set latency_slo_ms, or latency_p95 = true"
+        ]
+
+    def test_latency_problems_from_toml_and_the_model(self) -> None:
+        """The same problems reach a TOML file and ``Health(...)`` built directly."""
+        with pytest.raises(PolicyError) as info:
+            parse_policy(
+                '[rollouts.r]\nstages = [{ name = "a", percent = 1 }]\n'
+                "[rollouts.r.health]\nlatency_p95 = true\nlatency_slo_ms = 200\n",
+                format="toml",
+            )
+        assert [p.path for p in info.value.problems] == ["rollouts.r.health.latency_p95"]
+        with pytest.raises(ValidationError, match="needs a latency test"):
+            Health(latency_share=0.5)
+
+    @pytest.mark.parametrize(
+        ("knob", "value", "given"),
+        [
+            ("enabled", "yes", "'yes'"),
+            ("enabled", "false", "'false'"),
+            ("enabled", 1, "1"),
+            ("alpha_sample_ratio", "0.01", "'0.01'"),
+            ("latency_share", True, "True"),
+            ("latency_p95", "true", "'true'"),
+            ("latency_p95", 1, "1"),
+        ],
+    )
+    def test_knobs_are_strict(self, knob: str, value: object, given: str) -> None:
+        """Health knobs take their own type only: no text for numbers, no 1 for true."""
+        _type_problem(_doc(health={knob: value}), f"rollouts.r.health.{knob}", given)
+
+    def test_disabled(self) -> None:
+        """``enabled = false`` loads from TOML."""
+        policy = parse_policy(
+            '[rollouts.r]\nstages = [{ name = "a", percent = 1 }]\n'
+            "[rollouts.r.health]\nenabled = false\n",
+            format="toml",
+        )
+        assert policy.rollouts["r"].health.enabled is False
 
 
 class TestRuleProblems:

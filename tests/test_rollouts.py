@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import random
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import plain_policy
+from conftest import EVIDENCE_KEYS, plain_policy
 from stagedroll import (
     Action,
     MemoryStore,
@@ -23,6 +24,7 @@ from stagedroll import (
     StoreError,
     Transition,
     TransitionError,
+    TransitionEvent,
     UnknownRolloutError,
     bucket,
     load_policy,
@@ -470,3 +472,509 @@ class TestStatus:
         assert repr(rollouts["search"]) == "<Rollout 'search' stage='quarter' 25% running>"
         assert rollouts["search"].policy.stages[0].name == "quarter"
         assert rollouts["search"].state.version == 1
+
+
+# -- the health gate through the public API ----------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def auto_policy(
+    *percents: float, bake: str | None = "10m", min_units: int = 0, **rollout: Any
+) -> dict[str, Any]:
+    """Rollout ``checkout`` advancing by itself through stages ``s0``, ``s1``... after ``bake``."""
+    stages: list[dict[str, Any]] = [
+        {"name": f"s{i}", "percent": p, **({"bake": bake} if bake else {})}
+        for i, p in enumerate(percents or (10, 50, 100))
+    ]
+    stages[0]["min_units"] = min_units
+    return {"rollouts": {"checkout": {"advance": "auto", "stages": stages, **rollout}}}
+
+
+def report_stream(
+    rollouts: Rollouts,
+    *,
+    seed: int,
+    calls: int,
+    control_rate: float,
+    treatment_rate: float,
+    name: str = "checkout",
+    until: Status | None = None,
+) -> None:
+    """Report one call of each of ``calls`` new units, failing at each arm's rate (seeded)."""
+    rng = random.Random(seed)
+    for i in range(calls):
+        unit = f"user-{i}"
+        rate = treatment_rate if rollouts.enabled(name, unit) else control_rate
+        rollouts.report(name, unit, error=rng.random() < rate)
+        if until is not None and rollouts[name].state.status is until:
+            return
+
+
+def failing_guard(rollouts: Rollouts, name: str = "checkout") -> Callable[[str], str]:
+    """A guarded function whose new path always raises; the old one answers ``old:<user>``."""
+
+    def old(user: str) -> str:
+        return f"old:{user}"
+
+    @rollouts.guard(name, fallback=old, unit=lambda user: user)
+    def new(user: str) -> str:
+        raise RuntimeError(f"the new path fails for {user}")
+
+    return new
+
+
+class TestAutoFreeze:
+    def test_a_healthy_stream_that_a_naive_rule_would_freeze(self) -> None:
+        """A healthy seeded stream at 5 %: a naive rule fires on it, the health gate does not.
+
+        The naive rule: after at least 100 calls, freeze when the new path's error rate is
+        above twice the old path's, re-checked after every call.
+        """
+        rollouts = Rollouts(plain_policy(5, 100), clock=Clock())
+        rng = random.Random(4)
+        calls = {True: 0, False: 0}
+        errors = {True: 0, False: 0}
+        naive_fired_at = None
+        for i in range(20_000):
+            unit = f"user-{i}"
+            error = rng.random() < 0.02  # both paths fail 2 % of the time
+            enabled = rollouts.report("checkout", unit, error=error).enabled
+            calls[enabled] += 1
+            errors[enabled] += error
+            if (
+                naive_fired_at is None
+                and i + 1 >= 100
+                and calls[True]
+                and calls[False]
+                and errors[True] / calls[True] > 2 * errors[False] / calls[False]
+            ):
+                naive_fired_at = i + 1
+        assert naive_fired_at is not None
+        status = rollouts.status("checkout")
+        assert status.status is Status.RUNNING
+        assert status.health.e_errors < status.health.freeze_at_errors
+        assert status.health.error_events_treatment + status.health.error_events_control > 300
+        assert [t.action for t in rollouts.history("checkout")] == [Action.START]
+
+    def test_a_degraded_stream_freezes_then_rolls_back(self) -> None:
+        """New-path errors at 3 times the old path's rate: frozen, then rolled back, by the gate."""
+        rollouts = Rollouts(plain_policy(20, 100), clock=Clock())
+        report_stream(rollouts, seed=1, calls=30_000, control_rate=0.02, treatment_rate=0.06,
+                      until=Status.ROLLED_BACK)  # fmt: skip
+        rollback, freeze, start = rollouts.history("checkout")
+        assert (rollback.action, freeze.action, start.action) == (
+            Action.ROLLBACK,
+            Action.FREEZE,
+            Action.START,
+        )
+        assert (freeze.actor, rollback.actor) == ("stagedroll", "stagedroll")
+        assert (freeze.to_status, rollback.to_status) == (Status.FROZEN, Status.ROLLED_BACK)
+        assert (rollback.from_stage, rollback.to_stage) == (0, -1)
+        for entry in (freeze, rollback):
+            assert set(entry.evidence) == EVIDENCE_KEYS
+            assert entry.reason.startswith("errors: E ")
+            assert entry.evidence["share"] == 0.2
+        # No latency test by default: the error test has all of each alpha, 1/0.05 and 1/0.001.
+        assert 20 <= freeze.evidence["e_errors"] < 1000  # type: ignore[operator]
+        assert rollback.evidence["e_errors"] >= 1000  # type: ignore[operator]
+        assert freeze.evidence["r_errors"] is not None
+        status = rollouts.status("checkout")
+        assert (status.status, status.stage, status.percent) == (Status.ROLLED_BACK, -1, 0.0)
+        assert rollouts.enabled("checkout", "user-1") is False
+
+    @pytest.mark.parametrize(
+        ("health", "frozen"),
+        [
+            pytest.param({}, False, id="latency-not-tested"),
+            pytest.param({"latency_p95": True}, True, id="latency_p95"),
+            pytest.param({"latency_slo_ms": 30}, True, id="latency_slo_ms"),
+        ],
+    )
+    def test_a_slower_new_path_is_frozen_only_when_latency_is_tested(
+        self, health: dict[str, Any], frozen: bool
+    ) -> None:
+        """A new path five times slower, without errors: frozen on latency only when the
+        policy asks for a latency test (an SLO or the old path's p95)."""
+        policy = plain_policy(20, 100)
+        policy["rollouts"]["checkout"]["health"] = health
+        rollouts = Rollouts(policy, clock=Clock())
+        for i in range(3000):
+            unit = f"user-{i}"
+            latency = 0.05 if rollouts.enabled("checkout", unit) else 0.01
+            rollouts.report("checkout", unit, error=False, latency_s=latency)
+            if rollouts["checkout"].state.status is not Status.RUNNING:
+                break
+        status = rollouts.status("checkout")
+        assert status.status is (Status.FROZEN if frozen else Status.RUNNING)
+        if frozen:
+            freeze = rollouts.history("checkout")[0]
+            assert (freeze.action, freeze.actor) == (Action.FREEZE, "stagedroll")
+            assert freeze.reason.startswith("slow calls: E ")
+            assert status.health.e_latency >= status.health.freeze_at_latency == pytest.approx(40)
+            assert status.health.e_errors == 1.0
+        else:
+            assert status.health.slow_threshold_s is None
+            assert status.health.slow_events_treatment == status.health.slow_events_control == 0
+            assert [t.action for t in rollouts.history("checkout")] == [Action.START]
+
+    def test_a_failing_new_path_behind_a_guard(self) -> None:
+        """A guarded new path that always fails: callers get the fallback, the gate rolls back."""
+        rollouts = Rollouts(plain_policy(20, 100), clock=Clock())
+        new = failing_guard(rollouts)
+        answers = {new(f"user-{i}") for i in range(2000)}
+        assert answers == {f"old:user-{i}" for i in range(2000)}
+        actions = [(t.action, t.actor) for t in rollouts.history("checkout")]
+        assert actions == [
+            (Action.ROLLBACK, "stagedroll"),
+            (Action.FREEZE, "stagedroll"),
+            (Action.START, "stagedroll"),
+        ]
+
+    def test_a_raising_hook_changes_nothing_for_the_caller(self) -> None:
+        """A hook raising on the gate's transitions: the guarded calls answer as usual."""
+
+        def hook(event: object) -> None:
+            raise RuntimeError("the pager is down")
+
+        rollouts = Rollouts(plain_policy(20, 100), clock=Clock(), on_transition=hook)
+        new = failing_guard(rollouts)
+        assert [new(f"user-{i}") for i in range(2000)] == [f"old:user-{i}" for i in range(2000)]
+        assert rollouts.failures.count("hook.failed") == 2
+        assert rollouts.status("checkout").status is Status.ROLLED_BACK
+
+    def test_a_failing_store_never_raises_into_the_caller(self) -> None:
+        """The store failing on the gate's write: calls answer, the failure is counted, and the
+        step is retried a second later on the clock."""
+        clock = Clock()
+        store = FailingStore()
+        rollouts = Rollouts(plain_policy(20, 100), store=store, clock=clock)
+        new = failing_guard(rollouts)
+        store.fail_write = True
+        assert [new(f"user-{i}") for i in range(1000)] == [f"old:user-{i}" for i in range(1000)]
+        assert rollouts.failures.count("health.transition_failed") == 1
+        assert rollouts.status("checkout").status is Status.RUNNING
+        # Units on the new path: each one's failure is an event, after which the gate checks.
+        later = [f"user-{i}" for i in range(1000, 3000)]
+        first, second = [u for u in later if rollouts.enabled("checkout", u)][:2]
+        clock.now += 0.5
+        new(first)
+        assert rollouts.failures.count("health.transition_failed") == 1
+        clock.now += 1
+        new(second)
+        assert rollouts.failures.count("health.transition_failed") == 2
+        store.fail_write = False
+        clock.now += 1
+        assert rollouts.tick() != []
+        assert rollouts.status("checkout").status is not Status.RUNNING
+        assert rollouts.history("checkout")[0].actor == "stagedroll"
+
+    def test_unfreeze_starts_a_new_epoch(self) -> None:
+        """After an operator resumes a frozen rollout, its evidence starts again from E = 1."""
+        rollouts = Rollouts(plain_policy(20, 100), clock=Clock())
+        report_stream(rollouts, seed=1, calls=30_000, control_rate=0.02, treatment_rate=0.06,
+                      until=Status.FROZEN)  # fmt: skip
+        frozen = rollouts.status("checkout")
+        assert frozen.status is Status.FROZEN
+        assert frozen.health.e_errors >= frozen.health.freeze_at_errors
+        rollouts.unfreeze("checkout", reason="fixed the bug", actor="alice")
+        health = rollouts.status("checkout").health
+        assert (health.e_errors, health.e_latency) == (1.0, 1.0)
+        assert (health.error_events_treatment, health.error_events_control) == (0, 0)
+        units = (f"user-{i}" for i in range(100))
+        treated = next(u for u in units if rollouts.enabled("checkout", u))
+        rollouts.report("checkout", treated, error=True)
+        assert rollouts.status("checkout").status is Status.RUNNING
+        assert rollouts.status("checkout").health.error_events_treatment == 1
+
+    def test_health_disabled_never_freezes(self) -> None:
+        """``health = {enabled = false}``: a failing new path is counted, never frozen."""
+        policy = plain_policy(20, 100)
+        policy["rollouts"]["checkout"]["health"] = {"enabled": False}
+        rollouts = Rollouts(policy, clock=Clock())
+        new = failing_guard(rollouts)
+        for i in range(2000):
+            new(f"user-{i}")
+        status = rollouts.status("checkout")
+        assert status.status is Status.RUNNING
+        assert status.treatment.errors == status.treatment.calls > 0
+        assert status.health.enabled is False
+        assert (status.health.e_errors, status.health.sample_ratio_ok) == (1.0, True)
+        assert rollouts["checkout"].health is None
+        assert [t.action for t in rollouts.history("checkout")] == [Action.START]
+
+    def test_a_fixed_environment_has_no_health_gate(self) -> None:
+        """An environment fixed at a percent does not follow stages: nothing is tested there."""
+        policy = plain_policy(20, 100)
+        policy["rollouts"]["checkout"]["environments"] = {"dev": 50, "prod": "stages"}
+        rollouts = Rollouts(policy, environment="dev", clock=Clock())
+        new = failing_guard(rollouts)
+        for i in range(2000):
+            new(f"user-{i}")
+        status = rollouts.status("checkout")
+        assert (status.mode, status.status) == ("fixed", Status.RUNNING)
+        assert status.health.enabled is False
+        assert status.waiting_for is None
+        assert rollouts["checkout"].health is None
+        assert [t.action for t in rollouts.history("checkout")] == [Action.START]
+
+
+class TestAutoAdvance:
+    def test_advance_after_the_bake_on_the_injected_clock(self) -> None:
+        """Outcomes during the bake do not advance; the first one after it does, exactly once."""
+        clock = Clock(1000.0)
+        rollouts = Rollouts(auto_policy(), clock=clock)
+        for i in range(200):
+            rollouts.report("checkout", f"user-{i}", error=False)
+        assert rollouts.status("checkout").waiting_for == "bake time: 10m left"
+        clock.now = 1000.0 + 599
+        for i in range(200, 400):
+            rollouts.report("checkout", f"user-{i}", error=False)
+        status = rollouts.status("checkout")
+        assert (status.stage, status.waiting_for) == (0, "bake time: 1s left")
+        clock.now = 1000.0 + 600
+        rollouts.report("checkout", "user-400", error=False)
+        for i in range(401, 600):
+            rollouts.report("checkout", f"user-{i}", error=False)
+        advance, _ = rollouts.history("checkout")
+        assert (advance.action, advance.actor, advance.at) == (Action.ADVANCE, "stagedroll", 1600.0)
+        assert (advance.from_stage, advance.to_stage) == (0, 1)
+        assert advance.reason.startswith("healthy: baked 10m, ")
+        assert set(advance.evidence) == EVIDENCE_KEYS
+        assert advance.evidence["units_treatment"] == sum(
+            bucket("checkout", f"user-{i}") < threshold(10) for i in range(401)
+        )
+        status = rollouts.status("checkout")
+        assert (status.stage, status.since) == (1, 1600.0)
+        assert status.waiting_for == "bake time: 10m left"
+
+    def test_guarded_calls_of_known_units_take_a_due_advance(self) -> None:
+        """Once the bake is over, a busy guard advances on its own, with no new unit needed."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(), clock=clock)
+
+        @rollouts.guard("checkout", fallback=lambda user: "old", unit=lambda user: user)
+        def new(user: str) -> str:
+            return "new"
+
+        # Latency is not tested by default, so the guard's timing noise cannot freeze anything.
+        for i in range(2000):
+            new(f"user-{i % 20}")
+        assert rollouts.status("checkout").stage == 0
+        clock.now = 600.0
+        for i in range(2000):
+            new(f"user-{i % 20}")
+        assert [t.action for t in rollouts.history("checkout")] == [Action.ADVANCE, Action.START]
+
+    def test_reports_of_known_units_take_a_due_advance(self) -> None:
+        """Outcomes reported without a latency, by units already seen, still advance after the
+        bake (``tick`` is only needed by an idle process)."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(), clock=clock)
+        for i in range(20):
+            rollouts.report("checkout", f"user-{i}", error=False)
+        clock.now = 600.0
+        for i in range(2000):
+            rollouts.report("checkout", f"user-{i % 20}", error=False)
+        assert rollouts.status("checkout").stage == 1
+
+    def test_tick_advances_an_idle_rollout(self) -> None:
+        """With no outcome at all, ``tick`` takes the advance once the bake is over, once."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(), clock=clock)
+        assert rollouts.tick() == []
+        clock.now = 600.0
+        (made,) = rollouts.tick()
+        assert (made.action, made.to_stage, made.actor) == (Action.ADVANCE, 1, "stagedroll")
+        assert rollouts.tick() == []
+        assert [t.action for t in rollouts.history("checkout")] == [Action.ADVANCE, Action.START]
+
+    def test_min_units_blocks_the_advance(self) -> None:
+        """After the bake, the advance waits for ``min_units`` distinct new-path units."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(min_units=20), clock=clock)
+        clock.now = 3600.0
+        on = [u for u in (f"user-{i}" for i in range(1000)) if rollouts.enabled("checkout", u)]
+        off = [u for u in (f"user-{i}" for i in range(1000)) if not rollouts.enabled("checkout", u)]
+        for _ in range(50):  # one unit, many calls: one unit
+            rollouts.report("checkout", on[0], error=False)
+        assert rollouts.status("checkout").waiting_for == "units on the new path: 1 of 20"
+        for k in range(1, 20):
+            for unit in off[9 * k : 9 * k + 9]:
+                rollouts.report("checkout", unit, error=False)
+            assert rollouts.status("checkout").stage == 0
+            rollouts.report("checkout", on[k], error=False)
+        status = rollouts.status("checkout")
+        assert status.stage == 1
+        advance = rollouts.history("checkout")[0]
+        assert (advance.action, advance.evidence["units_treatment"]) == (Action.ADVANCE, 20)
+        assert "20 units on the new path" in advance.reason
+
+    def test_a_sample_ratio_mismatch_blocks_the_advance(self) -> None:
+        """Outcomes reported for new-path units only: the sample ratio is off, nothing advances."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(), clock=clock)
+        on = [u for u in (f"user-{i}" for i in range(1000)) if rollouts.enabled("checkout", u)]
+        for unit in on:
+            rollouts.report("checkout", unit, error=False)
+        clock.now = 3600.0
+        assert rollouts.tick() == []
+        rollouts.report("checkout", on[0], error=False)
+        rollouts.report("checkout", "someone-new", error=False)
+        status = rollouts.status("checkout")
+        assert status.stage == 0
+        assert status.health.sample_ratio_ok is False
+        assert status.waiting_for == (
+            "an operator: the sample ratio is off (check bucketing and reporting)"
+        )
+        assert rollouts.failures.count("health.sample_ratio_mismatch") >= 1
+
+    def test_a_degraded_stage_is_not_advanced(self) -> None:
+        """A rollout the gate froze during its bake stays frozen after it."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(20, 100), clock=clock)
+        report_stream(rollouts, seed=1, calls=30_000, control_rate=0.02, treatment_rate=0.06,
+                      until=Status.FROZEN)  # fmt: skip
+        clock.now = 3600.0
+        assert rollouts.tick() == []
+        assert Action.ADVANCE not in [t.action for t in rollouts.history("checkout")]
+
+    def test_two_instances_never_double_advance(self) -> None:
+        """Two Rollouts on one store, both seeing outcomes after the bake: one advance."""
+        clock = Clock(0.0)
+        store = MemoryStore()
+        first = Rollouts(auto_policy(), store=store, clock=clock)
+        second = Rollouts(auto_policy(), store=store, clock=clock)
+        for i in range(0, 200, 2):
+            first.report("checkout", f"user-{i}", error=False)
+            second.report("checkout", f"user-{i + 1}", error=False)
+        clock.now = 600.0
+        for i in range(200, 600, 2):
+            first.report("checkout", f"user-{i}", error=False)
+            second.report("checkout", f"user-{i + 1}", error=False)
+        first.tick()
+        second.tick()
+        actions = [t.action for t in store.history("checkout")]
+        assert actions == [Action.ADVANCE, Action.START]
+        assert first.status("checkout").stage == second.status("checkout").stage == 1
+
+    def test_two_instances_and_threads_never_double_advance(self) -> None:
+        """Threads reporting through two Rollouts at once, the bake over: one advance."""
+        clock = Clock(0.0)
+        store = MemoryStore()
+        made: list[TransitionEvent] = []
+        instances = [
+            Rollouts(auto_policy(), store=store, clock=clock, on_transition=made.append)
+            for _ in range(2)
+        ]
+        clock.now = 600.0
+        threads, per_thread = 8, 100
+        barrier = threading.Barrier(threads)
+
+        def work(t: int) -> None:
+            barrier.wait()
+            for i in range(per_thread):
+                instances[t % 2].report("checkout", f"user-{t}-{i}", error=False)
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert [t.action for t in store.history("checkout")] == [Action.ADVANCE, Action.START]
+        assert [(e.action, e.automatic) for e in made] == [(Action.ADVANCE, True)]
+
+    def test_after_a_rollback_an_operator_decides(self) -> None:
+        """A rollout the gate rolled back does not advance by itself, bake or not."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(20, 100), clock=clock)
+        report_stream(rollouts, seed=1, calls=30_000, control_rate=0.02, treatment_rate=0.06,
+                      until=Status.ROLLED_BACK)  # fmt: skip
+        clock.now = 100_000.0
+        assert rollouts.tick() == []
+        assert rollouts.status("checkout").status is Status.ROLLED_BACK
+
+
+class TestHealthStatus:
+    def test_manual_advance(self) -> None:
+        """A manual rollout's status shows its evidence and waits for an operator."""
+        rollouts = Rollouts(plain_policy(10, 100), clock=Clock())
+        rollouts.report("checkout", "user-1", error=True)
+        status = rollouts.status("checkout")
+        assert status.waiting_for == "an operator: advance is manual"
+        assert status.health.enabled is True
+        assert status.health.share == 0.1
+        assert status.health.units_treatment + status.health.units_control == 1
+        assert status.health.freeze_at_errors == pytest.approx(20.0)
+
+    def test_auto_advance(self) -> None:
+        """An automatic rollout waits for its bake time, then for its units."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(min_units=5), clock=clock)
+        assert rollouts.status("checkout").waiting_for == "bake time: 10m left"
+        clock.now = 60.0
+        assert rollouts.status("checkout").waiting_for == "bake time: 9m left"
+        clock.now = 600.0
+        assert rollouts.status("checkout").waiting_for == "units on the new path: 0 of 5"
+
+    def test_an_advance_due(self) -> None:
+        """Once nothing is missing, the status says the next outcome (or tick) advances."""
+        clock = Clock(0.0)
+        rollouts = Rollouts(auto_policy(), clock=clock)
+        clock.now = 600.0
+        assert rollouts.status("checkout").waiting_for == "the next outcome: an advance is due"
+
+    def test_frozen_rolled_back_and_last_stage(self) -> None:
+        """Frozen, rolled back and the last stage all wait for an operator; killed for nothing."""
+        rollouts = Rollouts(auto_policy(10, 100), clock=Clock())
+        rollouts.freeze("checkout")
+        assert (
+            rollouts.status("checkout").waiting_for
+            == "an operator: frozen (unfreeze to resume); a rollback if the evidence grows"
+        )
+        rollouts.rollback("checkout")
+        assert rollouts.status("checkout").waiting_for == (
+            "an operator: rolled back (unfreeze or advance to resume)"
+        )
+        rollouts.advance("checkout")
+        rollouts.advance("checkout")
+        assert rollouts.status("checkout").waiting_for == (
+            "an operator: the last stage is reached (complete the rollout)"
+        )
+        rollouts.kill("checkout")
+        assert rollouts.status("checkout").waiting_for is None
+        rollouts.complete("checkout")
+        assert rollouts.status("checkout").waiting_for is None
+
+    def test_a_rolled_back_rollout_reports_zero_share(self) -> None:
+        """At stage -1 (0 %) nothing is compared: the share is 0."""
+        rollouts = Rollouts(plain_policy(10, 100), clock=Clock())
+        rollouts.rollback("checkout")
+        assert rollouts.status("checkout").health.share == 0.0
+
+    def test_reading_the_status_does_not_stop_the_threshold_being_learnt(self) -> None:
+        """Polling ``status()`` between outcomes leaves the latency test as it would be."""
+        policy = plain_policy(50)
+        policy["rollouts"]["checkout"]["health"] = {"latency_p95": True}
+        quiet = Rollouts(policy, clock=Clock())
+        polled = Rollouts(policy, clock=Clock())
+        for i in range(500):
+            for rollouts in (quiet, polled):
+                rollouts.report("checkout", f"user-{i % 50}", error=False, latency_s=0.01)
+            polled.status("checkout")
+        assert quiet.status("checkout").health.slow_threshold_s is not None
+        assert polled.status("checkout").health.slow_threshold_s is not None
+
+    def test_automatic_advance_needs_the_health_gate(self) -> None:
+        """``advance = "auto"`` with the health gate disabled is refused, naming the field."""
+        with pytest.raises(PolicyError) as caught:
+            Rollouts(auto_policy(health={"enabled": False}))
+        assert [p.path for p in caught.value.problems] == ["rollouts.checkout.advance"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from ._bucketing import bucket, threshold
 from ._decision import Decision, Reason
 from ._guard import Tracking
+from ._health import HealthReport
+from ._hooks import TransitionEvent
 from ._outcomes import ArmStats
 from ._policy import (
     Health,
@@ -40,6 +42,7 @@ __all__ = [
     "ArmStats",
     "Decision",
     "Health",
+    "HealthReport",
     "MemoryStore",
     "Policy",
     "PolicyError",
@@ -60,6 +63,7 @@ __all__ = [
     "Tracking",
     "Transition",
     "TransitionError",
+    "TransitionEvent",
     "UnknownRolloutError",
     "__version__",
     "bucket",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 import mmh3
 
 from ._decision import Decision
-from ._outcomes import FOLD_AT, ArmCounts
+from ._outcomes import ArmCounts
 
 if TYPE_CHECKING:
     from ._rollout import Rollout
@@ -31,7 +31,7 @@ R = TypeVar("R")
 _hash = mmh3.hash
 
 
-Route = Callable[[tuple[Any, ...], dict[str, Any]], ArmCounts]
+Route = Callable[[tuple[Any, ...], dict[str, Any]], tuple[ArmCounts, str | None]]
 Record = Callable[..., None]
 
 
@@ -40,21 +40,24 @@ def _router(
     unit: Callable[..., object] | None,
     attributes: Callable[..., Mapping[str, object]] | None,
 ) -> Route:
-    """Return a function mapping a call's arguments to the arm that serves it. Never raises."""
+    """Return a function mapping a call's arguments to its arm and unit (text, or ``None``).
 
-    def failed(exc: Exception) -> ArmCounts:
-        return _routing_failed(rollout, exc)
+    The function never raises: a failure sends the call to the old path.
+    """
+
+    def failed(exc: Exception) -> tuple[ArmCounts, str | None]:
+        return _routing_failed(rollout, exc), None
 
     if unit is None:
 
-        def by_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
-            return rollout._view.sample()
+        def by_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ArmCounts, None]:
+            return rollout._view.sample(), None
 
         return by_request
 
     if attributes is None:
 
-        def by_unit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
+        def by_unit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ArmCounts, str | None]:
             try:
                 return rollout._route(unit(*args, **kwargs))
             except Exception as exc:
@@ -62,7 +65,9 @@ def _router(
 
         return by_unit
 
-    def by_unit_and_attributes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArmCounts:
+    def by_unit_and_attributes(
+        args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[ArmCounts, str | None]:
         try:
             return rollout._route(unit(*args, **kwargs), attributes(*args, **kwargs))
         except Exception as exc:
@@ -84,7 +89,7 @@ def _routing_failed(rollout: Rollout, exc: Exception) -> ArmCounts:
     return rollout._view.arms.targeted_off
 
 
-def guard(
+def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the hot path
     rollout: Rollout,
     *,
     fallback: Callable[P, R],
@@ -106,8 +111,8 @@ def guard(
         )
     route = _router(rollout, unit, attributes)
     record = rollout._record
-    success = rollout.outcomes.success
-    fold = rollout.outcomes.fold
+    note = rollout._note
+    fold = rollout._fold
 
     def decorate(new: Callable[P, R]) -> Callable[P, R]:
         is_async = _is_async(new)
@@ -122,7 +127,6 @@ def guard(
                 cast("Callable[..., Awaitable[Any]]", fallback),
                 route=route,
                 record=record,
-                success=success,
                 reraise=reraise,
             )
             return cast("Callable[P, R]", wrapper)
@@ -141,17 +145,18 @@ def guard(
                         hashed = _hash(v.prefix + key, 0, False)
                         arm = v.treatment if hashed < v.threshold else v.control
                     else:
-                        arm = rollout._route(key)
+                        arm, key = rollout._route(key)
                 except Exception as exc:
-                    arm = _routing_failed(rollout, exc)
+                    arm, key = _routing_failed(rollout, exc), None
             else:
-                arm = route(args, kwargs)
+                arm, key = route(args, kwargs)
             start = perf_counter()
             if arm.enabled:
                 try:
                     result = new(*args, **kwargs)
                 except Exception:
-                    record(arm, error=True, latency_s=perf_counter() - start, fallback=not reraise)
+                    record(arm, key, error=True, latency_s=perf_counter() - start,
+                           fallback=not reraise)  # fmt: skip
                     if reraise:
                         raise
                     return fallback(*args, **kwargs)
@@ -159,12 +164,18 @@ def guard(
                 try:
                     result = fallback(*args, **kwargs)
                 except Exception:
-                    record(arm, error=True, latency_s=perf_counter() - start)
+                    record(arm, key, error=True, latency_s=perf_counter() - start)
                     raise
-            # Outcomes.success, inlined: a lock-free append, folded in batches.
+            # Outcomes.success, inlined: a lock-free append, folded in batches, unless the
+            # call is slow or its unit new to the stage (the health test sees those at once).
+            elapsed = perf_counter() - start
             pending = arm.pending
-            pending.append(perf_counter() - start)
-            if len(pending) >= FOLD_AT:
+            pending.append(elapsed)
+            if (elapsed > arm.slow_at and key not in arm.slow_seen) or (
+                arm.counting and key not in arm.units
+            ):
+                note(arm, key, elapsed)
+            if len(pending) >= arm.fold_at:
                 fold(arm)
             return result
 
@@ -179,18 +190,18 @@ def _async_wrapper(
     *,
     route: Route,
     record: Record,
-    success: Callable[[ArmCounts, float], None],
     reraise: bool,
 ) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(new)
     async def call(*args: Any, **kwargs: Any) -> Any:
-        arm = route(args, kwargs)
+        arm, key = route(args, kwargs)
         start = perf_counter()
         if arm.enabled:
             try:
                 result = await new(*args, **kwargs)
             except Exception:
-                record(arm, error=True, latency_s=perf_counter() - start, fallback=not reraise)
+                record(arm, key, error=True, latency_s=perf_counter() - start,
+                       fallback=not reraise)  # fmt: skip
                 if reraise:
                     raise
                 return await fallback(*args, **kwargs)
@@ -198,9 +209,9 @@ def _async_wrapper(
             try:
                 result = await fallback(*args, **kwargs)
             except Exception:
-                record(arm, error=True, latency_s=perf_counter() - start)
+                record(arm, key, error=True, latency_s=perf_counter() - start)
                 raise
-        success(arm, perf_counter() - start)
+        record(arm, key, error=False, latency_s=perf_counter() - start)
         return result
 
     return call
@@ -214,11 +225,14 @@ class Tracking:
     interrupts) is not counted.
     """
 
-    __slots__ = ("_arm", "_rollout", "_start", "decision")
+    __slots__ = ("_arm", "_key", "_rollout", "_start", "decision")
 
-    def __init__(self, rollout: Rollout, decision: Decision, arm: ArmCounts) -> None:
+    def __init__(
+        self, rollout: Rollout, decision: Decision, arm: ArmCounts, key: str | None
+    ) -> None:
         self._rollout = rollout
         self._arm = arm
+        self._key = key
         self._start = 0.0
         self.decision = decision
 
@@ -235,7 +249,7 @@ class Tracking:
         if exc_type is not None and not issubclass(exc_type, Exception):
             return  # cancelled or interrupted: the outcome is unknown
         latency = perf_counter() - self._start
-        self._rollout._record(self._arm, error=exc_type is not None, latency_s=latency)
+        self._rollout._record(self._arm, self._key, error=exc_type is not None, latency_s=latency)
 
     async def __aenter__(self) -> Decision:
         return self.__enter__()

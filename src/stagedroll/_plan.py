@@ -173,11 +173,7 @@ class View:
         if self.constant is not None:
             return self.constant
         if self.bucket_by is not None:
-            raw = attributes.get(self.bucket_by) if attributes is not None else None
-            try:
-                key = unit_key(raw) if raw is not None else None
-            except TypeError:
-                key = None  # documented: an attribute of the wrong type counts as no unit
+            key = self._attribute_key(attributes)
         if key is None:
             return self.no_unit
         if key in self.deny:
@@ -189,6 +185,22 @@ class View:
                 if segment(attributes):
                     return self.segment
         return hash_key(self.prefix + key)
+
+    def _attribute_key(self, attributes: Mapping[str, object] | None) -> str | None:
+        raw = attributes.get(self.bucket_by) if attributes is not None and self.bucket_by else None
+        try:
+            return unit_key(raw) if raw is not None else None
+        except TypeError:
+            return None  # documented: an attribute of the wrong type counts as no unit
+
+    def key_of(self, unit: object, attributes: Mapping[str, object] | None) -> str | None:
+        """The text that a unit is bucketed on (its id, or the ``bucket_by`` attribute)."""
+        try:
+            if self.bucket_by is not None:
+                return self._attribute_key(attributes)
+            return unit if unit is None or unit.__class__ is str else unit_key(unit)
+        except Exception:
+            return None
 
     def evaluate(self, key: str | None, attributes: Mapping[str, object] | None) -> Decision:
         """Decide for a unit whose key is already text (or ``None``: no unit)."""
@@ -207,12 +219,19 @@ class View:
             return settled.enabled
         return settled < self.threshold
 
-    def route(self, key: str | None, attributes: Mapping[str, object] | None) -> ArmCounts:
-        """The counters of the arm that the unit's calls are recorded in."""
+    def route(
+        self, key: str | None, attributes: Mapping[str, object] | None
+    ) -> tuple[ArmCounts, str | None]:
+        """The counters of the arm that the unit's calls are recorded in, and its bucketing key.
+
+        The key is ``None`` for calls routed by targeting (they are not compared).
+        """
         settled = self.settle(key, attributes)
         if isinstance(settled, Decision):
-            return self.arms.targeted_on if settled.enabled else self.arms.targeted_off
-        return self.treatment if settled < self.threshold else self.control
+            return (self.arms.targeted_on if settled.enabled else self.arms.targeted_off), None
+        if self.bucket_by is not None:
+            key = self._attribute_key(attributes)
+        return (self.treatment if settled < self.threshold else self.control), key
 
     def sample(self) -> ArmCounts:
         """Route one request with no unit: a fresh random bucket against the threshold."""

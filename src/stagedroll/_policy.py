@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -32,6 +33,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ._bucketing import percent_error
+from ._outcomes import UNIT_CAP
 from ._targeting import Operator, semver_key
 from .exceptions import MissingExtraError, PolicyError, PolicyProblem
 
@@ -157,6 +159,16 @@ def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[t
             message = f"must be greater than the previous stage ({previous:g})"
             problems.append((f"stages[{i}].percent", message))
         previous = percent
+        min_units = stage.get("min_units")
+        if (
+            percent == 0
+            and isinstance(min_units, int)
+            and not isinstance(min_units, bool)
+            and min_units > 0
+        ):
+            problems.append(
+                (f"stages[{i}].min_units", "needs a percent above 0: only bucketed units count")
+            )
         segments = stage.get("segments")
         for j, segment in enumerate(segments if isinstance(segments, list | tuple) else ()):
             if (
@@ -166,6 +178,13 @@ def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[t
             ):
                 message = f"unknown segment {segment!r}{_hint(segment, known_segments)}"
                 problems.append((f"stages[{i}].segments[{j}]", message))
+    health = data.get("health")
+    if (
+        data.get("advance") == "auto"
+        and isinstance(health, Mapping)
+        and health.get("enabled") is False
+    ):
+        problems.append(("advance", "'auto' needs the health gate (health.enabled = true)"))
     declared = context.get("environments")
     environments = data.get("environments")
     if declared is not None and isinstance(environments, Mapping):
@@ -248,7 +267,8 @@ class Stage(_Model):
     name: Name
     percent: Percent
     bake: Duration | None = None
-    min_units: Annotated[StrictInt, Field(ge=0)] = 0
+    min_units: Annotated[StrictInt, Field(ge=0, le=UNIT_CAP)] = 0
+    """Distinct bucketed units seen on the new path before an automatic advance."""
     segments: tuple[StrictStr, ...] = ()
 
 
@@ -259,21 +279,58 @@ class Targeting(_Model):
     deny: tuple[UnitId, ...] = ()
 
 
-class Health(_Model):
-    """The knobs of the health gate (auto-freeze)."""
+Alpha = Annotated[float, Field(ge=1e-12, lt=1, strict=True, allow_inf_nan=False)]
+"""A false-alarm chance, from 1e-12 up to (not including) 1."""
 
-    alpha_freeze: Annotated[float, Field(gt=0, lt=1, strict=True)] = 0.05
-    alpha_rollback: Annotated[float, Field(gt=0, lt=1, strict=True)] = 0.001
-    r0: Annotated[float, Field(ge=1, strict=True)] = 1.0
+
+class Health(_Model):
+    """The knobs of the health gate (auto-freeze); see ``docs/auto-freeze.md``."""
+
+    enabled: StrictBool = True
+    """Whether outcomes are tested at all (``False``: no automatic step of any kind)."""
+    alpha_freeze: Alpha = 0.05
+    """Chance of freezing a healthy rollout, at most (errors and latency together)."""
+    alpha_rollback: Alpha = 0.001
+    """Chance of rolling back a healthy rollout, at most."""
+    alpha_sample_ratio: Alpha = 0.001
+    """Chance of a false sample-ratio alarm (which blocks automatic advances), at most."""
+    r0: Annotated[float, Field(ge=1, le=100, strict=True, allow_inf_nan=False)] = 1.0
+    """Tolerated ratio of the new path's error (or slow-call) rate to the old one's."""
     min_events: Annotated[StrictInt, Field(ge=1)] = 3
-    latency_slo_ms: Annotated[float, Field(gt=0, strict=True)] | None = None
+    """Events on the new path needed before a freeze."""
+    latency_slo_ms: Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)] | None = None
+    """Test latency too: a call slower than this SLO is slow."""
+    latency_p95: StrictBool = False
+    """Test latency too: a call slower than the old path's running 95th percentile is slow."""
+    latency_share: Annotated[float, Field(ge=0, le=1, strict=True, allow_inf_nan=False)] | None = (
+        None
+    )
+    """The part of each alpha spent on the latency test, when there is one (default 0.5)."""
+
+    @property
+    def latency_part(self) -> float:
+        """The part of each alpha that the latency test gets: 0 when latency is not tested."""
+        if self.latency_slo_ms is None and not self.latency_p95:
+            return 0.0
+        return 0.5 if self.latency_share is None else self.latency_share
 
     @model_validator(mode="after")
-    def _rollback_needs_more_evidence(self) -> Health:
+    def _consistent(self) -> Health:
+        problems = []
         if self.alpha_rollback > self.alpha_freeze:
-            raise _problems(
-                [("alpha_rollback", f"must not exceed alpha_freeze ({self.alpha_freeze})")]
+            problems.append(
+                ("alpha_rollback", f"must not exceed alpha_freeze ({self.alpha_freeze})")
             )
+        if self.latency_p95 and self.latency_slo_ms is not None:
+            problems.append(
+                ("latency_p95", "conflicts with latency_slo_ms: choose one definition of slow")
+            )
+        if self.latency_share is not None and self.latency_slo_ms is None and not self.latency_p95:
+            problems.append(
+                ("latency_share", "needs a latency test: set latency_slo_ms, or latency_p95 = true")
+            )
+        if problems:
+            raise _problems(problems)
         return self
 
 
@@ -399,6 +456,14 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+_BOUNDS = {
+    "greater_than": "greater than",
+    "greater_than_equal": "greater than or equal to",
+    "less_than": "less than",
+    "less_than_equal": "less than or equal to",
+}
+
+
 def _message(error: Any, loc: tuple[int | str, ...]) -> str:
     kind, msg = error["type"], str(error["msg"])
     if kind == "missing":
@@ -418,6 +483,10 @@ def _message(error: Any, loc: tuple[int | str, ...]) -> str:
         return f"must be a table (got {_shown(error.get('input'))})"
     if kind == "string_pattern_mismatch":
         return "must be a name of letters, digits, '-', '_' or '.', starting with a letter or digit"
+    if kind in _BOUNDS:  # pydantic writes small bounds out in full: 0.000000000001
+        bound = next(iter(error.get("ctx", {}).values()), None)
+        if isinstance(bound, int | float) and not isinstance(bound, bool):
+            return f"must be {_BOUNDS[kind]} {bound:g}"
     if msg.startswith("Input should be"):
         msg = "must be" + msg.removeprefix("Input should be")
     elif kind == "too_short":

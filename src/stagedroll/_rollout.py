@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import mmh3
 
@@ -13,10 +13,11 @@ from ._bucketing import unit_key
 from ._decision import Decision, Reason
 from ._forksafe import register
 from ._guard import Tracking, guard
+from ._health import Health
 from ._outcomes import ArmCounts, Outcomes
 from ._plan import Plan, View
 from ._policy import RolloutPolicy
-from ._state import RolloutState, RolloutStatus, Transition
+from ._state import RolloutState, RolloutStatus, Status, Transition
 
 if TYPE_CHECKING:
     from ._rollouts import Rollouts
@@ -55,19 +56,38 @@ class Rollout:
     Get one with ``rollouts["name"]``; it stays valid across transitions.
     """
 
-    __slots__ = ("__weakref__", "_lock", "_owner", "_plan", "_view", "name", "outcomes")
+    __slots__ = (
+        "__weakref__",
+        "_lock",
+        "_owner",
+        "_plan",
+        "_retry_at",
+        "_view",
+        "health",
+        "name",
+        "outcomes",
+    )
 
     def __init__(self, owner: Rollouts, plan: Plan, state: RolloutState) -> None:
         self._owner = owner
         self._plan = plan
         self.name = plan.name
-        self.outcomes = Outcomes()
+        tested = plan.mode == "stages" and plan.policy.health.enabled
+        self.health = Health(plan.policy.health) if tested else None
+        """The health gate, or ``None`` (disabled, or the environment does not follow stages)."""
+        if self.health is not None:
+            self.health.timed = plan.policy.advance == "auto"
+        self.outcomes = Outcomes(self.health)
         self._lock = threading.Lock()  # serializes view changes; decisions never take it
+        self._retry_at = 0.0  # after a failed automatic step, not before this clock time
         self._view: View = plan.view(state, self.outcomes)
+        self._set_share(self._view)
         register(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        if self.health is not None:
+            self.health.after_fork()
 
     def __repr__(self) -> str:
         v = self._view
@@ -115,17 +135,24 @@ class Rollout:
             self._failed(exc)
             return Decision(self.name, False, Reason.ERROR)
 
-    def _route(self, unit: object, attributes: Mapping[str, object] | None = None) -> ArmCounts:
-        """Return the outcome counters of the arm that ``unit`` takes (``.enabled``: new path)."""
+    def _route(
+        self, unit: object, attributes: Mapping[str, object] | None = None
+    ) -> tuple[ArmCounts, str | None]:
+        """Return the counters of the arm that ``unit`` takes, and its bucketing key.
+
+        ``arm.enabled`` says whether that is the new path; the key is ``None`` for a unit
+        routed by targeting (not compared).
+        """
         v = self._view
         if v.plain and unit.__class__ is str and unit.isascii():
-            return v.treatment if _hash(v.prefix + unit, 0, False) < v.threshold else v.control
+            arm = v.treatment if _hash(v.prefix + unit, 0, False) < v.threshold else v.control
+            return arm, unit
         key = _key(unit, attributes)
         try:
             return v.route(key, attributes)
         except Exception as exc:
             self._failed(exc)
-            return v.arms.targeted_off
+            return v.arms.targeted_off, None
 
     def _failed(self, exc: Exception) -> None:
         self._owner.failures.record("decision.failed", exc, rollout=self.name)
@@ -147,7 +174,7 @@ class Rollout:
         """Decide for ``unit``, record the outcome of the block; see :meth:`Rollouts.track`."""
         v = self._view  # decide and record on one view, even if a transition comes between
         decision = self._decide(v, unit, attributes)
-        return Tracking(self, decision, v.arm(decision))
+        return Tracking(self, decision, v.arm(decision), v.key_of(unit, attributes))
 
     def report(
         self,
@@ -160,28 +187,57 @@ class Rollout:
         """Record one outcome for ``unit`` on the arm it is decided into; return that decision."""
         v = self._view
         decision = self._decide(v, unit, attributes)
-        self._record(v.arm(decision), error=error, latency_s=latency_s)
+        self._record(v.arm(decision), v.key_of(unit, attributes), error=error, latency_s=latency_s)
         return decision
 
     def _record(
-        self, arm: ArmCounts, *, error: bool, latency_s: float | None, fallback: bool = False
+        self,
+        arm: ArmCounts,
+        key: str | None,
+        *,
+        error: bool,
+        latency_s: float | None,
+        fallback: bool = False,
     ) -> None:
-        """Add one outcome to ``arm``; never raises (a failure here is logged and counted).
+        """Add one outcome of unit ``key`` to ``arm``; never raises (failures are logged).
 
         A latency that is not a finite, non-negative number of seconds is dropped, counted
-        and logged (``outcome.bad_latency``); the outcome itself is kept.
+        and logged (``outcome.bad_latency``); the outcome itself is kept. When the outcome
+        may make an automatic step due (a treatment event, a new unit), the step is checked.
         """
         if latency_s is not None and not _is_latency(latency_s):
             self._owner.failures.record("outcome.bad_latency", rollout=self.name,
                                         latency=repr(latency_s)[:40])  # fmt: skip
             latency_s = None
+        if error or fallback or latency_s is None:
+            self._count(self.outcomes.record, arm, error, latency_s, fallback, key)
+        else:
+            self._count(self.outcomes.success, arm, latency_s, key)
+
+    def _note(self, arm: ArmCounts, key: str | None, latency_s: float) -> None:
+        """Show the health test a successful guarded call that may be an event; never raises."""
+        self._count(self.outcomes.note, arm, key, latency_s)
+
+    def _fold(self, arm: ArmCounts) -> None:
+        """Fold ``arm``'s pending latencies (the guard's batch is full); check automatic steps."""
+        self._count(self.outcomes.fold, arm)
+
+    def _count(self, count: Callable[..., bool], *args: Any) -> None:
+        """Call ``count(*args)``, an :class:`Outcomes` method; take the step it makes due."""
         try:
-            if error or fallback or latency_s is None:
-                self.outcomes.record(arm, error, latency_s, fallback)
-            else:
-                self.outcomes.success(arm, latency_s)
+            due = count(*args)
         except Exception as exc:  # pragma: no cover - defensive: counting must not break calls
             self._owner.failures.record("outcome.failed", exc, rollout=self.name)
+            return
+        if due:
+            self._step()
+
+    def _step(self) -> None:
+        """Take the automatic step that is due, if any; never raises."""
+        try:
+            self._owner._auto_step(self)
+        except Exception as exc:  # pragma: no cover - _auto_step catches what it expects
+            self._owner.failures.record("health.step_failed", exc, rollout=self.name)
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -203,5 +259,31 @@ class Rollout:
             current = self._view.state
             if state.version > current.version:
                 if state.stage != current.stage:
-                    self.outcomes.enter(min(state.stage, self._plan.last_stage))
-                self._view = self._plan.view(state, self.outcomes)
+                    last = self._plan.last_stage
+                    self.outcomes.enter(min(state.stage, last), leaving=self._view.stage)
+                view = self._plan.view(state, self.outcomes)
+                if self.health is not None and _resumed(current, state):
+                    with self.outcomes.lock:
+                        self.health.reset()  # a new epoch of evidence
+                self._set_share(view)
+                self._view = view
+
+    def _set_share(self, view: View) -> None:
+        """Give the health test the treatment's share under ``view``."""
+        if self.health is not None:
+            share = view.percent / 100 if view.constant is None else 0.0
+            with self.outcomes.lock:
+                self.health.set_share(share)
+
+
+def _resumed(old: RolloutState, new: RolloutState) -> bool:
+    """Whether ``new`` resumes the rollout after a stop (a freeze, rollback or kill).
+
+    The stop was seen (``old`` is not running), or missed between two reads of the store:
+    same stage, and the version moved by more than one.
+    """
+    if new.status is not Status.RUNNING:
+        return False
+    if old.status is not Status.RUNNING:
+        return True
+    return new.version > old.version + 1 and new.stage == old.stage

@@ -7,21 +7,32 @@ view of every ``Rollouts`` watching that store.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import mmh3
 
+from . import _gate as gate
 from ._decision import Decision, Reason
 from ._failures import Failures, log
+from ._health import HealthReport
+from ._hooks import Hook, Hooks, TransitionEvent
 from ._plan import compile_policy
 from ._policy import Policy, load_policy
 from ._rollout import Rollout
-from ._state import NO_EVIDENCE, Action, Evidence, RolloutState, RolloutStatus, Transition
+from ._state import (
+    NO_EVIDENCE,
+    Action,
+    Evidence,
+    RolloutState,
+    RolloutStatus,
+    Transition,
+)
 from ._transitions import EVENTS, initial_state, next_state, verb
 from .exceptions import StoreError, TransitionError, UnknownRolloutError
 from .stores import MemoryStore, Store, store_from_url
@@ -52,7 +63,8 @@ class Rollouts:
     mapping in the policy file's shape, or a path to a TOML, JSON or YAML file.
     ``environment`` defaults to ``$STAGEDROLL_ENV``; ``store`` to a new :class:`MemoryStore`
     (or a store URL such as ``memory://``); ``clock`` (seconds, default :func:`time.time`)
-    stamps transitions.
+    stamps transitions and measures bake times. ``on_transition`` is a hook (or several)
+    called with a :class:`TransitionEvent` after each transition this instance makes.
     """
 
     def __init__(
@@ -62,6 +74,7 @@ class Rollouts:
         store: Store | str | None = None,
         environment: str | None = None,
         clock: Callable[[], float] | None = None,
+        on_transition: Hook | Iterable[Hook] | None = None,
     ) -> None:
         self.policy: Policy = load_policy(policy)
         if environment is None:
@@ -76,6 +89,11 @@ class Rollouts:
             store = store_from_url(store)
         self.store: Store = store
         self.failures = Failures()
+        self.hooks = Hooks(self.failures)
+        """The transition hooks; see :meth:`on_transition`."""
+        if on_transition is not None:
+            for hook in [on_transition] if callable(on_transition) else on_transition:
+                self.hooks.add(hook)
         self._unknown: set[str] = set()
         self._rollouts: dict[str, Rollout] = {
             name: Rollout(self, plan, self._start(name))
@@ -91,9 +109,20 @@ class Rollouts:
         store: Store | str | None = None,
         environment: str | None = None,
         clock: Callable[[], float] | None = None,
+        on_transition: Hook | Iterable[Hook] | None = None,
     ) -> Rollouts:
         """Load the policy at ``path`` (TOML, JSON or YAML) and bind it."""
-        return cls(Path(path), store=store, environment=environment, clock=clock)
+        return cls(Path(path), store=store, environment=environment, clock=clock,
+                   on_transition=on_transition)  # fmt: skip
+
+    def on_transition(self, hook: Hook) -> Hook:
+        """Call ``hook`` with a :class:`TransitionEvent` after each transition made here.
+
+        Usable as a decorator. Hooks run in the order they were added, after the transition
+        is stored; one that raises is logged and counted (``hook.failed``) and changes
+        nothing. ``async`` hooks become tasks of the running event loop.
+        """
+        return self.hooks.add(hook)
 
     def __repr__(self) -> str:
         return f"<Rollouts {sorted(self._rollouts)} environment={self.environment!r}>"
@@ -265,18 +294,22 @@ class Rollouts:
         action: Action,
         reason: str,
         actor: str | None,
-        evidence: Evidence = NO_EVIDENCE,
+        *,
+        expected: RolloutState | None = None,
+        evidence: Evidence | None = None,
     ) -> Transition:
-        """Apply ``action`` to the state in the store, by compare-and-set.
+        """Apply ``action`` to the state in the store (or to ``expected``), by compare-and-set.
 
         Raises :class:`TransitionError` when the action does not apply to that state, or when
         another writer changed it between our read and our write (the action is then not
         retried: ``advance`` twice would skip a stage), and :class:`StoreError` when the store
-        fails.
+        fails. The history entry carries the health evidence of the moment.
         """
         rollout = self[name]
         who = actor if actor is not None else _default_actor()
-        current = self._load(name) or rollout.state
+        current = expected if expected is not None else (self._load(name) or rollout.state)
+        if evidence is None:
+            evidence = self._health(rollout).evidence() if rollout.health else NO_EVIDENCE
         now = self.clock()
         new = next_state(name, action, current, last_stage=rollout._plan.last_stage,
                          now=now, reason=reason, actor=who)  # fmt: skip
@@ -307,7 +340,41 @@ class Rollouts:
         log("info", EVENTS[action], rollout=name, stage=rollout._view.stage_name,
             from_stage=current.stage, to_stage=new.stage, status=str(new.status),
             reason=reason, actor=who, evidence=dict(evidence))  # fmt: skip
+        if len(self.hooks):
+            names = (self._stage_name(rollout, current.stage),
+                     self._stage_name(rollout, new.stage))  # fmt: skip
+            self.hooks.fire(TransitionEvent.of(entry, names))
         return entry
+
+    @staticmethod
+    def _stage_name(rollout: Rollout, stage: int) -> str | None:
+        stages = rollout._plan.stages
+        return stages[min(stage, len(stages) - 1)].name if stage >= 0 else None
+
+    # -- the health gate ---------------------------------------------------------------------------
+
+    def _health(self, rollout: Rollout) -> HealthReport:
+        """The health evidence of ``rollout`` in its current stage visit."""
+        return gate.report(self, rollout)
+
+    def _auto_step(self, rollout: Rollout) -> Transition | None:
+        """Take the automatic step that is due for ``rollout``, if any; never raises."""
+        return gate.step(self, rollout)
+
+    def tick(self) -> list[Transition]:
+        """Take every automatic step that is due now; return the transitions made.
+
+        Steps are otherwise taken as outcomes arrive; ``tick`` is for a process that may be
+        idle when a bake time ends (call it from a scheduler or a health-check endpoint).
+        """
+        made = []
+        for rollout in self._rollouts.values():
+            with contextlib.suppress(StoreError):
+                self._load(rollout.name)
+            transition = self._auto_step(rollout)
+            if transition is not None:
+                made.append(transition)
+        return made
 
     def _load(self, name: str) -> RolloutState | None:
         try:
@@ -319,12 +386,13 @@ class Rollouts:
         return state
 
     def status(self, name: str) -> RolloutStatus:
-        """Where rollout ``name`` stands, read afresh from the store."""
+        """Where rollout ``name`` stands, read afresh from the store, with its evidence."""
         rollout = self[name]
         self._load(name)
         view = rollout._view
         state = view.state
         control, treatment, targeted = rollout.outcomes.stats(view.stage)
+        health = self._health(rollout)
         last = rollout._plan.last_stage
         following = rollout._plan.stages[view.stage + 1].name if view.stage < last else None
         return RolloutStatus(
@@ -344,6 +412,8 @@ class Rollouts:
             targeted=targeted,
             next_stage=following,
             internal_errors=self.failures.count(),
+            health=health,
+            waiting_for=gate.waiting_for(self, rollout, health),
         )
 
     def history(self, name: str, limit: int | None = None) -> list[Transition]:

@@ -6,8 +6,12 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from ._outcomes import ArmStats
+
+if TYPE_CHECKING:
+    from ._health import HealthReport
 
 __all__ = ["NO_EVIDENCE", "Action", "RolloutState", "RolloutStatus", "Status", "Transition"]
 
@@ -111,3 +115,7 @@ class RolloutStatus:
     """The name of the stage that ``advance`` leads to, ``None`` at the last stage."""
     internal_errors: int
     """Failures inside stagedroll in this process so far, all rollouts (``Rollouts.failures``)."""
+    health: HealthReport
+    """The evidence of the health gate: e-values, ratio estimates, events, units."""
+    waiting_for: str | None
+    """What the next automatic step waits for, in words; ``None`` when none can come."""
