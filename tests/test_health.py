@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from conftest import EVIDENCE_KEYS
+from stagedroll import Action, HealthReport, MemoryStore, Rollouts
 from stagedroll import Health as HealthPolicy
-from stagedroll import HealthReport, MemoryStore, Rollouts
 from stagedroll._health import DISABLED, Health, Verdict
 from stagedroll._outcomes import UNIT_CAP, Arms, Outcomes
 from stagedroll._sequential import MixtureTest
@@ -186,7 +186,7 @@ class TestWithoutALatencyTest:
             gate.error(f"t{gate.health.errors.events_treatment}", treatment=True)
         assert gate.health.errors.e_value < 40
         assert gate.health.errors.events_treatment >= gate.health.min_events
-        assert gate.health.verdict() == Verdict("freeze", "errors")
+        assert gate.health.verdict() == Verdict(Action.FREEZE, "errors")
         assert gate.report().freeze_at_errors == pytest.approx(20.0)
 
 
@@ -299,7 +299,7 @@ class TestVerdict:
             assert gate.health.verdict().action == expected
         assert reached_at is not None
         assert reached_at < 8
-        assert gate.health.verdict() == Verdict("freeze", "errors")
+        assert gate.health.verdict() == Verdict(Action.FREEZE, "errors")
 
     @pytest.mark.parametrize(
         ("knobs", "freeze_at", "rollback_at"),
@@ -328,7 +328,7 @@ class TestVerdict:
         while not gate.health.errors.reaches(bar):
             assert gate.health.verdict().action is None
             gate.error(f"t{gate.health.errors.events_treatment}", treatment=True)
-        assert gate.health.verdict() == Verdict("rollback", "errors")
+        assert gate.health.verdict() == Verdict(Action.ROLLBACK, "errors")
 
     def test_control_events_hold_the_verdict_back(self) -> None:
         """Errors at the same rate in both arms never reach a bar."""
@@ -362,7 +362,7 @@ class TestVerdict:
         while gate.health.slow.e_value < 20:
             assert gate.health.verdict().action is None
             gate.ok(f"s{gate.health.slow.events_treatment}", treatment=True, latency_s=1.0)
-        assert gate.health.verdict() == Verdict("freeze", "latency")
+        assert gate.health.verdict() == Verdict(Action.FREEZE, "latency")
         report = gate.report()
         assert report.freeze_at_errors == math.inf
         assert report.freeze_at_latency == pytest.approx(20.0)
@@ -373,7 +373,7 @@ class TestVerdict:
         while gate.health.slow.e_value < 40:
             assert gate.health.verdict().action is None
             gate.ok(f"s{gate.health.slow.events_treatment}", treatment=True, latency_s=1.0)
-        assert gate.health.verdict() == Verdict("freeze", "latency")
+        assert gate.health.verdict() == Verdict(Action.FREEZE, "latency")
 
 
 class TestReport:

@@ -63,12 +63,10 @@ def step(owner: Rollouts, rollout: Rollout) -> Transition | None:
         return None
     with rollout.outcomes.lock:
         verdict = health.verdict()
-    action: Action | None = None
-    if verdict.action == "rollback":
-        action = Action.ROLLBACK
-    elif verdict.action == "freeze" and state.status is Status.RUNNING:
-        action = Action.FREEZE
-    elif state.status is Status.RUNNING and advance_due(owner, rollout) is None:
+    action = verdict.action
+    if action is Action.FREEZE and state.status is not Status.RUNNING:
+        action = None  # already frozen: only a rollback can follow
+    if action is None and state.status is Status.RUNNING and advance_due(owner, rollout) is None:
         action = Action.ADVANCE
     if action is None:
         return None

@@ -27,6 +27,7 @@ from ._outcomes import UNIT_CAP, ArmCounts
 from ._policy import Health as HealthPolicy
 from ._seen import SeenUnits
 from ._sequential import MixtureTest
+from ._state import Action
 
 __all__ = ["Health", "HealthReport", "Verdict"]
 
@@ -41,9 +42,9 @@ def _log_threshold(alpha: float, share: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What the tests say: ``action`` is ``"freeze"``, ``"rollback"`` or ``None``."""
+    """What the tests say: freeze, roll back (an :class:`Action`), or nothing (``None``)."""
 
-    action: str | None
+    action: Action | None
     test: str | None = None
     """The test that fired: ``"errors"`` or ``"latency"``."""
 
@@ -261,10 +262,10 @@ class Health:
         tests = (("errors", self.errors), ("latency", self.slow))
         for (name, test), log_rollback in zip(tests, self.log_rollback, strict=True):
             if test.reaches(log_rollback):
-                return Verdict("rollback", name)
+                return Verdict(Action.ROLLBACK, name)
         for (name, test), log_freeze in zip(tests, self.log_freeze, strict=True):
             if test.events_treatment >= self.min_events and test.reaches(log_freeze):
-                return Verdict("freeze", name)
+                return Verdict(Action.FREEZE, name)
         return _HEALTHY
 
     def sample_ratio_log_e(self, control: ArmCounts, treatment: ArmCounts, share: float) -> float:
