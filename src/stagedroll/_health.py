@@ -130,7 +130,6 @@ class Health:
         "log_rollback",
         "log_sample_ratio",
         "min_events",
-        "policy",
         "sample_ratio_fired",
         "slow",
         "slow_units",
@@ -139,7 +138,6 @@ class Health:
     )
 
     def __init__(self, policy: HealthPolicy) -> None:
-        self.policy = policy
         self.errors = MixtureTest(r0=policy.r0)
         self.slow = MixtureTest(r0=policy.r0)
         self.error_units = SeenUnits()
