@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo demo-cohorts bench coverage clean
+.PHONY: test lint typecheck pytest demo demo-cohorts bench bench-stores coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ demo-cohorts: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_decide.py
+
+bench-stores: $(STAMP)
+	$(BIN)/python benchmarks/bench_stores.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage build dist

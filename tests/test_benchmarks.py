@@ -12,6 +12,8 @@ from types import ModuleType
 import pytest
 import structlog
 
+from servers import reachable
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -79,3 +81,72 @@ class TestBenchFreeze:
         for title in ("## Bar 1", "## Bars 2 and 3", "## Bar 4", "## Summary"):
             assert title in out
         assert "|---|" in out
+
+
+@pytest.fixture(name="bench_stores")
+def _bench_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    # The observers are spawned: they import bench_stores from the path given here.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    yield importlib.import_module("bench_stores")
+    sys.modules.pop("bench_stores", None)
+    structlog.reset_defaults()  # the benchmark quiets structlog for its own output
+
+
+class TestBenchStores:
+    def test_smoke_run_reports_every_store(
+        self, bench_stores: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A smoke run prints a JSON report with every store's ratios and propagation delays."""
+        assert bench_stores.main(["--smoke", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert set(report) >= {"meta", "stores", "cost", "propagation", "targets", "ok"}
+        assert report["meta"]["mode"] == "smoke"
+        stores = report["stores"]
+        assert set(stores) == {"memory", "sqlite", "redis"}
+        assert stores["memory"]["status"] == stores["sqlite"]["status"] == "ok"
+        redis_ok = reachable(bench_stores.redis_url())
+        assert stores["redis"] == (
+            {"status": "ok"} if redis_ok else {"status": "skipped", "reason": "no Redis"}
+        )
+        measured = {kind for kind, row in stores.items() if row["status"] == "ok"}
+        assert set(report["meta"]["refreshes_while_timing"]) == measured - {"memory"}
+        assert set(report["cost"]) == {*bench_stores.DECISIONS, *bench_stores.RECORDING}
+        for rows in report["cost"].values():
+            assert set(rows) == measured
+            assert rows["memory"]["ratio"] == 1.0
+            assert rows["memory"]["target"] is None
+            for kind in measured - {"memory"}:
+                row = rows[kind]
+                assert row["ns"] > 0
+                assert row["ratio"] > 0
+                assert row["median_ratio"] > 0
+                assert row["target"] == 1.2
+                assert isinstance(row["pass"], bool)
+
+    def test_smoke_run_reports_propagation(
+        self, bench_stores: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Every observer of every shared store reports seeing the freeze, with the target."""
+        assert bench_stores.main(["--smoke", "--json", "--observers", "2"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        propagation = report["propagation"]
+        assert set(propagation) == {"sqlite", "redis"}
+        if not reachable(bench_stores.redis_url()):
+            assert propagation["redis"] == {"status": "skipped", "reason": "no Redis"}
+            del propagation["redis"]
+        for row in propagation.values():
+            assert row["status"] == "ok"
+            assert row["observers"] == 2
+            assert row["rounds"] == 1
+            assert row["samples"] == 2
+            assert row["missed"] == 0
+            assert row["refresh_interval_s"] == 0.05
+            assert row["target_s"] == pytest.approx(0.55)
+            assert {"median_s", "p90_s", "max_s", "pass"} <= set(row)
+            assert row["max_s"] is not None
+            [transition] = row["transitions"]
+            assert transition["to"] == "frozen"
+            assert all(isinstance(d, float) for d in transition["delays_s"])
+        assert {(t["what"], t["store"]) for t in report["targets"]} >= {
+            ("max propagation delay", kind) for kind in propagation
+        }

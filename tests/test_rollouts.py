@@ -20,6 +20,7 @@ from stagedroll import (
     Reason,
     Rollouts,
     RolloutState,
+    SQLiteStore,
     Status,
     StoreError,
     Transition,
@@ -131,7 +132,9 @@ class TestConstruction:
         history = store.history("checkout")
         assert [t.action for t in history] == [Action.START]
         assert history[0].at == 5.0
-        assert store.load("checkout") == RolloutState(0, Status.RUNNING, 5.0, 1, "", "stagedroll")
+        assert store.load("checkout") == RolloutState(
+            0, Status.RUNNING, 5.0, 1, "", "stagedroll", epoch=1
+        )
 
 
 class TestDecisions:
@@ -394,17 +397,40 @@ class TestTransitions:
 
 class TestNeverBreakTheHost:
     def test_store_down_at_start(self, policy: dict[str, Any]) -> None:
-        """A store failing at start-up: decisions serve the first stage; the failure is counted."""
+        """A store failing at start-up: the stable path for all; the failure is counted."""
         store = FailingStore()
         store.fail_load = True
         with structlog.testing.capture_logs() as logs:
             rollouts = Rollouts(policy, store=store)
-        assert rollouts.decide("search", "user-2").reason in (
-            Reason.IN_COHORT,
-            Reason.OUT_OF_COHORT,
-        )
+        assert rollouts["search"].state.version == 0
+        assert rollouts["search"].state.stage == -1
+        assert not any(rollouts.enabled("search", f"user-{i}") for i in range(200))
+        assert rollouts.decide("search", "user-2").reason is Reason.OUT_OF_COHORT
         assert rollouts.failures.count("store.load_failed") == 3
         assert {e["event"] for e in logs} == {"store.load_failed"}
+        assert rollouts.tick() == []  # still down: nothing automatic from an unknown state
+        with pytest.raises(StoreError):
+            rollouts.freeze("search")
+
+    def test_start_recovers_when_the_store_answers(self, policy: dict[str, Any]) -> None:
+        """Once the store answers, tick starts the rollouts that could not start."""
+        store = FailingStore()
+        store.fail_load = True
+        rollouts = Rollouts(policy, store=store)
+        store.fail_load = False
+        rollouts.tick()
+        assert rollouts["search"].state.version == 1
+        assert rollouts["search"].state.stage == 0
+        assert [t.action for t in store.history("search")] == [Action.START]
+
+    def test_transition_starts_a_rollout_that_could_not_start(self, policy: dict[str, Any]) -> None:
+        """A transition on a rollout never started records its start first."""
+        store = FailingStore()
+        store.fail_load = True
+        rollouts = Rollouts(policy, store=store)
+        store.fail_load = False
+        rollouts.freeze("search", actor="alice")
+        assert [t.action for t in store.history("search")] == [Action.FREEZE, Action.START]
 
     def test_operator_calls_report_store_failures(self, policy: dict[str, Any]) -> None:
         """Transitions, status and history raise StoreError when the store fails."""
@@ -978,3 +1004,46 @@ class TestHealthStatus:
         with pytest.raises(PolicyError) as caught:
             Rollouts(auto_policy(health={"enabled": False}))
         assert [p.path for p in caught.value.problems] == ["rollouts.checkout.advance"]
+
+
+class TestClose:
+    def test_closes_the_store_it_made(self, tmp_path: Path) -> None:
+        """A store made from a URL is closed with the Rollouts; decisions keep working."""
+        with Rollouts(plain_policy(50), store=f"sqlite:///{tmp_path}/state.db") as rollouts:
+            store = rollouts.store
+            assert isinstance(store, SQLiteStore)
+            before = [rollouts.enabled("checkout", f"u{i}") for i in range(100)]
+        assert store._closed
+        assert [rollouts.enabled("checkout", f"u{i}") for i in range(100)] == before
+
+    def test_leaves_a_store_passed_in_open(self, tmp_path: Path) -> None:
+        """A store object passed in belongs to the caller."""
+        store = SQLiteStore(tmp_path / "state.db")
+        try:
+            Rollouts(plain_policy(50), store=store).close()
+            assert not store._closed
+            assert store.load("checkout") is not None
+        finally:
+            store.close()
+
+
+class TestAdoptOrder:
+    def test_a_late_notice_is_ignored(self) -> None:
+        """A state delivered after a newer one (notices that crossed) changes nothing."""
+        rollouts = Rollouts(plain_policy(10, 50), clock=lambda: 100.0)
+        rollout = rollouts["checkout"]
+        newer = RolloutState(1, Status.RUNNING, 100.0, version=3, epoch=1)
+        older = RolloutState(0, Status.FROZEN, 99.0, version=2, epoch=1)
+        rollout._adopt(newer)
+        rollout._adopt(older)
+        assert rollout.state == newer
+
+    def test_a_new_history_is_adopted(self) -> None:
+        """After the store lost its data, a lower version that began later replaces the state."""
+        rollouts = Rollouts(plain_policy(10, 50), clock=lambda: 100.0)
+        rollout = rollouts["checkout"]
+        rollout._adopt(RolloutState(1, Status.RUNNING, 100.0, version=5, epoch=1))
+        killed = RolloutState(0, Status.KILLED, 200.0, version=2, epoch=1)
+        rollout._adopt(killed)
+        assert rollout.state == killed
+        assert not any(rollouts.enabled("checkout", f"u{i}") for i in range(200))

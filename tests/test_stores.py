@@ -2,10 +2,21 @@ from __future__ import annotations
 
 import gc
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from stagedroll import Action, MemoryStore, RolloutState, Status, Store, Transition
+from stagedroll import (
+    Action,
+    MemoryStore,
+    RedisStore,
+    RolloutState,
+    SQLiteStore,
+    Status,
+    Store,
+    Transition,
+)
 from stagedroll.stores import store_from_url
 
 
@@ -102,12 +113,166 @@ class TestMemoryStore:
         assert heard == [1]
 
 
+@pytest.fixture(name="from_url")
+def _from_url() -> Iterator[list[Store]]:
+    """Stores made from URLs by the test, closed after it."""
+    made: list[Store] = []
+    yield made
+    for store in made:
+        store.close()
+
+
 class TestStoreFromUrl:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "memory://?refresh_interval=1",
+            "sqlite:///state.db?refresh_intervall=1",
+            "sqlite:///state.db?prefix=app",
+        ],
+    )
+    def test_unknown_option_is_refused(self, url: str) -> None:
+        """A misspelt or misplaced option raises rather than passing unnoticed."""
+        with pytest.raises(ValueError, match="unknown option"):
+            store_from_url(url)
+
     def test_memory(self) -> None:
         """memory:// is a fresh MemoryStore."""
         assert isinstance(store_from_url("memory://"), MemoryStore)
 
+    def test_memory_max_history(self) -> None:
+        """memory:// takes max_history."""
+        store = store_from_url("memory://?max_history=2")
+        for v in range(1, 5):
+            assert store.compare_and_set("r", v - 1, state(v), entry(v))
+        assert [t.version for t in store.history("r")] == [4, 3]
+
     def test_unknown_scheme(self) -> None:
         """An unknown scheme is refused with the known ones listed."""
-        with pytest.raises(ValueError, match="known schemes are memory://"):
+        with pytest.raises(ValueError, match="known schemes are memory://") as info:
             store_from_url("postgres://localhost/db")
+        message = str(info.value)
+        assert "postgres://localhost/db" in message
+        for scheme in ("memory://", "sqlite://", "redis://", "rediss://"):
+            assert scheme in message
+
+    def test_sqlite_relative_path(self, from_url: list[Store]) -> None:
+        """sqlite:///name.db names a file relative to the working directory."""
+        store = store_from_url("sqlite:///data/rollouts.db")
+        from_url.append(store)
+        assert isinstance(store, SQLiteStore)
+        assert store.path == Path("data/rollouts.db")
+        assert not store.path.is_absolute()
+
+    def test_sqlite_absolute_path(self, tmp_path: Path, from_url: list[Store]) -> None:
+        """sqlite:////abs/path.db names an absolute path, and the store works on that file."""
+        path = tmp_path / "state.db"
+        store = store_from_url(f"sqlite:///{path}")
+        from_url.append(store)
+        assert isinstance(store, SQLiteStore)
+        assert store.path == path
+        assert store.compare_and_set("r", 0, state(1), entry(1))
+        assert path.exists()
+        other = SQLiteStore(path)
+        from_url.append(other)
+        assert other.load("r") == state(1)
+
+    def test_sqlite_path_is_percent_decoded(self, tmp_path: Path, from_url: list[Store]) -> None:
+        """A path's percent escapes are decoded."""
+        store = store_from_url(f"sqlite:///{tmp_path}/my%20state.db")
+        from_url.append(store)
+        assert isinstance(store, SQLiteStore)
+        assert store.path == tmp_path / "my state.db"
+
+    def test_sqlite_options(self, tmp_path: Path, from_url: list[Store]) -> None:
+        """refresh_interval, timeout and max_history are read from the query."""
+        url = f"sqlite:///{tmp_path}/s.db?refresh_interval=2.5&timeout=3&max_history=2"
+        store = store_from_url(url)
+        from_url.append(store)
+        assert isinstance(store, SQLiteStore)
+        assert store.path == tmp_path / "s.db"
+        assert store.refresh_interval == 2.5
+        assert store._timeout == 3.0  # SQLite's busy timeout: no public attribute
+        for v in range(1, 5):
+            assert store.compare_and_set("r", v - 1, state(v), entry(v))
+        assert [t.version for t in store.history("r")] == [4, 3]
+
+    @pytest.mark.parametrize(
+        ("query", "option"),
+        [
+            ("refresh_interval=often", "refresh_interval"),
+            ("timeout=", "timeout"),
+            ("max_history=1.5", "max_history"),
+            ("max_history=many", "max_history"),
+        ],
+    )
+    def test_sqlite_malformed_option(self, tmp_path: Path, query: str, option: str) -> None:
+        """A malformed option is refused with ValueError naming it."""
+        with pytest.raises(ValueError, match=option):
+            store_from_url(f"sqlite:///{tmp_path}/s.db?{query}")
+
+    @pytest.mark.parametrize(
+        "url", ["sqlite://", "sqlite:///", "sqlite://?timeout=1", "sqlite://host/s.db"]
+    )
+    def test_sqlite_without_path(self, url: str) -> None:
+        """A sqlite URL without a path is refused, showing the expected forms."""
+        with pytest.raises(ValueError, match=r"sqlite:///relative/path\.db"):
+            store_from_url(url)
+
+    def test_redis_options(self, from_url: list[Store]) -> None:
+        """prefix and refresh_interval are taken off a redis URL; the rest stays for redis-py."""
+        store = store_from_url(
+            "redis://127.0.0.1:6379/2?prefix=shop&refresh_interval=0.5&socket_keepalive=true"
+        )
+        from_url.append(store)
+        assert isinstance(store, RedisStore)
+        assert store.prefix == "shop"
+        assert store.refresh_interval == 0.5
+        assert store.url == "redis://127.0.0.1:6379/2?socket_keepalive=true"
+
+    def test_redis_defaults(self, from_url: list[Store]) -> None:
+        """A redis URL without options keeps the store's defaults and the URL as written."""
+        store = store_from_url("redis://127.0.0.1:6379/0")
+        from_url.append(store)
+        assert isinstance(store, RedisStore)
+        assert store.prefix == "stagedroll"
+        assert store.refresh_interval == 1.0
+        assert store.url == "redis://127.0.0.1:6379/0"
+
+    def test_rediss(self, from_url: list[Store]) -> None:
+        """rediss:// (TLS) is a RedisStore too, with its options stripped from the URL."""
+        store = store_from_url("rediss://:secret@cache.internal:6380/0?prefix=a:b&timeout=1.5")
+        from_url.append(store)
+        assert isinstance(store, RedisStore)
+        assert store.prefix == "a:b"
+        assert store.url == "rediss://:secret@cache.internal:6380/0"
+        assert "secret" not in repr(store)
+
+    def test_redis_store_works(
+        self, redis_url: str, redis_prefix: str, from_url: list[Store]
+    ) -> None:
+        """A store made from a redis URL with a prefix writes under that prefix."""
+        sep = "&" if "?" in redis_url else "?"
+        store = store_from_url(f"{redis_url}{sep}prefix={redis_prefix}&timeout=5")
+        from_url.append(store)
+        assert store.compare_and_set("r", 0, state(1), entry(1))
+        other = RedisStore(redis_url, prefix=redis_prefix)
+        from_url.append(other)
+        assert other.load("r") == state(1)
+        elsewhere = RedisStore(redis_url, prefix=redis_prefix + "-other")
+        from_url.append(elsewhere)
+        assert elsewhere.load("r") is None
+
+    @pytest.mark.parametrize(
+        ("query", "option"),
+        [
+            ("refresh_interval=soon", "refresh_interval"),
+            ("timeout=fast", "timeout"),
+            ("max_history=all", "max_history"),
+            ("ttl=1d", "ttl"),
+        ],
+    )
+    def test_redis_malformed_option(self, query: str, option: str) -> None:
+        """A malformed option of a redis URL is refused with ValueError naming it."""
+        with pytest.raises(ValueError, match=option):
+            store_from_url(f"redis://127.0.0.1:6379/0?{query}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from stagedroll import Action, RolloutState, Status, TransitionError
-from stagedroll._transitions import EVENTS, initial_state, next_state
+from stagedroll._transitions import EVENTS, initial_state, next_state, unknown_state
 
 
 def state(stage: int = 0, status: Status = Status.RUNNING, version: int = 1) -> RolloutState:
@@ -90,3 +90,41 @@ class TestNextState:
     def test_initial_state(self) -> None:
         """A new rollout starts at its first stage, running, version 0."""
         assert initial_state(5.0) == RolloutState(0, Status.RUNNING, 5.0, 0)
+
+    def test_unknown_state_is_the_stable_path(self) -> None:
+        """While the store cannot be read: 0 % (stage -1), version 0, and a reason that says so."""
+        unknown = unknown_state(5.0)
+        assert (unknown.stage, unknown.status, unknown.version) == (-1, Status.RUNNING, 0)
+        assert "unreachable" in unknown.reason
+
+
+class TestEpoch:
+    @pytest.mark.parametrize(
+        ("action", "status"),
+        [
+            (Action.ADVANCE, Status.RUNNING),
+            (Action.FREEZE, Status.RUNNING),
+            (Action.ROLLBACK, Status.RUNNING),
+            (Action.KILL, Status.RUNNING),
+            (Action.COMPLETE, Status.RUNNING),
+            (Action.ROLLBACK, Status.FROZEN),
+        ],
+    )
+    def test_carried_unless_the_rollout_resumes(self, action: Action, status: Status) -> None:
+        """Steps that keep running, or stop, keep the epoch of the evidence."""
+        current = RolloutState(1, status, 0.0, version=7, epoch=3)
+        assert step(action, current).epoch == 3
+
+    @pytest.mark.parametrize(
+        ("action", "status"),
+        [
+            (Action.UNFREEZE, Status.FROZEN),
+            (Action.UNFREEZE, Status.KILLED),
+            (Action.UNFREEZE, Status.ROLLED_BACK),
+            (Action.ADVANCE, Status.ROLLED_BACK),
+        ],
+    )
+    def test_a_resume_begins_a_new_epoch(self, action: Action, status: Status) -> None:
+        """Back to running from a stop: the epoch is the new state's version."""
+        new = step(action, RolloutState(1, status, 0.0, version=7, epoch=3))
+        assert (new.status, new.epoch) == (Status.RUNNING, 8)

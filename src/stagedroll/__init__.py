@@ -35,7 +35,7 @@ from .exceptions import (
     TransitionError,
     UnknownRolloutError,
 )
-from .stores import MemoryStore, Store
+from .stores import MemoryStore, RedisStore, SQLiteStore, Store, SyncingStore
 
 __all__ = [
     "Action",
@@ -47,18 +47,21 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Reason",
+    "RedisStore",
     "Rollout",
     "RolloutPolicy",
     "RolloutState",
     "RolloutStatus",
     "Rollouts",
     "Rule",
+    "SQLiteStore",
     "Segment",
     "Stage",
     "StagedrollError",
     "Status",
     "Store",
     "StoreError",
+    "SyncingStore",
     "Targeting",
     "Tracking",
     "Transition",

@@ -59,8 +59,8 @@ def step(owner: Rollouts, rollout: Rollout) -> Transition | None:
     health = rollout.health
     view = rollout._view
     state = view.state
-    if health is None or state.status not in (Status.RUNNING, Status.FROZEN):
-        return None
+    if health is None or not state.version or state.status not in (Status.RUNNING, Status.FROZEN):
+        return None  # no gate, an unknown state (the store was down at start), or stopped
     with rollout.outcomes.lock:
         verdict = health.verdict()
     action = verdict.action

@@ -13,6 +13,9 @@ With a latency test, each alpha of the policy is split between the two tests by
 ``latency_share`` (default 0.5); without one, the error test has all of it. The verdict:
 roll back when a test reaches ``1/alpha_rollback`` (its part), freeze when it reaches
 ``1/alpha_freeze`` (its part) with ``min_events`` treatment events.
+
+With a store shared by processes the events are not counted here but queued in an
+:class:`~._pool.Outbox`, and the tests take the fleet's pooled totals (:meth:`Health.absorb`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from types import MappingProxyType
 from ._latency import SlowThreshold
 from ._outcomes import UNIT_CAP, ArmCounts
 from ._policy import Health as HealthPolicy
+from ._pool import Outbox, Totals
 from ._seen import SeenUnits
 from ._sequential import MixtureTest
 from ._state import Action
@@ -130,6 +134,7 @@ class Health:
         "log_rollback",
         "log_sample_ratio",
         "min_events",
+        "outbox",
         "sample_ratio_fired",
         "slow",
         "slow_units",
@@ -159,6 +164,12 @@ class Health:
         self._frozen_units: tuple[int, int] | None = None
         self.sample_ratio_fired = False
         """Whether the sample-ratio test fired in this stage visit (it stays fired)."""
+        self.outbox: Outbox | None = None
+        """With a store shared by processes: the events and units waiting to be pooled.
+
+        The tests then count only the pooled totals (see :meth:`absorb`), never a local
+        event on its own, and no event makes a step due on the caller's thread.
+        """
 
     def track(self, control: ArmCounts, treatment: ArmCounts) -> None:
         """Make ``control`` and ``treatment`` the arms of the stage visit now in force."""
@@ -184,6 +195,8 @@ class Health:
     def after_fork(self) -> None:
         """In a forked child: the evidence, the units and the latencies were the parent's."""
         self.reset()
+        if self.outbox is not None:
+            self.outbox.take()  # the parent flushes its own queue
         self.threshold.reset()
         self._frozen_units = None
         for counts in self._arms:
@@ -211,6 +224,10 @@ class Health:
         if len(counts.units) <= UNIT_CAP:
             counts.units.add(key)
             counts.unit_count += 1
+            if self.outbox is not None:
+                if key is not None and self._current(counts):
+                    self.outbox.unit(counts.enabled, key)
+                return False
             # A new unit of the new path can make min_units, hence an advance, due.
             return self.timed and counts.enabled
         counts.stop_counting()
@@ -225,6 +242,9 @@ class Health:
         if not test.active:
             return False  # no comparison at this share: the unit's first event is still to come
         if key is not None and not seen.add(key):
+            return False
+        if self.outbox is not None:
+            self.outbox.event("errors" if test is self.errors else "slow", treatment, key)
             return False
         if treatment:
             test.add(1, 0)
@@ -245,6 +265,20 @@ class Health:
         if error and self._current(counts):
             due = self._event(self.errors, self.error_units, key, counts.enabled) or due
         return due
+
+    def absorb(self, totals: Totals) -> None:
+        """Take the fleet's pooled counts of the stage visit in force (ignore another's)."""
+        outbox = self.outbox
+        if outbox is None or (totals.epoch, totals.stage) != (outbox.batch.epoch,
+                                                               outbox.batch.stage):  # fmt: skip
+            return
+        events = totals.events
+        self.errors.set_current(events.get("errors.t", 0), events.get("errors.c", 0))
+        self.slow.set_current(events.get("slow.t", 0), events.get("slow.c", 0))
+        if self._arms:
+            control, treatment = self._arms
+            control.pooled_units = max(control.pooled_units, totals.units_control)
+            treatment.pooled_units = max(treatment.pooled_units, totals.units_treatment)
 
     def _current(self, counts: ArmCounts) -> bool:
         """Whether ``counts`` belongs to the stage visit in force.

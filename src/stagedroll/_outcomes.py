@@ -57,6 +57,7 @@ class ArmCounts:
         "latency_n",
         "latency_s",
         "pending",
+        "pooled_units",
         "slow_at",
         "slow_seen",
         "tracked",
@@ -85,6 +86,8 @@ class ArmCounts:
         self.units: set[str | None] = set()
         self.unit_count = 0
         """Distinct units seen; see :meth:`units_seen`."""
+        self.pooled_units = 0
+        """Distinct units every process saw, as the store last counted them (pooled stores)."""
 
     def fold(self) -> list[float]:
         """Move pending latencies into the counters and return them; hold the rollout's lock."""
@@ -108,7 +111,7 @@ class ArmCounts:
         self.latency_s = 0.0
         self.pending.clear()
         self.units = {None} if self.counting else set()
-        self.unit_count = 0
+        self.unit_count = self.pooled_units = 0
         self.fold_at = _FIRST_FOLD
 
     def count_units(self) -> None:
@@ -128,11 +131,12 @@ class ArmCounts:
     def units_seen(self) -> int:
         """Distinct units seen; when none had an id (per-request bucketing), the calls.
 
-        0 for an arm that does not count units (no health gate).
+        With a store shared by processes, the fleet's count when it is the larger. 0 for an
+        arm that does not count units (no health gate).
         """
         if not self.tracked:
             return 0
-        return self.unit_count or self.calls + len(self.pending)
+        return max(self.unit_count or self.calls + len(self.pending), self.pooled_units)
 
     def stats(self) -> ArmStats:
         """A frozen copy for reading (pending latencies included)."""

@@ -17,6 +17,7 @@ from ._health import Health
 from ._outcomes import ArmCounts, Outcomes
 from ._plan import Plan, View
 from ._policy import RolloutPolicy
+from ._pool import Outbox
 from ._state import RolloutState, RolloutStatus, Status, Transition
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Rollout:
 
     __slots__ = (
         "__weakref__",
+        "_inline",
         "_lock",
         "_owner",
         "_plan",
@@ -77,6 +79,11 @@ class Rollout:
         """The health gate, or ``None`` (disabled, or the environment does not follow stages)."""
         if self.health is not None:
             self.health.timed = plan.policy.advance == "auto"
+            if owner._pooled:
+                self.health.outbox = Outbox()
+                self.health.outbox.visit(state.epoch, state.stage)
+        self._inline = not owner._pooled
+        """Whether automatic steps are taken on the caller's thread (else the store's)."""
         self.outcomes = Outcomes(self.health)
         self._lock = threading.Lock()  # serializes view changes; decisions never take it
         self._retry_at = 0.0  # after a failed automatic step, not before this clock time
@@ -229,7 +236,7 @@ class Rollout:
         except Exception as exc:  # pragma: no cover - defensive: counting must not break calls
             self._owner.failures.record("outcome.failed", exc, rollout=self.name)
             return
-        if due:
+        if due and self._inline:
             self._step()
 
     def _step(self) -> None:
@@ -252,19 +259,24 @@ class Rollout:
     def _adopt(self, state: RolloutState) -> None:
         """Follow ``state`` if it is newer than the one in force.
 
-        Moving to another stage starts that stage's counters afresh: a stage visited again
-        (after a rollback) is judged on its new traffic only.
+        Newer: a higher version, or, when the store lost its data and the rollout began anew
+        there (its version started again from 1), a state that began later. Moving to another
+        stage starts that stage's counters afresh: a stage visited again (after a rollback) is
+        judged on its new traffic only.
         """
         with self._lock:  # two adopters must not let an older state overwrite a newer one
             current = self._view.state
-            if state.version > current.version:
+            if _newer(state, current):
                 if state.stage != current.stage:
                     last = self._plan.last_stage
                     self.outcomes.enter(min(state.stage, last), leaving=self._view.stage)
                 view = self._plan.view(state, self.outcomes)
-                if self.health is not None and _resumed(current, state):
+                if self.health is not None:
                     with self.outcomes.lock:
-                        self.health.reset()  # a new epoch of evidence
+                        if _resumed(current, state):
+                            self.health.reset()  # a new epoch of evidence
+                        if self.health.outbox is not None:
+                            self.health.outbox.visit(state.epoch, state.stage)
                 self._set_share(view)
                 self._view = view
 
@@ -276,14 +288,24 @@ class Rollout:
                 self.health.set_share(share)
 
 
+def _newer(state: RolloutState, current: RolloutState) -> bool:
+    """Whether ``state`` replaces ``current``: a later version, or a later start (data loss).
+
+    Within one history versions order the states. A state with a version that is not higher
+    but that began later comes from a new history: the store lost the old one. A state
+    delivered late (two transitions whose notices crossed) began earlier, and is ignored.
+    """
+    if state.version > current.version:
+        return True
+    return current.version > 0 and state.since > current.since and state != current
+
+
 def _resumed(old: RolloutState, new: RolloutState) -> bool:
     """Whether ``new`` resumes the rollout after a stop (a freeze, rollback or kill).
 
-    The stop was seen (``old`` is not running), or missed between two reads of the store:
-    same stage, and the version moved by more than one.
+    The stop was seen (``old`` is not running), or missed between two reads of the store
+    (the epoch changed: every resume begins one).
     """
     if new.status is not Status.RUNNING:
         return False
-    if old.status is not Status.RUNNING:
-        return True
-    return new.version > old.version + 1 and new.stage == old.stage
+    return old.status is not Status.RUNNING or new.epoch != old.epoch

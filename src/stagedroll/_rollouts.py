@@ -2,7 +2,9 @@
 
 The decision path (``enabled``, ``decide``) reads a precomputed :class:`~._plan.View` and
 never touches the store; transitions go to the store by compare-and-set and replace the
-view of every ``Rollouts`` watching that store.
+view of every ``Rollouts`` watching that store. With a store shared by processes
+(:class:`~.stores.SyncingStore`), the store's refresh thread also brings other processes'
+transitions, and runs :meth:`Rollouts._sync`: the pooled evidence and the automatic steps.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ._health import HealthReport
 from ._hooks import Hook, Hooks, TransitionEvent
 from ._plan import compile_policy
 from ._policy import Policy, load_policy
+from ._pool import exchange
 from ._rollout import Rollout
 from ._state import (
     NO_EVIDENCE,
@@ -33,9 +36,9 @@ from ._state import (
     RolloutStatus,
     Transition,
 )
-from ._transitions import EVENTS, initial_state, next_state, verb
+from ._transitions import EVENTS, initial_state, next_state, unknown_state, verb
 from .exceptions import StoreError, TransitionError, UnknownRolloutError
-from .stores import MemoryStore, Store, store_from_url
+from .stores import MemoryStore, Store, SyncingStore, store_from_url
 
 if TYPE_CHECKING:
     from ._guard import Tracking
@@ -83,6 +86,7 @@ class Rollouts:
         self.policy.check_environment(environment)
         self.environment = environment
         self.clock: Callable[[], float] = clock if clock is not None else time.time
+        self._owns_store = store is None or isinstance(store, str)
         if store is None:
             store = MemoryStore()
         elif isinstance(store, str):
@@ -95,11 +99,15 @@ class Rollouts:
             for hook in [on_transition] if callable(on_transition) else on_transition:
                 self.hooks.add(hook)
         self._unknown: set[str] = set()
+        self._unstarted: set[str] = set()  # rollouts whose state the store could not give
+        self._pooled = isinstance(store, SyncingStore)
         self._rollouts: dict[str, Rollout] = {
             name: Rollout(self, plan, self._start(name))
             for name, plan in compile_policy(self.policy, environment).items()
         }
         self.store.watch(self._on_state)
+        if isinstance(store, SyncingStore):
+            store.on_refresh(self._sync)
 
     @classmethod
     def from_file(
@@ -115,6 +123,21 @@ class Rollouts:
         return cls(Path(path), store=store, environment=environment, clock=clock,
                    on_transition=on_transition)  # fmt: skip
 
+    def close(self) -> None:
+        """Close the store if this instance made it (from a URL, or the default one).
+
+        A store passed in as an object belongs to the caller, who closes it. Decisions keep
+        working after ``close`` (on the last known state); nothing is refreshed any more.
+        """
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> Rollouts:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def on_transition(self, hook: Hook) -> Hook:
         """Call ``hook`` with a :class:`TransitionEvent` after each transition made here.
 
@@ -128,27 +151,56 @@ class Rollouts:
         return f"<Rollouts {sorted(self._rollouts)} environment={self.environment!r}>"
 
     def _start(self, name: str) -> RolloutState:
-        """Load a rollout's state; record its start if the store has never seen it."""
+        """Load a rollout's state; record its start if the store has never seen it.
+
+        When the store fails, the rollout serves 0 % (the stable path) until the store
+        answers: the store's background refresh, ``tick``, ``status`` or a transition tries
+        again.
+        """
         try:
             state = self.store.load(name)
-            if state is not None:
-                return state
-            first = initial_state(self.clock())
-            started = RolloutState(
-                stage=0, status=first.status, since=first.since, version=1, actor="stagedroll"
-            )
-            entry = Transition(name, Action.START, 0, 0, None, started.status, 1, started.since,
-                               actor="stagedroll")  # fmt: skip
-            committed = self.store.compare_and_set(name, 0, started, entry)
-            state = started if committed else self.store.load(name)
+            if state is None:
+                first = initial_state(self.clock())
+                started = RolloutState(stage=0, status=first.status, since=first.since,
+                                       version=1, actor="stagedroll", epoch=1)  # fmt: skip
+                entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
+                                   started.since, actor="stagedroll")  # fmt: skip
+                if self.store.compare_and_set(name, 0, started, entry):
+                    stage = self.policy.rollouts[name].stages[0].name
+                    log("info", EVENTS[Action.START], rollout=name, stage=stage)
+                    state = started
+                else:
+                    state = self.store.load(name)  # another process started it first
+            if state is None:
+                raise RuntimeError("the state vanished from the store after it was written")
         except Exception as exc:
-            # Serve from the first stage until the store answers; never fail the host.
+            # Serve the stable path until the store answers; never fail the host.
             self.failures.record("store.load_failed", exc, rollout=name)
-            return initial_state(self.clock())
-        if committed:
-            stage = self.policy.rollouts[name].stages[0].name
-            log("info", EVENTS[Action.START], rollout=name, stage=stage)
-        return state or first
+            self._unstarted.add(name)
+            return unknown_state(self.clock())
+        self._unstarted.discard(name)
+        return state
+
+    def _sync(self) -> None:
+        """The store's background refresh: start, pool the evidence, take the steps due.
+
+        Runs on the store's thread (stores shared by processes), never on a caller's.
+        """
+        for rollout in self._rollouts.values():
+            self._restart(rollout)
+            self._pool(rollout)
+            self._auto_step(rollout)
+
+    def _restart(self, rollout: Rollout) -> None:
+        """Start ``rollout`` if the store could not give its state before; never raises."""
+        if rollout.name in self._unstarted:
+            state = self._start(rollout.name)
+            if state.version:
+                rollout._adopt(state)
+
+    def _pool(self, rollout: Rollout) -> None:
+        """Flush ``rollout``'s queued events to the store, and take the fleet's totals."""
+        exchange(self, rollout)
 
     def _on_state(self, name: str, state: RolloutState) -> None:
         rollout = self._rollouts.get(name)
@@ -307,7 +359,12 @@ class Rollouts:
         """
         rollout = self[name]
         who = actor if actor is not None else _default_actor()
-        current = expected if expected is not None else (self._load(name) or rollout.state)
+        current = expected if expected is not None else self._load(name)
+        if current is None:  # never started: the store was down when this process started
+            current = self._start(name)
+            if not current.version:
+                raise StoreError(f"the store failed to start {name!r}; see store.load_failed")
+            rollout._adopt(current)
         if evidence is None:
             evidence = self._health(rollout).evidence() if rollout.health else NO_EVIDENCE
         now = self.clock()
@@ -369,8 +426,10 @@ class Rollouts:
         """
         made = []
         for rollout in self._rollouts.values():
+            self._restart(rollout)
             with contextlib.suppress(StoreError):
                 self._load(rollout.name)
+            self._pool(rollout)
             transition = self._auto_step(rollout)
             if transition is not None:
                 made.append(transition)
@@ -388,7 +447,9 @@ class Rollouts:
     def status(self, name: str) -> RolloutStatus:
         """Where rollout ``name`` stands, read afresh from the store, with its evidence."""
         rollout = self[name]
+        self._restart(rollout)
         self._load(name)
+        self._pool(rollout)
         view = rollout._view
         state = view.state
         control, treatment, targeted = rollout.outcomes.stats(view.stage)

@@ -113,6 +113,19 @@ class MixtureTest:
         self.events_control += control
         return True
 
+    def set_current(self, treatment: int, control: int) -> None:
+        """Make the events at the current share these totals (pooled from every process).
+
+        Totals only grow within a share, so a total older than the one in force (two flushes
+        that crossed) is ignored.
+        """
+        if not self._a:
+            return
+        treatment, control = max(treatment, self._x_t), max(control, self._x_c)
+        self.events_treatment += treatment - self._x_t
+        self.events_control += control - self._x_c
+        self._x_t, self._x_c = treatment, control
+
     def _logs(self) -> list[float]:
         x_t, x_c = self._x_t, self._x_c
         if not (x_t or x_c):

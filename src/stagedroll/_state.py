@@ -59,7 +59,10 @@ class RolloutState:
     ``stage`` indexes the policy's stages; ``-1`` means before the first stage (0 %),
     where a rollback from the first stage lands. ``version`` rises by one with every
     transition and is what compare-and-set compares. ``since`` is the clock's time
-    (seconds since the epoch with the default clock) when this state began.
+    (seconds since the epoch with the default clock) when this state began. ``epoch`` is
+    the version of the transition that began the current epoch of health evidence (the
+    start, or a resume after a freeze, rollback or kill): every process that reads the
+    state agrees on it, so outcome counts pooled in the store are keyed by it.
     """
 
     stage: int
@@ -68,6 +71,7 @@ class RolloutState:
     version: int
     reason: str = ""
     actor: str = ""
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

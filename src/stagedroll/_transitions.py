@@ -9,7 +9,7 @@ from __future__ import annotations
 from ._state import Action, RolloutState, Status
 from .exceptions import TransitionError
 
-__all__ = ["EVENTS", "initial_state", "next_state", "verb"]
+__all__ = ["EVENTS", "initial_state", "next_state", "unknown_state", "verb"]
 
 EVENTS: dict[Action, str] = {
     Action.START: "rollout.started",
@@ -67,6 +67,9 @@ def next_state(
     - ``unfreeze``: resume (``running``) at the current stage after a freeze, rollback or kill;
     - ``rollback``: to the previous stage, or to 0 % (stage ``-1``) from the first;
     - ``kill``: 0 % now; ``complete``: 100 % for good.
+
+    A transition that resumes the rollout (to ``running`` from another status) begins a
+    new epoch of health evidence: the new state's ``epoch`` is its version.
     """
     if action is Action.START:
         raise TransitionError("a rollout is started by the store, not by a transition")
@@ -89,16 +92,34 @@ def next_state(
         status = Status.KILLED
     elif action is Action.COMPLETE:
         stage, status = last_stage, Status.COMPLETE
+    version = state.version + 1
+    resumed = status is Status.RUNNING and state.status is not Status.RUNNING
     return RolloutState(
         stage=stage,
         status=status,
         since=now,
-        version=state.version + 1,
+        version=version,
         reason=reason,
         actor=actor,
+        epoch=version if resumed else state.epoch,
     )
 
 
 def initial_state(now: float) -> RolloutState:
     """The state of a rollout the store has never seen: first stage, running, version 0."""
     return RolloutState(stage=0, status=Status.RUNNING, since=now, version=0)
+
+
+def unknown_state(now: float) -> RolloutState:
+    """The state served while the store cannot be read and none is known: 0 %, version 0.
+
+    Every call takes the stable path until the store answers; any state read from it then
+    (version 1 or more) replaces this one.
+    """
+    return RolloutState(
+        stage=-1,
+        status=Status.RUNNING,
+        since=now,
+        version=0,
+        reason="state unknown: store unreachable",
+    )

@@ -61,3 +61,18 @@ transition: stagedroll.Transition = rollouts.freeze("new-checkout", reason="erro
 status: stagedroll.RolloutStatus = rollouts.status("new-checkout")
 history: list[stagedroll.Transition] = rollouts.history("new-checkout")
 hashed: int = stagedroll.bucket("new-checkout", "user-42")
+
+
+def stores(policy: stagedroll.Policy, directory: str) -> None:
+    """The stores of the docs, as their types are seen by users (never run)."""
+    sqlite = stagedroll.SQLiteStore(f"{directory}/state.db", refresh_interval=1.0, timeout=0.5)
+    fleet = stagedroll.RedisStore("redis://127.0.0.1:6379/0", prefix="shop", timeout=0.25)
+    shared: stagedroll.SyncingStore = sqlite
+    for store in (sqlite, fleet, stagedroll.MemoryStore()):
+        bound = stagedroll.Rollouts(policy, store=store)
+        assert bound.store is store
+    by_url = stagedroll.Rollouts(policy, store=f"sqlite:///{directory}/state.db")
+    counts: dict[str, int] = shared.add_counts("new-checkout", "1.0", {"errors.t": 1})
+    new: list[bool] = by_url.store.add_units("new-checkout", "1/errors", ["user-42"])
+    assert counts
+    assert new

@@ -1,27 +1,89 @@
-"""State stores: where rollout state and its audit trail live.
+"""State stores: where rollout state, its audit trail and the pooled outcome counts live.
 
-``memory://`` selects :class:`MemoryStore`. :func:`store_from_url` turns a URL into a store.
+:func:`store_from_url` turns a URL into a store: ``memory://`` (:class:`MemoryStore`),
+``sqlite:///path/to.db`` (:class:`SQLiteStore`), ``redis://host:6379/0`` (:class:`RedisStore`).
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+from . import _redis
 from ._memory import MemoryStore
-from ._protocol import StateListener, Store
+from ._protocol import StateListener, Store, SyncingStore
+from ._redis import RedisStore
+from ._sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "StateListener", "Store", "store_from_url"]
+__all__ = [
+    "MemoryStore",
+    "RedisStore",
+    "SQLiteStore",
+    "StateListener",
+    "Store",
+    "SyncingStore",
+    "store_from_url",
+]
 
-_SCHEMES = ("memory",)
+_SCHEMES = ("memory", "sqlite", "redis", "rediss")
+_OPTIONS: dict[str, type] = {
+    "refresh_interval": float,
+    "timeout": float,
+    "max_history": int,
+    "ttl": int,
+    "prefix": str,
+}
+
+
+def _options(
+    url: str, query: str, allowed: tuple[str, ...], *, passthrough: bool = False
+) -> dict[str, Any]:
+    """Parse stagedroll's options off a URL's query (``passthrough``: others are redis-py's)."""
+    options: dict[str, Any] = {}
+    for key, text in parse_qsl(query, keep_blank_values=True):
+        if key not in allowed:
+            if key in _OPTIONS or not passthrough:  # a typo must not pass unnoticed
+                known = ", ".join(allowed)
+                raise ValueError(f"store URL {url!r}: unknown option {key!r} (known: {known})")
+            continue
+        try:
+            options[key] = _OPTIONS[key](text)
+        except ValueError:
+            raise ValueError(
+                f"store URL {url!r}: {key} must be {_OPTIONS[key].__name__}, not {text!r}"
+            ) from None
+    return options
 
 
 def store_from_url(url: str) -> Store:
-    """Return the store a URL names: ``memory://``.
+    """Return the store a URL names.
 
-    Raises :class:`ValueError` for a scheme stagedroll does not know.
+    - ``memory://``: a new :class:`MemoryStore` (each URL makes its own);
+    - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: a :class:`SQLiteStore`
+      (the SQLAlchemy convention), with options ``?refresh_interval=1&timeout=0.5``;
+    - ``redis://[:password@]host:6379/0`` or ``rediss://…``: a :class:`RedisStore`, with
+      options ``?prefix=myapp&refresh_interval=1&timeout=0.25``; other query arguments go to
+      redis-py.
+
+    Raises :class:`ValueError` for a scheme stagedroll does not know, or an unknown or
+    malformed option,
+    and :class:`ImportError` with an install hint when ``redis`` is missing.
     """
-    scheme = urlsplit(url).scheme.lower()
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
     if scheme == "memory":
-        return MemoryStore()
+        return MemoryStore(**_options(url, parts.query, ("max_history",)))
+    if scheme == "sqlite":
+        path = unquote(url.split("://", 1)[1].split("?", 1)[0])
+        if not path.startswith("/") or path == "/":
+            raise ValueError(
+                f"store URL {url!r}: expected sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        allowed = ("refresh_interval", "timeout", "max_history")
+        return SQLiteStore(path[1:], **_options(url, parts.query, allowed))
+    if scheme in ("redis", "rediss"):
+        plain, _ = _redis.split_options(url)
+        return RedisStore(plain, **_options(url, parts.query, tuple(_OPTIONS), passthrough=True))
     known = ", ".join(f"{s}://" for s in _SCHEMES)
     raise ValueError(f"unsupported store URL {url!r}: known schemes are {known}")

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Collection, Mapping
 
-from .._failures import log
+from .._failures import Failures
 from .._forksafe import register
 from .._state import RolloutState, Transition
+from ._listeners import Listeners
 from ._protocol import StateListener
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "check_version"]
+
+
+def check_version(expected_version: int, state: RolloutState) -> None:
+    """Raise :class:`ValueError` unless ``state.version`` is ``expected_version + 1``."""
+    if state.version != expected_version + 1:
+        raise ValueError(
+            f"the new state's version must be {expected_version + 1}, not {state.version}"
+        )
 
 
 class MemoryStore:
-    """Keeps state and history in this process; lost when it exits.
+    """Keeps state, history and outcome counts in this process; lost when it exits.
 
     Thread-safe. Several :class:`~stagedroll.Rollouts` may share one instance, and each sees
     the others' transitions at once. ``max_history`` bounds the history kept per rollout.
@@ -30,7 +37,11 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._states: dict[str, RolloutState] = {}
         self._history: defaultdict[str, list[Transition]] = defaultdict(list)
-        self._listeners: list[Callable[[], Any]] = []
+        self._counts: defaultdict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+        self._units: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        self.failures = Failures()
+        """Failures of this store's listeners (``store.listener_failed``), counted and logged."""
+        self._listeners = Listeners("store.listener_failed", self.failures)
         register(self)
 
     def _after_fork(self) -> None:
@@ -48,10 +59,7 @@ class MemoryStore:
         self, rollout: str, expected_version: int, state: RolloutState, transition: Transition
     ) -> bool:
         """Replace the state if its version is ``expected_version``; see :class:`Store`."""
-        if state.version != expected_version + 1:
-            raise ValueError(
-                f"the new state's version must be {expected_version + 1}, not {state.version}"
-            )
+        check_version(expected_version, state)
         with self._lock:
             current = self._states.get(rollout)
             if (current.version if current is not None else 0) != expected_version:
@@ -61,18 +69,7 @@ class MemoryStore:
             entries.append(transition)
             if len(entries) > self._max_history:
                 del entries[: len(entries) - self._max_history]
-            listeners = list(self._listeners)
-        failed: list[Exception] = []
-        for ref in listeners:
-            listener = ref()
-            if listener is None:
-                continue
-            try:
-                listener(rollout, state)
-            except Exception as exc:  # a listener must not undo a committed transition
-                failed.append(exc)
-        for error in failed:
-            log("error", "store.listener_failed", rollout=rollout, exc_info=error)
+        self._listeners.call(rollout, state)
         return True
 
     def history(self, rollout: str, limit: int | None = None) -> list[Transition]:
@@ -82,21 +79,40 @@ class MemoryStore:
             newest_first = entries[::-1]
         return newest_first if limit is None else newest_first[: max(limit, 0)]
 
+    def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
+        """Add ``counts`` to the segment's counters; return them all."""
+        with self._lock:
+            totals = self._counts[rollout, segment]
+            for name, n in counts.items():
+                totals[name] = totals.get(name, 0) + n
+            return dict(totals)
+
+    def read_counts(self, rollout: str, segment: str) -> dict[str, int]:
+        """Return the segment's counters."""
+        with self._lock:
+            return dict(self._counts.get((rollout, segment), {}))
+
+    def add_units(self, rollout: str, scope: str, units: Collection[str]) -> list[bool]:
+        """Remember ``units`` in the scope's set; say of each whether it was new."""
+        with self._lock:
+            seen = self._units[rollout, "first:" + scope]
+            new = []
+            for unit in units:
+                new.append(unit not in seen)
+                seen.add(unit)
+            return new
+
+    def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
+        """Add ``units`` to the scope's distinct units; return how many there are (exact)."""
+        with self._lock:
+            seen = self._units[rollout, "distinct:" + scope]
+            seen.update(units)
+            return len(seen)
+
     def watch(self, listener: StateListener) -> None:
         """Call ``listener`` after each successful compare-and-set (bound methods weakly held)."""
-        ref: Callable[[], Any]
-        if hasattr(listener, "__self__") and hasattr(listener, "__func__"):
-            ref = weakref.WeakMethod(listener)  # do not keep the watcher alive
-        else:
-
-            def ref() -> StateListener:
-                return listener
-
-        with self._lock:
-            self._listeners = [r for r in self._listeners if r() is not None]
-            self._listeners.append(ref)
+        self._listeners.add(listener)
 
     def close(self) -> None:
         """Forget the listeners; the data stays readable."""
-        with self._lock:
-            self._listeners.clear()
+        self._listeners.clear()

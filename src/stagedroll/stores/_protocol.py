@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol, runtime_checkable
 
 from .._state import RolloutState, Transition
 
-__all__ = ["StateListener", "Store"]
+__all__ = ["StateListener", "Store", "SyncingStore"]
 
 StateListener = Callable[[str, RolloutState], None]
 """Called with a rollout's name and its new state after a transition through the store."""
@@ -15,12 +15,16 @@ StateListener = Callable[[str, RolloutState], None]
 
 @runtime_checkable
 class Store(Protocol):
-    """Where rollout state and its history live.
+    """Where rollout state, its history and the pooled outcome counts live.
 
     A store is small on purpose: load a state, replace it by compare-and-set together with
-    its history entry, read the history, and tell listeners about changes made through it.
-    The decision path never calls a store; only refreshes and transitions do, so a store may
-    do I/O and may raise (the caller turns failures into logged, counted fallbacks).
+    its history entry, read the history, add and read outcome counts, and tell listeners
+    about changes. The decision path never calls a store; only refreshes, transitions and
+    outcome flushes do, so a store may do I/O and may raise (the caller turns failures into
+    logged, counted fallbacks).
+
+    Counters and unit sets are named by free-form strings (``segment``, ``scope``) that the
+    caller chooses; a store keeps them apart per rollout and may expire them after a while.
     """
 
     def load(self, rollout: str) -> RolloutState | None:
@@ -42,14 +46,52 @@ class Store(Protocol):
         """Return the rollout's transitions, newest first, at most ``limit`` of them."""
         ...
 
-    def watch(self, listener: StateListener) -> None:
-        """Call ``listener`` after every successful compare-and-set made through this object.
+    def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
+        """Add ``counts`` to the segment's counters atomically; return all its counters."""
+        ...
 
-        The store keeps only a weak reference to bound methods, so watching does not keep
-        the watcher alive. Changes made by other processes are seen by reloading.
+    def read_counts(self, rollout: str, segment: str) -> dict[str, int]:
+        """Return the segment's counters (``{}`` when none was ever added)."""
+        ...
+
+    def add_units(self, rollout: str, scope: str, units: Collection[str]) -> list[bool]:
+        """Remember ``units`` in the scope's set; say of each whether it was new there.
+
+        Exact: of many processes adding the same unit, exactly one is told it is new. This
+        deduplicates the units whose first error the health test counts.
+        """
+        ...
+
+    def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
+        """Add ``units`` to the scope's distinct count; return the count (may be estimated)."""
+        ...
+
+    def watch(self, listener: StateListener) -> None:
+        """Call ``listener`` after every change of a state that this object sees.
+
+        That is every successful compare-and-set made through it, and for a store shared by
+        processes, each change made elsewhere, once its refresh has read it. The store keeps
+        only a weak reference to bound methods, so watching does not keep the watcher alive.
         """
         ...
 
     def close(self) -> None:
         """Release the store's resources; it is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class SyncingStore(Store, Protocol):
+    """A store shared by processes, which refreshes and flushes in the background.
+
+    Every ``refresh_interval`` seconds it reads the states of the rollouts it has loaded
+    (telling its listeners of changes), then calls each ``on_refresh`` callback, where a
+    :class:`~stagedroll.Rollouts` flushes its pooled outcome counts and takes its automatic
+    steps, off the callers' threads.
+    """
+
+    refresh_interval: float
+
+    def on_refresh(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` after each refresh (bound methods weakly held)."""
         ...

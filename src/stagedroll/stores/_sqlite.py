@@ -1,0 +1,288 @@
+"""The SQLite store: one file shared by the worker processes of a host.
+
+WAL mode lets readers and one writer work at once; every write is one ``BEGIN IMMEDIATE``
+transaction, so a process killed at any moment leaves the file as it was before or after
+the write, never between. The schema's version is ``PRAGMA user_version``: a file made by
+a later, incompatible version is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from .._state import RolloutState, Transition
+from ._codec import dump_state, dump_transition, load_state, load_transition
+from ._memory import check_version
+from ._syncer import SharedStore
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+"""The version of the tables this module writes (``PRAGMA user_version``)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_rollout ON history (rollout, id);
+CREATE TABLE IF NOT EXISTS counts (
+    rollout TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (rollout, segment, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS units (
+    rollout TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    PRIMARY KEY (rollout, scope, unit)
+) WITHOUT ROWID;
+"""
+
+# Connections abandoned in a forked child: SQLite forbids using them across fork, and
+# closing them there could release the parent's locks, so they are kept, never touched.
+_abandoned: list[sqlite3.Connection] = []
+
+
+class SQLiteStore(SharedStore):
+    """Keeps state, history and outcome counts in one SQLite file, for one host's processes.
+
+    ``path`` is created if missing (its directory must exist). ``timeout`` is how long a
+    write waits for another process's write to end (SQLite's busy timeout) before failing.
+    ``refresh_interval`` is how often, in seconds, changes made by other processes are read
+    (in a background thread). ``max_history`` bounds the history kept per rollout.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        refresh_interval: float = 1.0,
+        timeout: float = 0.5,
+        max_history: int = 1000,
+    ) -> None:
+        if max_history < 1:
+            raise ValueError("max_history must be at least 1")
+        super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-sqlite")
+        self.path = Path(path)
+        self._timeout = timeout
+        self._max_history = max_history
+        self._lock = threading.Lock()  # one connection per store, used by one thread at a time
+        self._db: sqlite3.Connection | None = None
+        self._data_version = -1
+
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        self._lock = threading.Lock()
+        if self._db is not None:
+            _abandoned.append(self._db)
+        self._db = None
+        self._data_version = -1
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    # -- the connection -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has stagedroll schema version {version}; this version of "
+                    f"stagedroll reads up to {SCHEMA_VERSION} (upgrade stagedroll)"
+                )
+            if version < SCHEMA_VERSION:
+                self._migrate(db, version)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection, version: int) -> None:
+        """Bring the schema from ``version`` to :data:`SCHEMA_VERSION`, in one transaction."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated it meanwhile; the statements are idempotent.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                self._check_open()
+                self._db = self._connect()
+            try:
+                yield self._db
+            except sqlite3.DatabaseError:
+                # A broken connection (file deleted, disk I/O error) is opened afresh next time.
+                db, self._db = self._db, None
+                if db is not None and not db.in_transaction:
+                    db.close()
+                raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: taken at once (``BEGIN IMMEDIATE``), committed or undone."""
+        with self._conn() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- the Store protocol ---------------------------------------------------------------------
+
+    def _load_many(self, names: Iterable[str]) -> dict[str, RolloutState | None]:
+        wanted = list(names)
+        found: dict[str, RolloutState | None] = dict.fromkeys(wanted)
+        with self._conn() as db:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT name, state FROM rollouts WHERE name IN ({marks})",
+                    chunk,
+                ).fetchall()
+                for name, text in rows:
+                    found[name] = load_state(text)
+        return found
+
+    def refresh(self) -> bool:
+        """Read the states if another process wrote to the file; see :meth:`SharedStore.refresh`."""
+        if self._closed:
+            return False
+        try:
+            with self._conn() as db:
+                data_version = db.execute("PRAGMA data_version").fetchone()[0]
+        except Exception:
+            return super().refresh()  # which logs and counts the failure
+        if data_version == self._data_version:
+            return True  # nothing committed by another connection since the last look
+        ok = super().refresh()
+        if ok:
+            self._data_version = data_version
+        return ok
+
+    def compare_and_set(
+        self, rollout: str, expected_version: int, state: RolloutState, transition: Transition
+    ) -> bool:
+        """Replace the state if its version is ``expected_version``; see :class:`Store`."""
+        check_version(expected_version, state)
+        with self._write() as db:
+            row = db.execute("SELECT version FROM rollouts WHERE name = ?", (rollout,)).fetchone()
+            if (row[0] if row is not None else 0) != expected_version:
+                return False
+            db.execute(
+                "INSERT INTO rollouts (name, version, state) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE "
+                "SET version = excluded.version, state = excluded.state",
+                (rollout, state.version, dump_state(state)),
+            )
+            db.execute(
+                "INSERT INTO history (rollout, version, entry) VALUES (?, ?, ?)",
+                (rollout, transition.version, dump_transition(transition)),
+            )
+            db.execute(
+                "DELETE FROM history WHERE rollout = ? AND id <= ("
+                "SELECT id FROM history WHERE rollout = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (rollout, rollout, self._max_history),
+            )
+        self._changed(rollout, state)
+        return True
+
+    def history(self, rollout: str, limit: int | None = None) -> list[Transition]:
+        """Return the rollout's transitions, newest first."""
+        count = -1 if limit is None else max(limit, 0)
+        with self._conn() as db:
+            rows = db.execute(
+                "SELECT entry FROM history WHERE rollout = ? ORDER BY id DESC LIMIT ?",
+                (rollout, count),
+            ).fetchall()
+        return [load_transition(text) for (text,) in rows]
+
+    def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
+        """Add ``counts`` to the segment's counters in one transaction; return them all."""
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO counts (rollout, segment, name, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET value = value + excluded.value",
+                [(rollout, segment, name, n) for name, n in counts.items()],
+            )
+            return self._counts(db, rollout, segment)
+
+    def read_counts(self, rollout: str, segment: str) -> dict[str, int]:
+        """Return the segment's counters."""
+        with self._conn() as db:
+            return self._counts(db, rollout, segment)
+
+    @staticmethod
+    def _counts(db: sqlite3.Connection, rollout: str, segment: str) -> dict[str, int]:
+        rows = db.execute(
+            "SELECT name, value FROM counts WHERE rollout = ? AND segment = ?", (rollout, segment)
+        ).fetchall()
+        return dict(rows)
+
+    def add_units(self, rollout: str, scope: str, units: Collection[str]) -> list[bool]:
+        """Remember ``units`` in the scope's set; say of each whether it was new (exact)."""
+        new = []
+        with self._write() as db:
+            for unit in units:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO units (rollout, scope, unit) VALUES (?, ?, ?)",
+                    (rollout, "first:" + scope, unit),
+                )
+                new.append(cursor.rowcount == 1)
+        return new
+
+    def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
+        """Add ``units`` to the scope's distinct units; return how many there are (exact)."""
+        key = "distinct:" + scope
+        query = "SELECT count(*) FROM units WHERE rollout = ? AND scope = ?"
+        if not units:  # a read: no write transaction, no commit for the others to notice
+            with self._conn() as db:
+                return int(db.execute(query, (rollout, key)).fetchone()[0])
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO units (rollout, scope, unit) VALUES (?, ?, ?)",
+                [(rollout, key, unit) for unit in units],
+            )
+            return int(db.execute(query, (rollout, key)).fetchone()[0])
+
+    def close(self) -> None:
+        """Stop the refresh and close the file."""
+        self._stop()
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()

@@ -1,0 +1,203 @@
+"""The background refresh of a store shared by processes: one daemon thread per store.
+
+stagedroll's core starts no thread. A store that talks to another process (SQLite's file,
+Redis) needs one, so that no caller ever waits on that I/O: every ``refresh_interval`` it
+reads the states of the rollouts this process serves, tells the store's listeners of any
+change, and calls the ``on_refresh`` callbacks (the outcome flushes and automatic steps of
+each :class:`~stagedroll.Rollouts`). The thread holds its store weakly and ends with it; it
+is started again in a forked child, where threads do not survive.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+
+from .._failures import Failures, log
+from .._forksafe import register
+from .._state import RolloutState
+from ._listeners import Listeners
+from ._protocol import StateListener
+
+__all__ = ["SharedStore"]
+
+_MAX_BACKOFF_S = 30.0
+
+
+class _Thread:
+    """The daemon thread that runs ``owner._cycle()`` every ``interval`` seconds."""
+
+    __slots__ = ("__weakref__", "_owner", "_thread", "_wake", "interval", "name", "pid")
+
+    def __init__(self, owner: SharedStore, name: str, interval: float) -> None:
+        self._owner = weakref.ref(owner)
+        self.name = name
+        self.interval = interval
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.pid = 0
+        register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone; start ours if it ran."""
+        self._wake = threading.Event()
+        running, self._thread = self._thread is not None, None
+        if running:
+            self.start()
+
+    def start(self) -> None:
+        """Start the thread unless it runs in this process already."""
+        if self._thread is not None and self.pid == os.getpid():
+            return
+        self.pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run the next cycle now rather than at the end of the interval."""
+        self._wake.set()
+
+    def stop(self, wait_s: float) -> None:
+        """End the thread; wait up to ``wait_s`` for a cycle under way to finish."""
+        thread, self._thread = self._thread, None
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join(wait_s)
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        delay = self.interval
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            owner = self._owner()
+            if owner is None or self._thread is not me:
+                return  # the store is gone or closed, or this is a stale thread
+            ok = owner._cycle()
+            del owner
+            # While the backend is down, try less often (up to 30 s), then at the interval.
+            delay = self.interval if ok else min(max(delay * 2, self.interval), _MAX_BACKOFF_S)
+
+
+class SharedStore:
+    """The part common to stores shared by processes: refresh, listeners, failures.
+
+    Subclasses read states with :meth:`_load_many`; every state this object loads or
+    commits is then refreshed in the background.
+    """
+
+    def __init__(self, *, refresh_interval: float, thread_name: str) -> None:
+        if not refresh_interval > 0:
+            raise ValueError(f"refresh_interval must be positive, not {refresh_interval!r}")
+        self.refresh_interval = refresh_interval
+        self.failures = Failures()
+        """Failures of the backend in this process, by kind (``store.refresh_failed``, …)."""
+        # The rollouts to refresh, and what was last seen of each: (version, since).
+        self._names: dict[str, tuple[int, float]] = {}
+        self._names_lock = threading.Lock()
+        self._listeners = Listeners("store.listener_failed", self.failures)
+        self._refreshed = Listeners("store.callback_failed", self.failures)
+        self._thread = _Thread(self, thread_name, refresh_interval)
+        self._down = False
+        self._closed = False
+        register(self)
+
+    def _after_fork(self) -> None:
+        self._names_lock = threading.Lock()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def _load_many(self, names: Iterable[str]) -> dict[str, RolloutState | None]:
+        raise NotImplementedError
+
+    def load(self, rollout: str) -> RolloutState | None:
+        """Return the rollout's state, or ``None``; the rollout is refreshed from now on."""
+        self._seen(rollout, None)
+        state = self._load_many([rollout])[rollout]
+        self._seen(rollout, state)
+        return state
+
+    # -- the refresh ------------------------------------------------------------------------
+
+    def _seen(self, rollout: str, state: RolloutState | None) -> None:
+        """Refresh ``rollout`` from now on; ``state`` is what this process knows of it."""
+        seen = (state.version, state.since) if state is not None else (0, 0.0)
+        with self._names_lock:
+            if seen[0] >= self._names.get(rollout, (0, 0.0))[0]:
+                self._names[rollout] = seen
+        if not self._closed:
+            self._thread.start()
+
+    def _changed(self, rollout: str, state: RolloutState) -> None:
+        """Tell the listeners of a state that this process committed."""
+        self._seen(rollout, state)
+        self._listeners.call(rollout, state)
+
+    def refresh(self) -> bool:
+        """Read the states now and tell the listeners of changes; return whether it worked.
+
+        The background thread calls this every ``refresh_interval``; failures are logged
+        and counted (``store.refresh_failed``), never raised.
+        """
+        if self._closed:
+            return False
+        with self._names_lock:
+            names = dict(self._names)
+        if not names:
+            return True
+        try:
+            states = self._load_many(names)
+        except Exception as exc:
+            self.failures.record("store.refresh_failed", exc, store=repr(self))
+            self._down = True
+            return False
+        if self._down:
+            self._down = False
+            log("info", "store.recovered", store=repr(self))
+        for name, state in states.items():
+            if state is None or (state.version, state.since) == names[name]:
+                continue
+            with self._names_lock:
+                known = self._names.get(name, (0, 0.0))
+                if known != names[name] and state.version <= known[0]:
+                    continue  # this process committed a newer state meanwhile
+                self._names[name] = (state.version, state.since)
+            # Usually a newer version. An older one, or the same one with another time, means
+            # the backend lost its data (a Redis restarted empty) and the rollout began anew:
+            # the store is the truth, and the listeners judge (see Rollout._adopt).
+            self._listeners.call(name, state)
+        return True
+
+    def _cycle(self) -> bool:
+        ok = self.refresh()
+        self._refreshed.call()
+        return ok
+
+    # -- the protocol's listening side --------------------------------------------------------
+
+    def watch(self, listener: StateListener) -> None:
+        """Call ``listener`` after each change seen: committed here, or read by a refresh."""
+        self._listeners.add(listener)
+
+    def on_refresh(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` after each background refresh (bound methods weakly held)."""
+        self._refreshed.add(callback)
+        if not self._closed:
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Run the next background refresh now."""
+        self._thread.wake()
+
+    def _stop(self) -> None:
+        """Stop the refresh: wait (a few seconds at most) for a cycle under way to end."""
+        self._closed = True
+        self._thread.stop(wait_s=5.0)
+        self._listeners.clear()
+        self._refreshed.clear()

@@ -1,0 +1,245 @@
+"""Tests of pooled evidence: the outbox, the flush, and the tests set to the fleet's totals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stagedroll import Action, MemoryStore, Rollouts, SQLiteStore, Status
+from stagedroll import Health as HealthPolicy
+from stagedroll import _pool as pool
+from stagedroll._health import Health
+from stagedroll._outcomes import Outcomes
+from stagedroll._pool import Batch, Outbox, Totals, flush
+from stagedroll._sequential import MixtureTest
+
+POLICY: dict[str, Any] = {
+    "rollouts": {"co": {"stages": [{"name": "half", "percent": 50}], "health": {"min_events": 3}}}
+}
+
+
+class TestOutbox:
+    def test_queues_events_and_units_of_the_visit(self) -> None:
+        """Events go under their kind and arm, units under their arm."""
+        outbox = Outbox()
+        outbox.visit(3, 1)
+        outbox.event("errors", True, "u1")
+        outbox.event("errors", False, None)
+        outbox.event("slow", True, "u2")
+        outbox.unit(True, "u1")
+        outbox.unit(False, "u3")
+        batch = outbox.take()
+        assert (batch.epoch, batch.stage, batch.segment) == (3, 1, "3.1")
+        assert batch.events == {"errors.t": ["u1"], "errors.c": [None], "slow.t": ["u2"]}
+        assert batch.units == {"t": ["u1"], "c": ["u3"]}
+        assert batch.size() == 5
+        empty = outbox.take()
+        assert (empty.epoch, empty.stage, empty.size()) == (3, 1, 0)
+
+    def test_a_new_visit_drops_the_old_queue(self) -> None:
+        """What was queued for a stage visit that ended is not flushed into the next."""
+        outbox = Outbox()
+        outbox.visit(1, 0)
+        outbox.event("errors", True, "u1")
+        outbox.visit(1, 0)  # the same visit: kept
+        assert outbox.batch.size() == 1
+        outbox.visit(1, 1)
+        assert outbox.batch.size() == 0
+        assert (outbox.batch.epoch, outbox.batch.stage) == (1, 1)
+
+    def test_give_back_requeues_before_newer_items(self) -> None:
+        """A failed flush's batch goes back in front of what came meanwhile."""
+        outbox = Outbox()
+        outbox.visit(1, 0)
+        outbox.event("errors", True, "old")
+        batch = outbox.take()
+        outbox.event("errors", True, "new")
+        outbox.give_back(batch)
+        assert outbox.batch.events == {"errors.t": ["old", "new"]}
+
+    def test_give_back_of_an_ended_visit_is_dropped(self) -> None:
+        """A batch whose stage visit ended meanwhile is not requeued."""
+        outbox = Outbox()
+        outbox.visit(1, 0)
+        outbox.event("errors", True, "u1")
+        batch = outbox.take()
+        outbox.visit(2, 0)
+        outbox.give_back(batch)
+        assert outbox.batch.size() == 0
+
+    def test_full_outbox_drops_and_counts(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Past MAX_QUEUED items (the store is down), more are dropped and counted."""
+        monkeypatch.setattr(pool, "MAX_QUEUED", 3)
+        outbox = Outbox()
+        for i in range(5):
+            outbox.event("errors", True, f"u{i}")
+        assert outbox.batch.size() == 3
+        assert outbox.dropped == 2
+        batch = outbox.take()
+        outbox.unit(True, "x")
+        outbox.give_back(batch)  # 4 > 3: the queue is dropped, and each item counted
+        assert outbox.batch.size() == 0
+        assert outbox.dropped == 2 + 4
+
+
+class TestFlush:
+    def test_a_unit_counts_once_across_processes(self) -> None:
+        """Two processes flushing the same unit's first error count it once; unitless count each."""
+        store = MemoryStore()
+        first = Batch(1, 0, events={"errors.t": ["u1", "u2", None]}, units={"t": ["u1", "u2"]})
+        second = Batch(1, 0, events={"errors.t": ["u2", None], "errors.c": ["c1"]},
+                       units={"t": ["u2", "u3"], "c": ["c1"]})  # fmt: skip
+        flush(store, "co", first)
+        totals = flush(store, "co", second)
+        assert totals == Totals(1, 0, {"errors.t": 4, "errors.c": 1, "slow.t": 0, "slow.c": 0},
+                                units_treatment=3, units_control=1)  # fmt: skip
+
+    def test_first_units_span_the_epoch_and_counts_the_visit(self) -> None:
+        """A unit counted in one stage is not counted again in the next; counters are per visit."""
+        store = MemoryStore()
+        flush(store, "co", Batch(1, 0, events={"errors.t": ["u1"]}))
+        totals = flush(store, "co", Batch(1, 1, events={"errors.t": ["u1", "u2"]}))
+        assert totals.events["errors.t"] == 1
+        assert store.read_counts("co", "1.0") == {"errors.t": 1, "errors.c": 0,
+                                                  "slow.t": 0, "slow.c": 0}  # fmt: skip
+        resumed = flush(store, "co", Batch(5, 1, events={"errors.t": ["u1"]}))
+        assert resumed.events["errors.t"] == 1  # a new epoch forgets who had errored
+
+    def test_an_empty_batch_reads_the_totals(self) -> None:
+        """Flushing nothing still returns what the other processes added."""
+        store = MemoryStore()
+        flush(store, "co", Batch(2, 0, events={"slow.c": ["a", "b"]}, units={"c": ["a", "b"]}))
+        totals = flush(store, "co", Batch(2, 0))
+        assert totals.events["slow.c"] == 2
+        assert totals.units_control == 2
+
+
+class TestSetCurrent:
+    @given(
+        share=st.floats(0.01, 0.99),
+        treatment=st.integers(0, 500),
+        control=st.integers(0, 500),
+    )
+    def test_matches_adding_the_same_events(
+        self, share: float, treatment: int, control: int
+    ) -> None:
+        """Setting totals gives the e-value of adding as many events one by one."""
+        added, pooled = MixtureTest(), MixtureTest()
+        for test in (added, pooled):
+            test.set_share(share)
+        added.add(treatment, control)
+        pooled.set_current(treatment, control)
+        assert math.isclose(pooled.log_e(), added.log_e(), rel_tol=1e-12, abs_tol=1e-12)
+        assert (pooled.events_treatment, pooled.events_control) == (treatment, control)
+
+    def test_totals_never_go_back(self) -> None:
+        """An older total (two flushes that crossed) is ignored."""
+        test = MixtureTest()
+        test.set_share(0.5)
+        test.set_current(10, 4)
+        test.set_current(7, 5)
+        assert (test.events_treatment, test.events_control) == (10, 5)
+
+    def test_earlier_shares_are_kept(self) -> None:
+        """Totals set at one share are folded when the share changes; the next start at zero."""
+        test, reference = MixtureTest(), MixtureTest()
+        for share in (0.05, 0.25):
+            test.set_share(share)
+            reference.set_share(share)
+            test.set_current(4, 1)
+            reference.add(4, 1)
+        assert math.isclose(test.log_e(), reference.log_e())
+        assert test.events_treatment == 8
+
+    def test_inactive_share_ignores_totals(self) -> None:
+        """At a share of 0 (or before one is set) totals carry no evidence."""
+        test = MixtureTest()
+        test.set_current(5, 5)
+        assert test.events_treatment == 0
+        assert test.log_e() == 0.0
+
+
+class TestPooledHealth:
+    def pooled(self) -> tuple[Health, Outcomes]:
+        health = Health(HealthPolicy(min_events=3))
+        health.outbox = Outbox()
+        health.outbox.visit(1, 0)
+        outcomes = Outcomes(health)
+        outcomes.arms(0)
+        health.set_share(0.5)
+        return health, outcomes
+
+    def test_events_are_queued_not_counted(self) -> None:
+        """With an outbox, a first error goes to the queue; the local test does not move."""
+        health, outcomes = self.pooled()
+        arms = outcomes.arms(0)
+        due = outcomes.record(arms.treatment, True, None, key="u1")
+        outcomes.record(arms.treatment, True, None, key="u1")  # not a first error
+        assert due is False
+        assert health.errors.events_treatment == 0
+        assert health.outbox is not None
+        assert health.outbox.batch.events == {"errors.t": ["u1"]}
+        assert health.outbox.batch.units == {"t": ["u1"]}
+
+    def test_absorb_sets_the_tests_and_units(self) -> None:
+        """The fleet's totals of the visit in force become the tests' counts."""
+        health, outcomes = self.pooled()
+        arms = outcomes.arms(0)
+        health.absorb(Totals(1, 0, {"errors.t": 15, "errors.c": 1, "slow.t": 2}, 40, 38))
+        assert (health.errors.events_treatment, health.errors.events_control) == (15, 1)
+        assert health.slow.events_treatment == 2
+        assert arms.treatment.units_seen() == 40
+        assert arms.control.units_seen() == 38
+        assert health.verdict().action is Action.FREEZE
+
+    def test_absorb_ignores_another_visit(self) -> None:
+        """Totals of a stage visit that ended meanwhile change nothing."""
+        health, _ = self.pooled()
+        health.absorb(Totals(1, 1, {"errors.t": 9}, 0, 0))
+        health.absorb(Totals(0, 0, {"errors.t": 9}, 0, 0))
+        assert health.errors.events_treatment == 0
+
+
+class TestPooledRollouts:
+    @pytest.fixture(name="path")
+    def _path(self, tmp_path: Path) -> Path:
+        return tmp_path / "state.db"
+
+    def test_no_step_on_the_callers_thread(self, path: Path) -> None:
+        """With a shared store, errors never freeze during a call; the refresh does it."""
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            rollouts = Rollouts(POLICY, store=store)
+            for i in range(400):
+                rollouts.report("co", f"u{i}", error=rollouts.enabled("co", f"u{i}"))
+            assert rollouts["co"].state.status is Status.RUNNING
+            made = rollouts.tick()
+            assert [t.action for t in made] in ([Action.FREEZE], [Action.ROLLBACK])
+            assert made[0].actor == "stagedroll"
+        finally:
+            store.close()
+
+    def test_two_processes_pool_their_evidence(self, path: Path) -> None:
+        """Two Rollouts on two store objects judge on the sum of their deduplicated events."""
+        stores = [SQLiteStore(path, refresh_interval=3600) for _ in range(2)]
+        try:
+            web, worker = (Rollouts(POLICY, store=s) for s in stores)
+            treated = [u for u in (f"u{i}" for i in range(200)) if web.enabled("co", u)][:2]
+            assert len(treated) == 2
+            web.report("co", treated[0], error=True)
+            worker.report("co", treated[0], error=True)  # the same unit: one event
+            worker.report("co", treated[1], error=True)
+            web.tick()
+            worker.tick()
+            health = web.status("co").health
+            assert health.error_events_treatment == 2
+            assert worker.status("co").health.error_events_treatment == 2
+            assert web.status("co").treatment.units >= 2  # pooled distinct units
+        finally:
+            for store in stores:
+                store.close()

@@ -1,0 +1,381 @@
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import structlog
+
+from conftest import plain_policy
+from servers import RedisServer, unique_prefix
+from stagedroll import Action, Rollouts, RolloutState, Status, StoreError, Transition
+from stagedroll.stores import RedisStore, store_from_url
+
+DEADLINE_S = 10.0
+"""How long a test waits for the background refresh to do something (generous: noisy CI)."""
+
+StoreFactory = Callable[..., RedisStore]
+
+
+def state(version: int, stage: int = 0) -> RolloutState:
+    return RolloutState(stage=stage, status=Status.RUNNING, since=float(version), version=version)
+
+
+def entry(version: int, stage: int = 0) -> Transition:
+    return Transition("r", Action.ADVANCE, stage, stage, Status.RUNNING, Status.RUNNING, version,
+                      float(version))  # fmt: skip
+
+
+def gated_policy() -> dict[str, Any]:
+    """One health-gated rollout at 50 %: automatic freeze on errors, manual advance."""
+    stages = [{"name": "half", "percent": 50}]
+    return {"rollouts": {"co": {"stages": stages, "health": {"min_events": 3}}}}
+
+
+def staged_policy() -> dict[str, Any]:
+    """One rollout without a health gate, at 10, 50 then 100 %: it moves only when told."""
+    policy = plain_policy(10, 50, 100, name="co")
+    policy["rollouts"]["co"]["health"] = {"enabled": False}
+    return policy
+
+
+def wait_until(
+    condition: Callable[[], object], *, store: RedisStore | None = None, what: str = ""
+) -> None:
+    """Wait (up to DEADLINE_S) until ``condition()`` is true; wake ``store``'s refresh meanwhile.
+
+    Waking only cuts short the backoff of the refresh; it is the store's thread that acts.
+    """
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {DEADLINE_S} s: {what or condition}")
+        if store is not None:
+            store.wake()
+        time.sleep(0.01)
+
+
+def units(n: int = 1000) -> list[str]:
+    return [f"user-{i}" for i in range(n)]
+
+
+@pytest.fixture(name="make_store")
+def _make_store() -> Iterator[StoreFactory]:
+    """Make RedisStores that refresh fast and fail fast; all are closed after the test."""
+    made: list[RedisStore] = []
+
+    def make(url: str, **options: Any) -> RedisStore:
+        options = {"refresh_interval": 0.05, "timeout": 0.25, **options}
+        store = RedisStore(url, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture(name="client")
+def _client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+class TestKeyLayout:
+    def test_state_is_a_hash_and_history_a_capped_list(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """The state hash holds the version and the JSON state; the history list is newest first,
+        capped at max_history, and neither expires."""
+        store = make_store(redis_url, prefix=redis_prefix, max_history=3)
+        for v in range(1, 6):
+            assert store.compare_and_set("r", v - 1, state(v, stage=v), entry(v, stage=v))
+        state_key, history_key = f"{redis_prefix}:{{r}}:state", f"{redis_prefix}:{{r}}:history"
+        assert client.type(state_key) == "hash"
+        fields = client.hgetall(state_key)
+        assert set(fields) == {"v", "s"}
+        assert fields["v"] == "5"
+        assert json.loads(fields["s"])["version"] == 5
+        assert json.loads(fields["s"])["stage"] == 5
+        assert client.type(history_key) == "list"
+        raw = client.lrange(history_key, 0, -1)
+        assert [json.loads(text)["version"] for text in raw] == [5, 4, 3]
+        assert [t.version for t in store.history("r")] == [5, 4, 3]
+        assert client.ttl(state_key) == client.ttl(history_key) == -1  # -1: no expiry
+
+    def test_counters_and_unit_sets_expire(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """Counts are a hash, first units a set, distinct units a HyperLogLog; each has a TTL."""
+        store = make_store(redis_url, prefix=redis_prefix, ttl=3600)
+        assert store.add_counts("r", "1.0", {"errors.t": 2, "errors.c": 1}) == {
+            "errors.t": 2,
+            "errors.c": 1,
+        }
+        assert store.add_units("r", "1/errors", ["a", "b", "a"]) == [True, True, False]
+        assert store.count_distinct("r", "1.0/t", ["a", "b", "c"]) == 3
+        counts = f"{redis_prefix}:{{r}}:counts:1.0"
+        first = f"{redis_prefix}:{{r}}:first:1/errors"
+        distinct = f"{redis_prefix}:{{r}}:distinct:1.0/t"
+        assert client.type(counts) == "hash"
+        assert client.hgetall(counts) == {"errors.t": "2", "errors.c": "1"}
+        assert client.type(first) == "set"
+        assert client.smembers(first) == {"a", "b"}
+        assert client.pfcount(distinct) == 3  # a HyperLogLog (a string to TYPE)
+        for key in (counts, first, distinct):
+            assert 0 < client.ttl(key) <= 3600, key
+
+    def test_two_prefixes_on_one_redis_are_independent(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """Two applications with their own prefixes share no state, history, count or unit."""
+        other_prefix = unique_prefix("other")
+        try:
+            one = make_store(redis_url, prefix=redis_prefix)
+            two = make_store(redis_url, prefix=other_prefix)
+            assert one.compare_and_set("r", 0, state(1), entry(1))
+            one.add_counts("r", "1.0", {"errors.t": 5})
+            assert one.add_units("r", "1/errors", ["a"]) == [True]
+            one.count_distinct("r", "1.0/t", ["a", "b"])
+            assert two.load("r") is None
+            assert two.history("r") == []
+            assert two.read_counts("r", "1.0") == {}
+            assert two.add_units("r", "1/errors", ["a"]) == [True]
+            assert two.count_distinct("r", "1.0/t", []) == 0
+            assert two.compare_and_set("r", 0, state(1, stage=2), entry(1, stage=2))
+            assert one.load("r") == state(1)
+            assert one.read_counts("r", "1.0") == {"errors.t": 5}
+        finally:
+            keys = list(client.scan_iter(match=f"{other_prefix}:*"))
+            if keys:
+                client.delete(*keys)
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "redis://:secret@redis.internal:6379/0",
+            "redis://app:secret@redis.internal:6379/0",
+            "rediss://app:secret@redis.internal/2",
+        ],
+    )
+    def test_the_password_is_redacted_in_repr(self, url: str) -> None:
+        """The repr (which the failure logs carry) never shows the password."""
+        store = RedisStore(url, prefix="p")
+        try:
+            assert "secret" not in repr(store)
+            assert "redis.internal" in repr(store)
+            assert "secret" not in repr(store_from_url(url + "?prefix=p"))
+        finally:
+            store.close()
+
+    def test_missing_redis_py_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without redis-py, constructing a RedisStore says which extra to install."""
+        monkeypatch.setitem(sys.modules, "redis", None)
+        with pytest.raises(ImportError, match=re.escape("pip install 'stagedroll[redis]'")):
+            RedisStore("redis://127.0.0.1:6379/0")
+
+
+class TestOutage:
+    def test_redis_down_at_start_up(
+        self, make_store: StoreFactory, redis_server: RedisServer
+    ) -> None:
+        """With Redis down at start-up the rollout serves 0 % and decides; once Redis is back
+        the background refresh starts it, with no call on the Rollouts."""
+        redis_server.stop()
+        store = make_store(redis_server.url)
+        rollouts = Rollouts(gated_policy(), store=store)
+        assert not any(rollouts.enabled("co", unit) for unit in units())
+        decision = rollouts.decide("co", "user-1")
+        assert decision.enabled is False
+        assert rollouts["co"].state.version == 0
+        assert rollouts.failures.count("store.load_failed") > 0
+        redis_server.start()
+        wait_until(lambda: rollouts["co"].state.version >= 1, store=store, what="started")
+        started = rollouts["co"].state
+        assert (started.stage, started.status) == (0, Status.RUNNING)
+        assert 0 < sum(rollouts.enabled("co", unit) for unit in units()) < 1000
+        assert [t.action for t in rollouts.history("co")] == [Action.START]
+
+    def test_redis_going_away_and_coming_back(
+        self, make_store: StoreFactory, redis_server: RedisServer
+    ) -> None:
+        """While Redis is down, decisions follow the last known state and nothing raises but
+        transitions; it recovers by itself and follows transitions made on the new server."""
+        store = make_store(redis_server.url)
+        rollouts = Rollouts(staged_policy(), store=store)
+        rollouts.advance("co", actor="alice")
+        before = [rollouts.enabled("co", unit) for unit in units()]
+        assert 0 < sum(before) < 1000
+
+        @rollouts.guard("co", fallback=lambda unit: "old", unit=lambda unit: unit)
+        def new_path(unit: str) -> str:
+            return "new"
+
+        redis_server.stop()
+        failed = store.failures.count("store.refresh_failed")
+        assert [rollouts.enabled("co", unit) for unit in units()] == before
+        assert [rollouts.decide("co", unit).enabled for unit in units()] == before
+        for unit in units(100):
+            rollouts.report("co", unit, error=True, latency_s=0.01)
+        assert [new_path(unit) == "new" for unit in units()] == before
+        with pytest.raises(StoreError):
+            rollouts.freeze("co", reason="incident", actor="alice")
+        wait_until(
+            lambda: store.failures.count("store.refresh_failed") > failed,
+            what="store.refresh_failed",
+        )
+        assert [rollouts.enabled("co", unit) for unit in units()] == before
+
+        with structlog.testing.capture_logs() as logs:
+            redis_server.start()  # empty: Redis lost its data
+            wait_until(
+                lambda: any(log["event"] == "store.recovered" for log in logs),
+                store=store,
+                what="store.recovered",
+            )
+        assert store.refresh() is True
+        # Another process on the new server: it starts the rollout again, then moves it on
+        # past the version this process knows (see test_a_kill_after_redis_lost_its_data).
+        other = Rollouts(staged_policy(), store=make_store(redis_server.url))
+        other.advance("co", actor="bob")
+        other.freeze("co", reason="after the outage", actor="bob")
+        assert other["co"].state.version == 3
+        wait_until(lambda: rollouts["co"].state.version == 3, store=store, what="adopted")
+        assert rollouts["co"].state.status is Status.FROZEN
+        assert rollouts["co"].state.actor == "bob"
+
+    def test_a_kill_after_redis_lost_its_data(
+        self, make_store: StoreFactory, redis_server: RedisServer
+    ) -> None:
+        """A kill made on a Redis that came back empty reaches a process that knew a later
+        version."""
+        store = make_store(redis_server.url)
+        rollouts = Rollouts(staged_policy(), store=store)
+        rollouts.advance("co")  # version 2
+        redis_server.stop()
+        redis_server.start()  # empty
+        other = Rollouts(staged_policy(), store=make_store(redis_server.url))  # version 1
+        other.kill("co", reason="incident", actor="bob")  # version 2
+        assert store.refresh() is True
+        assert rollouts["co"].state.status is Status.KILLED
+        assert not any(rollouts.enabled("co", unit) for unit in units())
+
+    def test_a_slow_redis_fails_fast_and_decisions_do_not_wait(
+        self, make_store: StoreFactory, redis_server: RedisServer
+    ) -> None:
+        """Redis paused for a second: a store call times out after ``timeout``, decisions made
+        meanwhile do not wait for Redis, and the store works again after the pause."""
+        store = make_store(redis_server.url)
+        rollouts = Rollouts(gated_policy(), store=store)
+        before = [rollouts.enabled("co", unit) for unit in units()]
+        pauser = redis.Redis.from_url(redis_server.url)
+        try:
+            pauser.client_pause(1000, all=True)
+            paused_at = time.monotonic()
+            with pytest.raises(redis.TimeoutError):
+                store.load("co")
+            # Not a performance threshold: the timeout (0.25 s) must end the call, not the pause.
+            assert time.monotonic() - paused_at < 0.9
+            answers = [rollouts.enabled("co", unit) for unit in units()]
+            for unit in units(100):
+                rollouts.report("co", unit, error=False, latency_s=0.01)
+            still_paused = time.monotonic() - paused_at < 1.0
+            assert answers == before
+            assert still_paused, "the decisions waited for the pause to end"
+        finally:
+            pauser.close()
+        wait_until(
+            lambda: store.refresh() and store.load("co") is not None, what="Redis answers again"
+        )
+        assert store.load("co") == rollouts["co"].state
+
+    def test_outcomes_reported_while_redis_is_down_reach_it_later(
+        self, make_store: StoreFactory, redis_server: RedisServer
+    ) -> None:
+        """Outcomes reported while Redis is down stay queued (the flush fails, counted) and are
+        pooled once it is back."""
+        store = make_store(redis_server.url)
+        rollouts = Rollouts(gated_policy(), store=store)
+        started = rollouts["co"].state
+        segment = f"{started.epoch}.{started.stage}"
+        redis_server.stop()
+        failing = [f"user-{i}" for i in range(10)]
+        for unit in failing:
+            rollouts.report("co", unit, error=True, latency_s=0.01)
+        for unit in units(200):
+            rollouts.report("co", unit, error=False, latency_s=0.01)
+        flush_failed = rollouts.failures.count("store.flush_failed")
+        wait_until(
+            lambda: rollouts.failures.count("store.flush_failed") > flush_failed,
+            store=store,
+            what="store.flush_failed",
+        )
+        redis_server.start()
+        reader = make_store(redis_server.url)
+
+        def pooled() -> bool:
+            counts = reader.read_counts("co", segment)
+            return counts.get("errors.t", 0) + counts.get("errors.c", 0) == len(failing)
+
+        wait_until(pooled, store=store, what="the queued errors pooled in Redis")
+        treated = sum(rollouts.enabled("co", unit) for unit in failing)
+        assert reader.read_counts("co", segment) == {
+            "errors.t": treated,
+            "errors.c": len(failing) - treated,
+            "slow.t": 0,
+            "slow.c": 0,
+        }
+        health = rollouts.status("co").health
+        assert health.error_events_treatment == treated
+        assert health.error_events_control == len(failing) - treated
+        # Distinct units are a HyperLogLog's estimate (about 0.8 % off).
+        assert health.units_treatment + health.units_control == pytest.approx(200, abs=6)
+
+
+class TestPooledEvidence:
+    def test_two_rollouts_pool_their_evidence(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str
+    ) -> None:
+        """Two Rollouts on two RedisStores: the automatic freeze counts both sides' errors, and a
+        unit failing on both counts once."""
+        one = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        two = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        treated = [unit for unit in units() if one.enabled("co", unit)][:8]
+        assert [two.enabled("co", unit) for unit in treated] == [True] * 8
+        # At 50 % and no control errors, the gate freezes at the 7th treatment error event
+        # (and rolls back at the 15th): neither side alone reaches it.
+        seen_by_one, seen_by_two = treated[:5], treated[2:]
+        for unit in seen_by_one:
+            one.report("co", unit, error=True, latency_s=0.01)
+        wait_until(lambda: one.status("co").health.error_events_treatment == 5, what="pooled")
+        assert one["co"].state.status is Status.RUNNING
+        for unit in seen_by_two:
+            two.report("co", unit, error=True, latency_s=0.01)
+
+        def frozen() -> bool:
+            return one["co"].state.status is two["co"].state.status is Status.FROZEN
+
+        wait_until(frozen, what="the automatic freeze, seen by both")
+        freeze = one.history("co")[0]
+        assert (freeze.action, freeze.actor) == (Action.FREEZE, "stagedroll")
+        events = freeze.evidence["error_events_treatment"]
+        assert isinstance(events, int)
+        assert max(len(seen_by_one), len(seen_by_two)) < events <= len(set(treated))
+        # Reported 5 + 6 times, by 8 distinct units: each counts once, fleet-wide.
+
+        def all_pooled() -> bool:
+            return all(
+                r.status("co").health.error_events_treatment == len(treated) for r in (one, two)
+            )
+
+        wait_until(all_pooled, what="all the errors pooled, on both sides")
+        state = one["co"].state
+        counts = one.store.read_counts("co", f"{state.epoch}.{state.stage}")
+        assert counts["errors.t"] == len(treated)
+        assert counts["errors.c"] == 0

@@ -1,0 +1,459 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import plain_policy
+from stagedroll import (
+    Action,
+    Rollouts,
+    RolloutState,
+    SQLiteStore,
+    Status,
+    StoreError,
+    Transition,
+)
+from stagedroll.stores._sqlite import SCHEMA_VERSION
+
+POLICY = plain_policy(50, 100, name="x")
+TABLES = {"rollouts", "history", "counts", "units"}
+
+
+def state(version: int, stage: int = 0) -> RolloutState:
+    return RolloutState(stage=stage, status=Status.RUNNING, since=float(version), version=version)
+
+
+def entry(version: int, stage: int = 0, rollout: str = "r") -> Transition:
+    return Transition(rollout, Action.ADVANCE, stage, stage, Status.RUNNING, Status.RUNNING,
+                      version, float(version))  # fmt: skip
+
+
+def plain(path: Path) -> sqlite3.Connection:
+    """A connection of our own to the file, as another process (or sqlite3's shell) has."""
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+
+def pragma(path: Path, name: str) -> object:
+    db = plain(path)
+    try:
+        return db.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        db.close()
+
+
+def tables(path: Path) -> set[str]:
+    db = plain(path)
+    try:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    finally:
+        db.close()
+    return {name for (name,) in rows}
+
+
+def serves_nothing(rollouts: Rollouts, name: str = "x") -> bool:
+    """Whether every unit of a sample takes the old path (the rollout serves 0 %)."""
+    return not any(rollouts.enabled(name, f"user-{i}") for i in range(200))
+
+
+@pytest.fixture(name="path")
+def _path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture(name="store")
+def _store(path: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(path)
+    yield store
+    store.close()
+
+
+class TestFile:
+    def test_is_wal_with_the_schema_version_and_tables(
+        self, store: SQLiteStore, path: Path
+    ) -> None:
+        """The store's first use makes a WAL file with user_version and the four tables."""
+        assert store.load("r") is None
+        assert pragma(path, "journal_mode") == "wal"
+        assert pragma(path, "user_version") == SCHEMA_VERSION
+        assert tables(path) >= TABLES
+
+    def test_a_file_from_a_later_version_is_refused(self, path: Path) -> None:
+        """A higher user_version raises RuntimeError naming both versions; data is untouched."""
+        db = plain(path)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.close()
+        store = SQLiteStore(path)
+        try:
+            with pytest.raises(RuntimeError) as raised:
+                store.load("r")
+            message = str(raised.value)
+            assert f"version {SCHEMA_VERSION + 1}" in message
+            assert f"up to {SCHEMA_VERSION}" in message
+            with pytest.raises(RuntimeError, match="schema version"):
+                store.compare_and_set("r", 0, state(1), entry(1))
+        finally:
+            store.close()
+        assert pragma(path, "user_version") == SCHEMA_VERSION + 1
+        assert not tables(path) & TABLES
+
+    def test_rollouts_on_a_refused_file_serve_nothing(self, path: Path) -> None:
+        """Rollouts on a file from a later version start anyway, at 0 %, counting the failure."""
+        db = plain(path)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.close()
+        store = SQLiteStore(path)
+        try:
+            rollouts = Rollouts(POLICY, store=store)
+            assert rollouts.failures.count("store.load_failed") > 0
+            assert rollouts["x"].state.version == 0
+            assert serves_nothing(rollouts)
+            assert not rollouts.decide("x", "user-1").enabled
+            with pytest.raises(StoreError):
+                rollouts.freeze("x")
+        finally:
+            store.close()
+
+    def test_an_older_file_is_migrated_on_open(self, path: Path) -> None:
+        """A file at user_version 0 without stagedroll's tables gets them; other tables stay."""
+        db = plain(path)
+        db.execute("CREATE TABLE mine (a INTEGER)")
+        db.execute("INSERT INTO mine VALUES (7)")
+        db.close()
+        assert pragma(path, "user_version") == 0
+        store = SQLiteStore(path)
+        try:
+            assert store.load("r") is None
+            assert store.compare_and_set("r", 0, state(1), entry(1))
+            assert store.load("r") == state(1)
+        finally:
+            store.close()
+        assert pragma(path, "user_version") == SCHEMA_VERSION
+        assert tables(path) >= {*TABLES, "mine"}
+        db = plain(path)
+        assert db.execute("SELECT a FROM mine").fetchall() == [(7,)]
+        db.close()
+
+    def test_two_stores_opening_a_new_file_at_once_both_work(self, path: Path) -> None:
+        """Concurrent first opens (both migrating) leave one schema and both stores working."""
+        stores = [SQLiteStore(path, timeout=5) for _ in range(4)]
+        barrier = threading.Barrier(len(stores))
+        errors: list[BaseException] = []
+
+        def open_and_load(store: SQLiteStore) -> None:
+            barrier.wait()
+            try:
+                store.load("r")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_load, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert errors == []
+            assert pragma(path, "user_version") == SCHEMA_VERSION
+            assert stores[0].compare_and_set("r", 0, state(1), entry(1))
+            assert all(s.load("r") == state(1) for s in stores)
+        finally:
+            for s in stores:
+                s.close()
+
+
+class TestBusy:
+    def test_a_write_waits_for_the_busy_timeout_then_fails(self, path: Path) -> None:
+        """While another connection holds the write lock, a write fails after the timeout."""
+        store = SQLiteStore(path, timeout=0.2)
+        holder = plain(path)
+        try:
+            assert store.load("r") is None  # the schema exists before the lock is taken
+            holder.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                store.compare_and_set("r", 0, state(1), entry(1))
+            assert time.monotonic() - started >= 0.1  # it waited (a lower bound only)
+            assert store.load("r") is None  # reads go on under WAL
+            holder.execute("ROLLBACK")
+            assert store.compare_and_set("r", 0, state(1), entry(1))
+            assert store.load("r") == state(1)
+        finally:
+            holder.close()
+            store.close()
+
+    def test_rollouts_keep_deciding_while_the_file_is_locked(self, path: Path) -> None:
+        """Decisions go on under a held lock; freeze raises StoreError, then works once freed."""
+        store = SQLiteStore(path, timeout=0.2)
+        holder = plain(path)
+        try:
+            rollouts = Rollouts(POLICY, store=store)
+            before = [rollouts.enabled("x", f"user-{i}") for i in range(200)]
+            assert any(before)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                assert [rollouts.enabled("x", f"user-{i}") for i in range(200)] == before
+                assert rollouts.decide("x", "user-1").enabled == before[1]
+                with pytest.raises(StoreError, match="freeze"):
+                    rollouts.freeze("x", reason="locked", actor="test")
+                assert rollouts["x"].state.status is Status.RUNNING
+            finally:
+                holder.execute("ROLLBACK")
+            transition = rollouts.freeze("x", reason="free", actor="test")
+            assert transition.to_status is Status.FROZEN
+            frozen = rollouts["x"].state
+            assert frozen.status is Status.FROZEN
+            assert store.load("x") == frozen
+            assert [rollouts.enabled("x", f"user-{i}") for i in range(200)] == before
+        finally:
+            holder.close()
+            store.close()
+
+    def test_a_write_waits_for_a_lock_released_within_the_timeout(self, path: Path) -> None:
+        """With a 5 s busy timeout, a lock released after ~0.1 s lets the write through."""
+        store = SQLiteStore(path, timeout=5)
+        holder = plain(path)
+        try:
+            assert store.load("r") is None
+            holder.execute("BEGIN IMMEDIATE")
+            holder.execute("CREATE TABLE held (a INTEGER)")  # a real write in the way
+            releaser = threading.Timer(0.1, holder.execute, args=("COMMIT",))
+            releaser.start()
+            assert store.compare_and_set("r", 0, state(1), entry(1))
+            releaser.join()
+            assert store.load("r") == state(1)
+            assert "held" in tables(path)
+        finally:
+            holder.close()
+            store.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+class TestUnwritable:
+    def test_a_read_only_file_refuses_transitions_until_writable(self, tmp_path: Path) -> None:
+        """On a read-only file and directory, transitions raise StoreError and decisions go on."""
+        directory = tmp_path / "ro"
+        directory.mkdir()
+        path = directory / "state.db"
+        first = SQLiteStore(path)
+        Rollouts(POLICY, store=first)  # starts "x" in the file
+        first.close()
+        # Another worker keeps the file open (so its -wal and -shm files stay).
+        keeper = plain(path)
+        (stored,) = keeper.execute("SELECT version FROM rollouts WHERE name = 'x'").fetchone()
+        path.chmod(stat.S_IRUSR)
+        directory.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        store = SQLiteStore(path, refresh_interval=60)
+        try:
+            rollouts = Rollouts(POLICY, store=store)
+            assert rollouts["x"].state.version == stored  # reading still works
+            served = [rollouts.enabled("x", f"user-{i}") for i in range(200)]
+            assert any(served)
+            for _ in range(2):
+                with pytest.raises(StoreError, match="readonly"):
+                    rollouts.freeze("x", actor="test")
+            assert [rollouts.enabled("x", f"user-{i}") for i in range(200)] == served
+            assert rollouts.decide("x", "user-1").enabled == served[1]
+            assert rollouts["x"].state.status is Status.RUNNING
+        finally:
+            directory.chmod(stat.S_IRWXU)
+            path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+            keeper.close()
+        try:
+            # The store recovers without a restart. Not at once: the connection that the
+            # last read reopened is read-only (SQLite falls back to that silently), and a
+            # fresh connection's first write after a read-only one fails once more (SQLite).
+            failed = 0
+            while True:
+                try:
+                    transition = rollouts.freeze("x", actor="test")
+                    break
+                except StoreError:
+                    failed += 1
+                    assert failed < 3, "the store did not recover"
+            assert transition.version == stored + 1
+            frozen = rollouts["x"].state
+            assert frozen.status is Status.FROZEN
+            assert [rollouts.enabled("x", f"user-{i}") for i in range(200)] == served
+        finally:
+            store.close()
+
+
+class TestMissingDirectory:
+    def test_rollouts_start_at_zero(self, tmp_path: Path) -> None:
+        """A file whose directory does not exist: Rollouts start at 0 %, counting the failure."""
+        directory = tmp_path / "missing"
+        store = SQLiteStore(directory / "state.db", refresh_interval=60)
+        try:
+            rollouts = Rollouts(POLICY, store=store)
+            assert rollouts.failures.count("store.load_failed") > 0
+            assert rollouts["x"].state.version == 0
+            assert serves_nothing(rollouts)
+            with pytest.raises(StoreError):
+                rollouts.freeze("x")
+            directory.mkdir()  # the store answers now: the next transition starts the rollout
+            assert rollouts.status("x").version == 1
+            assert rollouts.freeze("x", actor="test").version == 2
+        finally:
+            store.close()
+
+
+class TestHistoryAndRestart:
+    def test_history_is_trimmed_to_max_history(self, path: Path) -> None:
+        """Of many transitions the newest max_history stay, in the file too."""
+        store = SQLiteStore(path, max_history=5)
+        try:
+            for v in range(1, 41):
+                assert store.compare_and_set("r", v - 1, state(v), entry(v))
+            assert store.compare_and_set("other", 0, state(1), entry(1, rollout="other"))
+            assert [t.version for t in store.history("r")] == [40, 39, 38, 37, 36]
+            assert [t.version for t in store.history("r", limit=2)] == [40, 39]
+            assert store.history("r", limit=0) == []
+            assert [t.version for t in store.history("other")] == [1]
+        finally:
+            store.close()
+        db = plain(path)
+        rows = db.execute("SELECT rollout, count(*) FROM history GROUP BY rollout").fetchall()
+        db.close()
+        assert dict(rows) == {"r": 5, "other": 1}
+
+    def test_state_and_history_survive_a_restart(self, path: Path) -> None:
+        """A new store and Rollouts on the same file continue from the stored stage."""
+        store = SQLiteStore(path, max_history=10)
+        rollouts = Rollouts(POLICY, store=store)
+        rollouts.advance("x", actor="test")
+        for _ in range(8):
+            rollouts.freeze("x", actor="test")
+            rollouts.unfreeze("x", actor="test")
+        rollouts.freeze("x", reason="before restart", actor="test")
+        before = rollouts["x"].state
+        history = store.history("x")
+        store.close()
+        del rollouts
+
+        again = SQLiteStore(path, max_history=10)
+        try:
+            restarted = Rollouts(POLICY, store=again)
+            assert restarted["x"].state == before
+            assert before.stage == 1
+            assert before.status is Status.FROZEN
+            assert before.reason == "before restart"
+            assert again.history("x") == history
+            assert len(history) == 10
+            assert [t.version for t in history] == list(
+                range(before.version, before.version - 10, -1)
+            )
+            assert all(restarted.enabled("x", f"user-{i}") for i in range(100))  # stage 1: 100 %
+            transition = restarted.unfreeze("x", actor="test")
+            assert transition.version == before.version + 1
+            assert transition.to_stage == 1
+        finally:
+            again.close()
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from stagedroll import Rollouts, SQLiteStore, TransitionError
+
+    path = sys.argv[1]
+    store = SQLiteStore(path, max_history={max_history}, timeout=5, refresh_interval=0.05)
+    rollouts = Rollouts({policy!r}, store=store)
+    i = 0
+    while True:
+        i += 1
+        try:
+            rollouts.freeze("x", reason=str(i), actor="child")
+        except TransitionError:
+            rollouts.unfreeze("x", reason=str(i), actor="child")
+        store.add_counts("x", "s", {{"calls": 1, "errors": i % 2}})
+        store.add_units("x", "u", [f"unit-{{i % 50}}"])
+        store.count_distinct("x", "d", [f"unit-{{i % 70}}"])
+    """
+)
+
+
+class TestCrashSafety:
+    def test_sigkill_at_random_moments_leaves_a_consistent_file(self, path: Path) -> None:
+        """20 writers killed mid-flight: the file stays sound and the next write succeeds."""
+        max_history = 8
+        script = CHILD.format(max_history=max_history, policy=POLICY)
+        rng = random.Random(20240601)
+        kills = 0
+        for _ in range(20):
+            child = subprocess.Popen(
+                [sys.executable, "-c", script, str(path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                start = self._version(path)
+                deadline = time.monotonic() + 20
+                while self._version(path) < start + 4:
+                    assert child.poll() is None, child.communicate()[1].decode()
+                    assert time.monotonic() < deadline, "the child made no progress"
+                    time.sleep(0.005)
+                time.sleep(rng.uniform(0, 0.03))
+                child.send_signal(signal.SIGKILL)
+            finally:
+                child.kill()
+                _, err = child.communicate()
+            assert child.returncode == -signal.SIGKILL, err.decode()
+            kills += 1
+            self._check(path, max_history)
+        assert kills == 20
+
+    @staticmethod
+    def _version(path: Path) -> int:
+        """The stored version of "x" read through our own connection (0 before the file)."""
+        if not path.exists():
+            return 0
+        db = sqlite3.connect(path, timeout=5)
+        try:
+            row = db.execute("SELECT version FROM rollouts WHERE name = 'x'").fetchone()
+        except sqlite3.OperationalError:  # the child is still making the tables
+            return 0
+        finally:
+            db.close()
+        return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def _check(path: Path, max_history: int) -> None:
+        db = sqlite3.connect(path, timeout=5)
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            (calls,) = db.execute(
+                "SELECT value FROM counts WHERE rollout = 'x' AND segment = 's' AND name = 'calls'"
+            ).fetchone()
+            assert calls > 0
+        finally:
+            db.close()
+        store = SQLiteStore(path, max_history=max_history, timeout=5, refresh_interval=60)
+        try:
+            found = store.load("x")
+            assert found is not None
+            history = store.history("x")
+            versions = [t.version for t in history]
+            assert versions[0] == found.version
+            assert versions == list(range(found.version, found.version - len(versions), -1))
+            assert len(versions) == min(found.version, max_history)
+            assert history[0].to_status is found.status
+            following = dataclasses.replace(found, version=found.version + 1)
+            move = dataclasses.replace(history[0], version=found.version + 1, actor="parent")
+            assert store.compare_and_set("x", found.version, following, move)
+            assert store.load("x") == following
+            assert store.add_units("x", "u", ["unit-1"]) == [False]
+        finally:
+            store.close()

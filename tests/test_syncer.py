@@ -1,0 +1,378 @@
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from stagedroll import (
+    Action,
+    Rollouts,
+    RolloutState,
+    SQLiteStore,
+    Status,
+    SyncingStore,
+    Transition,
+)
+
+THREAD = "stagedroll-sqlite"
+FAST = 0.05
+
+
+def state(version: int, stage: int = 0) -> RolloutState:
+    return RolloutState(stage=stage, status=Status.RUNNING, since=float(version), version=version)
+
+
+def entry(version: int, stage: int = 0) -> Transition:
+    return Transition("r", Action.ADVANCE, stage, stage, Status.RUNNING, Status.RUNNING, version,
+                      float(version))  # fmt: skip
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def refresh_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == THREAD}
+
+
+@pytest.fixture(name="path")
+def _path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture(name="pair")
+def _pair(path: Path) -> Iterator[tuple[SQLiteStore, SQLiteStore]]:
+    """Two stores on one file, as two processes of a host have."""
+    a = SQLiteStore(path, refresh_interval=FAST)
+    b = SQLiteStore(path, refresh_interval=FAST)
+    yield a, b
+    a.close()
+    b.close()
+
+
+class FlakyStore(SQLiteStore):
+    """A SQLite store whose reads fail while ``failing`` is set (through the protocol's hook)."""
+
+    failing = False
+
+    def _load_many(self, names: Iterable[str]) -> dict[str, RolloutState | None]:
+        if self.failing:
+            raise OSError("disk unplugged")
+        return super()._load_many(names)
+
+
+class TestRefresh:
+    def test_is_a_syncing_store(self, pair: tuple[SQLiteStore, SQLiteStore]) -> None:
+        """SQLiteStore satisfies the SyncingStore protocol."""
+        assert isinstance(pair[0], SyncingStore)
+
+    def test_a_listener_hears_of_another_stores_write(
+        self, pair: tuple[SQLiteStore, SQLiteStore]
+    ) -> None:
+        """Store B's listener is told of a compare-and-set made through store A."""
+        a, b = pair
+        heard: list[tuple[str, int]] = []
+        refreshes: list[float] = []
+        b.watch(lambda name, new: heard.append((name, new.version)))
+        b.on_refresh(lambda: refreshes.append(time.monotonic()))
+        assert b.load("r") is None  # b refreshes "r" from now on
+        assert a.compare_and_set("r", 0, state(1), entry(1))
+        assert wait_for(lambda: ("r", 1) in heard)
+        assert a.compare_and_set("r", 1, state(2), entry(2))
+        assert wait_for(lambda: ("r", 2) in heard)
+        assert heard == [("r", 1), ("r", 2)]  # each change once, in order
+        assert wait_for(lambda: len(refreshes) >= 5)
+
+    def test_a_rollouts_adopts_another_ones_freeze(self, path: Path) -> None:
+        """A freeze through one Rollouts reaches another's decisions without any call on it."""
+        policy = {"rollouts": {"x": {"stages": [{"name": "half", "percent": 50}]}}}
+        a = SQLiteStore(path, refresh_interval=FAST)
+        b = SQLiteStore(path, refresh_interval=FAST)
+        try:
+            first, second = Rollouts(policy, store=a), Rollouts(policy, store=b)
+            assert second["x"].state.status is Status.RUNNING
+            first.freeze("x", reason="bad", actor="ops")
+            assert wait_for(lambda: second["x"].state.status is Status.FROZEN)
+            assert second["x"].state == first["x"].state
+            assert second["x"].state.reason == "bad"
+        finally:
+            a.close()
+            b.close()
+
+    def test_refresh_fails_counts_and_recovers(self, path: Path) -> None:
+        """refresh() says False and counts while reads fail, and logs store.recovered once."""
+        store = FlakyStore(path, refresh_interval=60)  # the thread stays out of the way
+        writer = SQLiteStore(path, refresh_interval=60)
+        heard: list[int] = []
+        store.watch(lambda name, new: heard.append(new.version))
+        try:
+            assert store.load("r") is None
+            assert store.refresh()
+            store.failing = True
+            with structlog.testing.capture_logs() as logs:
+                assert store.refresh()  # nothing was written: the file is not even read
+                assert writer.compare_and_set("r", 0, state(1), entry(1))
+                assert not store.refresh()
+                assert not store.refresh()
+                assert store.failures.count("store.refresh_failed") == 2
+                assert heard == []
+                store.failing = False
+                assert store.refresh()
+                assert heard == [1]  # the change missed while down is told after recovery
+                assert store.refresh()
+            events = [log["event"] for log in logs]
+            assert events.count("store.refresh_failed") == 1  # logged once, counted twice
+            assert events.count("store.recovered") == 1
+            assert store.failures.count("store.refresh_failed") == 2
+        finally:
+            store.close()
+            writer.close()
+
+    def test_the_background_thread_keeps_going_after_failures(self, path: Path) -> None:
+        """While reads fail the thread keeps calling back; it delivers changes once they work."""
+        store = FlakyStore(path, refresh_interval=FAST)
+        writer = SQLiteStore(path, refresh_interval=60)
+        heard: list[int] = []
+        cycles: list[int] = []
+        store.watch(lambda name, new: heard.append(new.version))
+        store.on_refresh(lambda: cycles.append(1))
+        try:
+            assert store.load("r") is None
+            store.failing = True
+            assert writer.compare_and_set("r", 0, state(1), entry(1))
+            assert wait_for(lambda: store.failures.count("store.refresh_failed") >= 2)
+            assert heard == []
+            store.failing = False
+            store.wake()  # skip the back-off
+            assert wait_for(lambda: heard == [1])
+            seen = len(cycles)
+            assert wait_for(lambda: len(cycles) > seen + 2)  # back at the interval
+        finally:
+            store.close()
+            writer.close()
+
+
+class TestThreadLifetime:
+    def test_the_thread_starts_lazily_and_ends_with_its_store(self, path: Path) -> None:
+        """No thread until first use; once the store is garbage, its thread ends."""
+        before = refresh_threads()
+        store = SQLiteStore(path, refresh_interval=FAST)
+        assert refresh_threads() == before
+        store.load("r")
+        (thread,) = refresh_threads() - before
+        assert thread.daemon
+        del store
+        gc.collect()
+        assert wait_for(lambda: not thread.is_alive())
+
+    def test_close_stops_the_thread_and_forgets_listeners(
+        self, pair: tuple[SQLiteStore, SQLiteStore]
+    ) -> None:
+        """After close() the thread ends and no listener or callback is called again."""
+        a, b = pair
+        before = refresh_threads()
+        heard: list[int] = []
+        called: list[int] = []
+        b.watch(lambda name, new: heard.append(new.version))
+        b.on_refresh(lambda: called.append(1))
+        b.load("r")
+        (thread,) = refresh_threads() - before
+        assert wait_for(lambda: len(called) >= 2)
+        b.close()
+        assert wait_for(lambda: not thread.is_alive())
+        calls = len(called)
+        assert a.compare_and_set("r", 0, state(1), entry(1))
+        assert not b.refresh()  # a closed store reads nothing, and tells no one
+        with pytest.raises(RuntimeError, match="closed"):
+            b.load("r")
+        b._cycle()
+        assert heard == []
+        assert len(called) == calls
+        b.close()
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+    def test_a_forked_child_runs_its_own_thread(self, path: Path) -> None:
+        """In a forked child the thread runs again and hears of the parent's writes."""
+        store = SQLiteStore(path, refresh_interval=FAST)
+        heard: list[tuple[int, int]] = []
+        store.watch(lambda name, new: heard.append((os.getpid(), new.version)))
+        try:
+            assert store.compare_and_set("r", 0, state(1), entry(1))
+            assert refresh_threads()
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+                code = 1
+                try:
+                    signal.alarm(10)  # a child stuck on a lock must not hang the suite
+                    os.close(read)
+                    me = os.getpid()
+                    alive = wait_for(lambda: any(t.is_alive() for t in refresh_threads()))
+                    got = wait_for(lambda: (me, 2) in heard)
+                    own = store.compare_and_set("r", 2, state(3), entry(3))
+                    result = {"thread": alive, "heard": got, "own_write": own}
+                    os.write(write, json.dumps(result).encode())
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write)
+            assert store.compare_and_set("r", 1, state(2), entry(2))
+            with os.fdopen(read) as pipe:
+                data = pipe.read()
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
+            assert json.loads(data) == {"thread": True, "heard": True, "own_write": True}
+            assert wait_for(lambda: (os.getpid(), 3) in heard)  # the child's write, heard here
+        finally:
+            store.close()
+
+
+POOLED_CHILD = textwrap.dedent(
+    """
+    import json, random, sys, time
+    from pathlib import Path
+
+    from stagedroll import Rollouts, SQLiteStore, Status
+
+    path, prefix, seed, p_new, p_old, limit, cap, pause, out = sys.argv[1:]
+    store = SQLiteStore(path, refresh_interval=0.05, timeout=5)
+    rollouts = Rollouts(
+        {"rollouts": {"co": {"stages": [{"name": "half", "percent": 50}],
+                             "health": {"min_events": 3}}}},
+        store=store,
+    )
+    running = lambda: rollouts["co"].state.status is Status.RUNNING
+    Path(out + ".ready").touch()
+    deadline = time.monotonic() + 30
+    while not Path(out).parent.joinpath("go").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    rng = random.Random(int(seed))
+    errors = {"t": 0, "c": 0}
+    units = {"t": 0, "c": 0}
+    for i in range(int(limit)):
+        if errors["t"] >= int(cap) or not running():
+            break
+        unit = f"{prefix}-{i}"
+        arm = "t" if rollouts.enabled("co", unit) else "c"
+        error = rng.random() < float(p_new if arm == "t" else p_old)
+        rollouts.report("co", unit, error=error, latency_s=0.01)
+        units[arm] += 1
+        errors[arm] += error
+        time.sleep(float(pause))
+    rollouts.tick()  # flush what is queued
+    deadline = time.monotonic() + 15
+    while errors["t"] >= int(cap) and running() and time.monotonic() < deadline:
+        time.sleep(0.01)  # wait for the fleet's verdict: the others' evidence
+    Path(out).write_text(json.dumps({"errors": errors, "units": units}))
+    store.close()
+    """
+)
+
+
+def run_children(
+    tmp_path: Path, *, p_new: float, p_old: float, limit: int, cap: int, pause: float
+) -> list[dict[str, Any]]:
+    """Start three processes reporting outcomes of their own units; return what each saw.
+
+    Each pauses ``pause`` seconds between outcomes, and stops at ``limit`` outcomes, at ``cap``
+    errors on the new path (then waits for the rollout to stop running), or when it sees the
+    rollout stop running.
+    """
+    path = tmp_path / "state.db"
+    outs = [tmp_path / f"child-{i}.json" for i in range(3)]
+    options = [str(p_new), str(p_old), str(limit), str(cap), str(pause)]
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                POOLED_CHILD,
+                str(path),
+                f"p{i}",
+                str(1000 + i),
+                *options,
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i, out in enumerate(outs)
+    ]
+    try:
+        ready = [Path(f"{out}.ready") for out in outs]
+        assert wait_for(lambda: all(r.exists() for r in ready), timeout=60), "children not ready"
+        (tmp_path / "go").touch()
+        for child in children:
+            _, err = child.communicate(timeout=120)
+            assert child.returncode == 0, err.decode()
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    return [json.loads(out.read_text()) for out in outs]
+
+
+class TestPooledEvidence:
+    def test_processes_pool_their_errors_into_one_freeze(self, tmp_path: Path) -> None:
+        """Errors seen by three processes freeze the rollout on evidence none had alone."""
+        # A freeze needs 7 errors on the new path (and none on the old): more than any one
+        # child reports (6 at most), so the evidence that froze it was pooled.
+        seen = run_children(tmp_path, p_new=0.5, p_old=0.02, limit=3000, cap=6, pause=0.002)
+        store = SQLiteStore(tmp_path / "state.db", refresh_interval=60)
+        try:
+            found = store.load("co")
+            assert found is not None
+            assert found.status in (Status.FROZEN, Status.ROLLED_BACK)
+            history = store.history("co")
+            automatic = [t for t in history if t.actor == "stagedroll" and t.action != "start"]
+            assert len(automatic) >= 1
+            step = automatic[-1]  # the first automatic step
+            assert step.action in (Action.FREEZE, Action.ROLLBACK)
+            assert step.from_status is Status.RUNNING
+            pooled = step.evidence["error_events_treatment"]
+            assert isinstance(pooled, int)
+            assert pooled >= 3
+            own = [child["errors"]["t"] for child in seen]
+            assert max(own) <= 6
+            assert pooled > max(own), (pooled, own)
+            # The fleet's counters hold the children's first errors (each unit once); a
+            # rollback may drop a child's last queue (that stage visit is over).
+            counts = store.read_counts("co", f"{found.epoch}.0")
+            assert pooled <= counts["errors.t"] <= sum(own)
+        finally:
+            store.close()
+
+    def test_a_healthy_fleet_does_not_freeze(self, tmp_path: Path) -> None:
+        """The same error rate on both paths, a few thousand outcomes: no automatic step."""
+        seen = run_children(tmp_path, p_new=0.05, p_old=0.05, limit=1500, cap=1500, pause=0)
+        store = SQLiteStore(tmp_path / "state.db", refresh_interval=60)
+        try:
+            found = store.load("co")
+            assert found is not None
+            assert found.status is Status.RUNNING
+            assert [t.action for t in store.history("co")] == [Action.START]
+            counts = store.read_counts("co", f"{found.epoch}.0")
+            assert counts["errors.t"] == sum(child["errors"]["t"] for child in seen)
+            assert counts["errors.c"] == sum(child["errors"]["c"] for child in seen)
+            assert sum(child["units"]["t"] + child["units"]["c"] for child in seen) == 4500
+        finally:
+            store.close()
