@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from stagedroll._health import Health
 from stagedroll._outcomes import Outcomes
 from stagedroll._pool import Batch, Outbox, Totals, flush
 from stagedroll._sequential import MixtureTest
+
+SHARES = [0.25, 0.5, 1.0]
 
 POLICY: dict[str, Any] = {
     "rollouts": {"co": {"stages": [{"name": "half", "percent": 50}], "health": {"min_events": 3}}}
@@ -34,12 +37,23 @@ class TestOutbox:
         outbox.unit(True, "u1")
         outbox.unit(False, "u3")
         batch = outbox.take()
-        assert (batch.epoch, batch.stage, batch.segment) == (3, 1, "3.1")
-        assert batch.events == {"errors.t": ["u1"], "errors.c": [None], "slow.t": ["u2"]}
+        assert (batch.epoch, batch.stage, batch.segment, batch.ticket) == (3, 1, "3.1", 1)
+        [unitless] = batch.events["errors.c"]
+        assert unitless.startswith("\x00call:")  # a random id: a retry counts it once
+        assert batch.events == {"errors.t": ["u1"], "errors.c": [unitless], "slow.t": ["u2"]}
         assert batch.units == {"t": ["u1"], "c": ["u3"]}
         assert batch.size() == 5
         empty = outbox.take()
-        assert (empty.epoch, empty.stage, empty.size()) == (3, 1, 0)
+        assert (empty.epoch, empty.stage, empty.size(), empty.ticket) == (3, 1, 0, 2)
+
+    def test_newer_totals_only(self) -> None:
+        """Totals of another visit, or of an older flush than one taken, are refused."""
+        outbox = Outbox()
+        outbox.visit(1, 0)
+        first, second = outbox.take(), outbox.take()
+        assert outbox.current(Totals(1, 0, second.ticket, ((0, {}),), 0, 0))
+        assert not outbox.current(Totals(1, 0, first.ticket, ((0, {}),), 0, 0))
+        assert not outbox.current(Totals(1, 1, 99, ((1, {}),), 0, 0))
 
     def test_a_new_visit_drops_the_old_queue(self) -> None:
         """What was queued for a stage visit that ended is not flushed into the next."""
@@ -87,35 +101,69 @@ class TestOutbox:
         assert outbox.dropped == 2 + 4
 
 
+def unitless(outbox: Outbox, n: int) -> list[str]:
+    """The ids of ``n`` events without a unit, as an outbox queues them."""
+    for _ in range(n):
+        outbox.event("errors", True, None)
+    return outbox.take().events["errors.t"]
+
+
+class FailingCountsStore(MemoryStore):
+    """A real MemoryStore whose count_distinct fails while ``failing`` is set."""
+
+    failing = False
+
+    def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
+        if self.failing:
+            raise ConnectionError("timed out after the counts were written")
+        return super().count_distinct(rollout, scope, units)
+
+
 class TestFlush:
     def test_a_unit_counts_once_across_processes(self) -> None:
         """Two processes flushing the same unit's first error count it once; unitless count each."""
         store = MemoryStore()
-        first = Batch(1, 0, events={"errors.t": ["u1", "u2", None]}, units={"t": ["u1", "u2"]})
-        second = Batch(1, 0, events={"errors.t": ["u2", None], "errors.c": ["c1"]},
+        calls = unitless(Outbox(), 2)
+        first = Batch(1, 0, events={"errors.t": ["u1", "u2", calls[0]]}, units={"t": ["u1", "u2"]})
+        second = Batch(1, 0, events={"errors.t": ["u2", calls[1]], "errors.c": ["c1"]},
                        units={"t": ["u2", "u3"], "c": ["c1"]})  # fmt: skip
         flush(store, "co", first)
         totals = flush(store, "co", second)
-        assert totals == Totals(1, 0, {"errors.t": 4, "errors.c": 1, "slow.t": 0, "slow.c": 0},
-                                units_treatment=3, units_control=1)  # fmt: skip
+        assert totals.visits == ((0, {"errors.t": 4, "errors.c": 1, "slow.t": 0, "slow.c": 0}),)
+        assert (totals.units_treatment, totals.units_control) == (3, 1)
+
+    def test_a_retried_flush_counts_nothing_twice(self) -> None:
+        """A flush that failed after its counts were written, then retried, adds nothing more."""
+        store = FailingCountsStore()
+        outbox = Outbox()
+        outbox.visit(1, 0)
+        for unit in ("u1", None, None):
+            outbox.event("errors", True, unit)
+        batch = outbox.take()
+        store.failing = True
+        with pytest.raises(ConnectionError):
+            flush(store, "co", batch)
+        outbox.give_back(batch)
+        store.failing = False
+        totals = flush(store, "co", outbox.take())
+        assert totals.visits[-1][1]["errors.t"] == 3
 
     def test_first_units_span_the_epoch_and_counts_the_visit(self) -> None:
         """A unit counted in one stage is not counted again in the next; counters are per visit."""
         store = MemoryStore()
         flush(store, "co", Batch(1, 0, events={"errors.t": ["u1"]}))
         totals = flush(store, "co", Batch(1, 1, events={"errors.t": ["u1", "u2"]}))
-        assert totals.events["errors.t"] == 1
-        assert store.read_counts("co", "1.0") == {"errors.t": 1, "errors.c": 0,
-                                                  "slow.t": 0, "slow.c": 0}  # fmt: skip
+        zero = {"errors.c": 0, "slow.t": 0, "slow.c": 0}
+        assert totals.visits == ((0, {"errors.t": 1, **zero}), (1, {"errors.t": 1, **zero}))
         resumed = flush(store, "co", Batch(5, 1, events={"errors.t": ["u1"]}))
-        assert resumed.events["errors.t"] == 1  # a new epoch forgets who had errored
+        assert resumed.visits == ((0, {}), (1, {"errors.t": 1, **zero}))  # a new epoch
 
     def test_an_empty_batch_reads_the_totals(self) -> None:
         """Flushing nothing still returns what the other processes added."""
         store = MemoryStore()
         flush(store, "co", Batch(2, 0, events={"slow.c": ["a", "b"]}, units={"c": ["a", "b"]}))
         totals = flush(store, "co", Batch(2, 0))
-        assert totals.events["slow.c"] == 2
+        assert totals.visits[-1][1]["slow.c"] == 2
         assert totals.units_control == 2
 
 
@@ -171,7 +219,7 @@ class TestPooledHealth:
         health.outbox.visit(1, 0)
         outcomes = Outcomes(health)
         outcomes.arms(0)
-        health.set_share(0.5)
+        health.set_share(SHARES[0])
         return health, outcomes
 
     def test_events_are_queued_not_counted(self) -> None:
@@ -190,19 +238,40 @@ class TestPooledHealth:
         """The fleet's totals of the visit in force become the tests' counts."""
         health, outcomes = self.pooled()
         arms = outcomes.arms(0)
-        health.absorb(Totals(1, 0, {"errors.t": 15, "errors.c": 1, "slow.t": 2}, 40, 38))
+        events = {"errors.t": 15, "errors.c": 1, "slow.t": 2}
+        health.absorb(Totals(1, 0, 1, ((0, events),), 40, 38), SHARES)
         assert (health.errors.events_treatment, health.errors.events_control) == (15, 1)
         assert health.slow.events_treatment == 2
         assert arms.treatment.units_seen() == 40
         assert arms.control.units_seen() == 38
-        assert health.verdict().action is Action.FREEZE
+        assert health.verdict().action is Action.ROLLBACK  # 15 of 16 events at a share of 25 %
 
     def test_absorb_ignores_another_visit(self) -> None:
         """Totals of a stage visit that ended meanwhile change nothing."""
         health, _ = self.pooled()
-        health.absorb(Totals(1, 1, {"errors.t": 9}, 0, 0))
-        health.absorb(Totals(0, 0, {"errors.t": 9}, 0, 0))
+        health.absorb(Totals(1, 1, 1, ((0, {}), (1, {"errors.t": 9})), 0, 0), SHARES)
+        health.absorb(Totals(0, 0, 2, ((0, {"errors.t": 9}),), 0, 0), SHARES)
         assert health.errors.events_treatment == 0
+
+    def test_the_whole_epoch_is_judged(self) -> None:
+        """Earlier visits of the epoch count at their shares, as a process there all along saw.
+
+        A process that joins at a later stage (a new pod, a forked worker) judges the same
+        e-process as the others, not the later stages alone.
+        """
+        health = Health(HealthPolicy(min_events=3))
+        health.outbox = Outbox()
+        health.outbox.visit(1, 1)
+        health.set_share(0.5)
+        visits = ((0, {"errors.t": 4, "errors.c": 1}), (1, {"errors.t": 6, "errors.c": 2}))
+        health.absorb(Totals(1, 1, 1, visits, 0, 0), SHARES)
+        reference = MixtureTest()
+        for share, (t, c) in ((0.25, (4, 1)), (0.5, (6, 2))):
+            reference.set_share(share)
+            reference.add(t, c)
+        assert math.isclose(health.errors.log_e(), reference.log_e())
+        assert health.errors.events_treatment == 10
+        assert health.errors.share == 0.5
 
 
 class TestPooledRollouts:
@@ -243,3 +312,25 @@ class TestPooledRollouts:
         finally:
             for store in stores:
                 store.close()
+
+    def test_a_stage_visited_again_is_judged_afresh(self, path: Path) -> None:
+        """Back at a stage after a rollback, its first visit's events do not count again."""
+        policy = {"rollouts": {"co": {"stages": [{"name": "a", "percent": 50},
+                                                 {"name": "b", "percent": 100}],
+                                      "health": {"min_events": 3}}}}  # fmt: skip
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            rollouts = Rollouts(policy, store=store)
+            treated = [u for u in (f"u{i}" for i in range(400)) if rollouts.enabled("co", u)]
+            for unit in treated[:5]:
+                rollouts.report("co", unit, error=True)
+            assert rollouts.tick() == []  # 5 events: E below the bar of 20
+            rollouts.advance("co", actor="alice")
+            rollouts.rollback("co", actor="alice")
+            rollouts.freeze("co", actor="alice")
+            rollouts.report("co", treated[5], error=True)
+            assert rollouts.tick() == []  # not rolled back on the old visit's events
+            health = rollouts.status("co").health
+            assert health.error_events_treatment == 1
+        finally:
+            store.close()

@@ -266,6 +266,25 @@ class TestOutage:
         assert rollouts["co"].state.status is Status.KILLED
         assert not any(rollouts.enabled("co", unit) for unit in units())
 
+    def test_a_kill_survives_redis_losing_its_data(
+        self, make_store: StoreFactory, redis_server: RedisServer
+    ) -> None:
+        """Redis restarted empty after a kill: the process that knew it restores it, and a new
+        process starts killed, not at the first stage."""
+        store = make_store(redis_server.url)
+        rollouts = Rollouts(staged_policy(), store=store)
+        rollouts.advance("co")
+        rollouts.kill("co", reason="incident", actor="alice")
+        redis_server.stop()
+        redis_server.start()  # empty
+        assert store.refresh() is True
+        assert store.failures.count("store.state_lost") == 1
+        newcomer = Rollouts(staged_policy(), store=make_store(redis_server.url))
+        assert newcomer["co"].state.status is Status.KILLED
+        assert newcomer["co"].state.stage == 1
+        assert rollouts["co"].state == newcomer["co"].state  # the restored history, adopted
+        assert not any(newcomer.enabled("co", unit) for unit in units())
+
     def test_a_slow_redis_fails_fast_and_decisions_do_not_wait(
         self, make_store: StoreFactory, redis_server: RedisServer
     ) -> None:

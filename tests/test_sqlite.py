@@ -457,3 +457,118 @@ class TestCrashSafety:
             assert store.add_units("x", "u", ["unit-1"]) == [False]
         finally:
             store.close()
+
+
+class TestExpiry:
+    def test_old_counters_and_units_go_recent_ones_stay(self, tmp_path: Path) -> None:
+        """Counters and unit sets not written for ttl seconds are deleted; live ones are kept."""
+        path = tmp_path / "state.db"
+        store = SQLiteStore(path, ttl=100)
+        try:
+            store.add_counts("r", "1.0", {"errors.t": 2})
+            store.add_units("r", "1/errors", ["u1", "u2"])
+            store.count_distinct("r", "1.0/t", ["u1"])
+            store.add_counts("r", "5.0", {"errors.t": 1})
+            assert store.expire() == 0  # all written just now
+            with sqlite3.connect(path) as db:  # the first visit was last written long ago
+                db.execute("UPDATE touched SET at = at - 1000 WHERE key NOT LIKE '%5.0%'")
+            assert store.expire() == 3 + 1 + 3  # unit rows, counter rows, touched rows
+            assert store.read_counts("r", "1.0") == {}
+            assert store.add_units("r", "1/errors", ["u1"]) == [True]
+            assert store.count_distinct("r", "1.0/t", []) == 0
+            assert store.read_counts("r", "5.0") == {"errors.t": 1}
+        finally:
+            store.close()
+
+    def test_a_set_still_written_is_kept_whole(self, tmp_path: Path) -> None:
+        """A unit set written within ttl keeps its old units: a unit never counts twice."""
+        store = SQLiteStore(tmp_path / "state.db", ttl=100)
+        try:
+            store.add_units("r", "1/errors", ["old"])
+            store.add_units("r", "1/errors", ["new"])
+            assert store.expire(now=time.time() + 99) == 0
+            assert store.add_units("r", "1/errors", ["old"]) == [False]
+        finally:
+            store.close()
+
+    def test_ttl_must_be_positive(self, tmp_path: Path) -> None:
+        """A ttl of zero or less is refused."""
+        with pytest.raises(ValueError, match="ttl"):
+            SQLiteStore(tmp_path / "state.db", ttl=0)
+
+
+def connection(store: SQLiteStore) -> sqlite3.Connection | None:
+    """The store's connection now (a function, so that type checkers do not narrow it)."""
+    return store._db
+
+
+class TestRefreshAfterErrors:
+    def test_a_busy_write_keeps_the_connection_and_the_refresh(self, tmp_path: Path) -> None:
+        """A write refused for a lock keeps the connection; later changes are still read."""
+        path = tmp_path / "state.db"
+        policy = plain_policy(10, 50)
+        mine = SQLiteStore(path, refresh_interval=3600, timeout=0.1)
+        theirs = SQLiteStore(path, refresh_interval=3600)
+        try:
+            rollouts = Rollouts(policy, store=mine)
+            other = Rollouts(policy, store=theirs)
+            assert mine.refresh()
+            before = connection(mine)
+            locker = sqlite3.connect(path, isolation_level=None)
+            locker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                mine.add_counts("checkout", "1.0", {"errors.t": 1})
+            locker.execute("ROLLBACK")
+            locker.close()
+            assert connection(mine) is before
+            other.freeze("checkout", actor="bob")
+            assert mine.refresh()
+            assert rollouts["checkout"].state.status is Status.FROZEN
+        finally:
+            mine.close()
+            theirs.close()
+
+    def test_a_new_connection_reads_afresh(self, tmp_path: Path) -> None:
+        """After the connection is replaced, the next refresh reads the states whatever
+        the new connection's data_version says."""
+        path = tmp_path / "state.db"
+        policy = plain_policy(10, 50)
+        mine = SQLiteStore(path, refresh_interval=3600)
+        theirs = SQLiteStore(path, refresh_interval=3600)
+        try:
+            rollouts = Rollouts(policy, store=mine)
+            other = Rollouts(policy, store=theirs)
+            assert mine.refresh()
+            broken = connection(mine)
+            assert broken is not None
+            broken.close()  # the next use fails, and drops it
+            with pytest.raises(sqlite3.ProgrammingError):
+                mine.read_counts("checkout", "1.0")
+            assert connection(mine) is None
+            other.freeze("checkout", actor="bob")
+            assert mine.refresh()
+            assert rollouts["checkout"].state.status is Status.FROZEN
+        finally:
+            mine.close()
+            theirs.close()
+
+
+class TestForkClosesTheConnection:
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+    def test_no_connection_crosses_a_fork(self, tmp_path: Path) -> None:
+        """The parent's connection is closed before fork and reopened on its next use."""
+        store = SQLiteStore(tmp_path / "state.db", refresh_interval=3600)
+        try:
+            assert store.load("r") is None
+            assert connection(store) is not None
+            pid = os.fork()
+            if pid == 0:  # the child: no connection inherited; one of its own works
+                code = 0 if connection(store) is None and store.load("r") is None else 1
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert connection(store) is None
+            assert store.load("r") is None
+        finally:
+            store.close()

@@ -4,18 +4,20 @@ import gc
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
+from conftest import plain_policy
 from stagedroll import (
     Action,
     Rollouts,
@@ -73,10 +75,10 @@ class FlakyStore(SQLiteStore):
 
     failing = False
 
-    def _load_many(self, names: Iterable[str]) -> dict[str, RolloutState | None]:
+    def _read_many(self, names: list[str]) -> dict[str, str | bytes | None]:
         if self.failing:
             raise OSError("disk unplugged")
-        return super()._load_many(names)
+        return super()._read_many(names)
 
 
 class TestRefresh:
@@ -356,7 +358,7 @@ class TestPooledEvidence:
             assert pooled > max(own), (pooled, own)
             # The fleet's counters hold the children's first errors (each unit once); a
             # rollback may drop a child's last queue (that stage visit is over).
-            counts = store.read_counts("co", f"{found.epoch}.0")
+            counts = store.read_counts("co", "1.0")  # epoch 1 (the start), stage 0
             assert pooled <= counts["errors.t"] <= sum(own)
         finally:
             store.close()
@@ -370,9 +372,60 @@ class TestPooledEvidence:
             assert found is not None
             assert found.status is Status.RUNNING
             assert [t.action for t in store.history("co")] == [Action.START]
-            counts = store.read_counts("co", f"{found.epoch}.0")
+            counts = store.read_counts("co", "1.0")  # epoch 1 (the start), stage 0
             assert counts["errors.t"] == sum(child["errors"]["t"] for child in seen)
             assert counts["errors.c"] == sum(child["errors"]["c"] for child in seen)
             assert sum(child["units"]["t"] + child["units"]["c"] for child in seen) == 4500
+        finally:
+            store.close()
+
+
+class TestBadAndLostStates:
+    def test_an_unreadable_state_does_not_stop_the_others(
+        self, path: Path, pair: tuple[SQLiteStore, SQLiteStore]
+    ) -> None:
+        """A state written by a later stagedroll that this one cannot read is skipped, counted."""
+        a, b = pair
+        heard: list[str] = []
+        b.watch(lambda name, new: heard.append(name))
+        for name in ("bad", "good"):
+            assert b.load(name) is None
+            assert a.compare_and_set(name, 0, state(1), entry(1))
+        assert b.refresh()
+        heard.clear()
+        with sqlite3.connect(path) as db:  # a status this version does not know
+            db.execute("""UPDATE rollouts SET version = 2, state = json_set(state, '$.status',
+                          'paused', '$.version', 2) WHERE name = 'bad'""")
+        assert a.compare_and_set("good", 1, state(2), entry(2))
+        assert b.refresh()
+        assert heard == ["good"]
+        assert b.failures.count("store.decode_failed") == 1
+        with pytest.raises(ValueError, match="paused"):
+            b.load("bad")
+
+    def test_a_lost_state_is_restored_from_what_the_process_knew(self, path: Path) -> None:
+        """A rollout the store lost comes back as this process knew it: a kill survives."""
+        policy = plain_policy(10, 50)
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            rollouts = Rollouts(policy, store=store)
+            rollouts.advance("checkout", actor="alice")
+            rollouts.kill("checkout", reason="incident", actor="alice")
+            with sqlite3.connect(path) as db:  # the store loses it
+                db.execute("DELETE FROM rollouts")
+                db.execute("DELETE FROM history")
+            with structlog.testing.capture_logs() as logs:
+                assert store.refresh()
+            restored = store.load("checkout")
+            assert restored is not None
+            assert (restored.stage, restored.status, restored.version) == (1, Status.KILLED, 1)
+            assert "lost" in restored.reason
+            assert store.failures.count("store.state_lost") == 1
+            assert "store.state_lost" in {entry["event"] for entry in logs}
+            assert rollouts["checkout"].state == restored  # a later history: adopted
+            assert not any(rollouts.enabled("checkout", f"u{i}") for i in range(200))
+            other = Rollouts(policy, store=SQLiteStore(path, refresh_interval=3600))
+            assert other["checkout"].state.status is Status.KILLED
+            other.store.close()
         finally:
             store.close()

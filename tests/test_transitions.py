@@ -38,9 +38,9 @@ class TestNextState:
         assert step(Action.ADVANCE, state(-1, Status.ROLLED_BACK)).stage == 0
 
     def test_rollback_goes_back_one_stage_and_to_zero_from_the_first(self) -> None:
-        """Rollback steps back; from the first stage it lands on stage -1 (0 %)."""
+        """Rollback steps back (a new epoch); from the first stage it lands on stage -1 (0 %)."""
         assert step(Action.ROLLBACK, state(2)) == RolloutState(
-            1, Status.ROLLED_BACK, 10.0, 2, "why", "alice"
+            1, Status.ROLLED_BACK, 10.0, 2, "why", "alice", epoch=2
         )
         assert step(Action.ROLLBACK, state(0)).stage == -1
         with pytest.raises(TransitionError, match="already at 0 %"):
@@ -104,16 +104,16 @@ class TestEpoch:
         [
             (Action.ADVANCE, Status.RUNNING),
             (Action.FREEZE, Status.RUNNING),
-            (Action.ROLLBACK, Status.RUNNING),
             (Action.KILL, Status.RUNNING),
             (Action.COMPLETE, Status.RUNNING),
-            (Action.ROLLBACK, Status.FROZEN),
+            (Action.FREEZE, Status.ROLLED_BACK),
         ],
     )
     def test_carried_unless_the_rollout_resumes(self, action: Action, status: Status) -> None:
-        """Steps that keep running, or stop, keep the epoch of the evidence."""
-        current = RolloutState(1, status, 0.0, version=7, epoch=3)
-        assert step(action, current).epoch == 3
+        """Steps that keep running, or stop without going back, keep the epoch and the start."""
+        current = RolloutState(1, status, 0.0, version=7, epoch=3, started=1.5)
+        new = step(action, current)
+        assert (new.epoch, new.started) == (3, 1.5)
 
     @pytest.mark.parametrize(
         ("action", "status"),
@@ -122,9 +122,11 @@ class TestEpoch:
             (Action.UNFREEZE, Status.KILLED),
             (Action.UNFREEZE, Status.ROLLED_BACK),
             (Action.ADVANCE, Status.ROLLED_BACK),
+            (Action.ROLLBACK, Status.RUNNING),
+            (Action.ROLLBACK, Status.FROZEN),
         ],
     )
-    def test_a_resume_begins_a_new_epoch(self, action: Action, status: Status) -> None:
-        """Back to running from a stop: the epoch is the new state's version."""
+    def test_a_resume_or_rollback_begins_a_new_epoch(self, action: Action, status: Status) -> None:
+        """Back to running from a stop, or back a stage: the epoch is the new state's version."""
         new = step(action, RolloutState(1, status, 0.0, version=7, epoch=3))
-        assert (new.status, new.epoch) == (Status.RUNNING, 8)
+        assert new.epoch == 8

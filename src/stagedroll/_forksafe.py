@@ -1,12 +1,16 @@
-"""Fork safety: objects that hold locks or per-process counts renew them in a forked child.
+"""Fork safety: objects that hold locks, connections or per-process counts renew them.
 
-stagedroll starts no thread, but the host may: a lock held by one of its threads at the
-moment of ``fork`` would stay held forever in the child. Objects registered here are told
-after every fork, in the child, to replace their locks (and forget per-process counts).
+stagedroll's core starts no thread, but the host may (and stores shared by processes run
+one): a lock held by a thread at the moment of ``fork`` would stay held forever in the
+child. Objects registered here are told after every fork, in the child, to replace their
+locks (and forget per-process counts). An object may also prepare for the fork
+(``_before_fork``, e.g. close a connection that must not cross it) and resume in the
+parent (``_after_fork_in_parent``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from typing import Protocol
@@ -24,8 +28,28 @@ _registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 
 
 def register(obj: ForkAware) -> None:
-    """Call ``obj._after_fork()`` in the child after each fork, for as long as ``obj`` lives."""
+    """Call ``obj._after_fork()`` in the child after each fork, for as long as ``obj`` lives.
+
+    ``obj._before_fork()`` and ``obj._after_fork_in_parent()``, when it has them, are called
+    before each fork and after it in the parent.
+    """
     _registered.add(obj)
+
+
+def _call(name: str) -> None:
+    for obj in list(_registered):
+        method = getattr(obj, name, None)
+        if method is not None:
+            with contextlib.suppress(Exception):  # a fork must go ahead whatever happens here
+                method()
+
+
+def _prepare() -> None:
+    _call("_before_fork")
+
+
+def _resume() -> None:
+    _call("_after_fork_in_parent")
 
 
 def _renew() -> None:
@@ -34,4 +58,4 @@ def _renew() -> None:
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only
-    os.register_at_fork(after_in_child=_renew)
+    os.register_at_fork(before=_prepare, after_in_parent=_resume, after_in_child=_renew)

@@ -266,15 +266,21 @@ class Health:
             due = self._event(self.errors, self.error_units, key, counts.enabled) or due
         return due
 
-    def absorb(self, totals: Totals) -> None:
-        """Take the fleet's pooled counts of the stage visit in force (ignore another's)."""
+    def absorb(self, totals: Totals, shares: list[float]) -> None:
+        """Set the tests to the fleet's pooled counts of the epoch; ``shares`` by stage.
+
+        The tests are rebuilt from the counters of every stage visit of the epoch, each at
+        its stage's share, so every process evaluates the same e-process. Totals of another
+        visit, or older than those already taken (two flushes that crossed), are ignored.
+        """
         outbox = self.outbox
-        if outbox is None or (totals.epoch, totals.stage) != (outbox.batch.epoch,
-                                                               outbox.batch.stage):  # fmt: skip
+        if outbox is None or not outbox.current(totals):
             return
-        events = totals.events
-        self.errors.set_current(events.get("errors.t", 0), events.get("errors.c", 0))
-        self.slow.set_current(events.get("slow.t", 0), events.get("slow.c", 0))
+        for test, kind in ((self.errors, "errors"), (self.slow, "slow")):
+            test.reset()
+            for stage, events in totals.visits:
+                test.set_share(shares[stage] if stage >= 0 else 0.0)
+                test.set_current(events.get(f"{kind}.t", 0), events.get(f"{kind}.c", 0))
         if self._arms:
             control, treatment = self._arms
             control.pooled_units = max(control.pooled_units, totals.units_control)

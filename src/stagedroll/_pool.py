@@ -4,19 +4,30 @@ With a store shared by processes (SQLite, Redis), a process does not judge its o
 outcomes alone: n processes judging apart would each risk a false freeze at ``alpha``, n
 times ``alpha`` together. Instead each process queues its events (first errors and first
 slow calls of units, new units per arm) in an :class:`Outbox`, and the store's background
-refresh flushes them with :func:`flush`: units are deduplicated fleet-wide (exactly, so a
-unit counts once however many processes saw it), the event counts are added to counters
-shared by all, and every process's test is set to those totals. The e-process is then the
-fleet's one sequence of events, looked at by each process at its flushes, and Ville's
-inequality bounds a false freeze at ``alpha`` for the fleet.
+refresh flushes them with :func:`flush`:
 
-Keys in the store: counters per stage visit, ``{epoch}.{stage}``; the sets of units with a
-first event per epoch (``{epoch}/errors``, ``{epoch}/slow``), as the local test has them; the
-distinct units of each arm per stage visit (``{epoch}.{stage}/t`` and ``/c``).
+- every event is deduplicated in the store's exact set of the epoch (``add_units``): a
+  unit's first event counts once however many processes saw it, and an event without a
+  unit carries a random id, so that a flush that is retried after a partial failure
+  counts nothing twice (it may count less: a conservative loss);
+- the new events are added to counters of the stage visit (``add_counts``);
+- the distinct units of each arm are counted (``count_distinct``).
+
+Each process then sets its tests from the store's counters of every stage visit of the
+epoch (the earlier ones at their shares, read again at each flush), so every process
+evaluates the same e-process, a function of the store's counts, which only grow. Each
+look is a look at that one e-process, and Ville's inequality bounds a false freeze at
+``alpha`` for the fleet.
+
+Keys in the store: counters per stage visit, ``{epoch}.{stage}`` (within an epoch the stage
+only moves forward, so this names one visit); the sets of first events per epoch,
+``{epoch}/errors`` and ``{epoch}/slow``; the distinct units of each arm per stage visit,
+``{epoch}.{stage}/t`` and ``/c``.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +42,7 @@ MAX_QUEUED = 100_000
 """Events and units an outbox holds at most (while the store is down); more are dropped."""
 
 KINDS = ("errors", "slow")
+_NO_UNIT = "\x00call:"  # the id of an event without a unit: this prefix and a random part
 
 
 @dataclass(slots=True)
@@ -39,26 +51,37 @@ class Batch:
 
     epoch: int
     stage: int
-    events: dict[str, list[str | None]] = field(default_factory=dict)
-    """``"errors.t"``, ``"slow.c"``, …: the units of first events (``None``: no unit)."""
+    ticket: int = 0
+    """The rank of this batch among the outbox's flushes (later totals replace earlier)."""
+    events: dict[str, list[str]] = field(default_factory=dict)
+    """``"errors.t"``, ``"slow.c"``, …: the ids of first events (a unit, or a random id)."""
     units: dict[str, list[str]] = field(default_factory=dict)
     """``"t"``, ``"c"``: units new to this process in the stage visit."""
 
     @property
     def segment(self) -> str:
-        return f"{self.epoch}.{self.stage}"
+        """The key of the stage visit's counters."""
+        return segment(self.epoch, self.stage)
 
     def size(self) -> int:
+        """Events and units queued."""
         return sum(map(len, self.events.values())) + sum(map(len, self.units.values()))
+
+
+def segment(epoch: int, stage: int) -> str:
+    """The key of the counters of stage visit ``(epoch, stage)``."""
+    return f"{epoch}.{stage}"
 
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """The fleet's counts of one stage visit, as the store returned them."""
+    """The fleet's counts of the epoch up to one stage visit, as the store returned them."""
 
     epoch: int
     stage: int
-    events: dict[str, int]
+    ticket: int
+    visits: tuple[tuple[int, dict[str, int]], ...]
+    """``(stage, counters)`` of every stage of the epoch up to ``stage``, in order."""
     units_treatment: int
     units_control: int
 
@@ -66,24 +89,28 @@ class Totals:
 class Outbox:
     """The events and units of one rollout waiting for the next flush; hold its lock."""
 
-    __slots__ = ("batch", "dropped")
+    __slots__ = ("absorbed", "batch", "dropped", "tickets")
 
     def __init__(self) -> None:
         self.batch = Batch(0, 0)
         self.dropped = 0
         """Events and units dropped because the outbox was full (the store was down)."""
+        self.tickets = 0
+        self.absorbed = -1
+        """The ticket of the newest totals taken: older ones that arrive later are ignored."""
 
     def visit(self, epoch: int, stage: int) -> None:
         """Queue for stage visit ``(epoch, stage)`` from now on; drop another visit's queue."""
         if (self.batch.epoch, self.batch.stage) != (epoch, stage):
-            self.batch = Batch(epoch, stage)
+            self.batch = Batch(epoch, stage, self.batch.ticket)
 
     def event(self, kind: str, treatment: bool, key: str | None) -> None:
         """Queue the first event of ``kind`` (``errors``, ``slow``) of unit ``key``."""
         if self._full():
             return
         name = f"{kind}.{'t' if treatment else 'c'}"
-        self.batch.events.setdefault(name, []).append(key)
+        event_id = key if key is not None else _NO_UNIT + uuid.uuid4().hex
+        self.batch.events.setdefault(name, []).append(event_id)
 
     def unit(self, treatment: bool, key: str) -> None:
         """Queue a unit new to this process on an arm."""
@@ -98,9 +125,11 @@ class Outbox:
         return True
 
     def take(self) -> Batch:
-        """The queued batch, leaving an empty one for the same stage visit."""
+        """The queued batch, with a new ticket, leaving an empty one for the same visit."""
+        self.tickets += 1
         batch = self.batch
-        self.batch = Batch(batch.epoch, batch.stage)
+        batch.ticket = self.tickets
+        self.batch = Batch(batch.epoch, batch.stage, batch.ticket)
         return batch
 
     def give_back(self, batch: Batch) -> None:
@@ -118,28 +147,42 @@ class Outbox:
             current.events.clear()
             current.units.clear()
 
+    def current(self, totals: Totals) -> bool:
+        """Whether ``totals`` are of the visit in force and newer than any taken; take them."""
+        if (totals.epoch, totals.stage) != (self.batch.epoch, self.batch.stage):
+            return False
+        if totals.ticket <= self.absorbed:
+            return False
+        self.absorbed = totals.ticket
+        return True
+
 
 def flush(store: Store, rollout: str, batch: Batch) -> Totals:
     """Add ``batch`` to the store's counts and return the fleet's totals; may raise.
 
-    A unit's first event counts only if no process had counted it before in the epoch.
+    An event counts only if its id is new to the epoch's set: a unit's first event counts
+    once in the fleet, and a retried flush adds nothing twice.
     """
+    visits = [  # read first: a failure here loses nothing
+        (stage, store.read_counts(rollout, segment(batch.epoch, stage)))
+        for stage in range(max(batch.stage, 0))  # the earlier visits of the epoch, if any
+    ]
     counts: dict[str, int] = {}
     for kind in KINDS:
         treated = batch.events.get(f"{kind}.t", [])
         control = batch.events.get(f"{kind}.c", [])
-        keyed = [k for k in treated if k is not None] + [k for k in control if k is not None]
-        new = store.add_units(rollout, f"{batch.epoch}/{kind}", keyed) if keyed else []
-        n_treated = sum(1 for k in treated if k is not None)
-        counts[f"{kind}.t"] = sum(new[:n_treated]) + treated.count(None)
-        counts[f"{kind}.c"] = sum(new[n_treated:]) + control.count(None)
+        ids = treated + control
+        new = store.add_units(rollout, f"{batch.epoch}/{kind}", ids) if ids else []
+        counts[f"{kind}.t"] = sum(new[: len(treated)])
+        counts[f"{kind}.c"] = sum(new[len(treated) :])
     if any(counts.values()):
         events = store.add_counts(rollout, batch.segment, counts)
     else:
         events = store.read_counts(rollout, batch.segment)  # an idle flush writes nothing
+    visits.append((batch.stage, events))
     units_t = store.count_distinct(rollout, f"{batch.segment}/t", batch.units.get("t", []))
     units_c = store.count_distinct(rollout, f"{batch.segment}/c", batch.units.get("c", []))
-    return Totals(batch.epoch, batch.stage, events, units_t, units_c)
+    return Totals(batch.epoch, batch.stage, batch.ticket, tuple(visits), units_t, units_c)
 
 
 def exchange(owner: Rollouts, rollout: Rollout) -> None:
@@ -163,5 +206,6 @@ def exchange(owner: Rollouts, rollout: Rollout) -> None:
             health.outbox.give_back(batch)
         owner.failures.record("store.flush_failed", exc, rollout=rollout.name)
         return
+    shares = [stage.percent / 100 for stage in rollout._plan.stages]
     with lock:
-        health.absorb(totals)
+        health.absorb(totals, shares)

@@ -18,7 +18,7 @@ from ._outcomes import ArmCounts, Outcomes
 from ._plan import Plan, View
 from ._policy import RolloutPolicy
 from ._pool import Outbox
-from ._state import RolloutState, RolloutStatus, Status, Transition
+from ._state import RolloutState, RolloutStatus, Transition, newer
 
 if TYPE_CHECKING:
     from ._rollouts import Rollouts
@@ -266,14 +266,14 @@ class Rollout:
         """
         with self._lock:  # two adopters must not let an older state overwrite a newer one
             current = self._view.state
-            if _newer(state, current):
+            if newer(state, current):
                 if state.stage != current.stage:
                     last = self._plan.last_stage
                     self.outcomes.enter(min(state.stage, last), leaving=self._view.stage)
                 view = self._plan.view(state, self.outcomes)
                 if self.health is not None:
                     with self.outcomes.lock:
-                        if _resumed(current, state):
+                        if state.epoch != current.epoch:
                             self.health.reset()  # a new epoch of evidence
                         if self.health.outbox is not None:
                             self.health.outbox.visit(state.epoch, state.stage)
@@ -286,26 +286,3 @@ class Rollout:
             share = view.percent / 100 if view.constant is None else 0.0
             with self.outcomes.lock:
                 self.health.set_share(share)
-
-
-def _newer(state: RolloutState, current: RolloutState) -> bool:
-    """Whether ``state`` replaces ``current``: a later version, or a later start (data loss).
-
-    Within one history versions order the states. A state with a version that is not higher
-    but that began later comes from a new history: the store lost the old one. A state
-    delivered late (two transitions whose notices crossed) began earlier, and is ignored.
-    """
-    if state.version > current.version:
-        return True
-    return current.version > 0 and state.since > current.since and state != current
-
-
-def _resumed(old: RolloutState, new: RolloutState) -> bool:
-    """Whether ``new`` resumes the rollout after a stop (a freeze, rollback or kill).
-
-    The stop was seen (``old`` is not running), or missed between two reads of the store
-    (the epoch changed: every resume begins one).
-    """
-    if new.status is not Status.RUNNING:
-        return False
-    return old.status is not Status.RUNNING or new.epoch != old.epoch

@@ -162,7 +162,8 @@ class Rollouts:
             if state is None:
                 first = initial_state(self.clock())
                 started = RolloutState(stage=0, status=first.status, since=first.since,
-                                       version=1, actor="stagedroll", epoch=1)  # fmt: skip
+                                       version=1, actor="stagedroll", epoch=1,
+                                       started=first.since)  # fmt: skip
                 entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
                                    started.since, actor="stagedroll")  # fmt: skip
                 if self.store.compare_and_set(name, 0, started, entry):

@@ -13,7 +13,15 @@ from ._outcomes import ArmStats
 if TYPE_CHECKING:
     from ._health import HealthReport
 
-__all__ = ["NO_EVIDENCE", "Action", "RolloutState", "RolloutStatus", "Status", "Transition"]
+__all__ = [
+    "NO_EVIDENCE",
+    "Action",
+    "RolloutState",
+    "RolloutStatus",
+    "Status",
+    "Transition",
+    "newer",
+]
 
 Evidence = Mapping[str, float | int | str | None]
 NO_EVIDENCE: Evidence = MappingProxyType({})
@@ -61,8 +69,11 @@ class RolloutState:
     transition and is what compare-and-set compares. ``since`` is the clock's time
     (seconds since the epoch with the default clock) when this state began. ``epoch`` is
     the version of the transition that began the current epoch of health evidence (the
-    start, or a resume after a freeze, rollback or kill): every process that reads the
-    state agrees on it, so outcome counts pooled in the store are keyed by it.
+    start, a rollback, or a resume after a freeze, rollback or kill): every process that
+    reads the state agrees on it, so outcome counts pooled in the store are keyed by it.
+    ``started`` is when the rollout's history began (its start); a history that began
+    later replaces an earlier one whatever their versions (the store lost its data and the
+    rollout was started anew).
     """
 
     stage: int
@@ -72,6 +83,21 @@ class RolloutState:
     reason: str = ""
     actor: str = ""
     epoch: int = 0
+    started: float = 0.0
+
+
+def newer(state: RolloutState, current: RolloutState) -> bool:
+    """Whether ``state`` replaces ``current``: a later history, or a later version of the same.
+
+    Versions order the states of one history; a state delivered late (two notices that
+    crossed) has a lower version and is ignored. A history that began later replaces an
+    earlier one whatever the versions: the store lost its data and the rollout was started
+    anew there (the clocks of two hosts only matter if it happened within their skew).
+    A state that does not say when its history began (``started`` 0) has the same one.
+    """
+    if state.started and current.started and state.started != current.started:
+        return state.started > current.started
+    return state.version > current.version
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,8 +68,9 @@ def next_state(
     - ``rollback``: to the previous stage, or to 0 % (stage ``-1``) from the first;
     - ``kill``: 0 % now; ``complete``: 100 % for good.
 
-    A transition that resumes the rollout (to ``running`` from another status) begins a
-    new epoch of health evidence: the new state's ``epoch`` is its version.
+    A rollback, and a transition that resumes the rollout (to ``running`` from another
+    status), begin a new epoch of health evidence: the new state's ``epoch`` is its version.
+    Within an epoch the stage only moves forward, so ``(epoch, stage)`` names a stage visit.
     """
     if action is Action.START:
         raise TransitionError("a rollout is started by the store, not by a transition")
@@ -101,7 +102,8 @@ def next_state(
         version=version,
         reason=reason,
         actor=actor,
-        epoch=version if resumed else state.epoch,
+        epoch=version if resumed or action is Action.ROLLBACK else state.epoch,
+        started=state.started,
     )
 
 

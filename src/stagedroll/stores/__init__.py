@@ -30,7 +30,7 @@ _OPTIONS: dict[str, type] = {
     "refresh_interval": float,
     "timeout": float,
     "max_history": int,
-    "ttl": int,
+    "ttl": float,
     "prefix": str,
 }
 
@@ -80,7 +80,7 @@ def store_from_url(url: str) -> Store:
                 f"store URL {url!r}: expected sqlite:///relative/path.db or "
                 "sqlite:////absolute/path.db"
             )
-        allowed = ("refresh_interval", "timeout", "max_history")
+        allowed = ("refresh_interval", "timeout", "max_history", "ttl")
         return SQLiteStore(path[1:], **_options(url, parts.query, allowed))
     if scheme in ("redis", "rediss"):
         plain, _ = _redis.split_options(url)

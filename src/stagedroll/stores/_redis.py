@@ -15,13 +15,14 @@ Counters and unit sets expire ``ttl`` seconds (default 30 days) after their last
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._state import RolloutState, Transition
-from ._codec import dump_state, dump_transition, load_state, load_transition
+from ._codec import dump_state, dump_transition, load_transition
 from ._memory import check_version
 from ._syncer import SharedStore
 
@@ -72,19 +73,21 @@ class RedisStore(SharedStore):
         refresh_interval: float = 1.0,
         timeout: float = 0.25,
         max_history: int = 1000,
-        ttl: int = 30 * 86400,
+        ttl: float = 30 * 86400,
     ) -> None:
         if max_history < 1:
             raise ValueError("max_history must be at least 1")
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
+        if not ttl >= 1:
+            raise ValueError(f"ttl must be at least 1 (second), not {ttl!r}")
         self._redis = _import_redis()
         super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-redis")
         self.url = url
         self.prefix = prefix
         self._timeout = timeout
         self._max_history = max_history
-        self._ttl = ttl
+        self._ttl = math.ceil(ttl)  # EXPIRE takes whole seconds
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
         self._cas: Any = None
@@ -124,16 +127,11 @@ class RedisStore(SharedStore):
 
     # -- the Store protocol ---------------------------------------------------------------------
 
-    def _load_many(self, names: Iterable[str]) -> dict[str, RolloutState | None]:
-        wanted = list(names)
+    def _read_many(self, names: list[str]) -> dict[str, str | bytes | None]:
         pipe = self.client.pipeline(transaction=False)
-        for name in wanted:
+        for name in names:
             pipe.hget(self._key(name, "state"), "s")
-        texts = pipe.execute()
-        return {
-            name: load_state(text) if text is not None else None
-            for name, text in zip(wanted, texts, strict=True)
-        }
+        return dict(zip(names, pipe.execute(), strict=True))
 
     def compare_and_set(
         self, rollout: str, expected_version: int, state: RolloutState, transition: Transition

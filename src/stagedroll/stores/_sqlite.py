@@ -8,15 +8,17 @@ a later, incompatible version is refused rather than misread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping
+import time
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from .._state import RolloutState, Transition
-from ._codec import dump_state, dump_transition, load_state, load_transition
+from ._codec import dump_state, dump_transition, load_transition
 from ._memory import check_version
 from ._syncer import SharedStore
 
@@ -51,7 +53,31 @@ CREATE TABLE IF NOT EXISTS units (
     unit TEXT NOT NULL,
     PRIMARY KEY (rollout, scope, unit)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS touched (
+    rollout TEXT NOT NULL,
+    key TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (rollout, key)
+) WITHOUT ROWID;
 """
+
+_EXPIRE = (
+    "DELETE FROM units WHERE EXISTS (SELECT 1 FROM touched AS t "
+    "WHERE t.rollout = units.rollout AND t.key = units.scope AND t.at < ?)",
+    "DELETE FROM counts WHERE EXISTS (SELECT 1 FROM touched AS t "
+    "WHERE t.rollout = counts.rollout AND t.key = 'counts:' || counts.segment AND t.at < ?)",
+    "DELETE FROM touched WHERE at < ?",
+)
+_EXPIRE_EVERY_S = 3600.0
+
+
+def _busy(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` says another connection holds a lock (the connection itself is fine)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
 
 # Connections abandoned in a forked child: SQLite forbids using them across fork, and
 # closing them there could release the parent's locks, so they are kept, never touched.
@@ -64,7 +90,9 @@ class SQLiteStore(SharedStore):
     ``path`` is created if missing (its directory must exist). ``timeout`` is how long a
     write waits for another process's write to end (SQLite's busy timeout) before failing.
     ``refresh_interval`` is how often, in seconds, changes made by other processes are read
-    (in a background thread). ``max_history`` bounds the history kept per rollout.
+    (in a background thread). ``max_history`` bounds the history kept per rollout. Outcome
+    counters and unit sets not written for ``ttl`` seconds are deleted (checked hourly by
+    the background thread, or by :meth:`expire`).
     """
 
     def __init__(
@@ -74,20 +102,46 @@ class SQLiteStore(SharedStore):
         refresh_interval: float = 1.0,
         timeout: float = 0.5,
         max_history: int = 1000,
+        ttl: float = 30 * 86400,
     ) -> None:
         if max_history < 1:
             raise ValueError("max_history must be at least 1")
+        if not ttl > 0:
+            raise ValueError(f"ttl must be positive, not {ttl!r}")
         super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-sqlite")
+        self._ttl = ttl
+        self._expired_at = 0.0  # time.monotonic() of the last expiry by the thread
         self.path = Path(path)
         self._timeout = timeout
         self._max_history = max_history
         self._lock = threading.Lock()  # one connection per store, used by one thread at a time
         self._db: sqlite3.Connection | None = None
-        self._data_version = -1
+        self._data_version = -1  # PRAGMA data_version of self._db at the last refresh
+        self._forking = False  # whether _before_fork holds the lock
+
+    def _before_fork(self) -> None:
+        """Close the connection, so that none crosses ``fork`` (SQLite forbids it).
+
+        The lock is held across the fork, so no other thread opens one meanwhile; the parent
+        reopens lazily. If the lock cannot be had soon (a write under way), the child
+        abandons the parent's connection instead.
+        """
+        self._forking = self._lock.acquire(timeout=1.0)
+        if self._forking:
+            db, self._db = self._db, None
+            self._data_version = -1
+            if db is not None:
+                db.close()
+
+    def _after_fork_in_parent(self) -> None:
+        if self._forking:
+            self._forking = False
+            self._lock.release()
 
     def _after_fork(self) -> None:
         super()._after_fork()
         self._lock = threading.Lock()
+        self._forking = False
         if self._db is not None:
             _abandoned.append(self._db)
         self._db = None
@@ -123,14 +177,16 @@ class SQLiteStore(SharedStore):
         """Bring the schema from ``version`` to :data:`SCHEMA_VERSION`, in one transaction."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            # Another process may have migrated it meanwhile; the statements are idempotent.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # Another process may have migrated it meanwhile, perhaps a later stagedroll.
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     @contextmanager
@@ -141,11 +197,14 @@ class SQLiteStore(SharedStore):
                 self._db = self._connect()
             try:
                 yield self._db
-            except sqlite3.DatabaseError:
-                # A broken connection (file deleted, disk I/O error) is opened afresh next time.
-                db, self._db = self._db, None
-                if db is not None and not db.in_transaction:
-                    db.close()
+            except sqlite3.DatabaseError as exc:
+                if not _busy(exc):
+                    # A broken connection (file gone, I/O error) is opened afresh next time;
+                    # its data_version means nothing to the next one.
+                    db, self._db = self._db, None
+                    self._data_version = -1
+                    if db is not None:
+                        db.close()  # rolls back a transaction left open
                 raise
 
     @contextmanager
@@ -155,27 +214,26 @@ class SQLiteStore(SharedStore):
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
-                    db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # _conn closes a broken one
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     # -- the Store protocol ---------------------------------------------------------------------
 
-    def _load_many(self, names: Iterable[str]) -> dict[str, RolloutState | None]:
-        wanted = list(names)
-        found: dict[str, RolloutState | None] = dict.fromkeys(wanted)
+    def _read_many(self, names: list[str]) -> dict[str, str | bytes | None]:
+        found: dict[str, str | bytes | None] = dict.fromkeys(names)
         with self._conn() as db:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = db.execute(
                     f"SELECT name, state FROM rollouts WHERE name IN ({marks})",
                     chunk,
                 ).fetchall()
-                for name, text in rows:
-                    found[name] = load_state(text)
+                found.update(rows)
         return found
 
     def refresh(self) -> bool:
@@ -193,6 +251,37 @@ class SQLiteStore(SharedStore):
         if ok:
             self._data_version = data_version
         return ok
+
+    def _cycle(self) -> bool:
+        ok = super()._cycle()
+        if ok and time.monotonic() - self._expired_at >= _EXPIRE_EVERY_S:
+            self._expired_at = time.monotonic()
+            try:
+                self.expire()
+            except Exception as exc:
+                self.failures.record("store.expire_failed", exc, store=repr(self))
+        return ok
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete the counters and unit sets not written for ``ttl`` seconds; say how many rows.
+
+        ``now`` defaults to :func:`time.time`. A stage visit that ended long ago leaves
+        nothing behind; one that still receives outcomes keeps all of its units.
+        """
+        cutoff = (time.time() if now is None else now) - self._ttl
+        deleted = 0
+        with self._write() as db:
+            for statement in _EXPIRE:
+                deleted += db.execute(statement, (cutoff,)).rowcount
+        return deleted
+
+    @staticmethod
+    def _touch(db: sqlite3.Connection, rollout: str, key: str) -> None:
+        db.execute(
+            "INSERT INTO touched (rollout, key, at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO UPDATE SET at = excluded.at",
+            (rollout, key, time.time()),
+        )
 
     def compare_and_set(
         self, rollout: str, expected_version: int, state: RolloutState, transition: Transition
@@ -239,6 +328,7 @@ class SQLiteStore(SharedStore):
                 "ON CONFLICT DO UPDATE SET value = value + excluded.value",
                 [(rollout, segment, name, n) for name, n in counts.items()],
             )
+            self._touch(db, rollout, "counts:" + segment)
             return self._counts(db, rollout, segment)
 
     def read_counts(self, rollout: str, segment: str) -> dict[str, int]:
@@ -256,13 +346,15 @@ class SQLiteStore(SharedStore):
     def add_units(self, rollout: str, scope: str, units: Collection[str]) -> list[bool]:
         """Remember ``units`` in the scope's set; say of each whether it was new (exact)."""
         new = []
+        key = "first:" + scope
         with self._write() as db:
             for unit in units:
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO units (rollout, scope, unit) VALUES (?, ?, ?)",
-                    (rollout, "first:" + scope, unit),
+                    (rollout, key, unit),
                 )
                 new.append(cursor.rowcount == 1)
+            self._touch(db, rollout, key)
         return new
 
     def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
@@ -277,6 +369,7 @@ class SQLiteStore(SharedStore):
                 "INSERT OR IGNORE INTO units (rollout, scope, unit) VALUES (?, ?, ?)",
                 [(rollout, key, unit) for unit in units],
             )
+            self._touch(db, rollout, key)
             return int(db.execute(query, (rollout, key)).fetchone()[0])
 
     def close(self) -> None:

@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from .._failures import Failures, log
 from .._forksafe import register
-from .._state import RolloutState
+from .._state import Action, RolloutState, Transition, newer
+from ._codec import load_state
 from ._listeners import Listeners
 from ._protocol import StateListener
+
+RESTORER = "stagedroll"
+"""The actor of a state restored after the store lost it."""
 
 __all__ = ["SharedStore"]
 
@@ -75,7 +80,11 @@ class _Thread:
             owner = self._owner()
             if owner is None or self._thread is not me:
                 return  # the store is gone or closed, or this is a stale thread
-            ok = owner._cycle()
+            try:
+                ok = owner._cycle()
+            except Exception as exc:  # pragma: no cover - _cycle catches what it expects
+                owner.failures.record("store.refresh_failed", exc, store=repr(owner))
+                ok = False
             del owner
             # While the backend is down, try less often (up to 30 s), then at the interval.
             delay = self.interval if ok else min(max(delay * 2, self.interval), _MAX_BACKOFF_S)
@@ -84,8 +93,9 @@ class _Thread:
 class SharedStore:
     """The part common to stores shared by processes: refresh, listeners, failures.
 
-    Subclasses read states with :meth:`_load_many`; every state this object loads or
-    commits is then refreshed in the background.
+    Subclasses read stored states as text with :meth:`_read_many`, and write with
+    ``compare_and_set``; every rollout this object loads or commits is then refreshed in the
+    background.
     """
 
     def __init__(self, *, refresh_interval: float, thread_name: str) -> None:
@@ -94,8 +104,8 @@ class SharedStore:
         self.refresh_interval = refresh_interval
         self.failures = Failures()
         """Failures of the backend in this process, by kind (``store.refresh_failed``, …)."""
-        # The rollouts to refresh, and what was last seen of each: (version, since).
-        self._names: dict[str, tuple[int, float]] = {}
+        # The rollouts to refresh, and the newest state this process knows of each.
+        self._names: dict[str, RolloutState | None] = {}
         self._names_lock = threading.Lock()
         self._listeners = Listeners("store.listener_failed", self.failures)
         self._refreshed = Listeners("store.callback_failed", self.failures)
@@ -113,24 +123,34 @@ class SharedStore:
 
     # -- what subclasses provide -------------------------------------------------------------
 
-    def _load_many(self, names: Iterable[str]) -> dict[str, RolloutState | None]:
+    def _read_many(self, names: list[str]) -> dict[str, str | bytes | None]:
+        """The stored states of ``names`` as text (``None``: absent); may raise."""
         raise NotImplementedError
 
+    def compare_and_set(
+        self, rollout: str, expected_version: int, state: RolloutState, transition: Transition
+    ) -> bool:
+        raise NotImplementedError
+
+    # -- reading ------------------------------------------------------------------------------
+
     def load(self, rollout: str) -> RolloutState | None:
-        """Return the rollout's state, or ``None``; the rollout is refreshed from now on."""
+        """Return the rollout's state, or ``None``; the rollout is refreshed from now on.
+
+        Raises ``ValueError`` for a stored state that cannot be read.
+        """
         self._seen(rollout, None)
-        state = self._load_many([rollout])[rollout]
+        text = self._read_many([rollout])[rollout]
+        state = load_state(text) if text is not None else None
         self._seen(rollout, state)
         return state
 
-    # -- the refresh ------------------------------------------------------------------------
-
     def _seen(self, rollout: str, state: RolloutState | None) -> None:
         """Refresh ``rollout`` from now on; ``state`` is what this process knows of it."""
-        seen = (state.version, state.since) if state is not None else (0, 0.0)
         with self._names_lock:
-            if seen[0] >= self._names.get(rollout, (0, 0.0))[0]:
-                self._names[rollout] = seen
+            known = self._names.get(rollout)
+            if known is None or (state is not None and newer(state, known)):
+                self._names[rollout] = state
         if not self._closed:
             self._thread.start()
 
@@ -139,11 +159,16 @@ class SharedStore:
         self._seen(rollout, state)
         self._listeners.call(rollout, state)
 
+    # -- the refresh ------------------------------------------------------------------------
+
     def refresh(self) -> bool:
         """Read the states now and tell the listeners of changes; return whether it worked.
 
         The background thread calls this every ``refresh_interval``; failures are logged
-        and counted (``store.refresh_failed``), never raised.
+        and counted (``store.refresh_failed``), never raised. A state that cannot be read is
+        skipped (``store.decode_failed``): the others still refresh. A rollout that this
+        process knew and that the store no longer has (the backend lost its data) is
+        restored from what this process knew (``store.state_lost``).
         """
         if self._closed:
             return False
@@ -152,7 +177,7 @@ class SharedStore:
         if not names:
             return True
         try:
-            states = self._load_many(names)
+            texts = self._read_many(list(names))
         except Exception as exc:
             self.failures.record("store.refresh_failed", exc, store=repr(self))
             self._down = True
@@ -160,19 +185,46 @@ class SharedStore:
         if self._down:
             self._down = False
             log("info", "store.recovered", store=repr(self))
-        for name, state in states.items():
-            if state is None or (state.version, state.since) == names[name]:
+        for name, text in texts.items():
+            known = names[name]
+            if text is None:
+                if known is not None and known.version:
+                    self._restore(name, known)
+                continue
+            try:
+                state = load_state(text)
+            except ValueError as exc:
+                self.failures.record("store.decode_failed", exc, rollout=name)
+                continue
+            if known is not None and not newer(state, known):
                 continue
             with self._names_lock:
-                known = self._names.get(name, (0, 0.0))
-                if known != names[name] and state.version <= known[0]:
+                latest = self._names.get(name)
+                if latest is not None and not newer(state, latest):
                     continue  # this process committed a newer state meanwhile
-                self._names[name] = (state.version, state.since)
-            # Usually a newer version. An older one, or the same one with another time, means
-            # the backend lost its data (a Redis restarted empty) and the rollout began anew:
-            # the store is the truth, and the listeners judge (see Rollout._adopt).
+                self._names[name] = state
             self._listeners.call(name, state)
         return True
+
+    def _restore(self, name: str, known: RolloutState) -> None:
+        """Write ``known`` back as the start of a new history: the store lost the rollout.
+
+        Processes race to do it by compare-and-set from version 0; the others adopt the
+        winner's state at their next refresh (a later history). A kill or a freeze survives
+        the loss; the health evidence begins anew.
+        """
+        self.failures.record("store.state_lost", rollout=name, version=known.version,
+                             stage=known.stage, status=str(known.status))  # fmt: skip
+        now = time.time()
+        reason = f"restored: the store had lost this state (version {known.version})"
+        state = RolloutState(stage=known.stage, status=known.status, since=now, version=1,
+                             reason=reason, actor=RESTORER, epoch=1, started=now)  # fmt: skip
+        entry = Transition(name, Action.START, known.stage, known.stage, None, known.status, 1,
+                           now, reason, RESTORER)  # fmt: skip
+        try:
+            self.compare_and_set(name, 0, state, entry)
+        except Exception as exc:
+            self.failures.record("store.restore_failed", exc, rollout=name)
 
     def _cycle(self) -> bool:
         ok = self.refresh()
