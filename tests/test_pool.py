@@ -36,24 +36,33 @@ class TestOutbox:
         outbox.event("slow", True, "u2")
         outbox.unit(True, "u1")
         outbox.unit(False, "u3")
+        outbox.event("errors", False, None)
         batch = outbox.take()
-        assert (batch.epoch, batch.stage, batch.segment, batch.ticket) == (3, 1, "3.1", 1)
-        [unitless] = batch.events["errors.c"]
-        assert unitless.startswith("\x00call:")  # a random id: a retry counts it once
-        assert batch.events == {"errors.t": ["u1"], "errors.c": [unitless], "slow.t": ["u2"]}
+        assert (batch.epoch, batch.stage, batch.segment) == (3, 1, "3.1")
+        assert batch.events == {"errors.t": ["u1"], "slow.t": ["u2"]}
+        [(parcel_id, calls)] = batch.parcels  # unitless events: one parcel per flush
+        assert parcel_id.startswith("\x00flush:")
+        assert calls == {"errors.c": 2}
         assert batch.units == {"t": ["u1"], "c": ["u3"]}
-        assert batch.size() == 5
+        assert batch.size() == 6
         empty = outbox.take()
-        assert (empty.epoch, empty.stage, empty.size(), empty.ticket) == (3, 1, 0, 2)
+        assert (empty.epoch, empty.stage, empty.size(), empty.parcels) == (3, 1, 0, [])
+        outbox.event("errors", True, None)
+        assert outbox.take().parcels[0][0] != parcel_id
 
-    def test_newer_totals_only(self) -> None:
-        """Totals of another visit, or of an older flush than one taken, are refused."""
+    def test_merge_keeps_the_largest_counters(self) -> None:
+        """Of two flushes that crossed, each counter keeps the larger value; another visit's
+        totals are refused."""
         outbox = Outbox()
-        outbox.visit(1, 0)
-        first, second = outbox.take(), outbox.take()
-        assert outbox.current(Totals(1, 0, second.ticket, ((0, {}),), 0, 0))
-        assert not outbox.current(Totals(1, 0, first.ticket, ((0, {}),), 0, 0))
-        assert not outbox.current(Totals(1, 1, 99, ((1, {}),), 0, 0))
+        outbox.visit(1, 1)
+        newer = Totals(1, 1, ((0, {"errors.t": 3}), (1, {"errors.t": 5, "errors.c": 1})), 0, 0)
+        older = Totals(1, 1, ((0, {"errors.t": 3}), (1, {"errors.t": 4, "errors.c": 2})), 0, 0)
+        outbox.merge(newer)
+        merged = outbox.merge(older)
+        assert merged == [(0, {"errors.t": 3}), (1, {"errors.t": 5, "errors.c": 2})]
+        assert outbox.merge(Totals(1, 2, ((2, {}),), 0, 0)) is None
+        outbox.visit(2, 0)  # a new epoch forgets the counters
+        assert outbox.merge(Totals(2, 0, ((0, {}),), 0, 0)) == [(0, {})]
 
     def test_a_new_visit_drops_the_old_queue(self) -> None:
         """What was queued for a stage visit that ended is not flushed into the next."""
@@ -67,14 +76,16 @@ class TestOutbox:
         assert (outbox.batch.epoch, outbox.batch.stage) == (1, 1)
 
     def test_give_back_requeues_before_newer_items(self) -> None:
-        """A failed flush's batch goes back in front of what came meanwhile."""
+        """A failed flush's batch goes back in front of what came meanwhile, parcels too."""
         outbox = Outbox()
         outbox.visit(1, 0)
         outbox.event("errors", True, "old")
+        outbox.event("errors", True, None)
         batch = outbox.take()
         outbox.event("errors", True, "new")
         outbox.give_back(batch)
         assert outbox.batch.events == {"errors.t": ["old", "new"]}
+        assert outbox.batch.parcels == batch.parcels  # the same id: counted at most once
 
     def test_give_back_of_an_ended_visit_is_dropped(self) -> None:
         """A batch whose stage visit ended meanwhile is not requeued."""
@@ -101,13 +112,6 @@ class TestOutbox:
         assert outbox.dropped == 2 + 4
 
 
-def unitless(outbox: Outbox, n: int) -> list[str]:
-    """The ids of ``n`` events without a unit, as an outbox queues them."""
-    for _ in range(n):
-        outbox.event("errors", True, None)
-    return outbox.take().events["errors.t"]
-
-
 class FailingCountsStore(MemoryStore):
     """A real MemoryStore whose count_distinct fails while ``failing`` is set."""
 
@@ -123,10 +127,11 @@ class TestFlush:
     def test_a_unit_counts_once_across_processes(self) -> None:
         """Two processes flushing the same unit's first error count it once; unitless count each."""
         store = MemoryStore()
-        calls = unitless(Outbox(), 2)
-        first = Batch(1, 0, events={"errors.t": ["u1", "u2", calls[0]]}, units={"t": ["u1", "u2"]})
-        second = Batch(1, 0, events={"errors.t": ["u2", calls[1]], "errors.c": ["c1"]},
-                       units={"t": ["u2", "u3"], "c": ["c1"]})  # fmt: skip
+        first = Batch(1, 0, events={"errors.t": ["u1", "u2"]}, units={"t": ["u1", "u2"]},
+                      parcels=[("p1", {"errors.t": 1})])  # fmt: skip
+        second = Batch(1, 0, events={"errors.t": ["u2"], "errors.c": ["c1"]},
+                       units={"t": ["u2", "u3"], "c": ["c1"]},
+                       parcels=[("p2", {"errors.t": 1})])  # fmt: skip
         flush(store, "co", first)
         totals = flush(store, "co", second)
         assert totals.visits == ((0, {"errors.t": 4, "errors.c": 1, "slow.t": 0, "slow.c": 0}),)
@@ -239,7 +244,7 @@ class TestPooledHealth:
         health, outcomes = self.pooled()
         arms = outcomes.arms(0)
         events = {"errors.t": 15, "errors.c": 1, "slow.t": 2}
-        health.absorb(Totals(1, 0, 1, ((0, events),), 40, 38), SHARES)
+        health.absorb(Totals(1, 0, ((0, events),), 40, 38), SHARES)
         assert (health.errors.events_treatment, health.errors.events_control) == (15, 1)
         assert health.slow.events_treatment == 2
         assert arms.treatment.units_seen() == 40
@@ -249,8 +254,8 @@ class TestPooledHealth:
     def test_absorb_ignores_another_visit(self) -> None:
         """Totals of a stage visit that ended meanwhile change nothing."""
         health, _ = self.pooled()
-        health.absorb(Totals(1, 1, 1, ((0, {}), (1, {"errors.t": 9})), 0, 0), SHARES)
-        health.absorb(Totals(0, 0, 2, ((0, {"errors.t": 9}),), 0, 0), SHARES)
+        health.absorb(Totals(1, 1, ((0, {}), (1, {"errors.t": 9})), 0, 0), SHARES)
+        health.absorb(Totals(0, 0, ((0, {"errors.t": 9}),), 0, 0), SHARES)
         assert health.errors.events_treatment == 0
 
     def test_the_whole_epoch_is_judged(self) -> None:
@@ -264,7 +269,7 @@ class TestPooledHealth:
         health.outbox.visit(1, 1)
         health.set_share(0.5)
         visits = ((0, {"errors.t": 4, "errors.c": 1}), (1, {"errors.t": 6, "errors.c": 2}))
-        health.absorb(Totals(1, 1, 1, visits, 0, 0), SHARES)
+        health.absorb(Totals(1, 1, visits, 0, 0), SHARES)
         reference = MixtureTest()
         for share, (t, c) in ((0.25, (4, 1)), (0.5, (6, 2))):
             reference.set_share(share)
@@ -332,5 +337,25 @@ class TestPooledRollouts:
             assert rollouts.tick() == []  # not rolled back on the old visit's events
             health = rollouts.status("co").health
             assert health.error_events_treatment == 1
+        finally:
+            store.close()
+
+    def test_a_stored_stage_past_the_policys_last(self, path: Path) -> None:
+        """A policy with fewer stages than the stored state holds its last stage, pooling too."""
+        longer = {"rollouts": {"co": {"stages": [{"name": n, "percent": p} for n, p in
+                                                 (("a", 10), ("b", 25), ("c", 50))],
+                                      "health": {"min_events": 3}}}}  # fmt: skip
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            Rollouts(longer, store=store).advance("co", actor="alice")
+            Rollouts(longer, store=store).advance("co", actor="alice")  # stage 2 of 3
+            shorter = Rollouts(POLICY, store=store)  # one stage, at 50 %
+            for i in range(50):
+                shorter.report("co", f"u{i}", error=True)
+            assert shorter.tick() == []
+            status = shorter.status("co")
+            assert (status.stage, status.percent) == (0, 50.0)
+            assert status.health.error_events_treatment > 0
+            assert shorter.failures.count() == 0
         finally:
             store.close()

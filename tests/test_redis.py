@@ -99,7 +99,7 @@ class TestKeyLayout:
         state_key, history_key = f"{redis_prefix}:{{r}}:state", f"{redis_prefix}:{{r}}:history"
         assert client.type(state_key) == "hash"
         fields = client.hgetall(state_key)
-        assert set(fields) == {"v", "s"}
+        assert set(fields) == {"v", "t", "s"}
         assert fields["v"] == "5"
         assert json.loads(fields["s"])["version"] == 5
         assert json.loads(fields["s"])["stage"] == 5
@@ -240,13 +240,14 @@ class TestOutage:
                 what="store.recovered",
             )
         assert store.refresh() is True
-        # Another process on the new server: it starts the rollout again, then moves it on
-        # past the version this process knows (see test_a_kill_after_redis_lost_its_data).
+        # This process restored what it knew into the empty Redis; another process finds
+        # it there, and moves the rollout on.
         other = Rollouts(staged_policy(), store=make_store(redis_server.url))
+        assert other["co"].state == rollouts["co"].state
         other.advance("co", actor="bob")
         other.freeze("co", reason="after the outage", actor="bob")
-        assert other["co"].state.version == 3
-        wait_until(lambda: rollouts["co"].state.version == 3, store=store, what="adopted")
+        assert other["co"].state.version == 4
+        wait_until(lambda: rollouts["co"].state.version == 4, store=store, what="adopted")
         assert rollouts["co"].state.status is Status.FROZEN
         assert rollouts["co"].state.actor == "bob"
 

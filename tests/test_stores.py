@@ -157,12 +157,11 @@ class TestStoreFromUrl:
             assert scheme in message
 
     def test_sqlite_relative_path(self, from_url: list[Store]) -> None:
-        """sqlite:///name.db names a file relative to the working directory."""
+        """sqlite:///name.db names a file relative to the working directory (made absolute)."""
         store = store_from_url("sqlite:///data/rollouts.db")
         from_url.append(store)
         assert isinstance(store, SQLiteStore)
-        assert store.path == Path("data/rollouts.db")
-        assert not store.path.is_absolute()
+        assert store.path == Path.cwd() / "data" / "rollouts.db"
 
     def test_sqlite_absolute_path(self, tmp_path: Path, from_url: list[Store]) -> None:
         """sqlite:////abs/path.db names an absolute path, and the store works on that file."""

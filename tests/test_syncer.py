@@ -417,15 +417,58 @@ class TestBadAndLostStates:
             with structlog.testing.capture_logs() as logs:
                 assert store.refresh()
             restored = store.load("checkout")
-            assert restored is not None
-            assert (restored.stage, restored.status, restored.version) == (1, Status.KILLED, 1)
-            assert "lost" in restored.reason
+            assert restored == rollouts["checkout"].state  # written back as it was
+            assert (restored.stage, restored.status, restored.version) == (1, Status.KILLED, 3)
+            [entry] = store.history("checkout")
+            assert (entry.action, entry.version) == (Action.START, 3)
+            assert entry.reason.startswith("restored")
             assert store.failures.count("store.state_lost") == 1
-            assert "store.state_lost" in {entry["event"] for entry in logs}
-            assert rollouts["checkout"].state == restored  # a later history: adopted
+            assert "store.state_lost" in {log["event"] for log in logs}
             assert not any(rollouts.enabled("checkout", f"u{i}") for i in range(200))
             other = Rollouts(policy, store=SQLiteStore(path, refresh_interval=3600))
             assert other["checkout"].state.status is Status.KILLED
             other.store.close()
+        finally:
+            store.close()
+
+    def test_the_newest_known_state_wins_the_restore(self, path: Path) -> None:
+        """Of two processes restoring, the one that knew the newer state wins, in any order."""
+        policy = plain_policy(10, 50)
+        stale_store = SQLiteStore(path, refresh_interval=3600)
+        fresh_store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            stale = Rollouts(policy, store=stale_store)
+            fresh = Rollouts(policy, store=fresh_store)
+            fresh.kill("checkout", reason="incident", actor="alice")  # stale has not refreshed
+            with sqlite3.connect(path) as db:
+                db.execute("DELETE FROM rollouts")
+            assert stale_store.refresh()  # restores version 1, running: all it knew
+            assert fresh_store.refresh()  # restores version 2, killed: newer, so it wins
+            assert stale_store.refresh()
+            for rollouts in (stale, fresh):
+                assert rollouts["checkout"].state.status is Status.KILLED
+        finally:
+            stale_store.close()
+            fresh_store.close()
+
+    def test_a_fresh_start_in_the_empty_store_gives_way(self, path: Path) -> None:
+        """A process that starts while the store is empty follows the restored state."""
+        policy = plain_policy(10, 50)
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            rollouts = Rollouts(policy, store=store)
+            rollouts.advance("checkout", actor="alice")
+            rollouts.kill("checkout", reason="incident", actor="alice")
+            with sqlite3.connect(path) as db:
+                db.execute("DELETE FROM rollouts")
+            newcomer_store = SQLiteStore(path, refresh_interval=3600)
+            newcomer = Rollouts(policy, store=newcomer_store)  # starts it anew: version 1
+            assert newcomer["checkout"].state.version == 1
+            assert store.refresh()  # the store is behind what this process knew: restored
+            assert newcomer_store.refresh()
+            restored = newcomer["checkout"].state
+            assert restored == rollouts["checkout"].state
+            assert restored.status is Status.KILLED
+            newcomer_store.close()
         finally:
             store.close()

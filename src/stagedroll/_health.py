@@ -196,7 +196,7 @@ class Health:
         """In a forked child: the evidence, the units and the latencies were the parent's."""
         self.reset()
         if self.outbox is not None:
-            self.outbox.take()  # the parent flushes its own queue
+            self.outbox.renew()  # the parent flushes its own queue
         self.threshold.reset()
         self._frozen_units = None
         for counts in self._arms:
@@ -271,15 +271,16 @@ class Health:
 
         The tests are rebuilt from the counters of every stage visit of the epoch, each at
         its stage's share, so every process evaluates the same e-process. Totals of another
-        visit, or older than those already taken (two flushes that crossed), are ignored.
+        visit are ignored; of two flushes that crossed, each counter keeps the larger value.
         """
         outbox = self.outbox
-        if outbox is None or not outbox.current(totals):
+        visits = outbox.merge(totals) if outbox is not None else None
+        if visits is None:
             return
         for test, kind in ((self.errors, "errors"), (self.slow, "slow")):
             test.reset()
-            for stage, events in totals.visits:
-                test.set_share(shares[stage] if stage >= 0 else 0.0)
+            for stage, events in visits:
+                test.set_share(shares[stage] if 0 <= stage < len(shares) else 0.0)
                 test.set_current(events.get(f"{kind}.t", 0), events.get(f"{kind}.c", 0))
         if self._arms:
             control, treatment = self._arms

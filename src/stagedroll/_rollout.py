@@ -81,7 +81,7 @@ class Rollout:
             self.health.timed = plan.policy.advance == "auto"
             if owner._pooled:
                 self.health.outbox = Outbox()
-                self.health.outbox.visit(state.epoch, state.stage)
+                self.health.outbox.visit(state.epoch, min(state.stage, plan.last_stage))
         self._inline = not owner._pooled
         """Whether automatic steps are taken on the caller's thread (else the store's)."""
         self.outcomes = Outcomes(self.health)
@@ -259,10 +259,9 @@ class Rollout:
     def _adopt(self, state: RolloutState) -> None:
         """Follow ``state`` if it is newer than the one in force.
 
-        Newer: a higher version, or, when the store lost its data and the rollout began anew
-        there (its version started again from 1), a state that began later. Moving to another
-        stage starts that stage's counters afresh: a stage visited again (after a rollback) is
-        judged on its new traffic only.
+        Newer: see :func:`~._state.newer`. Moving to another stage starts that stage's
+        counters afresh: a stage visited again (after a rollback) is judged on its new
+        traffic only.
         """
         with self._lock:  # two adopters must not let an older state overwrite a newer one
             current = self._view.state
@@ -276,7 +275,8 @@ class Rollout:
                         if state.epoch != current.epoch:
                             self.health.reset()  # a new epoch of evidence
                         if self.health.outbox is not None:
-                            self.health.outbox.visit(state.epoch, state.stage)
+                            stage = min(state.stage, self._plan.last_stage)
+                            self.health.outbox.visit(state.epoch, stage)
                 self._set_share(view)
                 self._view = view
 

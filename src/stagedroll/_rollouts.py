@@ -162,8 +162,7 @@ class Rollouts:
             if state is None:
                 first = initial_state(self.clock())
                 started = RolloutState(stage=0, status=first.status, since=first.since,
-                                       version=1, actor="stagedroll", epoch=1,
-                                       started=first.since)  # fmt: skip
+                                       version=1, actor="stagedroll", epoch=1)  # fmt: skip
                 entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
                                    started.since, actor="stagedroll")  # fmt: skip
                 if self.store.compare_and_set(name, 0, started, entry):
@@ -188,9 +187,14 @@ class Rollouts:
         Runs on the store's thread (stores shared by processes), never on a caller's.
         """
         for rollout in self._rollouts.values():
-            self._restart(rollout)
-            self._pool(rollout)
-            self._auto_step(rollout)
+            if getattr(self.store, "closed", False):
+                return  # closed meanwhile (by a hook, or another thread)
+            try:
+                self._restart(rollout)
+                self._pool(rollout)
+                self._auto_step(rollout)
+            except Exception as exc:  # pragma: no cover - each step catches what it expects
+                self.failures.record("store.sync_failed", exc, rollout=rollout.name)
 
     def _restart(self, rollout: Rollout) -> None:
         """Start ``rollout`` if the store could not give its state before; never raises."""

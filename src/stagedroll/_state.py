@@ -71,9 +71,6 @@ class RolloutState:
     the version of the transition that began the current epoch of health evidence (the
     start, a rollback, or a resume after a freeze, rollback or kill): every process that
     reads the state agrees on it, so outcome counts pooled in the store are keyed by it.
-    ``started`` is when the rollout's history began (its start); a history that began
-    later replaces an earlier one whatever their versions (the store lost its data and the
-    rollout was started anew).
     """
 
     stage: int
@@ -83,21 +80,19 @@ class RolloutState:
     reason: str = ""
     actor: str = ""
     epoch: int = 0
-    started: float = 0.0
 
 
 def newer(state: RolloutState, current: RolloutState) -> bool:
-    """Whether ``state`` replaces ``current``: a later history, or a later version of the same.
+    """Whether ``state`` replaces ``current``: a higher version, or the same one begun later.
 
-    Versions order the states of one history; a state delivered late (two notices that
-    crossed) has a lower version and is ignored. A history that began later replaces an
-    earlier one whatever the versions: the store lost its data and the rollout was started
-    anew there (the clocks of two hosts only matter if it happened within their skew).
-    A state that does not say when its history began (``started`` 0) has the same one.
+    Versions order the states of one history, and a state delivered late (two notices that
+    crossed) has a lower one. Two states with the same version differ only when a store
+    lost its data and a process began a new history there before the others restored the
+    old one; the one that began later wins (the clocks of two hosts matter only then).
     """
-    if state.started and current.started and state.started != current.started:
-        return state.started > current.started
-    return state.version > current.version
+    if state.version != current.version:
+        return state.version > current.version
+    return state.since > current.since
 
 
 @dataclass(frozen=True, slots=True)

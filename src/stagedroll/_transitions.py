@@ -103,7 +103,6 @@ def next_state(
         reason=reason,
         actor=actor,
         epoch=version if resumed or action is Action.ROLLBACK else state.epoch,
-        started=state.started,
     )
 
 

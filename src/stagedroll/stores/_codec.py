@@ -35,7 +35,6 @@ def dump_state(state: RolloutState) -> str:
             "reason": state.reason,
             "actor": state.actor,
             "epoch": state.epoch,
-            "started": state.started,
         },
         separators=(",", ":"),
     )
@@ -60,7 +59,6 @@ def load_state(text: str | bytes) -> RolloutState:
             reason=str(data.get("reason", "")),
             actor=str(data.get("actor", "")),
             epoch=int(data.get("epoch", 0)),
-            started=float(data.get("started", 0.0)),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed rollout state {text!r}: {exc}") from exc

@@ -17,8 +17,8 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .._state import RolloutState, Transition
-from ._codec import dump_state, dump_transition, load_transition
+from .._state import RolloutState, Transition, newer
+from ._codec import dump_state, dump_transition, load_state, load_transition
 from ._memory import check_version
 from ._syncer import SharedStore
 
@@ -111,13 +111,15 @@ class SQLiteStore(SharedStore):
         super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-sqlite")
         self._ttl = ttl
         self._expired_at = 0.0  # time.monotonic() of the last expiry by the thread
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # the same file after a chdir
         self._timeout = timeout
         self._max_history = max_history
         self._lock = threading.Lock()  # one connection per store, used by one thread at a time
         self._db: sqlite3.Connection | None = None
-        self._data_version = -1  # PRAGMA data_version of self._db at the last refresh
-        self._forking = False  # whether _before_fork holds the lock
+        # (connection, PRAGMA data_version) at the last refresh that read the states.
+        self._data_version: tuple[int, int] | None = None
+        self._opened = 0  # connections opened so far: names the one in use
+        self._forking = threading.local()  # .held: whether this thread's fork holds the lock
 
     def _before_fork(self) -> None:
         """Close the connection, so that none crosses ``fork`` (SQLite forbids it).
@@ -126,26 +128,26 @@ class SQLiteStore(SharedStore):
         reopens lazily. If the lock cannot be had soon (a write under way), the child
         abandons the parent's connection instead.
         """
-        self._forking = self._lock.acquire(timeout=1.0)
-        if self._forking:
+        self._forking.held = self._lock.acquire(timeout=1.0)
+        if self._forking.held:
             db, self._db = self._db, None
-            self._data_version = -1
+            self._data_version = None
             if db is not None:
                 db.close()
 
     def _after_fork_in_parent(self) -> None:
-        if self._forking:
-            self._forking = False
+        if getattr(self._forking, "held", False):  # the same thread as _before_fork
+            self._forking.held = False
             self._lock.release()
 
     def _after_fork(self) -> None:
         super()._after_fork()
         self._lock = threading.Lock()
-        self._forking = False
+        self._forking = threading.local()
         if self._db is not None:
             _abandoned.append(self._db)
         self._db = None
-        self._data_version = -1
+        self._data_version = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -170,6 +172,7 @@ class SQLiteStore(SharedStore):
         except BaseException:
             db.close()
             raise
+        self._opened += 1
         return db
 
     @staticmethod
@@ -202,7 +205,7 @@ class SQLiteStore(SharedStore):
                     # A broken connection (file gone, I/O error) is opened afresh next time;
                     # its data_version means nothing to the next one.
                     db, self._db = self._db, None
-                    self._data_version = -1
+                    self._data_version = None
                     if db is not None:
                         db.close()  # rolls back a transaction left open
                 raise
@@ -241,15 +244,15 @@ class SQLiteStore(SharedStore):
         if self._closed:
             return False
         try:
-            with self._conn() as db:
-                data_version = db.execute("PRAGMA data_version").fetchone()[0]
+            with self._conn() as db:  # data_version means something on this connection only
+                seen = (self._opened, db.execute("PRAGMA data_version").fetchone()[0])
         except Exception:
             return super().refresh()  # which logs and counts the failure
-        if data_version == self._data_version:
+        if seen == self._data_version:
             return True  # nothing committed by another connection since the last look
         ok = super().refresh()
         if ok:
-            self._data_version = data_version
+            self._data_version = seen
         return ok
 
     def _cycle(self) -> bool:
@@ -292,23 +295,41 @@ class SQLiteStore(SharedStore):
             row = db.execute("SELECT version FROM rollouts WHERE name = ?", (rollout,)).fetchone()
             if (row[0] if row is not None else 0) != expected_version:
                 return False
-            db.execute(
-                "INSERT INTO rollouts (name, version, state) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE "
-                "SET version = excluded.version, state = excluded.state",
-                (rollout, state.version, dump_state(state)),
-            )
-            db.execute(
-                "INSERT INTO history (rollout, version, entry) VALUES (?, ?, ?)",
-                (rollout, transition.version, dump_transition(transition)),
-            )
-            db.execute(
-                "DELETE FROM history WHERE rollout = ? AND id <= ("
-                "SELECT id FROM history WHERE rollout = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (rollout, rollout, self._max_history),
-            )
+            self._put(db, rollout, state, transition)
         self._changed(rollout, state)
         return True
+
+    def _put_newer(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
+        with self._write() as db:
+            row = db.execute("SELECT state FROM rollouts WHERE name = ?", (rollout,)).fetchone()
+            if row is not None:
+                try:
+                    if not newer(state, load_state(row[0])):
+                        return False
+                except ValueError:
+                    return False  # a state this version cannot read is not overwritten
+            self._put(db, rollout, state, transition)
+        self._changed(rollout, state)
+        return True
+
+    def _put(
+        self, db: sqlite3.Connection, rollout: str, state: RolloutState, transition: Transition
+    ) -> None:
+        """Write the state and its history entry (in the caller's transaction)."""
+        db.execute(
+            "INSERT INTO rollouts (name, version, state) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version, state = excluded.state",
+            (rollout, state.version, dump_state(state)),
+        )
+        db.execute(
+            "INSERT INTO history (rollout, version, entry) VALUES (?, ?, ?)",
+            (rollout, transition.version, dump_transition(transition)),
+        )
+        db.execute(
+            "DELETE FROM history WHERE rollout = ? AND id <= ("
+            "SELECT id FROM history WHERE rollout = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (rollout, rollout, self._max_history),
+        )
 
     def history(self, rollout: str, limit: int | None = None) -> list[Transition]:
         """Return the rollout's transitions, newest first."""

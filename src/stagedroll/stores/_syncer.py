@@ -117,6 +117,11 @@ class SharedStore:
     def _after_fork(self) -> None:
         self._names_lock = threading.Lock()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: nothing is refreshed or written any more."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
@@ -127,9 +132,11 @@ class SharedStore:
         """The stored states of ``names`` as text (``None``: absent); may raise."""
         raise NotImplementedError
 
-    def compare_and_set(
-        self, rollout: str, expected_version: int, state: RolloutState, transition: Transition
-    ) -> bool:
+    def _put_newer(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
+        """Store ``state`` unless the store holds one as new (:func:`newer`); may raise.
+
+        Atomic, with ``transition`` appended to the history; says whether it was stored.
+        """
         raise NotImplementedError
 
     # -- reading ------------------------------------------------------------------------------
@@ -166,9 +173,9 @@ class SharedStore:
 
         The background thread calls this every ``refresh_interval``; failures are logged
         and counted (``store.refresh_failed``), never raised. A state that cannot be read is
-        skipped (``store.decode_failed``): the others still refresh. A rollout that this
-        process knew and that the store no longer has (the backend lost its data) is
-        restored from what this process knew (``store.state_lost``).
+        skipped (``store.decode_failed``): the others still refresh. When the store has
+        lost a state (it is missing, or older than one this process read from it: the
+        backend lost data), this process writes back what it knew (``store.state_lost``).
         """
         if self._closed:
             return False
@@ -187,16 +194,15 @@ class SharedStore:
             log("info", "store.recovered", store=repr(self))
         for name, text in texts.items():
             known = names[name]
-            if text is None:
-                if known is not None and known.version:
-                    self._restore(name, known)
-                continue
             try:
-                state = load_state(text)
+                state = load_state(text) if text is not None else None
             except ValueError as exc:
                 self.failures.record("store.decode_failed", exc, rollout=name)
                 continue
-            if known is not None and not newer(state, known):
+            if known is not None and known.version and (state is None or newer(known, state)):
+                self._restore(name, known, state)
+                continue
+            if state is None or (known is not None and not newer(state, known)):
                 continue
             with self._names_lock:
                 latest = self._names.get(name)
@@ -206,23 +212,22 @@ class SharedStore:
             self._listeners.call(name, state)
         return True
 
-    def _restore(self, name: str, known: RolloutState) -> None:
-        """Write ``known`` back as the start of a new history: the store lost the rollout.
+    def _restore(self, name: str, known: RolloutState, stored: RolloutState | None) -> None:
+        """Write back ``known``: the store lost it (``stored`` is missing or older).
 
-        Processes race to do it by compare-and-set from version 0; the others adopt the
-        winner's state at their next refresh (a later history). A kill or a freeze survives
-        the loss; the health evidence begins anew.
+        The state goes back as it was, version included, unless the store meanwhile holds
+        one as new; so when several processes restore, the newest state any of them knew
+        wins, and a kill or a freeze survives the loss. A history that a process began in
+        the empty store (a fresh start at version 1) gives way to it.
         """
         self.failures.record("store.state_lost", rollout=name, version=known.version,
+                             stored=stored.version if stored is not None else None,
                              stage=known.stage, status=str(known.status))  # fmt: skip
-        now = time.time()
-        reason = f"restored: the store had lost this state (version {known.version})"
-        state = RolloutState(stage=known.stage, status=known.status, since=now, version=1,
-                             reason=reason, actor=RESTORER, epoch=1, started=now)  # fmt: skip
-        entry = Transition(name, Action.START, known.stage, known.stage, None, known.status, 1,
-                           now, reason, RESTORER)  # fmt: skip
+        reason = "restored: the store had lost this state"
+        entry = Transition(name, Action.START, known.stage, known.stage, None, known.status,
+                           known.version, time.time(), reason, RESTORER)  # fmt: skip
         try:
-            self.compare_and_set(name, 0, state, entry)
+            self._put_newer(name, known, entry)
         except Exception as exc:
             self.failures.record("store.restore_failed", exc, rollout=name)
 
