@@ -16,7 +16,7 @@ from stagedroll import Health as HealthPolicy
 from stagedroll import _pool as pool
 from stagedroll._health import Health
 from stagedroll._outcomes import Outcomes
-from stagedroll._pool import Batch, Outbox, Totals, flush
+from stagedroll._pool import Batch, Outbox, Totals, Unsure, flush
 from stagedroll._sequential import MixtureTest
 
 SHARES = [0.25, 0.5, 1.0]
@@ -40,29 +40,11 @@ class TestOutbox:
         batch = outbox.take()
         assert (batch.epoch, batch.stage, batch.segment) == (3, 1, "3.1")
         assert batch.events == {"errors.t": ["u1"], "slow.t": ["u2"]}
-        [(parcel_id, calls)] = batch.parcels  # unitless events: one parcel per flush
-        assert parcel_id.startswith("\x00flush:")
-        assert calls == {"errors.c": 2}
+        assert batch.calls == {"errors.c": 2}  # events without a unit: counted
         assert batch.units == {"t": ["u1"], "c": ["u3"]}
-        assert batch.size() == 6
+        assert batch.size() == 4
         empty = outbox.take()
-        assert (empty.epoch, empty.stage, empty.size(), empty.parcels) == (3, 1, 0, [])
-        outbox.event("errors", True, None)
-        assert outbox.take().parcels[0][0] != parcel_id
-
-    def test_merge_keeps_the_largest_counters(self) -> None:
-        """Of two flushes that crossed, each counter keeps the larger value; another visit's
-        totals are refused."""
-        outbox = Outbox()
-        outbox.visit(1, 1)
-        newer = Totals(1, 1, ((0, {"errors.t": 3}), (1, {"errors.t": 5, "errors.c": 1})), 0, 0)
-        older = Totals(1, 1, ((0, {"errors.t": 3}), (1, {"errors.t": 4, "errors.c": 2})), 0, 0)
-        outbox.merge(newer)
-        merged = outbox.merge(older)
-        assert merged == [(0, {"errors.t": 3}), (1, {"errors.t": 5, "errors.c": 2})]
-        assert outbox.merge(Totals(1, 2, ((2, {}),), 0, 0)) is None
-        outbox.visit(2, 0)  # a new epoch forgets the counters
-        assert outbox.merge(Totals(2, 0, ((0, {}),), 0, 0)) == [(0, {})]
+        assert (empty.epoch, empty.stage, empty.size(), empty.calls) == (3, 1, 0, {})
 
     def test_a_new_visit_drops_the_old_queue(self) -> None:
         """What was queued for a stage visit that ended is not flushed into the next."""
@@ -76,16 +58,31 @@ class TestOutbox:
         assert (outbox.batch.epoch, outbox.batch.stage) == (1, 1)
 
     def test_give_back_requeues_before_newer_items(self) -> None:
-        """A failed flush's batch goes back in front of what came meanwhile, parcels too."""
+        """A failed flush's batch goes back in front of what came meanwhile."""
         outbox = Outbox()
         outbox.visit(1, 0)
         outbox.event("errors", True, "old")
         outbox.event("errors", True, None)
         batch = outbox.take()
         outbox.event("errors", True, "new")
+        outbox.event("errors", True, None)
         outbox.give_back(batch)
         assert outbox.batch.events == {"errors.t": ["old", "new"]}
-        assert outbox.batch.parcels == batch.parcels  # the same id: counted at most once
+        assert outbox.batch.calls == {"errors.t": 2}
+
+    def test_an_unsure_flush_gives_back_its_units_only(self) -> None:
+        """Events that may have counted are dropped (and counted as such), units go back."""
+        outbox = Outbox()
+        outbox.visit(1, 0)
+        outbox.event("errors", True, "u1")
+        outbox.event("errors", True, None)
+        outbox.unit(True, "u1")
+        batch = outbox.take()
+        outbox.give_back(batch, events=False)
+        assert outbox.batch.events == {}
+        assert outbox.batch.calls == {}
+        assert outbox.batch.units == {"t": ["u1"]}
+        assert outbox.dropped == 2
 
     def test_give_back_of_an_ended_visit_is_dropped(self) -> None:
         """A batch whose stage visit ended meanwhile is not requeued."""
@@ -123,35 +120,64 @@ class FailingCountsStore(MemoryStore):
         return super().count_distinct(rollout, scope, units)
 
 
+class FailingReadsStore(MemoryStore):
+    """A real MemoryStore whose read_counts fails while ``failing`` is set."""
+
+    failing = False
+
+    def read_counts(self, rollout: str, segment: str) -> dict[str, int]:
+        if self.failing:
+            raise ConnectionError("down")
+        return super().read_counts(rollout, segment)
+
+
 class TestFlush:
     def test_a_unit_counts_once_across_processes(self) -> None:
         """Two processes flushing the same unit's first error count it once; unitless count each."""
         store = MemoryStore()
         first = Batch(1, 0, events={"errors.t": ["u1", "u2"]}, units={"t": ["u1", "u2"]},
-                      parcels=[("p1", {"errors.t": 1})])  # fmt: skip
+                      calls={"errors.t": 1})  # fmt: skip
         second = Batch(1, 0, events={"errors.t": ["u2"], "errors.c": ["c1"]},
-                       units={"t": ["u2", "u3"], "c": ["c1"]},
-                       parcels=[("p2", {"errors.t": 1})])  # fmt: skip
+                       units={"t": ["u2", "u3"], "c": ["c1"]}, calls={"errors.t": 1})  # fmt: skip
         flush(store, "co", first)
         totals = flush(store, "co", second)
         assert totals.visits == ((0, {"errors.t": 4, "errors.c": 1, "slow.t": 0, "slow.c": 0}),)
         assert (totals.units_treatment, totals.units_control) == (3, 1)
 
-    def test_a_retried_flush_counts_nothing_twice(self) -> None:
-        """A flush that failed after its counts were written, then retried, adds nothing more."""
+    def test_a_flush_that_fails_after_counting_counts_nothing_twice(self) -> None:
+        """A flush that failed once its counts were written is unsure: its events are not
+        sent again; the next flush adds only what came since."""
         store = FailingCountsStore()
         outbox = Outbox()
         outbox.visit(1, 0)
         for unit in ("u1", None, None):
             outbox.event("errors", True, unit)
+        outbox.unit(True, "u1")
         batch = outbox.take()
         store.failing = True
-        with pytest.raises(ConnectionError):
+        with pytest.raises(Unsure):
             flush(store, "co", batch)
+        outbox.give_back(batch, events=False)
+        store.failing = False
+        outbox.event("errors", True, None)
+        totals = flush(store, "co", outbox.take())
+        assert totals.visits[-1][1]["errors.t"] == 3 + 1
+        assert totals.units_treatment == 1  # the unit went back, and counts once
+
+    def test_a_flush_that_fails_before_counting_is_sent_again(self) -> None:
+        """A failure while nothing could have counted (the first read) loses nothing."""
+        store = FailingReadsStore()
+        outbox = Outbox()
+        outbox.visit(1, 2)
+        outbox.event("errors", True, None)
+        batch = outbox.take()
+        store.failing = True
+        with pytest.raises(ConnectionError) as raised:
+            flush(store, "co", batch)
+        assert not isinstance(raised.value, Unsure)
         outbox.give_back(batch)
         store.failing = False
-        totals = flush(store, "co", outbox.take())
-        assert totals.visits[-1][1]["errors.t"] == 3
+        assert flush(store, "co", outbox.take()).visits[-1][1]["errors.t"] == 1
 
     def test_first_units_span_the_epoch_and_counts_the_visit(self) -> None:
         """A unit counted in one stage is not counted again in the next; counters are per visit."""

@@ -99,7 +99,7 @@ class TestKeyLayout:
         state_key, history_key = f"{redis_prefix}:{{r}}:state", f"{redis_prefix}:{{r}}:history"
         assert client.type(state_key) == "hash"
         fields = client.hgetall(state_key)
-        assert set(fields) == {"v", "t", "s"}
+        assert set(fields) == {"v", "s"}
         assert fields["v"] == "5"
         assert json.loads(fields["s"])["version"] == 5
         assert json.loads(fields["s"])["stage"] == 5

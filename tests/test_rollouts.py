@@ -132,9 +132,12 @@ class TestConstruction:
         history = store.history("checkout")
         assert [t.action for t in history] == [Action.START]
         assert history[0].at == 5.0
-        assert store.load("checkout") == RolloutState(
-            0, Status.RUNNING, 5.0, 1, "", "stagedroll", epoch=1
+        started = store.load("checkout")
+        assert started is not None
+        assert started == RolloutState(
+            0, Status.RUNNING, 5.0, 1, "", "stagedroll", epoch=1, history=started.history
         )
+        assert len(started.history) == 32  # a random id, kept by every transition
 
 
 class TestDecisions:

@@ -472,3 +472,26 @@ class TestBadAndLostStates:
             newcomer_store.close()
         finally:
             store.close()
+
+    def test_a_history_that_went_further_is_followed_not_restored_over(self, path: Path) -> None:
+        """After a loss, an operator's kill in the history begun anew is not undone by a
+        process that knew the old history further along."""
+        policy = plain_policy(10, 25, 50, 100)
+        away_store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            away = Rollouts(policy, store=away_store)
+            for _ in range(3):
+                away.advance("checkout", actor="alice")  # version 4, stage 3
+            with sqlite3.connect(path) as db:
+                db.execute("DELETE FROM rollouts")
+            oncall_store = SQLiteStore(path, refresh_interval=3600)
+            oncall = Rollouts(policy, store=oncall_store)  # begins anew: version 1
+            oncall.kill("checkout", reason="incident", actor="oncall")  # version 2
+            assert away_store.refresh()
+            assert away["checkout"].state.status is Status.KILLED
+            assert away_store.failures.count("store.state_lost") == 0
+            assert oncall_store.refresh()
+            assert oncall["checkout"].state.status is Status.KILLED
+            oncall_store.close()
+        finally:
+            away_store.close()

@@ -271,15 +271,15 @@ class Health:
 
         The tests are rebuilt from the counters of every stage visit of the epoch, each at
         its stage's share, so every process evaluates the same e-process. Totals of another
-        visit are ignored; of two flushes that crossed, each counter keeps the larger value.
+        visit are ignored (flushes of one rollout are serialized, so they come in order).
         """
         outbox = self.outbox
-        visits = outbox.merge(totals) if outbox is not None else None
-        if visits is None:
+        if outbox is None or (totals.epoch, totals.stage) != (outbox.batch.epoch,
+                                                               outbox.batch.stage):  # fmt: skip
             return
         for test, kind in ((self.errors, "errors"), (self.slow, "slow")):
             test.reset()
-            for stage, events in visits:
+            for stage, events in totals.visits:
                 test.set_share(shares[stage] if 0 <= stage < len(shares) else 0.0)
                 test.set_current(events.get(f"{kind}.t", 0), events.get(f"{kind}.c", 0))
         if self._arms:

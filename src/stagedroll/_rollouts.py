@@ -13,6 +13,7 @@ import contextlib
 import getpass
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -50,6 +51,10 @@ R = TypeVar("R")
 
 _hash = mmh3.hash
 _MAX_UNKNOWN_NAMES = 1024
+
+
+def _same_history(state: RolloutState, current: RolloutState) -> bool:
+    return not current.version or not state.history or state.history == current.history
 
 
 def _default_actor() -> str:
@@ -162,7 +167,8 @@ class Rollouts:
             if state is None:
                 first = initial_state(self.clock())
                 started = RolloutState(stage=0, status=first.status, since=first.since,
-                                       version=1, actor="stagedroll", epoch=1)  # fmt: skip
+                                       version=1, actor="stagedroll", epoch=1,
+                                       history=uuid.uuid4().hex)  # fmt: skip
                 entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
                                    started.since, actor="stagedroll")  # fmt: skip
                 if self.store.compare_and_set(name, 0, started, entry):
@@ -445,8 +451,11 @@ class Rollouts:
             state = self.store.load(name)
         except Exception as exc:
             raise StoreError(f"the store failed to load {name!r}: {exc}") from exc
-        if state is not None:
-            self._rollouts[name]._adopt(state)
+        rollout = self._rollouts[name]
+        if state is not None and _same_history(state, rollout.state):
+            # Another history (the store lost its data) is followed through the store's
+            # refresh only, which reads in order: a read that straddles it could be stale.
+            rollout._adopt(state)
         return state
 
     def status(self, name: str) -> RolloutStatus:

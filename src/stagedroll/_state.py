@@ -21,6 +21,7 @@ __all__ = [
     "Status",
     "Transition",
     "newer",
+    "restorable",
 ]
 
 Evidence = Mapping[str, float | int | str | None]
@@ -71,6 +72,8 @@ class RolloutState:
     the version of the transition that began the current epoch of health evidence (the
     start, a rollback, or a resume after a freeze, rollback or kill): every process that
     reads the state agrees on it, so outcome counts pooled in the store are keyed by it.
+    ``history`` is a random id given at the start and kept by every transition: after a
+    store lost its data, it tells the old history from one begun anew.
     """
 
     stage: int
@@ -80,19 +83,41 @@ class RolloutState:
     reason: str = ""
     actor: str = ""
     epoch: int = 0
+    history: str = ""
+
+
+def _same_history(a: RolloutState, b: RolloutState) -> bool:
+    return a.history == b.history or not a.history or not b.history
 
 
 def newer(state: RolloutState, current: RolloutState) -> bool:
-    """Whether ``state`` replaces ``current``: a higher version, or the same one begun later.
+    """Whether ``state``, read from the store, replaces ``current``, the state in force.
 
-    Versions order the states of one history, and a state delivered late (two notices that
-    crossed) has a lower one. Two states with the same version differ only when a store
-    lost its data and a process began a new history there before the others restored the
-    old one; the one that began later wins (the clocks of two hosts matter only then).
+    In one history, the higher version (a state delivered late has a lower one). Across
+    histories (a store lost its data and a process began the rollout anew there), the
+    store's: unless it is a bare start (version 1) and ``current`` went further, which the
+    process then restores (:func:`restorable`).
     """
-    if state.version != current.version:
-        return state.version > current.version
-    return state.since > current.since
+    if _same_history(state, current):
+        if state.version != current.version:
+            return state.version > current.version
+        return state.since > current.since
+    return not (state.version <= 1 < current.version)
+
+
+def restorable(known: RolloutState, stored: RolloutState | None) -> bool:
+    """Whether a process that knew ``known`` writes it back over ``stored``: the store lost it.
+
+    Missing, an older version of the same history (a replica that lags, a backup), or a
+    bare start of another history (a process began it anew in the empty store).
+    """
+    if known.version < 1:
+        return False
+    if stored is None:
+        return True
+    if _same_history(known, stored):
+        return stored.version < known.version
+    return stored.version <= 1 < known.version
 
 
 @dataclass(frozen=True, slots=True)

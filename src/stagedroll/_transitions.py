@@ -103,6 +103,7 @@ def next_state(
         reason=reason,
         actor=actor,
         epoch=version if resumed or action is Action.ROLLBACK else state.epoch,
+        history=state.history,
     )
 
 

@@ -35,6 +35,7 @@ def dump_state(state: RolloutState) -> str:
             "reason": state.reason,
             "actor": state.actor,
             "epoch": state.epoch,
+            "history": state.history,
         },
         separators=(",", ":"),
     )
@@ -59,6 +60,7 @@ def load_state(text: str | bytes) -> RolloutState:
             reason=str(data.get("reason", "")),
             actor=str(data.get("actor", "")),
             epoch=int(data.get("epoch", 0)),
+            history=str(data.get("history", "")),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed rollout state {text!r}: {exc}") from exc

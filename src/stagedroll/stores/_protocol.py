@@ -92,11 +92,6 @@ class SyncingStore(Store, Protocol):
 
     refresh_interval: float
 
-    @property
-    def closed(self) -> bool:
-        """Whether the store was closed."""
-        ...
-
     def on_refresh(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` after each refresh (bound methods weakly held)."""
         ...

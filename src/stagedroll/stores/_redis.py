@@ -3,8 +3,7 @@
 Keys, under a prefix per application (``stagedroll`` by default), with the rollout's name
 as a hash tag so that one rollout's keys share a Redis Cluster slot:
 
-- ``{prefix}:{name}:state``: a hash, ``v`` the version, ``t`` when the state began and
-  ``s`` the state as JSON;
+- ``{prefix}:{name}:state``: a hash, ``v`` the version and ``s`` the state as JSON;
   compare-and-set is one Lua script that also appends the history entry;
 - ``{prefix}:{name}:history``: a list, newest first, capped at ``max_history``;
 - ``{prefix}:{name}:counts:{segment}``: a hash of pooled outcome counters;
@@ -35,19 +34,25 @@ __all__ = ["RedisStore"]
 _CAS = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 't', ARGV[6], 's', ARGV[3])
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
 redis.call('LPUSH', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 return 1
 """
 
-# Store the state unless the stored one is as new: a higher version, or the same begun later.
-_PUT_NEWER = """
-local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-local t = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
-local nv, nt = tonumber(ARGV[1]), tonumber(ARGV[2])
-if v > nv or (v == nv and t >= nt) then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[2], 's', ARGV[3])
+# Restore a lost state: the same rule as stagedroll._state.restorable, atomically.
+_PUT_IF_LOST = """
+local known_version, known_history = tonumber(ARGV[1]), ARGV[2]
+local text = redis.call('HGET', KEYS[1], 's')
+if text then
+  local ok, stored = pcall(cjson.decode, text)
+  if not ok or type(stored) ~= 'table' then return 0 end
+  local version, history = tonumber(stored.version) or 0, stored.history or ''
+  local same = history == known_history or history == '' or known_history == ''
+  if same and version >= known_version then return 0 end
+  if not same and not (version <= 1 and known_version > 1) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[3])
 redis.call('LPUSH', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 return 1
@@ -133,7 +138,7 @@ class RedisStore(SharedStore):
                         retry_on_timeout=False,
                     )
                     self._cas = self._client.register_script(_CAS)
-                    self._put_script = self._client.register_script(_PUT_NEWER)
+                    self._put_script = self._client.register_script(_PUT_IF_LOST)
                 client = self._client
         return client
 
@@ -162,7 +167,6 @@ class RedisStore(SharedStore):
                 dump_state(state),
                 dump_transition(transition),
                 self._max_history,
-                repr(state.since),
             ],
             client=client,
         )
@@ -171,10 +175,10 @@ class RedisStore(SharedStore):
         self._changed(rollout, state)
         return True
 
-    def _put_newer(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
+    def _put_if_lost(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
         client = self.client
         keys = [self._key(rollout, "state"), self._key(rollout, "history")]
-        args = [state.version, repr(state.since), dump_state(state), dump_transition(transition),
+        args = [state.version, state.history, dump_state(state), dump_transition(transition),
                 self._max_history]  # fmt: skip
         if not self._put_script(keys=keys, args=args, client=client):
             return False

@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .._state import RolloutState, Transition, newer
+from .._state import RolloutState, Transition, restorable
 from ._codec import dump_state, dump_transition, load_state, load_transition
 from ._memory import check_version
 from ._syncer import SharedStore
@@ -299,15 +299,15 @@ class SQLiteStore(SharedStore):
         self._changed(rollout, state)
         return True
 
-    def _put_newer(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
+    def _put_if_lost(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
         with self._write() as db:
             row = db.execute("SELECT state FROM rollouts WHERE name = ?", (rollout,)).fetchone()
-            if row is not None:
-                try:
-                    if not newer(state, load_state(row[0])):
-                        return False
-                except ValueError:
-                    return False  # a state this version cannot read is not overwritten
+            try:
+                stored = load_state(row[0]) if row is not None else None
+            except ValueError:
+                return False  # a state this version cannot read is not overwritten
+            if not restorable(state, stored):
+                return False
             self._put(db, rollout, state, transition)
         self._changed(rollout, state)
         return True

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from .._failures import Failures, log
 from .._forksafe import register
-from .._state import Action, RolloutState, Transition, newer
+from .._state import Action, RolloutState, Transition, newer, restorable
 from ._codec import load_state
 from ._listeners import Listeners
 from ._protocol import StateListener
@@ -132,8 +132,8 @@ class SharedStore:
         """The stored states of ``names`` as text (``None``: absent); may raise."""
         raise NotImplementedError
 
-    def _put_newer(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
-        """Store ``state`` unless the store holds one as new (:func:`newer`); may raise.
+    def _put_if_lost(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
+        """Store ``state`` if the stored one shows it was lost (:func:`restorable`); may raise.
 
         Atomic, with ``transition`` appended to the history; says whether it was stored.
         """
@@ -193,43 +193,46 @@ class SharedStore:
             self._down = False
             log("info", "store.recovered", store=repr(self))
         for name, text in texts.items():
-            known = names[name]
+            known = names[name]  # as before the read: the store cannot be behind it
             try:
                 state = load_state(text) if text is not None else None
             except ValueError as exc:
                 self.failures.record("store.decode_failed", exc, rollout=name)
                 continue
-            if known is not None and known.version and (state is None or newer(known, state)):
+            if known is not None and restorable(known, state):
                 self._restore(name, known, state)
                 continue
-            if state is None or (known is not None and not newer(state, known)):
+            if state is None:
                 continue
             with self._names_lock:
                 latest = self._names.get(name)
-                if latest is not None and not newer(state, latest):
-                    continue  # this process committed a newer state meanwhile
+                if latest is not None and (state == latest or not newer(state, latest)):
+                    continue  # no change, or this process committed a newer state meanwhile
                 self._names[name] = state
             self._listeners.call(name, state)
         return True
 
     def _restore(self, name: str, known: RolloutState, stored: RolloutState | None) -> None:
-        """Write back ``known``: the store lost it (``stored`` is missing or older).
+        """Write back ``known``: the store lost it (see :func:`restorable`).
 
-        The state goes back as it was, version included, unless the store meanwhile holds
-        one as new; so when several processes restore, the newest state any of them knew
-        wins, and a kill or a freeze survives the loss. A history that a process began in
-        the empty store (a fresh start at version 1) gives way to it.
+        The state goes back as it was, version and history included, if the store still
+        shows the loss when the write lands (atomically); so when several processes restore,
+        the newest state any of them knew wins, and a kill or a freeze survives the loss. A
+        bare start that a process made in the empty store gives way to it; a history that
+        went further (an operator acted after the loss) is followed instead.
         """
-        self.failures.record("store.state_lost", rollout=name, version=known.version,
-                             stored=stored.version if stored is not None else None,
-                             stage=known.stage, status=str(known.status))  # fmt: skip
         reason = "restored: the store had lost this state"
         entry = Transition(name, Action.START, known.stage, known.stage, None, known.status,
                            known.version, time.time(), reason, RESTORER)  # fmt: skip
         try:
-            self._put_newer(name, known, entry)
+            restored = self._put_if_lost(name, known, entry)
         except Exception as exc:
             self.failures.record("store.restore_failed", exc, rollout=name)
+            return
+        if restored:
+            self.failures.record("store.state_lost", rollout=name, version=known.version,
+                                 stored=stored.version if stored is not None else None,
+                                 stage=known.stage, status=str(known.status))  # fmt: skip
 
     def _cycle(self) -> bool:
         ok = self.refresh()
