@@ -495,3 +495,27 @@ class TestBadAndLostStates:
             oncall_store.close()
         finally:
             away_store.close()
+
+    def test_a_read_on_the_callers_thread_follows_a_history_begun_anew(self, path: Path) -> None:
+        """status() and tick() after a loss follow the new history's kill; tick's automatic
+        step does not write over it."""
+        policy = {"rollouts": {"checkout": {"stages": [{"name": n, "percent": p} for n, p in
+                                                       (("a", 10), ("b", 50), ("c", 100))],
+                                            "advance": "auto", "health": {}}}}  # fmt: skip
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            rollouts = Rollouts(policy, store=store)
+            rollouts.advance("checkout", actor="alice")  # version 2, stage 1
+            with sqlite3.connect(path) as db:
+                db.execute("DELETE FROM rollouts")
+            oncall_store = SQLiteStore(path, refresh_interval=3600)
+            Rollouts(policy, store=oncall_store).kill("checkout", actor="oncall")  # version 2
+            oncall_store.close()
+            assert rollouts.tick() == []
+            assert rollouts.status("checkout").status is Status.KILLED
+            assert store.refresh()
+            assert rollouts["checkout"].state.status is Status.KILLED
+            latest = store.history("checkout")[0]
+            assert (latest.action, latest.actor) == (Action.KILL, "oncall")
+        finally:
+            store.close()

@@ -7,7 +7,7 @@ from stagedroll._transitions import EVENTS, initial_state, next_state, unknown_s
 
 
 def state(stage: int = 0, status: Status = Status.RUNNING, version: int = 1) -> RolloutState:
-    return RolloutState(stage=stage, status=status, since=0.0, version=version)
+    return RolloutState(stage=stage, status=status, since=0.0, version=version, history="h")
 
 
 def step(action: Action, current: RolloutState, last_stage: int = 3) -> RolloutState:
@@ -20,7 +20,7 @@ class TestNextState:
     def test_advance_moves_to_the_next_stage(self) -> None:
         """Advance raises the stage by one, stamps time, reason and actor, and bumps the version."""
         new = step(Action.ADVANCE, state(1, version=4))
-        assert new == RolloutState(2, Status.RUNNING, 10.0, 5, "why", "alice")
+        assert new == RolloutState(2, Status.RUNNING, 10.0, 5, "why", "alice", history="h")
 
     def test_advance_at_the_last_stage_is_refused(self) -> None:
         """The last stage has no next one: complete it instead."""
@@ -40,7 +40,7 @@ class TestNextState:
     def test_rollback_goes_back_one_stage_and_to_zero_from_the_first(self) -> None:
         """Rollback steps back (a new epoch); from the first stage it lands on stage -1 (0 %)."""
         assert step(Action.ROLLBACK, state(2)) == RolloutState(
-            1, Status.ROLLED_BACK, 10.0, 2, "why", "alice", epoch=2
+            1, Status.ROLLED_BACK, 10.0, 2, "why", "alice", epoch=2, history="h"
         )
         assert step(Action.ROLLBACK, state(0)).stage == -1
         with pytest.raises(TransitionError, match="already at 0 %"):
@@ -129,3 +129,16 @@ class TestEpoch:
         """Back to running from a stop, or back a stage: the epoch is the new state's version."""
         new = step(action, RolloutState(1, status, 0.0, version=7, epoch=3))
         assert new.epoch == 8
+
+
+class TestHistory:
+    def test_kept_by_every_transition(self) -> None:
+        """A transition keeps the history id of the state it starts from."""
+        assert step(Action.FREEZE, state()).history == "h"
+
+    def test_a_state_from_before_histories_gets_one(self) -> None:
+        """A stored state without a history id (an older stagedroll) gets a random one."""
+        old = RolloutState(stage=0, status=Status.RUNNING, since=0.0, version=3)
+        first, second = step(Action.ADVANCE, old), step(Action.ADVANCE, old)
+        assert len(first.history) == 32
+        assert first.history != second.history

@@ -53,10 +53,6 @@ _hash = mmh3.hash
 _MAX_UNKNOWN_NAMES = 1024
 
 
-def _same_history(state: RolloutState, current: RolloutState) -> bool:
-    return not current.version or not state.history or state.history == current.history
-
-
 def _default_actor() -> str:
     try:
         return getpass.getuser()
@@ -451,11 +447,8 @@ class Rollouts:
             state = self.store.load(name)
         except Exception as exc:
             raise StoreError(f"the store failed to load {name!r}: {exc}") from exc
-        rollout = self._rollouts[name]
-        if state is not None and _same_history(state, rollout.state):
-            # Another history (the store lost its data) is followed through the store's
-            # refresh only, which reads in order: a read that straddles it could be stale.
-            rollout._adopt(state)
+        if state is not None:
+            self._rollouts[name]._adopt(state)
         return state
 
     def status(self, name: str) -> RolloutStatus:

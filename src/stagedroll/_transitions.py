@@ -1,10 +1,12 @@
 """The transition rules: which action applies to which state, and the state it leads to.
 
-Pure functions over :class:`RolloutState`; the store's compare-and-set makes them safe
-between processes.
+Functions over :class:`RolloutState` (pure but for the random history id that a state from
+before histories is given); the store's compare-and-set makes them safe between processes.
 """
 
 from __future__ import annotations
+
+import uuid
 
 from ._state import Action, RolloutState, Status
 from .exceptions import TransitionError
@@ -103,7 +105,7 @@ def next_state(
         reason=reason,
         actor=actor,
         epoch=version if resumed or action is Action.ROLLBACK else state.epoch,
-        history=state.history,
+        history=state.history or uuid.uuid4().hex,  # a state from before histories gets one
     )
 
 

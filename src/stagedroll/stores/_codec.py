@@ -60,7 +60,7 @@ def load_state(text: str | bytes) -> RolloutState:
             reason=str(data.get("reason", "")),
             actor=str(data.get("actor", "")),
             epoch=int(data.get("epoch", 0)),
-            history=str(data.get("history", "")),
+            history=str(data.get("history") or ""),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed rollout state {text!r}: {exc}") from exc
