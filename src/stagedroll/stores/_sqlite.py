@@ -159,8 +159,7 @@ class SQLiteStore(SharedStore):
             self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+            self._set_up(db)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise RuntimeError(
@@ -174,6 +173,24 @@ class SQLiteStore(SharedStore):
             raise
         self._opened += 1
         return db
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """WAL mode, and ``synchronous=NORMAL`` (with WAL: durable across process crashes).
+
+        Switching a new file to WAL takes an exclusive lock, and SQLite does not wait for it
+        with the busy handler: when several processes open a new file at once, the switch
+        is tried again (within ``timeout``).
+        """
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+        db.execute("PRAGMA synchronous=NORMAL")
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> None:
