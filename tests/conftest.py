@@ -14,6 +14,8 @@ from hypothesis import settings
 
 from servers import DEFAULT_REDIS_URL, RedisServer, reachable, redis_unavailable, unique_prefix
 
+pytest_plugins = ["pytester"]
+
 # No timing thresholds in tests: hypothesis's per-example deadline is one, on shared machines.
 settings.register_profile("stagedroll", deadline=None)
 settings.load_profile("stagedroll")

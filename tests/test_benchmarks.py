@@ -150,3 +150,34 @@ class TestBenchStores:
         assert {(t["what"], t["store"]) for t in report["targets"]} >= {
             ("max propagation delay", kind) for kind in propagation
         }
+
+
+@pytest.fixture(name="bench_simulate")
+def _bench_simulate(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    yield importlib.import_module("bench_simulate")
+    sys.modules.pop("bench_simulate", None)
+
+
+class TestBenchSimulate:
+    def test_small_run_reports_every_stage(
+        self, bench_simulate: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A run over 1000 units prints a JSON report with the timing and every stage's cohort."""
+        bench_simulate.main(["--units", "1000", "--repeats", "1", "--json"])
+        report = json.loads(capsys.readouterr().out)
+        assert set(report) == {"meta", "timing", "stages", "ok"}
+        assert report["meta"]["units"] == 1000
+        assert {"best_s", "runs_s", "target_s", "pass"} <= set(report["timing"])
+        assert [row["percent"] for row in report["stages"]] == [1.0, 5.0, 25.0, 100.0]
+        assert report["stages"][-1]["count"] == 1000
+        assert all(row["expected"] == row["percent"] / 100 for row in report["stages"])
+
+    def test_small_run_prints_a_table(
+        self, bench_simulate: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without --json the run prints the stages and the best time against the target."""
+        bench_simulate.main(["--units", "1000", "--repeats", "1"])
+        out = capsys.readouterr().out
+        assert "simulate(): 1000 units, 4 stages" in out
+        assert "target <= 3.000 s" in out

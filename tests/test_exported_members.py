@@ -10,8 +10,16 @@ import pytest
 import stagedroll
 import stagedroll.exceptions
 import stagedroll.stores
+import stagedroll.testing
+import stagedroll.testing.strategies
 
-PUBLIC_MODULES = [stagedroll, stagedroll.exceptions, stagedroll.stores]
+PUBLIC_MODULES = [
+    stagedroll,
+    stagedroll.exceptions,
+    stagedroll.stores,
+    stagedroll.testing,
+    stagedroll.testing.strategies,
+]
 MODULE_IDS = [module.__name__ for module in PUBLIC_MODULES]
 
 
@@ -115,7 +123,7 @@ class TestAll:
         assert stagedroll.__version__
 
     @pytest.mark.parametrize(
-        "submodule", [stagedroll.exceptions, stagedroll.stores], ids=MODULE_IDS[1:]
+        "submodule", [stagedroll.exceptions, stagedroll.stores], ids=MODULE_IDS[1:3]
     )
     def test_reexports_are_the_same_objects(self, submodule: ModuleType) -> None:
         """A name exported both at the top level and by a submodule is the same object."""

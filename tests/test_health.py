@@ -522,3 +522,12 @@ class TestThreads:
         assert status.health.units_treatment == status.treatment.units
         expected_in = sum(rollouts.enabled("r", f"u{i}") for i in range(threads * per_thread // 2))
         assert status.treatment.units == expected_in
+
+
+class TestTinyParts:
+    def test_a_tiny_latency_share_does_not_underflow(self) -> None:
+        """alpha times a subnormal share underflows; the bars are still computed (huge)."""
+        knobs: dict[str, Any] = {"latency_p95": True, "latency_share": 5e-324}
+        health = Health(HealthPolicy(**knobs, alpha_freeze=1e-12, alpha_rollback=1e-12))
+        assert math.isfinite(health.log_freeze[1])
+        assert health.log_freeze[1] > 700

@@ -13,16 +13,7 @@ from conftest import plain_policy
 from stagedroll import Action, MemoryStore, Rollouts, Status, TransitionEvent
 from stagedroll._failures import Failures
 from stagedroll._hooks import Hooks
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from stagedroll.testing import FakeClock
 
 
 class Recorder:
@@ -51,7 +42,7 @@ def _recorder() -> Recorder:
 @pytest.fixture(name="rollouts")
 def _rollouts(recorder: Recorder) -> Rollouts:
     """Rollout ``checkout`` at 10, 50 and 100 %, with ``recorder`` as its only hook."""
-    return Rollouts(plain_policy(10, 50, 100), clock=Clock(), on_transition=recorder)
+    return Rollouts(plain_policy(10, 50, 100), clock=FakeClock(1000.0), on_transition=recorder)
 
 
 def degrade(rollouts: Rollouts, name: str = "checkout", calls: int = 4000) -> None:

@@ -31,6 +31,7 @@ from stagedroll import (
     load_policy,
     threshold,
 )
+from stagedroll.testing import FakeClock
 
 
 class FailingStore(MemoryStore):
@@ -506,16 +507,6 @@ class TestStatus:
 # -- the health gate through the public API ----------------------------------------------------
 
 
-class Clock:
-    """A clock the test moves by hand (seconds)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def auto_policy(
     *percents: float, bake: str | None = "10m", min_units: int = 0, **rollout: Any
 ) -> dict[str, Any]:
@@ -568,7 +559,7 @@ class TestAutoFreeze:
         The naive rule: after at least 100 calls, freeze when the new path's error rate is
         above twice the old path's, re-checked after every call.
         """
-        rollouts = Rollouts(plain_policy(5, 100), clock=Clock())
+        rollouts = Rollouts(plain_policy(5, 100), clock=FakeClock(1000.0))
         rng = random.Random(4)
         calls = {True: 0, False: 0}
         errors = {True: 0, False: 0}
@@ -596,7 +587,7 @@ class TestAutoFreeze:
 
     def test_a_degraded_stream_freezes_then_rolls_back(self) -> None:
         """New-path errors at 3 times the old path's rate: frozen, then rolled back, by the gate."""
-        rollouts = Rollouts(plain_policy(20, 100), clock=Clock())
+        rollouts = Rollouts(plain_policy(20, 100), clock=FakeClock(1000.0))
         report_stream(rollouts, seed=1, calls=30_000, control_rate=0.02, treatment_rate=0.06,
                       until=Status.ROLLED_BACK)  # fmt: skip
         rollback, freeze, start = rollouts.history("checkout")
@@ -635,7 +626,7 @@ class TestAutoFreeze:
         policy asks for a latency test (an SLO or the old path's p95)."""
         policy = plain_policy(20, 100)
         policy["rollouts"]["checkout"]["health"] = health
-        rollouts = Rollouts(policy, clock=Clock())
+        rollouts = Rollouts(policy, clock=FakeClock(1000.0))
         for i in range(3000):
             unit = f"user-{i}"
             latency = 0.05 if rollouts.enabled("checkout", unit) else 0.01
@@ -657,7 +648,7 @@ class TestAutoFreeze:
 
     def test_a_failing_new_path_behind_a_guard(self) -> None:
         """A guarded new path that always fails: callers get the fallback, the gate rolls back."""
-        rollouts = Rollouts(plain_policy(20, 100), clock=Clock())
+        rollouts = Rollouts(plain_policy(20, 100), clock=FakeClock(1000.0))
         new = failing_guard(rollouts)
         answers = {new(f"user-{i}") for i in range(2000)}
         assert answers == {f"old:user-{i}" for i in range(2000)}
@@ -674,7 +665,7 @@ class TestAutoFreeze:
         def hook(event: object) -> None:
             raise RuntimeError("the pager is down")
 
-        rollouts = Rollouts(plain_policy(20, 100), clock=Clock(), on_transition=hook)
+        rollouts = Rollouts(plain_policy(20, 100), clock=FakeClock(1000.0), on_transition=hook)
         new = failing_guard(rollouts)
         assert [new(f"user-{i}") for i in range(2000)] == [f"old:user-{i}" for i in range(2000)]
         assert rollouts.failures.count("hook.failed") == 2
@@ -683,7 +674,7 @@ class TestAutoFreeze:
     def test_a_failing_store_never_raises_into_the_caller(self) -> None:
         """The store failing on the gate's write: calls answer, the failure is counted, and the
         step is retried a second later on the clock."""
-        clock = Clock()
+        clock = FakeClock(1000.0)
         store = FailingStore()
         rollouts = Rollouts(plain_policy(20, 100), store=store, clock=clock)
         new = failing_guard(rollouts)
@@ -694,21 +685,21 @@ class TestAutoFreeze:
         # Units on the new path: each one's failure is an event, after which the gate checks.
         later = [f"user-{i}" for i in range(1000, 3000)]
         first, second = [u for u in later if rollouts.enabled("checkout", u)][:2]
-        clock.now += 0.5
+        clock.advance(0.5)
         new(first)
         assert rollouts.failures.count("health.transition_failed") == 1
-        clock.now += 1
+        clock.advance(1)
         new(second)
         assert rollouts.failures.count("health.transition_failed") == 2
         store.fail_write = False
-        clock.now += 1
+        clock.advance(1)
         assert rollouts.tick() != []
         assert rollouts.status("checkout").status is not Status.RUNNING
         assert rollouts.history("checkout")[0].actor == "stagedroll"
 
     def test_unfreeze_starts_a_new_epoch(self) -> None:
         """After an operator resumes a frozen rollout, its evidence starts again from E = 1."""
-        rollouts = Rollouts(plain_policy(20, 100), clock=Clock())
+        rollouts = Rollouts(plain_policy(20, 100), clock=FakeClock(1000.0))
         report_stream(rollouts, seed=1, calls=30_000, control_rate=0.02, treatment_rate=0.06,
                       until=Status.FROZEN)  # fmt: skip
         frozen = rollouts.status("checkout")
@@ -728,7 +719,7 @@ class TestAutoFreeze:
         """``health = {enabled = false}``: a failing new path is counted, never frozen."""
         policy = plain_policy(20, 100)
         policy["rollouts"]["checkout"]["health"] = {"enabled": False}
-        rollouts = Rollouts(policy, clock=Clock())
+        rollouts = Rollouts(policy, clock=FakeClock(1000.0))
         new = failing_guard(rollouts)
         for i in range(2000):
             new(f"user-{i}")
@@ -744,7 +735,7 @@ class TestAutoFreeze:
         """An environment fixed at a percent does not follow stages: nothing is tested there."""
         policy = plain_policy(20, 100)
         policy["rollouts"]["checkout"]["environments"] = {"dev": 50, "prod": "stages"}
-        rollouts = Rollouts(policy, environment="dev", clock=Clock())
+        rollouts = Rollouts(policy, environment="dev", clock=FakeClock(1000.0))
         new = failing_guard(rollouts)
         for i in range(2000):
             new(f"user-{i}")
@@ -759,17 +750,17 @@ class TestAutoFreeze:
 class TestAutoAdvance:
     def test_advance_after_the_bake_on_the_injected_clock(self) -> None:
         """Outcomes during the bake do not advance; the first one after it does, exactly once."""
-        clock = Clock(1000.0)
+        clock = FakeClock(1000.0)
         rollouts = Rollouts(auto_policy(), clock=clock)
         for i in range(200):
             rollouts.report("checkout", f"user-{i}", error=False)
         assert rollouts.status("checkout").waiting_for == "bake time: 10m left"
-        clock.now = 1000.0 + 599
+        clock.set(1000.0 + 599)
         for i in range(200, 400):
             rollouts.report("checkout", f"user-{i}", error=False)
         status = rollouts.status("checkout")
         assert (status.stage, status.waiting_for) == (0, "bake time: 1s left")
-        clock.now = 1000.0 + 600
+        clock.set(1000.0 + 600)
         rollouts.report("checkout", "user-400", error=False)
         for i in range(401, 600):
             rollouts.report("checkout", f"user-{i}", error=False)
@@ -787,7 +778,7 @@ class TestAutoAdvance:
 
     def test_guarded_calls_of_known_units_take_a_due_advance(self) -> None:
         """Once the bake is over, a busy guard advances on its own, with no new unit needed."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(), clock=clock)
 
         @rollouts.guard("checkout", fallback=lambda user: "old", unit=lambda user: user)
@@ -798,7 +789,7 @@ class TestAutoAdvance:
         for i in range(2000):
             new(f"user-{i % 20}")
         assert rollouts.status("checkout").stage == 0
-        clock.now = 600.0
+        clock.set(600.0)
         for i in range(2000):
             new(f"user-{i % 20}")
         assert [t.action for t in rollouts.history("checkout")] == [Action.ADVANCE, Action.START]
@@ -806,21 +797,21 @@ class TestAutoAdvance:
     def test_reports_of_known_units_take_a_due_advance(self) -> None:
         """Outcomes reported without a latency, by units already seen, still advance after the
         bake (``tick`` is only needed by an idle process)."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(), clock=clock)
         for i in range(20):
             rollouts.report("checkout", f"user-{i}", error=False)
-        clock.now = 600.0
+        clock.set(600.0)
         for i in range(2000):
             rollouts.report("checkout", f"user-{i % 20}", error=False)
         assert rollouts.status("checkout").stage == 1
 
     def test_tick_advances_an_idle_rollout(self) -> None:
         """With no outcome at all, ``tick`` takes the advance once the bake is over, once."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(), clock=clock)
         assert rollouts.tick() == []
-        clock.now = 600.0
+        clock.set(600.0)
         (made,) = rollouts.tick()
         assert (made.action, made.to_stage, made.actor) == (Action.ADVANCE, 1, "stagedroll")
         assert rollouts.tick() == []
@@ -828,9 +819,9 @@ class TestAutoAdvance:
 
     def test_min_units_blocks_the_advance(self) -> None:
         """After the bake, the advance waits for ``min_units`` distinct new-path units."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(min_units=20), clock=clock)
-        clock.now = 3600.0
+        clock.set(3600.0)
         on = [u for u in (f"user-{i}" for i in range(1000)) if rollouts.enabled("checkout", u)]
         off = [u for u in (f"user-{i}" for i in range(1000)) if not rollouts.enabled("checkout", u)]
         for _ in range(50):  # one unit, many calls: one unit
@@ -849,12 +840,12 @@ class TestAutoAdvance:
 
     def test_a_sample_ratio_mismatch_blocks_the_advance(self) -> None:
         """Outcomes reported for new-path units only: the sample ratio is off, nothing advances."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(), clock=clock)
         on = [u for u in (f"user-{i}" for i in range(1000)) if rollouts.enabled("checkout", u)]
         for unit in on:
             rollouts.report("checkout", unit, error=False)
-        clock.now = 3600.0
+        clock.set(3600.0)
         assert rollouts.tick() == []
         rollouts.report("checkout", on[0], error=False)
         rollouts.report("checkout", "someone-new", error=False)
@@ -868,24 +859,24 @@ class TestAutoAdvance:
 
     def test_a_degraded_stage_is_not_advanced(self) -> None:
         """A rollout the gate froze during its bake stays frozen after it."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(20, 100), clock=clock)
         report_stream(rollouts, seed=1, calls=30_000, control_rate=0.02, treatment_rate=0.06,
                       until=Status.FROZEN)  # fmt: skip
-        clock.now = 3600.0
+        clock.set(3600.0)
         assert rollouts.tick() == []
         assert Action.ADVANCE not in [t.action for t in rollouts.history("checkout")]
 
     def test_two_instances_never_double_advance(self) -> None:
         """Two Rollouts on one store, both seeing outcomes after the bake: one advance."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         store = MemoryStore()
         first = Rollouts(auto_policy(), store=store, clock=clock)
         second = Rollouts(auto_policy(), store=store, clock=clock)
         for i in range(0, 200, 2):
             first.report("checkout", f"user-{i}", error=False)
             second.report("checkout", f"user-{i + 1}", error=False)
-        clock.now = 600.0
+        clock.set(600.0)
         for i in range(200, 600, 2):
             first.report("checkout", f"user-{i}", error=False)
             second.report("checkout", f"user-{i + 1}", error=False)
@@ -897,14 +888,14 @@ class TestAutoAdvance:
 
     def test_two_instances_and_threads_never_double_advance(self) -> None:
         """Threads reporting through two Rollouts at once, the bake over: one advance."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         store = MemoryStore()
         made: list[TransitionEvent] = []
         instances = [
             Rollouts(auto_policy(), store=store, clock=clock, on_transition=made.append)
             for _ in range(2)
         ]
-        clock.now = 600.0
+        clock.set(600.0)
         threads, per_thread = 8, 100
         barrier = threading.Barrier(threads)
 
@@ -923,11 +914,11 @@ class TestAutoAdvance:
 
     def test_after_a_rollback_an_operator_decides(self) -> None:
         """A rollout the gate rolled back does not advance by itself, bake or not."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(20, 100), clock=clock)
         report_stream(rollouts, seed=1, calls=30_000, control_rate=0.02, treatment_rate=0.06,
                       until=Status.ROLLED_BACK)  # fmt: skip
-        clock.now = 100_000.0
+        clock.set(100_000.0)
         assert rollouts.tick() == []
         assert rollouts.status("checkout").status is Status.ROLLED_BACK
 
@@ -935,7 +926,7 @@ class TestAutoAdvance:
 class TestHealthStatus:
     def test_manual_advance(self) -> None:
         """A manual rollout's status shows its evidence and waits for an operator."""
-        rollouts = Rollouts(plain_policy(10, 100), clock=Clock())
+        rollouts = Rollouts(plain_policy(10, 100), clock=FakeClock(1000.0))
         rollouts.report("checkout", "user-1", error=True)
         status = rollouts.status("checkout")
         assert status.waiting_for == "an operator: advance is manual"
@@ -946,24 +937,24 @@ class TestHealthStatus:
 
     def test_auto_advance(self) -> None:
         """An automatic rollout waits for its bake time, then for its units."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(min_units=5), clock=clock)
         assert rollouts.status("checkout").waiting_for == "bake time: 10m left"
-        clock.now = 60.0
+        clock.set(60.0)
         assert rollouts.status("checkout").waiting_for == "bake time: 9m left"
-        clock.now = 600.0
+        clock.set(600.0)
         assert rollouts.status("checkout").waiting_for == "units on the new path: 0 of 5"
 
     def test_an_advance_due(self) -> None:
         """Once nothing is missing, the status says the next outcome (or tick) advances."""
-        clock = Clock(0.0)
+        clock = FakeClock(0.0)
         rollouts = Rollouts(auto_policy(), clock=clock)
-        clock.now = 600.0
+        clock.set(600.0)
         assert rollouts.status("checkout").waiting_for == "the next outcome: an advance is due"
 
     def test_frozen_rolled_back_and_last_stage(self) -> None:
         """Frozen, rolled back and the last stage all wait for an operator; killed for nothing."""
-        rollouts = Rollouts(auto_policy(10, 100), clock=Clock())
+        rollouts = Rollouts(auto_policy(10, 100), clock=FakeClock(1000.0))
         rollouts.freeze("checkout")
         assert (
             rollouts.status("checkout").waiting_for
@@ -985,7 +976,7 @@ class TestHealthStatus:
 
     def test_a_rolled_back_rollout_reports_zero_share(self) -> None:
         """At stage -1 (0 %) nothing is compared: the share is 0."""
-        rollouts = Rollouts(plain_policy(10, 100), clock=Clock())
+        rollouts = Rollouts(plain_policy(10, 100), clock=FakeClock(1000.0))
         rollouts.rollback("checkout")
         assert rollouts.status("checkout").health.share == 0.0
 
@@ -993,8 +984,8 @@ class TestHealthStatus:
         """Polling ``status()`` between outcomes leaves the latency test as it would be."""
         policy = plain_policy(50)
         policy["rollouts"]["checkout"]["health"] = {"latency_p95": True}
-        quiet = Rollouts(policy, clock=Clock())
-        polled = Rollouts(policy, clock=Clock())
+        quiet = Rollouts(policy, clock=FakeClock(1000.0))
+        polled = Rollouts(policy, clock=FakeClock(1000.0))
         for i in range(500):
             for rollouts in (quiet, polled):
                 rollouts.report("checkout", f"user-{i % 50}", error=False, latency_s=0.01)

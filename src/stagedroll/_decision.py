@@ -29,6 +29,8 @@ class Reason(str, enum.Enum):
     """The unit's bucket is below the stage's threshold."""
     OUT_OF_COHORT = "OUT_OF_COHORT"
     """The unit's bucket is at or above the stage's threshold."""
+    OVERRIDE = "OVERRIDE"
+    """Forced by :func:`stagedroll.testing.override` (tests only)."""
     UNKNOWN_ROLLOUT = "UNKNOWN_ROLLOUT"
     """The policy has no rollout of that name."""
     ERROR = "ERROR"

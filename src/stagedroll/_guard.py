@@ -51,7 +51,7 @@ def _router(
     if unit is None:
 
         def by_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ArmCounts, None]:
-            return rollout._view.sample(), None
+            return rollout._sample(), None
 
         return by_request
 
@@ -86,7 +86,7 @@ def _is_async(fn: Callable[..., object]) -> bool:
 def _routing_failed(rollout: Rollout, exc: Exception) -> ArmCounts:
     """Count and log a failure to route a call; send the call to the old path."""
     rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
-    return rollout._view.arms.targeted_off
+    return rollout._observed(rollout._view.arms.targeted_off)
 
 
 def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the hot path

@@ -41,7 +41,8 @@ _FULL_SAMPLE = 4096  # ...once this many have
 
 def _log_threshold(alpha: float, share: float) -> float:
     """``log(1 / (alpha * share))``; ``inf`` when the test gets no part of alpha."""
-    return -math.log(alpha * share) if share > 0 else math.inf
+    # The sum of logs: alpha * share may underflow to 0.0 (alpha 1e-12, share 5e-324).
+    return -(math.log(alpha) + math.log(share)) if share > 0 else math.inf
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,14 +16,24 @@ import math
 import threading
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ._forksafe import register
 
 if TYPE_CHECKING:
     from ._health import Health
 
-__all__ = ["FOLD_AT", "UNIT_CAP", "ArmCounts", "ArmStats", "Arms", "Outcomes"]
+__all__ = [
+    "FOLD_AT",
+    "UNIT_CAP",
+    "ArmCounts",
+    "ArmStats",
+    "Arms",
+    "ObservedArm",
+    "Outcome",
+    "Outcomes",
+    "Sink",
+]
 
 FOLD_AT = 1024
 """Pending latencies an arm holds at most before they are folded into its counters."""
@@ -150,6 +160,62 @@ class ArmCounts:
             mean_latency_s=latency_s / latency_n if latency_n else None,
             units=self.units_seen(),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One recorded call, as :class:`stagedroll.testing.RecordingSink` sees it."""
+
+    rollout: str
+    unit: str | None
+    """The call's unit as text (``None``: none given, per-request bucketing)."""
+    enabled: bool
+    """Whether the call was routed to the new path."""
+    error: bool
+    """Whether it failed (the new path raised, or the old one did)."""
+    fallback: bool
+    """Whether the old path answered after the new one raised."""
+    latency_s: float | None
+    compared: bool
+    """Whether the call was bucketed (compared by the health gate), not routed by targeting
+    or an override."""
+
+
+class Sink(Protocol):
+    """What a rollout tells of every outcome while it is watched."""
+
+    def add(self, outcome: Outcome) -> None: ...
+
+
+class ObservedArm(ArmCounts):
+    """A stand-in for an arm whose rollout a recording sink watches (tests only).
+
+    It shares the arm's pending latencies, and makes every successful guarded call look
+    slow, so that each one reaches :meth:`~._rollout.Rollout._note`, which tells the sinks
+    and passes the call on to :attr:`real`. The health test is not fooled: it judges on its
+    own threshold.
+    """
+
+    __slots__ = ("real",)
+
+    def __init__(self, real: ArmCounts) -> None:
+        self.real = real
+        self.enabled = real.enabled
+        self.compared = real.compared
+        self.slow_at = -math.inf
+        self.slow_seen = _NOTHING
+        self.counting = False
+        self.units = set()
+
+    @property
+    def pending(self) -> list[float]:  # type: ignore[override]  # the real arm's, shared
+        """The real arm's pending latencies."""
+        return self.real.pending
+
+    @property
+    def fold_at(self) -> int:  # type: ignore[override]  # the real arm's
+        """The real arm's batch size."""
+        return self.real.fold_at
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import mmh3
 
+from . import _override as override
 from ._bucketing import unit_key
 from ._decision import Decision, Reason
 from ._forksafe import register
 from ._guard import Tracking, guard
 from ._health import Health
-from ._outcomes import ArmCounts, Outcomes
+from ._outcomes import ArmCounts, ObservedArm, Outcome, Outcomes, Sink
 from ._plan import Plan, View
 from ._policy import RolloutPolicy
 from ._pool import Outbox
@@ -59,11 +60,13 @@ class Rollout:
 
     __slots__ = (
         "__weakref__",
+        "_forced",
         "_inline",
         "_lock",
         "_owner",
         "_plan",
         "_retry_at",
+        "_sinks",
         "_view",
         "health",
         "name",
@@ -87,9 +90,48 @@ class Rollout:
         self.outcomes = Outcomes(self.health)
         self._lock = threading.Lock()  # serializes view changes; decisions never take it
         self._retry_at = 0.0  # after a failed automatic step, not before this clock time
+        self._forced = 0  # overrides active anywhere (stagedroll.testing): off the fast path
+        self._sinks: tuple[Sink, ...] = ()  # recording sinks (stagedroll.testing): likewise
         self._view: View = plan.view(state, self.outcomes)
+        if override.track(self):
+            self._force(+1)
         self._set_share(self._view)
         register(self)
+
+    def _force(self, step: int) -> None:
+        """One more (``+1``) or one fewer (``-1``) override is active: leave the fast path."""
+        with self._lock:
+            self._forced += step
+            self._view = self._make_view(self._view.state)
+
+    def _make_view(self, state: RolloutState) -> View:
+        view = self._plan.view(state, self.outcomes)
+        if self._forced or self._sinks:
+            view.plain = False  # the slow path asks for overrides, and feeds the sinks
+        return view
+
+    def _watch(self, sink: Sink, *, stop: bool = False) -> None:
+        """Tell ``sink`` of every outcome from now on (``stop``: no more)."""
+        with self._lock:
+            sinks = [s for s in self._sinks if s is not sink]
+            self._sinks = tuple(sinks if stop else [*sinks, sink])
+            self._view = self._make_view(self._view.state)
+
+    def _observed(self, arm: ArmCounts) -> ArmCounts:
+        """``arm``, or its stand-in that reports every outcome when sinks watch."""
+        return ObservedArm(arm) if self._sinks else arm
+
+    def _tell(
+        self,
+        arm: ObservedArm,
+        key: str | None,
+        error: bool,
+        latency_s: float | None,
+        fallback: bool = False,
+    ) -> None:
+        outcome = Outcome(self.name, key, arm.enabled, error, fallback, latency_s, arm.compared)
+        for sink in self._sinks:
+            sink.add(outcome)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -118,6 +160,10 @@ class Rollout:
         if v.plain and unit.__class__ is str and unit.isascii():
             return _hash(v.prefix + unit, 0, False) < v.threshold
         key = _key(unit, attributes)
+        if self._forced:
+            enabled = override.forced(self, key)
+            if enabled is not None:
+                return enabled
         try:
             return v.enabled(key, attributes)
         except Exception as exc:
@@ -136,6 +182,10 @@ class Rollout:
 
     def _decide(self, v: View, unit: object, attributes: Mapping[str, object] | None) -> Decision:
         key = _key(unit, attributes)
+        if self._forced:
+            enabled = override.forced(self, key)
+            if enabled is not None:
+                return Decision(self.name, enabled, Reason.OVERRIDE, v.stage_name, v.percent)
         try:
             return v.evaluate(key, attributes)
         except Exception as exc:
@@ -155,11 +205,30 @@ class Rollout:
             arm = v.treatment if _hash(v.prefix + unit, 0, False) < v.threshold else v.control
             return arm, unit
         key = _key(unit, attributes)
+        if self._forced:
+            enabled = override.forced(self, key)
+            if enabled is not None:  # like an allow or deny list: not compared
+                arm = v.arms.targeted_on if enabled else v.arms.targeted_off
+                return (self._observed(arm), key) if self._sinks else (arm, None)
         try:
-            return v.route(key, attributes)
+            arm, bucketed = v.route(key, attributes)
         except Exception as exc:
             self._failed(exc)
-            return v.arms.targeted_off, None
+            return self._observed(v.arms.targeted_off), key if self._sinks else None
+        if self._sinks:  # a sink is told of the unit of a targeted call too
+            return self._observed(arm), bucketed if bucketed is not None else key
+        return arm, bucketed
+
+    def _sample(self) -> ArmCounts:
+        """Route one call without a unit (per-request bucketing)."""
+        v = self._view
+        if not (self._forced or self._sinks):
+            return v.sample()
+        if self._forced:
+            enabled = override.forced(self, None)
+            if enabled is not None:
+                return self._observed(v.arms.targeted_on if enabled else v.arms.targeted_off)
+        return self._observed(v.sample())
 
     def _failed(self, exc: Exception) -> None:
         self._owner.failures.record("decision.failed", exc, rollout=self.name)
@@ -181,7 +250,8 @@ class Rollout:
         """Decide for ``unit``, record the outcome of the block; see :meth:`Rollouts.track`."""
         v = self._view  # decide and record on one view, even if a transition comes between
         decision = self._decide(v, unit, attributes)
-        return Tracking(self, decision, v.arm(decision), v.key_of(unit, attributes))
+        key = v.key_of(unit, attributes)
+        return Tracking(self, decision, self._observed(v.arm(decision)), key)
 
     def report(
         self,
@@ -194,7 +264,8 @@ class Rollout:
         """Record one outcome for ``unit`` on the arm it is decided into; return that decision."""
         v = self._view
         decision = self._decide(v, unit, attributes)
-        self._record(v.arm(decision), v.key_of(unit, attributes), error=error, latency_s=latency_s)
+        arm = self._observed(v.arm(decision))
+        self._record(arm, v.key_of(unit, attributes), error=error, latency_s=latency_s)
         return decision
 
     def _record(
@@ -216,6 +287,11 @@ class Rollout:
             self._owner.failures.record("outcome.bad_latency", rollout=self.name,
                                         latency=repr(latency_s)[:40])  # fmt: skip
             latency_s = None
+        if arm.__class__ is ObservedArm:
+            observed = arm
+            self._tell(observed, key, error, latency_s, fallback)
+            arm = observed.real
+            key = key if arm.compared else None
         if error or fallback or latency_s is None:
             self._count(self.outcomes.record, arm, error, latency_s, fallback, key)
         else:
@@ -223,10 +299,17 @@ class Rollout:
 
     def _note(self, arm: ArmCounts, key: str | None, latency_s: float) -> None:
         """Show the health test a successful guarded call that may be an event; never raises."""
+        if arm.__class__ is ObservedArm:  # every success of a watched rollout comes here
+            observed = arm
+            self._tell(observed, key, False, latency_s)
+            arm = observed.real
+            key = key if arm.compared else None
         self._count(self.outcomes.note, arm, key, latency_s)
 
     def _fold(self, arm: ArmCounts) -> None:
         """Fold ``arm``'s pending latencies (the guard's batch is full); check automatic steps."""
+        if arm.__class__ is ObservedArm:
+            arm = arm.real
         self._count(self.outcomes.fold, arm)
 
     def _count(self, count: Callable[..., bool], *args: Any) -> None:
@@ -269,7 +352,7 @@ class Rollout:
                 if state.stage != current.stage:
                     last = self._plan.last_stage
                     self.outcomes.enter(min(state.stage, last), leaving=self._view.stage)
-                view = self._plan.view(state, self.outcomes)
+                view = self._make_view(state)
                 if self.health is not None:
                     with self.outcomes.lock:
                         if state.epoch != current.epoch:
