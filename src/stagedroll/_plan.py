@@ -43,6 +43,7 @@ class Plan:
         "bucket_by",
         "deny",
         "fixed",
+        "killed",
         "mode",
         "name",
         "policy",
@@ -72,6 +73,8 @@ class Plan:
                 StagePlan(stage.name, stage.percent, threshold(stage.percent), tuple(included))
             )
         self.stages = tuple(stages)
+        self.killed = False
+        """Killed in this process by ``$STAGEDROLL_KILL``, whatever the stored state says."""
         setting = policy.environments.get(environment) if environment is not None else None
         if environment is not None and policy.environments and setting is None:
             setting = "off"  # environments listed, this one not: the new path stays off here
@@ -145,7 +148,7 @@ class View:
         self.constant: Decision | None = None
         if plan.mode == "off":
             self.constant = Decision(plan.name, False, Reason.ENVIRONMENT, None, 0.0)
-        elif state.status is Status.KILLED:
+        elif state.status is Status.KILLED or plan.killed:
             self.constant = Decision(plan.name, False, Reason.KILLED, self.stage_name, 0.0)
         elif state.status is Status.COMPLETE:
             self.constant = Decision(plan.name, True, Reason.COMPLETE, self.stage_name, 100.0)

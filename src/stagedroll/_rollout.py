@@ -77,17 +77,12 @@ class Rollout:
         self._owner = owner
         self._plan = plan
         self.name = plan.name
-        tested = plan.mode == "stages" and plan.policy.health.enabled
-        self.health = Health(plan.policy.health) if tested else None
+        self.health: Health | None = None
         """The health gate, or ``None`` (disabled, or the environment does not follow stages)."""
-        if self.health is not None:
-            self.health.timed = plan.policy.advance == "auto"
-            if owner._pooled:
-                self.health.outbox = Outbox()
-                self.health.outbox.visit(state.epoch, min(state.stage, plan.last_stage))
+        self.outcomes = Outcomes()
+        self._configure(plan, state)
         self._inline = not owner._pooled
         """Whether automatic steps are taken on the caller's thread (else the store's)."""
-        self.outcomes = Outcomes(self.health)
         self._lock = threading.Lock()  # serializes view changes; decisions never take it
         self._retry_at = 0.0  # after a failed automatic step, not before this clock time
         self._forced = 0  # overrides active anywhere (stagedroll.testing): off the fast path
@@ -97,6 +92,26 @@ class Rollout:
             self._force(+1)
         self._set_share(self._view)
         register(self)
+
+    def _configure(self, plan: Plan, state: RolloutState) -> None:
+        """The health gate and the outcome counters of ``plan``, new."""
+        tested = plan.mode == "stages" and plan.policy.health.enabled
+        self.health = Health(plan.policy.health) if tested else None
+        if self.health is not None:
+            self.health.timed = plan.policy.advance == "auto"
+            if self._owner._pooled:
+                self.health.outbox = Outbox()
+                self.health.outbox.visit(state.epoch, min(state.stage, plan.last_stage))
+        self.outcomes = Outcomes(self.health)
+
+    def _replan(self, plan: Plan) -> None:
+        """Follow a reloaded policy: the state stays; a changed rollout counts afresh."""
+        with self._lock:
+            old, self._plan = self._plan, plan
+            if plan.policy != old.policy or plan.killed != old.killed or plan.mode != old.mode:
+                self._configure(plan, self._view.state)
+            self._view = self._make_view(self._view.state)
+            self._set_share(self._view)
 
     def _force(self, step: int) -> None:
         """One more (``+1``) or one fewer (``-1``) override is active: leave the fast path."""
@@ -310,6 +325,8 @@ class Rollout:
         """Fold ``arm``'s pending latencies (the guard's batch is full); check automatic steps."""
         if arm.__class__ is ObservedArm:
             arm = arm.real
+        if self._owner._file is not None:  # a guarded call's batch: look at the policy file
+            self._owner._reload()
         self._count(self.outcomes.fold, arm)
 
     def _count(self, count: Callable[..., bool], *args: Any) -> None:

@@ -25,9 +25,10 @@ from ._decision import Decision, Reason
 from ._failures import Failures, log
 from ._health import HealthReport
 from ._hooks import Hook, Hooks, TransitionEvent
-from ._plan import compile_policy
+from ._plan import Plan, compile_policy
 from ._policy import Policy, load_policy
 from ._pool import exchange
+from ._reload import PolicyFile, kill_list
 from ._rollout import Rollout
 from ._state import (
     NO_EVIDENCE,
@@ -69,6 +70,9 @@ class Rollouts:
     (or a store URL such as ``memory://``); ``clock`` (seconds, default :func:`time.time`)
     stamps transitions and measures bake times. ``on_transition`` is a hook (or several)
     called with a :class:`TransitionEvent` after each transition this instance makes.
+    ``reload_interval`` (seconds; only with a path) reads the policy file again when it
+    changed, checked at most that often by the calls that come; see :meth:`from_file`.
+    Rollouts named in ``$STAGEDROLL_KILL`` (comma-separated) are off in this process.
     """
 
     def __init__(
@@ -79,7 +83,13 @@ class Rollouts:
         environment: str | None = None,
         clock: Callable[[], float] | None = None,
         on_transition: Hook | Iterable[Hook] | None = None,
+        reload_interval: float | None = None,
     ) -> None:
+        self._file: PolicyFile | None = None
+        if reload_interval is not None:
+            if not isinstance(policy, str | os.PathLike):
+                raise TypeError("reload_interval needs a policy file (a path), not a mapping")
+            self._file = PolicyFile(policy, reload_interval)
         self.policy: Policy = load_policy(policy)
         if environment is None:
             environment = os.environ.get("STAGEDROLL_ENV")
@@ -102,9 +112,11 @@ class Rollouts:
         self._unknown: set[str] = set()
         self._unstarted: set[str] = set()  # rollouts whose state the store could not give
         self._pooled = isinstance(store, SyncingStore)
+        self.removed: list[str] = []
+        """Rollouts that a reloaded policy no longer has (their stored state stays)."""
         self._rollouts: dict[str, Rollout] = {
             name: Rollout(self, plan, self._start(name))
-            for name, plan in compile_policy(self.policy, environment).items()
+            for name, plan in self._compile(self.policy).items()
         }
         self.store.watch(self._on_state)
         if isinstance(store, SyncingStore):
@@ -119,10 +131,60 @@ class Rollouts:
         environment: str | None = None,
         clock: Callable[[], float] | None = None,
         on_transition: Hook | Iterable[Hook] | None = None,
+        reload_interval: float | None = None,
     ) -> Rollouts:
-        """Load the policy at ``path`` (TOML, JSON or YAML) and bind it."""
+        """Load the policy at ``path`` (TOML, JSON or YAML) and bind it.
+
+        With ``reload_interval`` (seconds), a change of the file is noticed by the calls
+        that come (``decide``, ``track``, ``report``, guarded calls now and then, ``status``,
+        ``tick``, and a SQLite or Redis store's refresh), at most that often, with no
+        thread, and the new policy is swapped in whole. A file that does not validate is
+        not applied: the last good policy keeps serving, the problems are logged once, and
+        ``status()`` shows them (``pending_policy``). The stored state (stage, freeze) is
+        kept; a rollout whose policy changed starts its outcome counters afresh, and one
+        the file no longer has is listed in :attr:`removed` and logged, its state kept.
+        """
         return cls(Path(path), store=store, environment=environment, clock=clock,
-                   on_transition=on_transition)  # fmt: skip
+                   on_transition=on_transition, reload_interval=reload_interval)  # fmt: skip
+
+    def _compile(self, policy: Policy) -> dict[str, Plan]:
+        """``policy``'s plans for this environment, with ``$STAGEDROLL_KILL`` applied."""
+        plans = compile_policy(policy, self.environment)
+        killed = kill_list()
+        for name in killed:
+            if name in plans:
+                plans[name].killed = True
+            else:
+                log("warning", "rollout.unknown", rollout=name, source="STAGEDROLL_KILL")
+        return plans
+
+    def _reload(self) -> None:
+        """Apply the policy file if it changed and validates; never raises."""
+        file = self._file
+        if file is None or not file.due():
+            return
+        policy = file.check()
+        if policy is None:
+            return
+        try:
+            policy.check_environment(self.environment)
+            plans = self._compile(policy)
+        except Exception as exc:
+            file.applied(str(exc))
+            return
+        rollouts: dict[str, Rollout] = {}
+        for name, plan in plans.items():
+            current = self._rollouts.get(name)
+            if current is not None:
+                current._replan(plan)
+                rollouts[name] = current
+            else:
+                rollouts[name] = Rollout(self, plan, self._start(name))
+        for name in self._rollouts.keys() - plans.keys():
+            self.removed.append(name)
+            log("warning", "policy.rollout_removed", rollout=name, path=str(file.path))
+        self.policy = policy
+        self._rollouts = rollouts  # one assignment: a reader sees the old set or the new
 
     def close(self) -> None:
         """Close the store if this instance made it (from a URL, or the default one).
@@ -188,7 +250,8 @@ class Rollouts:
 
         Runs on the store's thread (stores shared by processes), never on a caller's.
         """
-        for rollout in self._rollouts.values():
+        self._reload()
+        for rollout in list(self._rollouts.values()):
             if getattr(self.store, "closed", False):
                 return  # closed meanwhile (by a hook, or another thread)
             try:
@@ -263,6 +326,8 @@ class Rollouts:
 
         An unknown name gives ``enabled=False`` with reason ``UNKNOWN_ROLLOUT``, logged once.
         """
+        if self._file is not None:
+            self._reload()
         rollout = self._rollouts.get(name)
         if rollout is None:
             self._missing(name)
@@ -299,6 +364,8 @@ class Rollouts:
         The block receives the :class:`Decision`; an exception leaving it counts as an error
         (and propagates). Raises :class:`UnknownRolloutError` for an unknown name.
         """
+        if self._file is not None:
+            self._reload()
         return self[name].track(unit, attributes)
 
     def report(
@@ -315,6 +382,8 @@ class Rollouts:
         The outcome goes to the arm ``unit`` is decided into; that decision is returned. An
         unknown name records nothing and returns an ``UNKNOWN_ROLLOUT`` decision.
         """
+        if self._file is not None:
+            self._reload()
         rollout = self._rollouts.get(name)
         if rollout is None:
             self._missing(name)
@@ -431,8 +500,9 @@ class Rollouts:
         Steps are otherwise taken as outcomes arrive; ``tick`` is for a process that may be
         idle when a bake time ends (call it from a scheduler or a health-check endpoint).
         """
+        self._reload()
         made = []
-        for rollout in self._rollouts.values():
+        for rollout in list(self._rollouts.values()):
             self._restart(rollout)
             with contextlib.suppress(StoreError):
                 self._load(rollout.name)
@@ -453,6 +523,7 @@ class Rollouts:
 
     def status(self, name: str) -> RolloutStatus:
         """Where rollout ``name`` stands, read afresh from the store, with its evidence."""
+        self._reload()
         rollout = self[name]
         self._restart(rollout)
         self._load(name)
@@ -482,6 +553,7 @@ class Rollouts:
             internal_errors=self.failures.count(),
             health=health,
             waiting_for=gate.waiting_for(self, rollout, health),
+            pending_policy=self._file.error if self._file is not None else None,
         )
 
     def history(self, name: str, limit: int | None = None) -> list[Transition]:

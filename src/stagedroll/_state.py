@@ -169,3 +169,6 @@ class RolloutStatus:
     """The evidence of the health gate: e-values, ratio estimates, events, units."""
     waiting_for: str | None
     """What the next automatic step waits for, in words; ``None`` when none can come."""
+    pending_policy: str | None = None
+    """Why the changed policy file is not applied (it does not validate); ``None`` when the
+    file in force is the newest (or the policy does not come from a reloaded file)."""

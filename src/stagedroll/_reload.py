@@ -1,0 +1,102 @@
+"""Hot reload: notice that the policy file changed, and read it again, with no thread.
+
+:class:`PolicyFile` is asked lazily (``due``) by the calls of a
+:class:`~stagedroll.Rollouts`; at most once per ``interval`` it looks at the file's
+modification time and size, and when they changed, at its content's hash. A file that does
+not validate is not applied: the last good policy keeps serving, and the problems are
+logged once per version of the file and kept in :attr:`PolicyFile.error` until a good
+version comes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+from ._failures import log
+from ._policy import Policy, load_policy
+
+__all__ = ["PolicyFile", "kill_list"]
+
+
+def kill_list() -> frozenset[str]:
+    """The rollouts named in ``$STAGEDROLL_KILL`` (comma-separated): off in this process."""
+    names = os.environ.get("STAGEDROLL_KILL", "")
+    return frozenset(n.strip() for n in names.split(",") if n.strip())
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    found = path.stat()
+    return found.st_mtime_ns, found.st_size
+
+
+class PolicyFile:
+    """The file a policy was read from, watched for changes every ``interval`` seconds."""
+
+    __slots__ = ("_digest", "_failed", "_lock", "_next", "_stamp", "error", "interval", "path")
+
+    def __init__(self, path: str | os.PathLike[str], interval: float) -> None:
+        if not interval > 0:
+            raise ValueError(f"reload_interval must be positive, not {interval!r}")
+        self.path = Path(path)
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._next = time.monotonic() + interval
+        self._stamp = _stamp(self.path)
+        self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self._failed = ""  # the digest of the last version that did not validate
+        self.error: str | None = None
+        """Why the newest version of the file is not applied (``None``: it is)."""
+
+    def due(self) -> bool:
+        """Whether the interval has passed since the last look (cheap: a clock read)."""
+        return time.monotonic() >= self._next
+
+    def check(self) -> Policy | None:
+        """The new policy if the file changed and validates, else ``None``; never raises."""
+        if not self._lock.acquire(blocking=False):
+            return None  # another thread is looking
+        try:
+            self._next = time.monotonic() + self.interval
+            return self._read()
+        finally:
+            self._lock.release()
+
+    def _read(self) -> Policy | None:
+        try:
+            stamp = _stamp(self.path)
+            if stamp == self._stamp:
+                return None
+            content = self.path.read_bytes()
+        except OSError as exc:
+            self._refuse(f"cannot read {self.path}: {exc}", digest=f"oserror:{exc}")
+            return None
+        self._stamp = stamp
+        digest = hashlib.sha256(content).hexdigest()
+        if digest == self._digest:
+            return None  # touched, not changed
+        try:
+            policy = load_policy(self.path)
+        except Exception as exc:  # PolicyError, or a file replaced while read
+            self._refuse(str(exc), digest=digest)
+            return None
+        self._digest = digest
+        self._failed = ""
+        self.error = None
+        log("info", "policy.reloaded", path=str(self.path), rollouts=sorted(policy.rollouts))
+        return policy
+
+    def _refuse(self, why: str, *, digest: str) -> None:
+        """Keep the last good policy; log each bad version once."""
+        self.error = why
+        if digest != self._failed:
+            self._failed = digest
+            log("error", "policy.reload_failed", path=str(self.path), error=why)
+
+    def applied(self, error: str) -> None:
+        """The new policy could not be applied (e.g. it drops this process's environment)."""
+        self._refuse(error, digest=self._digest)
+        self._digest = ""  # look again at the next change

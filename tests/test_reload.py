@@ -1,0 +1,143 @@
+"""Tests of hot reload (Rollouts.from_file(..., reload_interval=...)) and $STAGEDROLL_KILL."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import structlog
+
+from stagedroll import Reason, Rollouts, Status, UnknownRolloutError
+
+INTERVAL = 0.01
+UNITS = [f"user-{i}" for i in range(400)]
+
+
+def policy_text(percent: float, *, extra: str = "", name: str = "checkout") -> str:
+    return f"""
+[rollouts.{name}]
+stages = [{{ name = "canary", percent = {percent} }}]
+{extra}
+"""
+
+
+def write(path: Path, text: str) -> None:
+    """Write ``text``; make sure the modification time moves (coarse file systems)."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text)
+    if path.stat().st_mtime_ns == before:
+        os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
+
+
+def after_interval() -> None:
+    time.sleep(INTERVAL * 2)
+
+
+def share(rollouts: Rollouts, name: str = "checkout") -> float:
+    return sum(rollouts.decide(name, unit).enabled for unit in UNITS) / len(UNITS)
+
+
+@pytest.fixture(name="path")
+def _path(tmp_path: Path) -> Path:
+    path = tmp_path / "rollouts.toml"
+    write(path, policy_text(0))
+    return path
+
+
+class TestReload:
+    def test_a_valid_change_applies(self, path: Path) -> None:
+        """A changed file is read again once the interval has passed, by the next call."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        assert share(rollouts) == 0.0
+        write(path, policy_text(100))
+        after_interval()
+        assert share(rollouts) == 1.0
+        assert rollouts.policy.rollouts["checkout"].stages[0].percent == 100
+
+    def test_an_invalid_change_is_refused_and_the_old_policy_serves(self, path: Path) -> None:
+        """A file that does not validate is not applied; it is logged once, shown in status."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        write(path, policy_text(150))
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                after_interval()
+                assert share(rollouts) == 0.0  # no exception in the calling code
+        assert [e["event"] for e in logs].count("policy.reload_failed") == 1
+        pending = rollouts.status("checkout").pending_policy
+        assert pending is not None
+        assert "rollouts.checkout.stages[0].percent" in pending
+        write(path, policy_text(100))
+        after_interval()
+        assert share(rollouts) == 1.0
+        assert rollouts.status("checkout").pending_policy is None
+
+    def test_state_survives_and_handles_follow(self, path: Path) -> None:
+        """A frozen rollout stays frozen; a guard made before the reload follows the new plan."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        handle = rollouts["checkout"]
+
+        @rollouts.guard("checkout", fallback=lambda unit: "old", unit=lambda unit: unit)
+        def new(unit: str) -> str:
+            return "new"
+
+        rollouts.freeze("checkout", actor="alice")
+        write(path, policy_text(100))
+        after_interval()
+        rollouts.tick()
+        assert rollouts["checkout"] is handle
+        assert handle.state.status is Status.FROZEN
+        assert {new(unit) for unit in UNITS} == {"new"}
+
+    def test_added_and_removed_rollouts(self, path: Path) -> None:
+        """A new rollout starts; a removed one is listed and logged, its state kept."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        write(path, policy_text(50, name="search"))
+        after_interval()
+        with structlog.testing.capture_logs() as logs:
+            rollouts.tick()
+        assert "search" in rollouts
+        assert rollouts.removed == ["checkout"]
+        assert "policy.rollout_removed" in {e["event"] for e in logs}
+        assert rollouts.store.load("checkout") is not None
+        with pytest.raises(UnknownRolloutError):
+            rollouts["checkout"]
+
+    def test_an_environment_the_new_file_lacks_is_refused(self, tmp_path: Path) -> None:
+        """A new policy that drops this process's environment is not applied."""
+        path = tmp_path / "rollouts.toml"
+        write(path, 'environments = ["prod"]\n' + policy_text(0))
+        rollouts = Rollouts.from_file(path, environment="prod", reload_interval=INTERVAL)
+        write(path, 'environments = ["dev"]\n' + policy_text(100))
+        after_interval()
+        assert share(rollouts) == 0.0
+        assert "prod" in (rollouts.status("checkout").pending_policy or "")
+
+    def test_needs_a_path(self) -> None:
+        """reload_interval with a mapping is refused; a bad interval too."""
+        with pytest.raises(TypeError, match="policy file"):
+            Rollouts({"rollouts": {}}, reload_interval=1)
+        with pytest.raises(ValueError, match="reload_interval"):
+            Rollouts.from_file(Path(__file__).parent / "data" / "none.toml", reload_interval=0)
+
+
+class TestKillSwitch:
+    def test_named_rollouts_are_off_here(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """$STAGEDROLL_KILL turns the named rollouts off in this process, with reason KILLED."""
+        write(path, policy_text(100))
+        monkeypatch.setenv("STAGEDROLL_KILL", "checkout, unknown")
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        decision = rollouts.decide("checkout", "user-1")
+        assert (decision.enabled, decision.reason) == (False, Reason.KILLED)
+        assert rollouts["checkout"].state.status is Status.RUNNING  # the store is untouched
+
+    def test_read_again_on_reload(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The variable is read again when the file is reloaded."""
+        write(path, policy_text(100))
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        assert share(rollouts) == 1.0
+        monkeypatch.setenv("STAGEDROLL_KILL", "checkout")
+        write(path, policy_text(100, extra='salt = "s2"'))
+        after_interval()
+        assert share(rollouts) == 0.0
