@@ -8,6 +8,7 @@ from types import ModuleType
 import pytest
 
 import stagedroll
+import stagedroll.cli
 import stagedroll.exceptions
 import stagedroll.stores
 import stagedroll.testing
@@ -15,6 +16,7 @@ import stagedroll.testing.strategies
 
 PUBLIC_MODULES = [
     stagedroll,
+    stagedroll.cli,
     stagedroll.exceptions,
     stagedroll.stores,
     stagedroll.testing,
@@ -123,7 +125,7 @@ class TestAll:
         assert stagedroll.__version__
 
     @pytest.mark.parametrize(
-        "submodule", [stagedroll.exceptions, stagedroll.stores], ids=MODULE_IDS[1:3]
+        "submodule", [stagedroll.exceptions, stagedroll.stores], ids=MODULE_IDS[2:4]
     )
     def test_reexports_are_the_same_objects(self, submodule: ModuleType) -> None:
         """A name exported both at the top level and by a submodule is the same object."""

@@ -142,3 +142,16 @@ class TestHistory:
         first, second = step(Action.ADVANCE, old), step(Action.ADVANCE, old)
         assert len(first.history) == 32
         assert first.history != second.history
+
+    @pytest.mark.parametrize(
+        ("action", "status"),
+        [
+            (Action.FREEZE, Status.FROZEN),
+            (Action.KILL, Status.KILLED),
+            (Action.COMPLETE, Status.COMPLETE),
+        ],
+    )
+    def test_twice_says_already(self, action: Action, status: Status) -> None:
+        """Freezing a frozen rollout (killing a killed one...) says it already is."""
+        with pytest.raises(TransitionError, match=f"it is already {status}"):
+            step(action, state(1, status))

@@ -41,6 +41,12 @@ def verb(action: Action) -> str:
     return "roll back" if action is Action.ROLLBACK else action.value
 
 
+_LEADS_TO: dict[Action, Status] = {
+    Action.FREEZE: Status.FROZEN,
+    Action.KILL: Status.KILLED,
+    Action.COMPLETE: Status.COMPLETE,
+}
+
 _WHY_NOT: dict[Status, str] = {
     Status.RUNNING: "it is running",
     Status.FROZEN: "it is frozen (unfreeze it first)",
@@ -77,6 +83,8 @@ def next_state(
     if action is Action.START:
         raise TransitionError("a rollout is started by the store, not by a transition")
     if state.status not in _ALLOWED_FROM[action]:
+        if _LEADS_TO.get(action) is state.status:  # doing it twice: say so, not "unfreeze it"
+            raise TransitionError(f"cannot {verb(action)} {name!r}: it is already {state.status}")
         raise TransitionError(f"cannot {verb(action)} {name!r}: {_WHY_NOT[state.status]}")
     stage, status = state.stage, Status.RUNNING
     if action is Action.ADVANCE:

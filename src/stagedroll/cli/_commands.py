@@ -1,0 +1,325 @@
+"""The commands that work on the store's state: status, the transitions, history, tick, explain."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .._bucketing import SPACE, hash_key
+from .._rollouts import Rollouts
+from .._state import Action, Status
+from .._targeting import Predicate, compile_rule, compile_segment
+from .._transitions import verb
+from ..exceptions import StoreError, TransitionError
+from ._main import FINDING, OK, USAGE, CliError, Context, default_actor
+from ._render import (
+    dump,
+    evidence_text,
+    iso,
+    stage_label,
+    status_object,
+    table,
+    transition_line,
+    transition_object,
+)
+
+__all__ = ["explain", "history", "status", "tick", "transition"]
+
+# The status an action leads to, where doing it twice is what "already" means.
+_ALREADY = {
+    Action.FREEZE: Status.FROZEN,
+    Action.KILL: Status.KILLED,
+    Action.COMPLETE: Status.COMPLETE,
+}
+
+
+def status(ctx: Context) -> int:
+    """``status [NAME]``: stage, percent, status, since, version, evidence, what comes next."""
+    rollouts = ctx.rollouts()
+    names = [ctx.args.name] if ctx.args.name else list(rollouts)
+    found = [rollouts.status(name) for name in names]
+    if ctx.json:
+        dump([status_object(s) for s in found], ctx.out)
+        return OK
+    rows = [
+        (
+            s.rollout,
+            s.stage_name or "(0 %)",
+            f"{s.percent:g}%",
+            str(s.status),
+            iso(s.since),
+            str(s.version),
+            evidence_text(s.health.evidence(), enabled=s.health.enabled),
+            s.next_stage or "-",
+            s.waiting_for or "-",
+        )
+        for s in found
+    ]
+    header = (
+        "ROLLOUT",
+        "STAGE",
+        "PERCENT",
+        "STATUS",
+        "SINCE",
+        "VERSION",
+        "EVIDENCE (new/old)",
+        "NEXT",
+        "WAITING FOR",
+    )
+    if rollouts.environment is not None:
+        ctx.out.write(f"environment: {rollouts.environment}\n")
+    ctx.out.write(table(header, rows, right={2, 5}) + "\n")
+    return OK
+
+
+def _refusal(rollouts: Rollouts, name: str, action: Action, error: TransitionError) -> str:
+    """Why a transition was refused; "already" when the rollout is where it would lead."""
+    state = rollouts[name].state  # the refused transition read it afresh from the store
+    if _ALREADY.get(action) is state.status:
+        return (
+            f"cannot {verb(action)} {name!r}: it is already {state.status} "
+            f"(since {iso(state.since)}, by {state.actor or 'unknown'}); nothing changed"
+        )
+    return str(error)
+
+
+def transition(ctx: Context) -> int:
+    """``advance | freeze | unfreeze | rollback | kill | complete NAME --reason TEXT``."""
+    rollouts = ctx.rollouts()
+    name, action = ctx.args.name, Action(ctx.args.command)
+    policy = rollouts[name].policy  # an unknown name: a usage error before anything is tried
+    actor = ctx.args.actor or default_actor()
+    operation = {
+        Action.ADVANCE: rollouts.advance,
+        Action.FREEZE: rollouts.freeze,
+        Action.UNFREEZE: rollouts.unfreeze,
+        Action.ROLLBACK: rollouts.rollback,
+        Action.KILL: rollouts.kill,
+        Action.COMPLETE: rollouts.complete,
+    }[action]
+    try:
+        entry = operation(name, reason=ctx.args.reason, actor=actor)
+    except TransitionError as exc:
+        raise CliError(_refusal(rollouts, name, action, exc), FINDING) from None
+    if ctx.json:
+        dump(transition_object(entry, policy), ctx.out)
+    else:
+        ctx.out.write(transition_line(entry, policy) + "\n")
+    return OK
+
+
+def history(ctx: Context) -> int:
+    """``history NAME [--limit N]``: the audit trail, newest first."""
+    rollouts = ctx.rollouts()
+    name = ctx.args.name
+    policy = rollouts[name].policy
+    entries = rollouts.history(name, ctx.args.limit)
+    if ctx.json:
+        dump([transition_object(e, policy) for e in entries], ctx.out)
+        return OK
+    rows = []
+    for e in entries:
+        before, after = stage_label(policy, e.from_stage), stage_label(policy, e.to_stage)
+        was = f"{e.from_status} -> " if e.from_status is not None else ""
+        rows.append(
+            (
+                iso(e.at),
+                str(e.action),
+                before if before == after else f"{before} -> {after}",
+                f"{was}{e.to_status}",
+                str(e.version),
+                e.actor or "-",
+                e.reason or "-",
+            )
+        )
+    header = ("TIME", "ACTION", "STAGE", "STATUS", "VERSION", "ACTOR", "REASON")
+    ctx.out.write(table(header, rows, right={4}) + "\n")
+    return OK
+
+
+def tick(ctx: Context) -> int:
+    """``tick``: take the automatic steps that are due now, once (for cron)."""
+    rollouts = ctx.rollouts()
+    try:  # tick() carries on when the store is down; an operator is told
+        for name in rollouts:
+            rollouts.store.load(name)
+    except Exception as exc:
+        raise StoreError(f"the store failed to load the rollouts' state: {exc}") from exc
+    made = rollouts.tick()
+    if ctx.json:
+        dump([transition_object(e, rollouts[e.rollout].policy) for e in made], ctx.out)
+    elif not made:
+        ctx.out.write("no automatic step is due\n")
+    else:
+        for entry in made:
+            ctx.out.write(transition_line(entry, rollouts[entry.rollout].policy) + "\n")
+    return OK
+
+
+def _attributes(pairs: list[str]) -> dict[str, object] | None:
+    """``--attr k=v`` as a mapping: each value read as JSON when it parses, else as text."""
+    if not pairs:
+        return None
+    found: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--attr takes KEY=VALUE, not {pair!r}", USAGE)
+        try:
+            found[key] = json.loads(text)
+        except ValueError:
+            found[key] = text
+    return found
+
+
+def _segments(rollouts: Rollouts, name: str) -> list[tuple[str, Predicate]]:
+    """The segments in force at the rollout's stage (its own and the earlier stages')."""
+    rollout = rollouts[name]
+    view, policy = rollout._view, rollout.policy
+    if rollout._plan.mode != "stages" or view.stage < 0:
+        return []
+    names: list[str] = []
+    for stage in policy.stages[: view.stage + 1]:
+        names.extend(s for s in stage.segments if s not in names)
+    segments = rollouts.policy.segments
+    return [
+        (
+            s,
+            compile_segment(
+                [compile_rule(r.attribute, r.op, r.value) for r in segments[s].rules],
+                match=segments[s].match,
+            ),
+        )
+        for s in names
+    ]
+
+
+class _Steps(list[dict[str, Any]]):
+    """The steps of the evaluation order; those after the one that settled are "not reached"."""
+
+    settled = False
+
+    def add(self, kind: str, detail: str, decides: bool | None = None, **extra: object) -> None:
+        if self.settled:
+            outcome = "not reached"
+        else:
+            outcome = "next" if decides is None else ("on" if decides else "off")
+        self.settled = self.settled or decides is not None
+        self.append({"step": kind, "outcome": outcome, "detail": detail, **extra})
+
+
+def _before_unit(steps: _Steps, rollouts: Rollouts, name: str) -> None:
+    """Steps 1 and 2: the environment, and the status."""
+    rollout = rollouts[name]
+    plan, view, env = rollout._plan, rollout._view, rollouts.environment
+    if plan.mode == "off":
+        steps.add("environment", f"the rollout is off in environment {env!r}", False)
+    elif plan.mode == "fixed":
+        steps.add("environment", f"environment {env!r} fixes the percent at {view.percent:g} %")
+    else:
+        where = f"environment {env!r}" if env is not None else "no environment named"
+        steps.add("environment", f"follows the stages ({where})")
+    status = view.state.status
+    if plan.killed:
+        steps.add("status", "killed in this process by $STAGEDROLL_KILL: off for everyone", False)
+    elif status is Status.KILLED:
+        steps.add("status", "killed: off for everyone", False)
+    elif status is Status.COMPLETE:
+        steps.add("status", "complete: on for everyone", True)
+    else:
+        if plan.mode != "stages":
+            at = f"at environment {env!r}"
+        elif view.stage < 0:
+            at = "before the first stage"
+        else:
+            at = f"at stage {stage_label(rollout.policy, view.stage)}"
+        steps.add("status", f"{status} {at} ({view.percent:g} %)")
+
+
+def _steps(
+    rollouts: Rollouts, name: str, unit: str, attributes: dict[str, object] | None
+) -> list[dict[str, Any]]:
+    """Every step of the evaluation order, each with what it found and what it settled."""
+    steps = _Steps()
+    _before_unit(steps, rollouts, name)
+    rollout = rollouts[name]
+    plan, view = rollout._plan, rollout._view
+    key = view.key_of(unit, attributes)
+    if plan.bucket_by is not None:
+        found = f"{key!r}" if key is not None else "missing, or not a str, int or UUID"
+        detail = f"bucketed by attribute {plan.bucket_by!r}: {found}"
+    else:
+        detail = f"unit {key!r}"
+    steps.add("unit", detail, False if key is None else None, key=key)
+
+    for kind, listing, enabled in (("deny", plan.deny, False), ("allow", plan.allow, True)):
+        listed = key is not None and key in listing
+        count = f"{len(listing)} unit{'s' if len(listing) != 1 else ''}"
+        detail = f"{'on' if listed else 'not on'} the {kind} list ({count})"
+        steps.add(kind, detail, enabled if listed else None)
+
+    segments = _segments(rollouts, name)
+    matches = [
+        {"name": s, "match": attributes is not None and bool(match(attributes))}
+        for s, match in segments
+    ]
+    if not segments:
+        detail = "no segment in force at this stage"
+    elif attributes is None:
+        detail = f"no attributes given (--attr): none of {', '.join(s for s, _ in segments)} match"
+    else:
+        detail = "; ".join(f"{m['name']}: {'match' if m['match'] else 'no match'}" for m in matches)
+    steps.add(
+        "segments", detail, True if any(m["match"] for m in matches) else None, segments=matches
+    )
+
+    if key is None:
+        steps.add("bucket", "no unit to bucket", None, bucket=None, threshold=view.threshold)
+    else:
+        value = hash_key(plan.prefix + key)
+        inside = value < view.threshold
+        detail = (
+            f"bucket {value} ({value / SPACE:.4%} of the space) {'<' if inside else '>='} "
+            f"threshold {view.threshold} ({view.percent:g} %), salt {plan.prefix[:-1]!r}"
+        )
+        steps.add("bucket", detail, inside, bucket=value, threshold=view.threshold)
+    return steps
+
+
+def explain(ctx: Context) -> int:
+    """``explain NAME UNIT [--attr k=v ...]``: the decision, and every step that led to it."""
+    rollouts = ctx.rollouts()
+    name, unit = ctx.args.name, ctx.args.unit
+    attributes = _attributes(ctx.args.attr)
+    rollouts.status(name)  # the state afresh from the store (and a store that is down, told)
+    decision = rollouts.decide(name, unit, attributes)
+    steps = _steps(rollouts, name, unit, attributes)
+    if ctx.json:
+        bucket = next(s for s in steps if s["step"] == "bucket")
+        dump(
+            {
+                "rollout": name,
+                "unit": unit,
+                "attributes": attributes,
+                "environment": rollouts.environment,
+                "enabled": decision.enabled,
+                "reason": str(decision.reason),
+                "stage": decision.stage,
+                "percent": decision.percent,
+                "bucket": bucket["bucket"],
+                "threshold": bucket["threshold"],
+                "steps": steps,
+            },
+            ctx.out,
+        )
+        return OK
+    where = f", environment {rollouts.environment}" if rollouts.environment is not None else ""
+    ctx.out.write(f"{name}, unit {unit!r}{where}\n")
+    rows = [(str(i), s["step"], s["outcome"], s["detail"]) for i, s in enumerate(steps, 1)]
+    ctx.out.write(table(("#", "STEP", "OUTCOME", "DETAIL"), rows, right={0}) + "\n")
+    stage = f", stage {decision.stage}" if decision.stage is not None else ""
+    ctx.out.write(
+        f"result: {'on' if decision.enabled else 'off'} ({decision.reason}){stage}, "
+        f"{decision.percent:g} %\n"
+    )
+    return OK

@@ -1,0 +1,211 @@
+"""The commands that need no store: ``validate``, ``schema`` and ``simulate``."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._policy import Policy, load_policy
+from ..exceptions import MissingExtraError, PolicyError, PolicyProblem
+from ..testing._simulate import Simulation, simulate
+from ._lines import line_of, locate
+from ._main import FINDING, OK, USAGE, CliError, Context
+from ._render import dump
+
+__all__ = ["problem_lines", "schema", "simulate_cohorts", "validate"]
+
+_BAR = 40  # characters of a full bar in the text chart
+_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _located(problems: tuple[PolicyProblem, ...], source: str | None) -> list[dict[str, Any]]:
+    """Each problem as ``{"path", "line", "message"}``, the line found in the file if it can be."""
+    lines: dict[str, int] = {}
+    if source is not None and any(p.path for p in problems):
+        path = Path(source)
+        with contextlib.suppress(OSError):
+            lines = locate(path, path.read_text(encoding="utf-8", errors="replace"))
+    return [
+        {"path": p.path, "line": line_of(lines, p.path) if p.path else None, "message": p.message}
+        for p in problems
+    ]
+
+
+def _problem_line(source: str | None, problem: dict[str, Any]) -> str:
+    where = source or "policy"
+    if problem["line"] is not None:
+        where += f":{problem['line']}"
+    return (
+        f"{where}: {problem['path']}: {problem['message']}"
+        if problem["path"]
+        else (f"{where}: {problem['message']}")
+    )
+
+
+def problem_lines(error: PolicyError) -> list[str]:
+    """A policy's problems for people, one a line: ``file:line: path: message``."""
+    count = len(error.problems)
+    head = f"{error.source or 'the policy'}: {count} problem{'s' if count != 1 else ''}"
+    return [head, *(_problem_line(error.source, p) for p in _located(error.problems, error.source))]
+
+
+def _check(ctx: Context, path: Path) -> dict[str, Any]:
+    """The result of validating one file: ``{"file", "ok", "problems"}``."""
+    problems: list[dict[str, Any]] = []
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        problems = _located(exc.problems, str(path))
+    except MissingExtraError as exc:
+        problems = [{"path": "", "line": None, "message": str(exc)}]
+    except OSError as exc:
+        problems = [{"path": "", "line": None, "message": f"cannot read: {exc.strerror}"}]
+    else:
+        try:
+            policy.check_environment(ctx.environment())
+        except PolicyError as exc:
+            problems = _located(exc.problems, None)
+    return {"file": str(path), "ok": not problems, "problems": problems}
+
+
+def validate(ctx: Context) -> int:
+    """``validate FILE...``: every problem of each file, with its path and line."""
+    files = [Path(f) for f in ctx.args.files] or [ctx.policy_path()]
+    results = [_check(ctx, path) for path in files]
+    if ctx.json:
+        dump(results, ctx.out)
+    else:
+        for result in results:
+            if result["ok"]:
+                ctx.out.write(f"{result['file']}: ok\n")
+                continue
+            count = len(result["problems"])
+            ctx.out.write(f"{result['file']}: {count} problem{'s' if count != 1 else ''}\n")
+            for problem in result["problems"]:
+                ctx.out.write(f"  {_problem_line(result['file'], problem)}\n")
+    return OK if all(r["ok"] for r in results) else FINDING
+
+
+def schema(ctx: Context) -> int:
+    """``schema``: the JSON Schema of the policy file, from the pydantic models."""
+    document = {"$schema": _SCHEMA_DIALECT, **Policy.model_json_schema()}
+    dump(document, ctx.out)
+    return OK
+
+
+def _units(ctx: Context) -> list[str]:
+    source = ctx.args.units_file
+    if source is None:
+        return [f"user-{i}" for i in range(ctx.args.units)]
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read the units file {source!r}: {exc}", USAGE) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _simulation_object(sim: Simulation, plot: str | None) -> dict[str, Any]:
+    rollouts = []
+    for rollout in sim.values():
+        leaks = rollout._leaks  # per stage after the first: units of the previous one left out
+        stages = [
+            {
+                "name": cohort.name,
+                "percent": cohort.percent,
+                "count": cohort.count,
+                "fraction": cohort.fraction,
+                "expected": cohort.expected,
+                "contains_previous": None if i == 0 else not leaks[i - 1],
+            }
+            for i, cohort in enumerate(rollout.stages)
+        ]
+        rollouts.append(
+            {
+                "rollout": rollout.name,
+                "mode": rollout.mode,
+                "nested": rollout.nested,
+                "stages": stages,
+            }
+        )
+    return {
+        "units": sim.units,
+        "environment": sim.environment,
+        "nested": all(r.nested for r in sim.values()),
+        "rollouts": rollouts,
+        "plot": plot,
+    }
+
+
+def _text_chart(sim: Simulation) -> str:
+    """Cohort size per stage as bars of ``#``, a full bar being every simulated unit."""
+    lines = []
+    width = max((len(c.name) for r in sim.values() for c in r.stages), default=0)
+    for rollout in sim.values():
+        lines.append(rollout.name)
+        for cohort in rollout.stages:
+            filled = round(cohort.fraction * _BAR)
+            bar = "#" * filled + "." * (_BAR - filled)
+            lines.append(
+                f"  {cohort.name:<{width}}  {cohort.percent:>6g}%  {bar}  "
+                f"{cohort.count} ({cohort.fraction:.2%})"
+            )
+    return "\n".join(lines)
+
+
+def _plot(sim: Simulation, path: str) -> bool:
+    """Draw the cohort sizes into the PNG ``path``; ``False`` when matplotlib is missing."""
+    try:  # the optional extra stagedroll[plot]; imported by name, so mypy needs no stubs
+        figure_module = importlib.import_module("matplotlib.figure")
+    except ImportError:
+        return False
+    rollouts = list(sim.values())
+    figure = figure_module.Figure(figsize=(8, 2.5 * max(1, len(rollouts))), layout="constrained")
+    axes = figure.subplots(nrows=max(1, len(rollouts)), ncols=1, squeeze=False)
+    for row, rollout in zip(axes, rollouts, strict=False):
+        ax = row[0]
+        names = [f"{c.name}\n{c.percent:g}%" for c in rollout.stages]
+        ax.bar(names, [c.count for c in rollout.stages], color="tab:blue")
+        ax.set_title(f"{rollout.name} ({sim.units} units)")
+        ax.set_ylabel("units in the cohort")
+    figure.savefig(path, format="png")
+    return True
+
+
+def simulate_cohorts(ctx: Context) -> int:
+    """``simulate FILE``: each stage's cohort of N synthetic units (or a file's), and nesting."""
+    source = Path(ctx.args.file) if ctx.args.file else ctx.policy_path()
+    policy = ctx.load(source)
+    sim = simulate(policy, _units(ctx), environment=ctx.environment())
+    plotted: str | None = None
+    fallback = False
+    if ctx.args.plot:
+        try:
+            drawn = _plot(sim, ctx.args.plot)
+        except OSError as exc:
+            raise CliError(
+                f"cannot write the chart {ctx.args.plot!r}: {exc.strerror}", USAGE
+            ) from None
+        if drawn:
+            plotted = ctx.args.plot
+        else:
+            fallback = True
+            ctx.note(
+                "--plot needs matplotlib: pip install 'stagedroll[plot]' (a text chart instead)"
+            )
+    if ctx.json:
+        dump(_simulation_object(sim, plotted), ctx.out)
+    else:
+        ctx.out.write(sim.table() + "\n")
+        if fallback:
+            ctx.out.write("\n" + _text_chart(sim) + "\n")
+        if plotted is not None:
+            ctx.out.write(f"\nchart: {plotted}\n")
+    try:
+        sim.check()
+    except AssertionError as exc:
+        ctx.note(f"cohorts not nested: {exc}")
+        return FINDING
+    return OK
