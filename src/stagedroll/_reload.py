@@ -15,11 +15,15 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._failures import log
 from ._policy import Policy, load_policy
 
-__all__ = ["PolicyFile", "kill_list"]
+if TYPE_CHECKING:
+    from ._rollouts import Rollouts
+
+__all__ = ["PolicyFile", "apply_changes", "kill_list"]
 
 
 def kill_list() -> frozenset[str]:
@@ -100,3 +104,35 @@ class PolicyFile:
         """The new policy could not be applied (e.g. it drops this process's environment)."""
         self._refuse(error, digest=self._digest)
         self._digest = ""  # look again at the next change
+
+
+def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
+    """Swap in the policy of ``file`` if it changed and validates; never raises.
+
+    Rollouts that stay are re-planned in place (handles and guards follow them), new ones
+    start, and those the file no longer has are listed in ``owner.removed`` and logged.
+    """
+    from ._rollout import Rollout  # noqa: PLC0415 - _rollout imports what imports this
+
+    policy = file.check()
+    if policy is None:
+        return
+    try:
+        policy.check_environment(owner.environment)
+        plans = owner._compile(policy)
+    except Exception as exc:
+        file.applied(str(exc))
+        return
+    rollouts: dict[str, Rollout] = {}
+    for name, plan in plans.items():
+        current = owner._rollouts.get(name)
+        if current is not None:
+            current._replan(plan)
+            rollouts[name] = current
+        else:
+            rollouts[name] = Rollout(owner, plan, owner._start(name))
+    for name in owner._rollouts.keys() - plans.keys():
+        owner.removed.append(name)
+        log("warning", "policy.rollout_removed", rollout=name, path=str(file.path))
+    owner.policy = policy
+    owner._rollouts = rollouts  # one assignment: a reader sees the old set or the new

@@ -28,7 +28,7 @@ from ._hooks import Hook, Hooks, TransitionEvent
 from ._plan import Plan, compile_policy
 from ._policy import Policy, load_policy
 from ._pool import exchange
-from ._reload import PolicyFile, kill_list
+from ._reload import PolicyFile, apply_changes, kill_list
 from ._rollout import Rollout
 from ._state import (
     NO_EVIDENCE,
@@ -54,7 +54,8 @@ _hash = mmh3.hash
 _MAX_UNKNOWN_NAMES = 1024
 
 
-def _default_actor() -> str:
+def default_actor() -> str:
+    """The operating-system user: the actor of a transition when none is named."""
     try:
         return getpass.getuser()
     except Exception:  # no user database entry (containers): still say something
@@ -160,31 +161,8 @@ class Rollouts:
 
     def _reload(self) -> None:
         """Apply the policy file if it changed and validates; never raises."""
-        file = self._file
-        if file is None or not file.due():
-            return
-        policy = file.check()
-        if policy is None:
-            return
-        try:
-            policy.check_environment(self.environment)
-            plans = self._compile(policy)
-        except Exception as exc:
-            file.applied(str(exc))
-            return
-        rollouts: dict[str, Rollout] = {}
-        for name, plan in plans.items():
-            current = self._rollouts.get(name)
-            if current is not None:
-                current._replan(plan)
-                rollouts[name] = current
-            else:
-                rollouts[name] = Rollout(self, plan, self._start(name))
-        for name in self._rollouts.keys() - plans.keys():
-            self.removed.append(name)
-            log("warning", "policy.rollout_removed", rollout=name, path=str(file.path))
-        self.policy = policy
-        self._rollouts = rollouts  # one assignment: a reader sees the old set or the new
+        if self._file is not None and self._file.due():
+            apply_changes(self, self._file)
 
     def close(self) -> None:
         """Close the store if this instance made it (from a URL, or the default one).
@@ -434,7 +412,7 @@ class Rollouts:
         fails. The history entry carries the health evidence of the moment.
         """
         rollout = self[name]
-        who = actor if actor is not None else _default_actor()
+        who = actor if actor is not None else default_actor()
         current = expected if expected is not None else self._load(name)
         if current is None:  # never started: the store was down when this process started
             current = self._start(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import logging
 import os
 import sys
@@ -16,7 +15,7 @@ from typing import TextIO
 import structlog
 
 from .._policy import Policy, load_policy
-from .._rollouts import Rollouts
+from .._rollouts import Rollouts, default_actor
 from .._version import __version__
 from ..exceptions import (
     MissingExtraError,
@@ -27,7 +26,7 @@ from ..exceptions import (
 )
 from ..stores import Store, store_from_url
 
-__all__ = ["CliError", "Context", "main"]
+__all__ = ["CliError", "Context", "default_actor", "main"]
 
 OK, FINDING, USAGE, STORE_DOWN = 0, 1, 2, 3
 ACTIONS = ("advance", "freeze", "unfreeze", "rollback", "kill", "complete")
@@ -45,14 +44,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def default_actor() -> str:
-    """The operating-system user, as the library's transitions default to."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no user database entry (containers): still say something
-        return "unknown"
 
 
 @dataclass
