@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("**/*.md")])
 
 # A fence opens with ```python plus an optional info string, and closes with a bare ```.
 FENCE = re.compile(

@@ -10,6 +10,7 @@ import pytest
 import stagedroll
 import stagedroll.cli
 import stagedroll.exceptions
+import stagedroll.patterns
 import stagedroll.stores
 import stagedroll.testing
 import stagedroll.testing.strategies
@@ -18,6 +19,7 @@ PUBLIC_MODULES = [
     stagedroll,
     stagedroll.cli,
     stagedroll.exceptions,
+    stagedroll.patterns,
     stagedroll.stores,
     stagedroll.testing,
     stagedroll.testing.strategies,
@@ -125,7 +127,9 @@ class TestAll:
         assert stagedroll.__version__
 
     @pytest.mark.parametrize(
-        "submodule", [stagedroll.exceptions, stagedroll.stores], ids=MODULE_IDS[2:4]
+        "submodule",
+        [stagedroll.exceptions, stagedroll.stores],
+        ids=["stagedroll.exceptions", "stagedroll.stores"],
     )
     def test_reexports_are_the_same_objects(self, submodule: ModuleType) -> None:
         """A name exported both at the top level and by a submodule is the same object."""

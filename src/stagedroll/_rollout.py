@@ -174,6 +174,7 @@ class Rollout:
         v = self._view
         if v.plain and unit.__class__ is str and unit.isascii():
             return _hash(v.prefix + unit, 0, False) < v.threshold
+        attributes = self._attributes(attributes)
         key = _key(unit, attributes)
         if self._forced:
             enabled = override.forced(self, key)
@@ -196,6 +197,7 @@ class Rollout:
         return self._decide(self._view, unit, attributes)
 
     def _decide(self, v: View, unit: object, attributes: Mapping[str, object] | None) -> Decision:
+        attributes = self._attributes(attributes)
         key = _key(unit, attributes)
         if self._forced:
             enabled = override.forced(self, key)
@@ -219,6 +221,7 @@ class Rollout:
         if v.plain and unit.__class__ is str and unit.isascii():
             arm = v.treatment if _hash(v.prefix + unit, 0, False) < v.threshold else v.control
             return arm, unit
+        attributes = self._attributes(attributes)
         key = _key(unit, attributes)
         if self._forced:
             enabled = override.forced(self, key)
@@ -245,6 +248,20 @@ class Rollout:
                 return self._observed(v.arms.targeted_on if enabled else v.arms.targeted_off)
         return self._observed(v.sample())
 
+    def _attributes(self, attributes: object) -> Any:
+        """The call's attributes over the ``Rollouts``' context (the call's win).
+
+        Typed loosely on purpose: a caller may pass anything, which ``_key`` then refuses.
+        """
+        context = self._owner.context
+        if not context:
+            return attributes
+        if attributes is None:
+            return context
+        if not isinstance(attributes, Mapping):
+            return attributes  # _key refuses it, with its own message
+        return {**context, **attributes}
+
     def _failed(self, exc: Exception) -> None:
         self._owner.failures.record("decision.failed", exc, rollout=self.name)
 
@@ -265,7 +282,7 @@ class Rollout:
         """Decide for ``unit``, record the outcome of the block; see :meth:`Rollouts.track`."""
         v = self._view  # decide and record on one view, even if a transition comes between
         decision = self._decide(v, unit, attributes)
-        key = v.key_of(unit, attributes)
+        key = v.key_of(unit, self._attributes(attributes))
         return Tracking(self, decision, self._observed(v.arm(decision)), key)
 
     def report(
@@ -280,7 +297,8 @@ class Rollout:
         v = self._view
         decision = self._decide(v, unit, attributes)
         arm = self._observed(v.arm(decision))
-        self._record(arm, v.key_of(unit, attributes), error=error, latency_s=latency_s)
+        key = v.key_of(unit, self._attributes(attributes))
+        self._record(arm, key, error=error, latency_s=latency_s)
         return decision
 
     def _record(

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import mmh3
@@ -40,6 +41,7 @@ from ._state import (
 )
 from ._transitions import EVENTS, initial_state, next_state, unknown_state, verb
 from .exceptions import StoreError, TransitionError, UnknownRolloutError
+from .patterns import switch
 from .stores import MemoryStore, Store, SyncingStore, store_from_url
 
 if TYPE_CHECKING:
@@ -73,6 +75,8 @@ class Rollouts:
     called with a :class:`TransitionEvent` after each transition this instance makes.
     ``reload_interval`` (seconds; only with a path) reads the policy file again when it
     changed, checked at most that often by the calls that come; see :meth:`from_file`.
+    ``context`` gives attributes to every decision (a canary by host: ``bucket_by =
+    "host"`` in the policy, ``context={"host": socket.gethostname()}`` here).
     Rollouts named in ``$STAGEDROLL_KILL`` (comma-separated) are off in this process.
     """
 
@@ -85,7 +89,11 @@ class Rollouts:
         clock: Callable[[], float] | None = None,
         on_transition: Hook | Iterable[Hook] | None = None,
         reload_interval: float | None = None,
+        context: Mapping[str, object] | None = None,
     ) -> None:
+        self.context: Mapping[str, object] = MappingProxyType(dict(context or {}))
+        """Attributes of every decision made here (the call's own attributes win), such as
+        ``{"host": socket.gethostname()}`` for a rollout that buckets on the host."""
         self._file: PolicyFile | None = None
         if reload_interval is not None:
             if not isinstance(policy, str | os.PathLike):
@@ -133,6 +141,7 @@ class Rollouts:
         clock: Callable[[], float] | None = None,
         on_transition: Hook | Iterable[Hook] | None = None,
         reload_interval: float | None = None,
+        context: Mapping[str, object] | None = None,
     ) -> Rollouts:
         """Load the policy at ``path`` (TOML, JSON or YAML) and bind it.
 
@@ -146,7 +155,8 @@ class Rollouts:
         the file no longer has is listed in :attr:`removed` and logged, its state kept.
         """
         return cls(Path(path), store=store, environment=environment, clock=clock,
-                   on_transition=on_transition, reload_interval=reload_interval)  # fmt: skip
+                   on_transition=on_transition, reload_interval=reload_interval,
+                   context=context)  # fmt: skip
 
     def _compile(self, policy: Policy) -> dict[str, Plan]:
         """``policy``'s plans for this environment, with ``$STAGEDROLL_KILL`` applied."""
@@ -333,6 +343,20 @@ class Rollouts:
         """
         return self[name].guard(fallback=fallback, unit=unit, attributes=attributes,
                                 reraise=reraise)  # fmt: skip
+
+    def switch(
+        self,
+        name: str,
+        *,
+        blue: Callable[P, R],
+        green: Callable[P, R],
+        unit: Callable[P, object] | None,
+        attributes: Callable[P, Mapping[str, object]] | None = None,
+        reraise: bool = False,
+    ) -> Callable[P, R]:
+        """A blue-green switch over rollout ``name``; see :func:`stagedroll.patterns.switch`."""
+        return switch(self, name, blue=blue, green=green, unit=unit, attributes=attributes,
+                      reraise=reraise)  # fmt: skip
 
     def track(
         self, name: str, unit: object, attributes: Mapping[str, object] | None = None
