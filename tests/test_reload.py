@@ -141,3 +141,46 @@ class TestKillSwitch:
         write(path, policy_text(100, extra='salt = "s2"'))
         after_interval()
         assert share(rollouts) == 0.0
+
+
+class TestReloadEdges:
+    def test_an_added_rollout_starts_and_serves_its_stage(self, path: Path) -> None:
+        """A rollout that a reload adds is started at once (in-process store): no 0 %."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        write(path, policy_text(0) + policy_text(100, name="search"))
+        after_interval()
+        assert share(rollouts, "search") == 1.0
+        assert rollouts["search"].state.version == 1
+        assert rollouts.failures.count() == 0
+
+    def test_reverting_a_bad_file_clears_the_pending_error(self, path: Path) -> None:
+        """Back to the version in force after a bad one, nothing is pending any more."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        good = path.read_text()
+        write(path, policy_text(150))
+        after_interval()
+        assert rollouts.status("checkout").pending_policy is not None
+        write(path, good)
+        after_interval()
+        assert rollouts.status("checkout").pending_policy is None
+
+
+class TestKillSwitchAndTheGate:
+    def test_no_automatic_step_for_a_rollout_killed_here(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A process that killed a rollout by $STAGEDROLL_KILL takes no automatic step on it."""
+        path = tmp_path / "rollouts.toml"
+        write(
+            path,
+            """
+[rollouts.checkout]
+advance = "auto"
+stages = [{ name = "a", percent = 10 }, { name = "b", percent = 50 }]
+""",
+        )
+        monkeypatch.setenv("STAGEDROLL_KILL", "checkout")
+        rollouts = Rollouts(path)
+        assert rollouts.tick() == []
+        assert rollouts["checkout"].state.stage == 0
+        assert "STAGEDROLL_KILL" in (rollouts.status("checkout").waiting_for or "")

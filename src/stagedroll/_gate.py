@@ -59,8 +59,13 @@ def step(owner: Rollouts, rollout: Rollout) -> Transition | None:
     health = rollout.health
     view = rollout._view
     state = view.state
-    if health is None or not state.version or state.status not in (Status.RUNNING, Status.FROZEN):
-        return None  # no gate, an unknown state (the store was down at start), or stopped
+    if (
+        health is None
+        or not state.version
+        or state.status not in (Status.RUNNING, Status.FROZEN)
+        or rollout._plan.killed
+    ):
+        return None  # no gate, an unknown state, stopped, or killed here ($STAGEDROLL_KILL)
     with rollout.outcomes.lock:
         verdict = health.verdict()
     action = verdict.action
@@ -131,6 +136,8 @@ def _advance_reason(rollout: Rollout, report: HealthReport) -> str:
 def waiting_for(owner: Rollouts, rollout: Rollout, health: HealthReport) -> str | None:
     """What the next automatic step waits for, in words (``None``: nothing automatic)."""
     status = rollout._view.state.status
+    if rollout._plan.killed:
+        return "an operator: killed in this process by $STAGEDROLL_KILL"
     if rollout._plan.mode != "stages":
         return None
     if status is Status.FROZEN:

@@ -14,10 +14,12 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._failures import log
+from ._forksafe import register
 from ._policy import Policy, load_policy
 
 if TYPE_CHECKING:
@@ -40,7 +42,17 @@ def _stamp(path: Path) -> tuple[int, int]:
 class PolicyFile:
     """The file a policy was read from, watched for changes every ``interval`` seconds."""
 
-    __slots__ = ("_digest", "_failed", "_lock", "_next", "_stamp", "error", "interval", "path")
+    __slots__ = (
+        "__weakref__",
+        "_digest",
+        "_failed",
+        "_lock",
+        "_next",
+        "_stamp",
+        "error",
+        "interval",
+        "path",
+    )
 
     def __init__(self, path: str | os.PathLike[str], interval: float) -> None:
         if not interval > 0:
@@ -51,6 +63,7 @@ class PolicyFile:
         self._next = time.monotonic() + interval
         self._stamp = _stamp(self.path)
         self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        register(self)
         self._failed = ""  # the digest of the last version that did not validate
         self.error: str | None = None
         """Why the newest version of the file is not applied (``None``: it is)."""
@@ -59,15 +72,25 @@ class PolicyFile:
         """Whether the interval has passed since the last look (cheap: a clock read)."""
         return time.monotonic() >= self._next
 
-    def check(self) -> Policy | None:
-        """The new policy if the file changed and validates, else ``None``; never raises."""
+    def check(self, apply: Callable[[Policy], None]) -> None:
+        """Call ``apply`` with the new policy if the file changed and validates; never raises.
+
+        One thread at a time: the look and the swap happen under one lock, so that two
+        reloads cannot cross (an older policy put back over a newer one).
+        """
         if not self._lock.acquire(blocking=False):
-            return None  # another thread is looking
+            return  # another thread is looking
         try:
             self._next = time.monotonic() + self.interval
-            return self._read()
+            policy = self._read()
+            if policy is not None:
+                apply(policy)
         finally:
             self._lock.release()
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock that no thread of the parent can hold."""
+        self._lock = threading.Lock()
 
     def _read(self) -> Policy | None:
         try:
@@ -81,7 +104,9 @@ class PolicyFile:
         self._stamp = stamp
         digest = hashlib.sha256(content).hexdigest()
         if digest == self._digest:
-            return None  # touched, not changed
+            self.error = None  # back to the version in force (after a bad one): nothing pending
+            self._failed = ""
+            return None
         try:
             policy = load_policy(self.path)
         except Exception as exc:  # PolicyError, or a file replaced while read
@@ -109,30 +134,36 @@ class PolicyFile:
 def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
     """Swap in the policy of ``file`` if it changed and validates; never raises.
 
-    Rollouts that stay are re-planned in place (handles and guards follow them), new ones
-    start, and those the file no longer has are listed in ``owner.removed`` and logged.
+    Rollouts that stay are re-planned in place (handles and guards follow them), and those
+    the file no longer has are listed in ``owner.removed`` and logged. New ones start now
+    with an in-process store; with a store shared by processes they serve 0 % until the
+    store's refresh starts them (a caller's call does no store I/O).
     """
     from ._rollout import Rollout  # noqa: PLC0415 - _rollout imports what imports this
+    from ._transitions import unknown_state  # noqa: PLC0415
 
-    policy = file.check()
-    if policy is None:
-        return
-    try:
-        policy.check_environment(owner.environment)
-        plans = owner._compile(policy)
-    except Exception as exc:
-        file.applied(str(exc))
-        return
-    rollouts: dict[str, Rollout] = {}
-    for name, plan in plans.items():
-        current = owner._rollouts.get(name)
-        if current is not None:
-            current._replan(plan)
-            rollouts[name] = current
-        else:
-            rollouts[name] = Rollout(owner, plan, owner._start(name))
-    for name in owner._rollouts.keys() - plans.keys():
-        owner.removed.append(name)
-        log("warning", "policy.rollout_removed", rollout=name, path=str(file.path))
-    owner.policy = policy
-    owner._rollouts = rollouts  # one assignment: a reader sees the old set or the new
+    def apply(policy: Policy) -> None:
+        try:
+            policy.check_environment(owner.environment)
+            plans = owner._compile(policy)
+        except Exception as exc:
+            file.applied(str(exc))
+            return
+        owner.policy = policy  # first: starting a new rollout reads its first stage here
+        rollouts: dict[str, Rollout] = {}
+        for name, plan in plans.items():
+            current = owner._rollouts.get(name)
+            if current is not None:
+                current._replan(plan)
+                rollouts[name] = current
+            elif owner._pooled:
+                owner._unstarted.add(name)
+                rollouts[name] = Rollout(owner, plan, unknown_state(owner.clock()))
+            else:
+                rollouts[name] = Rollout(owner, plan, owner._start(name))
+        for name in owner._rollouts.keys() - plans.keys():
+            owner.removed.append(name)
+            log("warning", "policy.rollout_removed", rollout=name, path=str(file.path))
+        owner._rollouts = rollouts  # one assignment: a reader sees the old set or the new
+
+    file.check(apply)

@@ -519,8 +519,9 @@ class Rollouts:
             state = self.store.load(name)
         except Exception as exc:
             raise StoreError(f"the store failed to load {name!r}: {exc}") from exc
-        if state is not None:
-            self._rollouts[name]._adopt(state)
+        rollout = self._rollouts.get(name)  # a reload may have removed it meanwhile
+        if state is not None and rollout is not None:
+            rollout._adopt(state)
         return state
 
     def status(self, name: str) -> RolloutStatus:
