@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo demo-cohorts bench bench-stores coverage clean
+.PHONY: test lint typecheck pytest demo demo-cohorts demo-migration bench bench-stores bench-patterns coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,17 @@ demo: $(STAMP)
 demo-cohorts: $(STAMP)
 	$(BIN)/python examples/cohorts.py
 
+demo-migration: $(STAMP)
+	$(BIN)/python examples/migration.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_decide.py
 
 bench-stores: $(STAMP)
 	$(BIN)/python benchmarks/bench_stores.py
+
+bench-patterns: $(STAMP)
+	$(BIN)/python benchmarks/bench_patterns.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage build dist

@@ -163,8 +163,10 @@ def candidates(rollouts: Rollouts) -> dict[str, Bench]:
     }
 
 
-def measure(benches: dict[str, Bench], loops: int, repeats: int) -> dict[str, list[float]]:
-    """Ns per call of every bench, ``repeats`` times, interleaved (round-robin)."""
+def measure(
+    benches: dict[str, Bench], loops: int, repeats: int, per_loop: int = len(UNITS)
+) -> dict[str, list[float]]:
+    """Ns per call of every bench (``per_loop`` calls a loop), ``repeats`` times, interleaved."""
     samples: dict[str, list[float]] = {name: [] for name in benches}
     for bench in benches.values():
         bench(max(1, loops // 10))  # warm up
@@ -172,7 +174,7 @@ def measure(benches: dict[str, Bench], loops: int, repeats: int) -> dict[str, li
     try:
         for _ in range(repeats):
             for name, bench in benches.items():
-                samples[name].append(bench(loops) / (loops * len(UNITS)))
+                samples[name].append(bench(loops) / (loops * per_loop))
     finally:
         gc.enable()
     return samples

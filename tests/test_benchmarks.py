@@ -181,3 +181,34 @@ class TestBenchSimulate:
         out = capsys.readouterr().out
         assert "simulate(): 1000 units, 4 stages" in out
         assert "target <= 3.000 s" in out
+
+
+@pytest.fixture(name="bench_patterns")
+def _bench_patterns(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    yield importlib.import_module("bench_patterns")
+    sys.modules.pop("bench_patterns", None)
+    structlog.reset_defaults()
+
+
+class TestBenchPatterns:
+    def test_runs_and_reports_the_shadow_against_the_guard(
+        self, bench_patterns: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A one-loop run reports every candidate and the shadow/guard overhead ratio."""
+        assert bench_patterns.main(["--json", "--loops", "1", "--repeats", "1"]) == 0
+        results = json.loads(capsys.readouterr().out)["results"]
+        ratio = results.pop("shadow overhead outside / guard overhead")
+        assert ratio["target"] == 1.0
+        assert isinstance(ratio["pass"], bool)
+        assert {"bare old call", "guarded call, outside", "shadowed call, outside"} <= set(results)
+        assert all(r["ns"] > 0 for r in results.values())
+
+    def test_prints_a_table(
+        self, bench_patterns: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without --json, a table and the verdict."""
+        assert bench_patterns.main(["--loops", "1", "--repeats", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "shadowed call, inside" in out
+        assert "shadow overhead outside / guard overhead:" in out

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -36,3 +39,62 @@ class TestCohorts:
         rows = [line for line in out.splitlines() if line.strip().endswith(("yes", "no", "stage)"))]
         assert len(rows) >= 5
         assert all(not row.endswith("no") for row in rows)
+
+
+class TestMigration:
+    def test_the_gate_freezes_the_buggy_migration_which_completes_once_fixed(self) -> None:
+        """The buggy new write makes shadow_read's compared reads mismatch: the health gate
+        freezes the migration by itself; after the fix, it goes through every phase and the
+        new table holds every write."""
+        out = _run(str(EXAMPLES / "migration.py"), "--units", "300", "--requests", "400")
+        headers = [line.split()[1].rstrip(":") for line in out.splitlines()
+                   if line.startswith("--- ")]  # fmt: skip
+        assert headers == ["off", "dual_write", "shadow_read", "shadow_read", "live",
+                           "rampdown", "complete"]  # fmt: skip
+        assert "freeze shadow_read -> shadow_read [frozen] (auto: errors:" in out
+        assert "backfill: " in out
+        assert out.index("backfill: ") < out.index("advance dual_write -> shadow_read")
+        # The samples show names cut to 24 characters, and the emails redacted.
+        samples = out.split("mismatch samples")[1].split("fix:")[0]
+        olds = re.findall(r" old '([^']*)' (\S+)", samples)
+        news = re.findall(r" new '([^']*)' (\S+)", samples)
+        assert olds
+        assert len(olds) == len(news)
+        for (old_name, old_email), (new_name, new_email) in zip(olds, news, strict=True):
+            assert len(old_name) > 24
+            assert new_name == old_name[:24]
+            assert "***@" in old_email
+            assert new_email == old_email
+        assert "final check: OK" in out
+        assert "FAILED" not in out
+        history = out.split("(newest first):")[1].splitlines()
+        actions = [(line.split()[1], line.split()[3]) for line in history if line.strip()]
+        assert actions == [
+            ("complete", "complete"),
+            ("advance", "complete"),
+            ("advance", "rampdown"),
+            ("advance", "live"),
+            ("unfreeze", "shadow_read"),
+            ("freeze", "shadow_read"),
+            ("advance", "shadow_read"),
+            ("advance", "dual_write"),
+            ("start", "off"),
+        ]
+        freeze = next(line for line in history if " freeze " in line)
+        assert "by stagedroll" in freeze  # the health gate, not an operator
+
+    @pytest.mark.parametrize(("option", "value"), [("--units", "0"), ("--units", "99"),
+                                                   ("--requests", "399")])  # fmt: skip
+    def test_sizes_too_small_to_freeze_are_refused(self, option: str, value: str) -> None:
+        """Below 100 profiles or 400 requests the freeze may not happen: a usage error."""
+        done = subprocess.run([sys.executable, str(EXAMPLES / "migration.py"), option, value],
+                              capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+        assert done.returncode == 2
+        assert f"argument {option}: must be at least" in done.stderr
+        assert "Traceback" not in done.stderr
+
+    def test_the_smallest_sizes_still_freeze_and_complete(self) -> None:
+        """At the minimum sizes, the gate freezes the buggy migration, which then completes."""
+        out = _run(str(EXAMPLES / "migration.py"), "--units", "100", "--requests", "400")
+        assert "freeze shadow_read -> shadow_read [frozen] (auto: errors:" in out
+        assert "final check: OK" in out

@@ -19,8 +19,8 @@ from stagedroll._sequential import MixtureTest
 class Gate:
     """A health gate with the arms of one stage visit, at a share, as a rollout sets it up."""
 
-    def __init__(self, share: float = 0.5, **knobs: Any) -> None:
-        self.health = Health(HealthPolicy(**knobs))
+    def __init__(self, share: float = 0.5, *, paired: bool = False, **knobs: Any) -> None:
+        self.health = Health(HealthPolicy(**knobs), paired=paired)
         self.outcomes = Outcomes(self.health)
         self.arms: Arms = self.outcomes.arms(0)
         self.share = share
@@ -97,6 +97,37 @@ class TestErrorEvents:
         gate = Gate(share=0.0)
         gate.error("u1", treatment=False)
         assert gate.health.errors.events_control == 0
+
+
+class TestPairedEvents:
+    def test_a_unit_has_a_first_event_on_each_arm(self) -> None:
+        """Paired (a shadow, a migration): one unit's first error counts on both arms."""
+        gate = Gate(paired=True)
+        gate.error("u1", treatment=False)
+        gate.error("u1", treatment=True)
+        gate.error("u1", treatment=True)  # not a first event any more
+        report = gate.report()
+        assert (report.error_events_control, report.error_events_treatment) == (1, 1)
+        unpaired = Gate()
+        unpaired.error("u1", treatment=False)
+        unpaired.error("u1", treatment=True)
+        assert unpaired.report().error_events_treatment == 0
+
+    def test_each_arm_sees_its_own_slow_units(self) -> None:
+        """The hot path's slow-unit check reads the arm's own first events."""
+        gate = Gate(paired=True, latency_slo_ms=10)
+        gate.ok("u1", treatment=True, latency_s=0.5)
+        assert "u1" in gate.arms.treatment.slow_seen
+        assert "u1" not in gate.arms.control.slow_seen
+        assert 3 not in gate.arms.control.slow_seen
+
+    def test_an_error_without_an_event(self) -> None:
+        """``event=False`` counts the error, and the test does not see it."""
+        gate = Gate(paired=True)
+        gate.outcomes.record(gate.arms.treatment, True, None, key="u1", event=False)
+        report = gate.report()
+        assert gate.arms.treatment.errors == 1
+        assert report.error_events_treatment == 0
 
 
 class TestStaleArms:

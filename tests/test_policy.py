@@ -401,6 +401,37 @@ class TestParseDuration:
             parse_duration(10**400)
 
 
+class TestPatternProblems:
+    def test_a_migration_needs_its_six_phases_and_manual_steps(self) -> None:
+        """The stages are named for the phases, in order; advance is manual."""
+        stages = [{"name": n, "percent": p} for n, p in (("off", 0), ("live", 50))]
+        with pytest.raises(PolicyError) as info:
+            load_policy({"rollouts": {"m": {"pattern": "migration", "advance": "auto",
+                                            "stages": stages}}})  # fmt: skip
+        assert [p.path for p in info.value.problems] == ["rollouts.m.stages", "rollouts.m.advance"]
+        assert "off, dual_write, shadow_read, live, rampdown, complete (found: off, live)" in str(
+            info.value
+        )
+
+    def test_a_bare_yaml_off_gets_a_hint(self) -> None:
+        """YAML 1.1 reads off as false: the problem says to quote it."""
+        text = "rollouts:\n  m:\n    pattern: migration\n    stages:\n" + "".join(
+            f"      - {{name: {n}, percent: {20 * i}}}\n"
+            for i, n in enumerate(
+                ["off", "dual_write", "shadow_read", "live", "rampdown", "complete"]
+            )
+        )
+        with pytest.raises(PolicyError, match='YAML reads a bare off as false: write "off"'):
+            parse_policy(text, format="yaml")
+
+    def test_a_shadow_takes_any_stages(self) -> None:
+        """``pattern = "shadow"`` adds no rule; an unknown pattern is refused."""
+        stages = [{"name": "a", "percent": 5}]
+        assert load_policy({"rollouts": {"s": {"pattern": "shadow", "stages": stages}}})
+        with pytest.raises(PolicyError, match=r"rollouts\.s\.pattern"):
+            load_policy({"rollouts": {"s": {"pattern": "canary", "stages": stages}}})
+
+
 class TestStageProblems:
     def test_decreasing_percent(self) -> None:
         """A stage below the one before it is named, with the previous percent."""

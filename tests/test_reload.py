@@ -56,6 +56,62 @@ class TestReload:
         assert share(rollouts) == 1.0
         assert rollouts.policy.rollouts["checkout"].stages[0].percent == 100
 
+    def test_a_change_of_pattern_is_refused(self, path: Path) -> None:
+        """A running process keeps a rollout's pattern: its code records calls for it."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        guarded = rollouts.guard("checkout", fallback=lambda u: "old", unit=lambda u: u)(
+            lambda u: "new"
+        )
+        write(path, policy_text(100, extra='pattern = "shadow"'))
+        after_interval()
+        status = rollouts.status("checkout")
+        assert status.pending_policy is not None
+        assert "rollouts.checkout.pattern: cannot change from None to 'shadow'" in (
+            status.pending_policy
+        )
+        assert rollouts.policy.rollouts["checkout"].pattern is None
+        assert guarded("user-1") == "old"  # the last good policy, 0 %
+
+    def test_a_shadow_notices_a_change(self, path: Path) -> None:
+        """Calls through a shadow look at the policy file too."""
+        write(path, policy_text(100, extra='pattern = "shadow"'))
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        ran: list[str] = []
+
+        def candidate(user: str) -> str:
+            ran.append(user)
+            return "old"
+
+        search = rollouts.shadow("checkout", candidate=candidate, unit=lambda user: user)(
+            lambda user: "old"
+        )
+        search("user-1")
+        write(path, policy_text(100, extra='pattern = "shadow"\ntargeting = { deny = ["user-1"] }'))
+        after_interval()
+        for _ in range(3):
+            search("user-1")
+        assert ran == ["user-1", "user-1"]  # the call that noticed the change, then none
+
+    def test_a_shadow_outside_its_cohort_notices_a_change(self, path: Path) -> None:
+        """At 0 %, no call runs the candidate, yet the calls look at the file."""
+        write(path, policy_text(0, extra='pattern = "shadow"'))
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        ran: list[str] = []
+
+        def candidate(user: str) -> str:
+            ran.append(user)
+            return "old"
+
+        search = rollouts.shadow("checkout", candidate=candidate, unit=lambda user: user)(
+            lambda user: "old"
+        )
+        search("user-1")
+        write(path, policy_text(100, extra='pattern = "shadow"'))
+        after_interval()
+        search("user-1")  # notices the change, at 0 % still
+        search("user-1")
+        assert ran == ["user-1"]
+
     def test_an_invalid_change_is_refused_and_the_old_policy_serves(self, path: Path) -> None:
         """A file that does not validate is not applied; it is logged once, shown in status."""
         rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)

@@ -32,7 +32,7 @@ def report(owner: Rollouts, rollout: Rollout) -> HealthReport:
     if health is None:
         return DISABLED
     view = rollout._view
-    share = view.percent / 100 if view.constant is None else 0.0
+    share = rollout._share(view)
     outcomes = rollout.outcomes
     with outcomes.lock:
         for counts in view.arms:

@@ -109,6 +109,7 @@ def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the 
         raise TypeError(
             "attributes need a unit: per-request bucketing (unit=None) applies no targeting"
         )
+    rollout._serves(None, "a guard")
     route = _router(rollout, unit, attributes)
     record = rollout._record
     note = rollout._note

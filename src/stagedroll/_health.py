@@ -123,6 +123,19 @@ def _round(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(f"{value:.6g}")
 
 
+class _ArmView:
+    """The units one arm of a paired rollout has had a first event of (keys ``prefix + unit``)."""
+
+    __slots__ = ("prefix", "seen")
+
+    def __init__(self, seen: SeenUnits, prefix: str) -> None:
+        self.seen = seen
+        self.prefix = prefix
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.prefix + key in self.seen
+
+
 class Health:
     """The health gate of one rollout; call its methods with the rollout's lock held."""
 
@@ -136,6 +149,7 @@ class Health:
         "log_sample_ratio",
         "min_events",
         "outbox",
+        "paired",
         "sample_ratio_fired",
         "slow",
         "slow_units",
@@ -143,7 +157,7 @@ class Health:
         "timed",
     )
 
-    def __init__(self, policy: HealthPolicy) -> None:
+    def __init__(self, policy: HealthPolicy, *, paired: bool = False) -> None:
         self.errors = MixtureTest(r0=policy.r0)
         self.slow = MixtureTest(r0=policy.r0)
         self.error_units = SeenUnits()
@@ -159,6 +173,9 @@ class Health:
         self.log_rollback = tuple(_log_threshold(policy.alpha_rollback, p) for p in parts)
         self.log_sample_ratio = -math.log(policy.alpha_sample_ratio)
         self.min_events = policy.min_events
+        self.paired = paired
+        """Whether each compared call has both arms (a shadow, a migration): a unit's first
+        event is then counted per arm."""
         self.timed = False
         """Whether steps also wait on the clock (automatic advances): checked at each fold."""
         self._arms: tuple[ArmCounts, ...] = ()
@@ -178,7 +195,11 @@ class Health:
         self._frozen_units = None
         self.sample_ratio_fired = False
         control.slow_at = treatment.slow_at = self.threshold.value
-        control.slow_seen = treatment.slow_seen = self.slow_units
+        if self.paired:  # one unit on both arms: each arm sees its own first events
+            control.slow_seen = _ArmView(self.slow_units, "c:")
+            treatment.slow_seen = _ArmView(self.slow_units, "t:")
+        else:
+            control.slow_seen = treatment.slow_seen = self.slow_units
 
     def set_share(self, share: float) -> None:
         """Take the following events at ``share`` (the stage's percent / 100)."""
@@ -242,6 +263,8 @@ class Health:
         """Count the first event of unit ``key``; return whether it may fire a treatment step."""
         if not test.active:
             return False  # no comparison at this share: the unit's first event is still to come
+        if key is not None and self.paired:
+            key = ("t:" if treatment else "c:") + key  # one unit, on both arms
         if key is not None and not seen.add(key):
             return False
         if self.outbox is not None:

@@ -359,11 +359,14 @@ class Outcomes:
         latency_s: float | None,
         fallback: bool = False,
         key: str | None = None,
+        *,
+        event: bool = True,
     ) -> bool:
         """Add one call's outcome to ``counts``; return whether an automatic step may be due.
 
         ``key`` is the call's unit as text (``None`` for a call without one, bucketed per
-        request), which the health test needs for first events and new units.
+        request), which the health test needs for first events and new units. An error with
+        ``event=False`` is counted, not shown to the test as an event.
         """
         with self.lock:
             counts.calls += 1
@@ -377,7 +380,7 @@ class Outcomes:
             health = self.health
             if health is None or not counts.compared:
                 return False
-            due = health.observe(counts, key, error=error)
+            due = health.observe(counts, key, error=error and event)
             if counts.calls % _CHECK_EVERY == 0:  # no fold on this path: look at the clock
                 due = due or health.timed
             return due

@@ -43,6 +43,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "MIGRATION_STAGES",
     "EnvironmentSetting",
     "Health",
     "Policy",
@@ -136,6 +137,30 @@ def _number(value: object) -> float | None:
     return float(value) if percent_error(value) is None else None  # type: ignore[arg-type]
 
 
+MIGRATION_STAGES = ("off", "dual_write", "shadow_read", "live", "rampdown", "complete")
+"""The stage names of a migration, in order: its six phases."""
+
+
+def _migration_checks(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A migration's stages are its six phases, in order, and it advances by hand."""
+    problems = []
+    stages = data.get("stages")
+    if isinstance(stages, list | tuple):
+        names = tuple(s.get("name") if isinstance(s, Mapping) else None for s in stages)
+        if names != MIGRATION_STAGES:
+            if False in names:  # YAML 1.1 reads a bare off as false
+                where = f"stages[{names.index(False)}].name"
+                problems.append((where, 'YAML reads a bare off as false: write "off"'))
+            found = ", ".join(map(str, names)) or "none"
+            phases = ", ".join(MIGRATION_STAGES)
+            message = f"a migration's stages are its six phases, in order: {phases}"
+            problems.append(("stages", f"{message} (found: {found})"))
+    if data.get("advance") == "auto":
+        message = "a migration advances by hand ('manual'): each step moves data"
+        problems.append(("advance", f"{message}, and the backfill comes between two"))
+    return problems
+
+
 def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Check a rollout's fields against each other, on raw input, skipping ill-typed parts."""
     problems: list[tuple[str, str]] = []
@@ -178,6 +203,8 @@ def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[t
             ):
                 message = f"unknown segment {segment!r}{_hint(segment, known_segments)}"
                 problems.append((f"stages[{i}].segments[{j}]", message))
+    if data.get("pattern") == "migration":
+        problems.extend(_migration_checks(data))
     health = data.get("health")
     if (
         data.get("advance") == "auto"
@@ -341,6 +368,10 @@ class RolloutPolicy(_Model):
     salt: Annotated[StrictStr, Field(min_length=1)] | None = None
     bucket_by: Annotated[StrictStr, Field(min_length=1)] | None = None
     advance: Literal["auto", "manual"] = "manual"
+    pattern: Literal["shadow", "migration"] | None = None
+    """The paired pattern the rollout serves: ``"shadow"`` (a dark launch) or
+    ``"migration"`` (an expand/contract migration, whose stages are the six phases). Both
+    sides of each compared call are recorded and tested at a share of one half."""
     stages: Annotated[tuple[Stage, ...], Field(min_length=1)]
     environments: dict[StrictStr, EnvironmentSetting] = Field(default_factory=dict)
     targeting: Targeting = Targeting()

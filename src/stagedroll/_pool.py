@@ -237,6 +237,6 @@ def exchange(owner: Rollouts, rollout: Rollout) -> None:
                 outbox.give_back(batch, events=not isinstance(exc, Unsure))
             owner.failures.record("store.flush_failed", exc, rollout=rollout.name)
             return
-        shares = [stage.percent / 100 for stage in rollout._plan.stages]
+        shares = rollout._shares()
         with lock:
             health.absorb(totals, shares)

@@ -145,6 +145,7 @@ def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
     def apply(policy: Policy) -> None:
         try:
             policy.check_environment(owner.environment)
+            _check_patterns(owner.policy, policy)
             plans = owner._compile(policy)
         except Exception as exc:
             file.applied(str(exc))
@@ -167,3 +168,18 @@ def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
         owner._rollouts = rollouts  # one assignment: a reader sees the old set or the new
 
     file.check(apply)
+
+
+def _check_patterns(old: Policy, new: Policy) -> None:
+    """Refuse a policy that changes the ``pattern`` of a rollout this process serves.
+
+    The code built on a rollout (a shadow, a migration, a guard) records its calls for
+    that pattern: another one would judge them at the wrong share.
+    """
+    for name, rollout in new.rollouts.items():
+        before = old.rollouts.get(name)
+        if before is not None and before.pattern != rollout.pattern:
+            raise ValueError(
+                f"rollouts.{name}.pattern: cannot change from {before.pattern!r} to "
+                f"{rollout.pattern!r} in a running process (restart it with the new policy)"
+            )

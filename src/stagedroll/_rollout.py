@@ -33,6 +33,8 @@ _hash = mmh3.hash
 
 
 def _is_latency(value: object) -> bool:
+    if value.__class__ is float:  # the common case, a perf_counter difference
+        return 0.0 <= value < math.inf  # NaN fails both comparisons
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)
@@ -96,7 +98,8 @@ class Rollout:
     def _configure(self, plan: Plan, state: RolloutState) -> None:
         """The health gate and the outcome counters of ``plan``, new."""
         tested = plan.mode == "stages" and plan.policy.health.enabled
-        self.health = Health(plan.policy.health) if tested else None
+        paired = plan.policy.pattern is not None  # a shadow, a migration: both arms per call
+        self.health = Health(plan.policy.health, paired=paired) if tested else None
         if self.health is not None:
             self.health.timed = plan.policy.advance == "auto"
             if self._owner._pooled:
@@ -309,12 +312,15 @@ class Rollout:
         error: bool,
         latency_s: float | None,
         fallback: bool = False,
+        event: bool = True,
     ) -> None:
         """Add one outcome of unit ``key`` to ``arm``; never raises (failures are logged).
 
         A latency that is not a finite, non-negative number of seconds is dropped, counted
         and logged (``outcome.bad_latency``); the outcome itself is kept. When the outcome
         may make an automatic step due (a treatment event, a new unit), the step is checked.
+        ``event=False`` counts an error without showing it to the test as an event (a
+        paired call whose two sides both failed tells nothing about which is worse).
         """
         if latency_s is not None and not _is_latency(latency_s):
             self._owner.failures.record("outcome.bad_latency", rollout=self.name,
@@ -326,7 +332,7 @@ class Rollout:
             arm = observed.real
             key = key if arm.compared else None
         if error or fallback or latency_s is None:
-            self._count(self.outcomes.record, arm, error, latency_s, fallback, key)
+            self._count(self.outcomes.record, arm, error, latency_s, fallback, key, event=event)
         else:
             self._count(self.outcomes.success, arm, latency_s, key)
 
@@ -347,10 +353,10 @@ class Rollout:
             self._owner._reload()
         self._count(self.outcomes.fold, arm)
 
-    def _count(self, count: Callable[..., bool], *args: Any) -> None:
-        """Call ``count(*args)``, an :class:`Outcomes` method; take the step it makes due."""
+    def _count(self, count: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
+        """Call ``count(...)``, an :class:`Outcomes` method; take the step it makes due."""
         try:
-            due = count(*args)
+            due = count(*args, **kwargs)
         except Exception as exc:  # pragma: no cover - defensive: counting must not break calls
             self._owner.failures.record("outcome.failed", exc, rollout=self.name)
             return
@@ -401,6 +407,41 @@ class Rollout:
     def _set_share(self, view: View) -> None:
         """Give the health test the treatment's share under ``view``."""
         if self.health is not None:
-            share = view.percent / 100 if view.constant is None else 0.0
+            share = self._share(view)
             with self.outcomes.lock:
                 self.health.set_share(share)
+
+    def _share(self, view: View) -> float:
+        """The treatment's share of the compared exposure under ``view``.
+
+        The stage's percent / 100; one half for a paired pattern (a shadow, a migration:
+        every compared call records both sides, the old one on control and the new one on
+        treatment); 0 where the environment or the status fixes the decision.
+        """
+        if view.constant is not None:
+            return 0.0
+        return 0.5 if self._plan.policy.pattern is not None else view.percent / 100
+
+    def _shares(self) -> list[float]:
+        """:meth:`_share` of each stage (the pooled evidence rebuilds every stage visit)."""
+        if self._plan.policy.pattern is not None:
+            return [0.5] * len(self._plan.stages)
+        return [stage.percent / 100 for stage in self._plan.stages]
+
+    def _serves(self, pattern: str | None, use: str) -> None:
+        """Raise :class:`ValueError` unless the policy says the rollout serves ``pattern``.
+
+        ``use`` names the API being set up, for the message.
+        """
+        declared = self._plan.policy.pattern
+        if declared == pattern:
+            return
+        if declared is None:
+            raise ValueError(
+                f'rollout {self.name!r} is not a {pattern}: add pattern = "{pattern}" to its '
+                f"policy to use {use} (both sides of each call are then recorded)"
+            )
+        raise ValueError(
+            f'rollout {self.name!r} serves a {declared} (pattern = "{declared}" in its '
+            f"policy): use rollouts.{declared}(...), not {use}"
+        )

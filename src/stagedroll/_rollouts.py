@@ -9,6 +9,7 @@ transitions, and runs :meth:`Rollouts._sync`: the pooled evidence and the automa
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import getpass
 import os
@@ -41,7 +42,7 @@ from ._state import (
 )
 from ._transitions import EVENTS, initial_state, next_state, unknown_state, verb
 from .exceptions import StoreError, TransitionError, UnknownRolloutError
-from .patterns import switch
+from .patterns import Migration, Mismatch, Phase, Shadow, migration, shadow, switch
 from .stores import MemoryStore, Store, SyncingStore, store_from_url
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ __all__ = ["Rollouts"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+RP = ParamSpec("RP")
+RR = TypeVar("RR")
+WP = ParamSpec("WP")
+WR = TypeVar("WR")
 
 _hash = mmh3.hash
 _MAX_UNKNOWN_NAMES = 1024
@@ -357,6 +362,55 @@ class Rollouts:
         """A blue-green switch over rollout ``name``; see :func:`stagedroll.patterns.switch`."""
         return switch(self, name, blue=blue, green=green, unit=unit, attributes=attributes,
                       reraise=reraise)  # fmt: skip
+
+    def shadow(
+        self,
+        name: str,
+        *,
+        candidate: Callable[P, R],
+        unit: Callable[P, object] | None,
+        attributes: Callable[P, Mapping[str, object]] | None = None,
+        compare: Callable[[Any, Any], object] | None = None,
+        ignore: Callable[[Any, Any], object] | None = None,
+        redact: Callable[[Any], object] | None = None,
+        samples: int = 100,
+        on_mismatch: Callable[[Mismatch], object] | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        max_pending: int = 64,
+        timeout: float | None = None,
+    ) -> Shadow[P, R]:
+        """A dark launch of ``candidate`` over rollout ``name``, to decorate the old path with.
+
+        See :func:`stagedroll.patterns.shadow`.
+        """
+        return shadow(self, name, candidate=candidate, unit=unit, attributes=attributes,
+                      compare=compare, ignore=ignore, redact=redact, samples=samples,
+                      on_mismatch=on_mismatch, executor=executor, max_pending=max_pending,
+                      timeout=timeout)  # fmt: skip
+
+    def migration(
+        self,
+        name: str,
+        *,
+        old_read: Callable[RP, RR],
+        new_read: Callable[RP, RR],
+        old_write: Callable[WP, WR],
+        new_write: Callable[WP, WR],
+        compare: Callable[[Any, Any], object] | None = None,
+        ignore: Callable[[Any, Any], object] | None = None,
+        redact: Callable[[Any], object] | None = None,
+        samples: int = 100,
+        on_mismatch: Callable[[Mismatch], object] | None = None,
+        default: Phase | str = Phase.OFF,
+    ) -> Migration[RP, RR, WP, WR]:
+        """An expand/contract migration over rollout ``name``, whose stages are its phases.
+
+        See :func:`stagedroll.patterns.migration`.
+        """
+        return migration(self, name, old_read=old_read, new_read=new_read,
+                         old_write=old_write, new_write=new_write, compare=compare,
+                         ignore=ignore, redact=redact, samples=samples,
+                         on_mismatch=on_mismatch, default=default)  # fmt: skip
 
     def track(
         self, name: str, unit: object, attributes: Mapping[str, object] | None = None

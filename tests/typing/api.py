@@ -76,3 +76,44 @@ def stores(policy: stagedroll.Policy, directory: str) -> None:
     new: list[bool] = by_url.store.add_units("new-checkout", "1/errors", ["user-42"])
     assert counts
     assert new
+
+
+def patterns(policy: stagedroll.Policy) -> None:
+    """The patterns of docs/patterns/, as their types are seen by users (never run)."""
+    from stagedroll.patterns import ComparisonStats, Migration, Mismatch, Phase, Shadow
+
+    bound = stagedroll.Rollouts(policy)
+
+    def ranked(query: str, user_id: str) -> list[str]:
+        return [query]
+
+    shadow: Shadow[[str, str], list[str]] = bound.shadow(
+        "new-ranking",
+        candidate=ranked,
+        unit=lambda query, user_id: user_id,
+        compare=lambda old, new: set(old) == set(new),
+        redact=len,
+    )
+
+    @shadow
+    def search(query: str, user_id: str) -> list[str]:
+        return [query]
+
+    hits: list[str] = search("shoes", "user-42")
+    stats: ComparisonStats = shadow.stats
+    samples: list[Mismatch] = shadow.mismatches
+    rows: dict[str, int] = {}
+
+    def read(key: str) -> int | None:
+        return rows.get(key)
+
+    def write(key: str, value: int) -> None:
+        rows[key] = value
+
+    orders: Migration[[str], int | None, [str, int], None] = bound.migration(
+        "orders-to-postgres", old_read=read, new_read=read, old_write=write, new_write=write
+    )
+    orders.write("user-42", "order-1", 3)
+    amount: int | None = orders.read("user-42", "order-1")
+    phase: Phase = orders.phase
+    assert hits, (stats, samples, amount, phase)

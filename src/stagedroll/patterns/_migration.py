@@ -1,0 +1,468 @@
+"""Expand/contract migrations: six phases of moving data from an old store to a new one.
+
+The rollout's stage names the phase, for every unit at once (a store's data cannot be half
+migrated per user: the backfill needs every write going to both stores first):
+
+============  =====================================  ==========================================
+phase         writes                                 reads
+============  =====================================  ==========================================
+off           old                                    old
+dual_write    old, then new (old authoritative)      old
+shadow_read   old, then new (old authoritative)      old, compared with new
+live          new, then old (new authoritative)      new, compared with old
+rampdown      new, then old (new authoritative)      new
+complete      new                                    new
+============  =====================================  ==========================================
+
+In ``shadow_read`` and ``live`` every read runs on both stores: the old store's outcome is
+recorded on the control arm and the new store's on treatment (in ``shadow_read``, a read
+that disagrees with the old one counts as the new store's error), so the health test
+compares the two stores on the same calls, and freezes the migration, or rolls it back one
+phase, when the new store errs, disagrees or is slow more often. Writes are counted
+(``stats``, samples) but not tested: the second store is written only once the
+authoritative one took the write, so the two outcomes are no fair pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, cast
+
+from .._decision import Reason
+from .._guard import _is_async
+from .._policy import MIGRATION_STAGES
+from ._comparison import NOT_RUN, Comparison, ComparisonStats, Mismatch
+
+if TYPE_CHECKING:
+    from .._outcomes import ArmCounts
+    from .._plan import View
+    from .._rollout import Rollout
+    from .._rollouts import Rollouts
+
+__all__ = ["Migration", "Phase", "migration"]
+
+RP = ParamSpec("RP")
+RR = TypeVar("RR")
+WP = ParamSpec("WP")
+WR = TypeVar("WR")
+
+
+class Phase(str, enum.Enum):
+    """The six phases of an expand/contract migration, in order; the stage names."""
+
+    OFF = "off"
+    """Old store only."""
+    DUAL_WRITE = "dual_write"
+    """Writes to both stores, the old one authoritative; reads from the old one."""
+    SHADOW_READ = "shadow_read"
+    """As ``dual_write``, and each read of the old store is compared with the new one."""
+    LIVE = "live"
+    """The new store authoritative for writes and reads; reads compared with the old one."""
+    RAMPDOWN = "rampdown"
+    """Reads from the new store only; writes still reach the old one (the way back)."""
+    COMPLETE = "complete"
+    """New store only."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_BY_NAME = {phase.value: phase for phase in Phase}
+_OLD_WRITES_FIRST = (Phase.DUAL_WRITE, Phase.SHADOW_READ)
+
+
+class _Side(NamedTuple):
+    """One side's run: whether it returned, its result (or exception), and its seconds."""
+
+    ok: bool
+    value: Any
+    seconds: float
+
+
+def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Side:
+    """Run one store's side; its exception is kept (raised later if it was authoritative).
+
+    A ``KeyboardInterrupt`` is not a store's failure: it propagates at once.
+    """
+    start = perf_counter()
+    try:
+        return _Side(True, fn(*args, **kwargs), perf_counter() - start)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        return _Side(False, exc, perf_counter() - start)
+
+
+async def _arun(fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> _Side:  # fmt: skip
+    """:func:`_run` for async code; a cancellation propagates too."""
+    start = perf_counter()
+    try:
+        return _Side(True, await fn(*args, **kwargs), perf_counter() - start)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        return _Side(False, exc, perf_counter() - start)
+
+
+def _side_of(outcome: _Side | BaseException) -> _Side:
+    """A side's outcome from ``gather(..., return_exceptions=True)``."""
+    return outcome if isinstance(outcome, _Side) else _Side(False, outcome, 0.0)
+
+
+class _Call(NamedTuple):
+    """A call where both stores run: the phase, the arms, and the unit as text."""
+
+    phase: Phase
+    control: ArmCounts
+    treatment: ArmCounts
+    key: str | None
+
+
+class Migration(Generic[RP, RR, WP, WR]):
+    """An expand/contract migration over one rollout whose six stages are the phases.
+
+    Made by :meth:`Rollouts.migration <stagedroll.Rollouts.migration>`. Call
+    :meth:`read` and :meth:`write` with the unit first (the record's key, or its owner),
+    then the arguments of the read or write functions.
+    """
+
+    def __init__(
+        self,
+        rollout: Rollout,
+        *,
+        old_read: Callable[RP, RR],
+        new_read: Callable[RP, RR],
+        old_write: Callable[WP, WR],
+        new_write: Callable[WP, WR],
+        comparison: Comparison,
+        default: Phase | str,
+    ) -> None:
+        for label, fn in (("old_read", old_read), ("new_read", new_read),
+                          ("old_write", old_write), ("new_write", new_write)):  # fmt: skip
+            if not callable(fn):
+                raise TypeError(f"{label} must be callable, not {type(fn).__name__}")
+        self._async_read = _is_async(old_read)
+        self._async_write = _is_async(old_write)
+        if _is_async(new_read) != self._async_read:
+            raise TypeError("old_read and new_read must both be async or both be sync")
+        if _is_async(new_write) != self._async_write:
+            raise TypeError("old_write and new_write must both be async or both be sync")
+        rollout._serves("migration", "rollouts.migration(...)")  # six phases, by hand
+        try:
+            self._default = Phase(default)
+        except ValueError:
+            raise ValueError(
+                f"default must be one of {list(MIGRATION_STAGES)}, not {default!r}"
+            ) from None
+        self.rollout = rollout
+        self._old_read, self._new_read = old_read, new_read
+        self._old_write, self._new_write = old_write, new_write
+        self._comparison = comparison
+        self._last = self._default  # the phase held when the stage names no phase
+        self._seen: tuple[View, Phase] | None = None
+        self._writes: set[asyncio.Future[_Side]] = set()  # second writes under way (async)
+
+    def __repr__(self) -> str:
+        return f"<Migration {self.rollout.name!r} phase={self.phase.value!r}>"
+
+    # -- where it stands -------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> Phase:
+        """The phase in force in this process (see :meth:`_resolve` for how it is read)."""
+        return self._now()[1]
+
+    @property
+    def stats(self) -> ComparisonStats:
+        """The comparisons' counters: compared reads, mismatches, each side's errors."""
+        return self._comparison.stats()
+
+    @property
+    def mismatches(self) -> list[Mismatch]:
+        """The latest mismatches and new-side errors (at most ``samples``), oldest first."""
+        return self._comparison.samples()
+
+    def clear(self) -> None:
+        """Forget the counters and the samples (the rollout's health evidence stays)."""
+        self._comparison.clear()
+
+    def _now(self) -> tuple[View, Phase]:
+        """The view in force and its phase (worked out once per view); never raises."""
+        owner = self.rollout._owner
+        if owner._file is not None:  # a migration's calls look at the policy file too
+            owner._reload()
+        v = self.rollout._view
+        seen = self._seen
+        if seen is not None and seen[0] is v:
+            return seen
+        now = v, self._resolve(v)
+        self._seen = now  # one assignment: a reader sees the old pair or the new one
+        return now
+
+    def _resolve(self, v: View) -> Phase:
+        """The phase of view ``v``; never raises.
+
+        The stage's name gives the phase (see :meth:`_staged`). The status may override it:
+        ``complete`` is ``complete``; a kill, or an environment where the rollout is off,
+        is ``off``, except where the phase would be ``complete``: the old store has missed
+        the writes since, so the kill is refused (``migration.kill_refused``) and the new
+        store keeps serving.
+        """
+        rollout = self.rollout
+        try:
+            phase = self._staged(v)
+            constant = v.constant
+            if constant is not None:
+                if constant.enabled:
+                    phase = Phase.COMPLETE
+                elif constant.reason is Reason.KILLED and phase is Phase.COMPLETE:
+                    rollout._owner.failures.record("migration.kill_refused", rollout=rollout.name)
+                else:
+                    phase = Phase.OFF
+        except Exception as exc:  # pragma: no cover - defensive: hold the last phase
+            failures = rollout._owner.failures
+            failures.record("migration.phase_failed", exc, rollout=rollout.name,
+                            stage=v.stage_name, holding=self._last.value)  # fmt: skip
+            return self._last
+        self._last = phase
+        return phase
+
+    def _staged(self, v: View) -> Phase:
+        """The phase that the stage and the environment give, the status aside; may raise.
+
+        An environment fixed at 100 % is ``complete``, below it ``off``. Before the first
+        stage: ``off`` after a rollback, ``default`` while the state is unknown (the store
+        unreachable since the start). The policy's checks make every stage name a phase
+        (``pattern = "migration"``, which a reload cannot change).
+        """
+        plan = self.rollout._plan
+        if plan.mode == "off":
+            return Phase.OFF
+        if plan.mode == "fixed":
+            return Phase.COMPLETE if v.percent >= 100 else Phase.OFF
+        if v.stage_name is None:
+            return Phase.OFF if v.state.version else self._default
+        return _BY_NAME[v.stage_name]
+
+    def _call(self, v: View, phase: Phase, unit: object) -> _Call:
+        """A call where both stores run: its arms and its unit as text."""
+        rollout = self.rollout
+        key = v.key_of(unit, rollout._attributes(None))
+        return _Call(phase, rollout._observed(v.control), rollout._observed(v.treatment), key)
+
+    def _key(self, v: View, unit: object) -> str | None:
+        return v.key_of(unit, self.rollout._attributes(None))
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def read(self, unit: object, /, *args: RP.args, **kwargs: RP.kwargs) -> RR:
+        """Read through the phase's store(s); ``unit`` first, then the read's arguments.
+
+        Returns what the phase's authoritative store returned, and raises what it raised
+        (``await`` it when the reads are async). The other store's read, in ``shadow_read``
+        and ``live``, is compared and recorded, never raised. There is no fallback from one
+        store to the other: the authoritative store's answer is the only one that is sure
+        to hold every acknowledged write.
+        """
+        if self._async_read:
+            return cast("RR", self._aread(unit, args, kwargs))
+        v, phase = self._now()
+        if phase is Phase.OFF or phase is Phase.DUAL_WRITE:
+            return self._old_read(*args, **kwargs)
+        if phase is Phase.COMPLETE:
+            return self._new_read(*args, **kwargs)
+        if phase is Phase.RAMPDOWN:
+            only = _run(self._new_read, args, kwargs)
+            if only.ok:
+                return cast("RR", only.value)
+            self._comparison.failed(self._key(v, unit), only.value)
+            raise only.value
+        call = self._call(v, phase, unit)
+        if phase is Phase.SHADOW_READ:  # both stores, authoritative first, whatever it gave
+            old = _run(self._old_read, args, kwargs)
+            new = _run(self._new_read, args, kwargs)
+        else:
+            new = _run(self._new_read, args, kwargs)
+            old = _run(self._old_read, args, kwargs)
+        return cast("RR", self._settle_read(call, old, new))
+
+    async def _aread(self, unit: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        v, phase = self._now()
+        old_read = cast("Callable[..., Awaitable[Any]]", self._old_read)
+        new_read = cast("Callable[..., Awaitable[Any]]", self._new_read)
+        if phase is Phase.OFF or phase is Phase.DUAL_WRITE:
+            return await old_read(*args, **kwargs)
+        if phase is Phase.COMPLETE:
+            return await new_read(*args, **kwargs)
+        if phase is Phase.RAMPDOWN:
+            only = await _arun(new_read, args, kwargs)
+            if only.ok:
+                return only.value
+            self._comparison.failed(self._key(v, unit), only.value)
+            raise only.value
+        call = self._call(v, phase, unit)  # shadow_read and live: both stores at once
+        # A store may raise CancelledError itself (a driver's reset): gather returns it as
+        # that side's failure; a cancellation of the caller still raises from gather.
+        both = _arun(old_read, args, kwargs), _arun(new_read, args, kwargs)
+        sides = await asyncio.gather(*both, return_exceptions=True)
+        old, new = (_side_of(side) for side in sides)
+        return self._settle_read(call, old, new)
+
+    def _settle_read(self, call: _Call, old: _Side, new: _Side) -> Any:
+        """Record both sides of a compared read, compare them, and answer the caller."""
+        record, comparison = self.rollout._record, self._comparison
+        both = not (old.ok or new.ok)  # both failed: no event, it tells nothing of either
+        record(call.control, call.key, error=not old.ok, latency_s=old.seconds, event=not both)
+        if new.ok and old.ok:
+            mismatch = comparison.judge(call.key, old.value, new.value, new.seconds - old.seconds)
+            # In shadow_read a mismatch is the new store's error: it is being verified. In
+            # live the old store may have drifted (its write failures are not raised), so a
+            # mismatch is counted and sampled, not charged to the new store.
+            charged = mismatch and call.phase is Phase.SHADOW_READ
+            record(call.treatment, call.key, error=charged, latency_s=new.seconds)
+        else:
+            record(call.treatment, call.key, error=not new.ok, latency_s=new.seconds,
+                   event=not both)  # fmt: skip
+        if not new.ok:
+            comparison.failed(call.key, new.value, old=old.value if old.ok else NOT_RUN)
+        if not old.ok:  # in live the caller does not see it: keep a sample
+            comparison.old_failed(*((call.key, old.value) if call.phase is Phase.LIVE else ()))
+        answer = new if call.phase is Phase.LIVE else old
+        if answer.ok:
+            return answer.value
+        raise answer.value
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def write(self, unit: object, /, *args: WP.args, **kwargs: WP.kwargs) -> WR:
+        """Write through the phase's store(s); ``unit`` first, then the write's arguments.
+
+        Where both stores are written, the authoritative one goes first: its result is
+        returned, and its exception reaches the caller (the other store is then not
+        written). The other store's exception is recorded, never raised. ``await`` it when
+        the writes are async; the second write finishes even if the caller is cancelled
+        meanwhile.
+        """
+        if self._async_write:
+            return cast("WR", self._awrite(unit, args, kwargs))
+        v, phase = self._now()
+        if phase is Phase.OFF:
+            return self._old_write(*args, **kwargs)
+        if phase is Phase.COMPLETE:
+            return self._new_write(*args, **kwargs)
+        call = self._call(v, phase, unit)
+        first, second = self._write_order(phase)
+        done = _run(first, args, kwargs)
+        if not done.ok:
+            self._first_failed(call, done.value)
+            raise done.value
+        self._settle_write(call, done, _run(second, args, kwargs))
+        return cast("WR", done.value)
+
+    async def _awrite(self, unit: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        v, phase = self._now()
+        if phase is Phase.OFF:
+            return await cast("Callable[..., Awaitable[Any]]", self._old_write)(*args, **kwargs)
+        if phase is Phase.COMPLETE:
+            return await cast("Callable[..., Awaitable[Any]]", self._new_write)(*args, **kwargs)
+        call = self._call(v, phase, unit)
+        first, second = self._write_order(phase)
+        done = await _arun(first, args, kwargs)
+        if not done.ok:
+            self._first_failed(call, done.value)
+            raise done.value
+        # The authoritative store has the write: the other must get it too, even if the
+        # caller is cancelled while it is under way.
+        task = asyncio.ensure_future(_arun(second, args, kwargs))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        try:
+            other = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.done() and not (current is not None and current.cancelling()):
+                # The second store's write cancelled itself: its failure, not the caller's.
+                self._settle_later(call, done, task)
+                return done.value
+            task.add_done_callback(lambda t: self._settle_later(call, done, t))
+            raise
+        self._settle_write(call, done, other)
+        return done.value
+
+    def _write_order(self, phase: Phase) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The authoritative store's write, then the other's."""
+        if phase in _OLD_WRITES_FIRST:
+            return self._old_write, self._new_write
+        return self._new_write, self._old_write
+
+    def _first_failed(self, call: _Call, exc: BaseException) -> None:
+        """The authoritative write raised: the call is counted, not compared (one side ran)."""
+        if call.phase in _OLD_WRITES_FIRST:
+            self._comparison.old_failed()  # the caller sees it: no sample
+        else:
+            self._comparison.failed(call.key, exc)
+
+    def _settle_write(self, call: _Call, first: _Side, second: _Side) -> None:
+        """Count the failure of the second store's write, never raised.
+
+        Writes are not shown to the health test: the second store is written only when the
+        authoritative one took the write, so their outcomes are not a fair pair (the
+        authoritative store's failures would have no counterpart). The compared reads are.
+        """
+        if second.ok:
+            return
+        if call.phase in _OLD_WRITES_FIRST:
+            self._comparison.failed(call.key, second.value)
+        else:  # the old store misses this write: a way back would serve it stale
+            self._comparison.old_failed(call.key, second.value)
+
+    def _settle_later(self, call: _Call, first: _Side, task: asyncio.Future[_Side]) -> None:
+        """Record a second write that ended after its caller was cancelled; never raises."""
+        try:
+            if task.cancelled():  # the loop closed before it ended: it may not have landed
+                self._settle_write(call, first, _Side(False, asyncio.CancelledError(), 0.0))
+            elif task.exception() is None:
+                self._settle_write(call, first, task.result())
+        except Exception as exc:  # pragma: no cover - recording never raises
+            self.rollout._owner.failures.record("migration.failed", exc, rollout=self.rollout.name)
+
+
+def migration(
+    rollouts: Rollouts,
+    name: str,
+    *,
+    old_read: Callable[RP, RR],
+    new_read: Callable[RP, RR],
+    old_write: Callable[WP, WR],
+    new_write: Callable[WP, WR],
+    compare: Callable[[Any, Any], object] | None = None,
+    ignore: Callable[[Any, Any], object] | None = None,
+    redact: Callable[[Any], object] | None = None,
+    samples: int = 100,
+    on_mismatch: Callable[[Mismatch], object] | None = None,
+    default: Phase | str = Phase.OFF,
+) -> Migration[RP, RR, WP, WR]:
+    """An expand/contract migration over rollout ``name``, whose stages are the six phases.
+
+    The rollout's policy says ``pattern = "migration"``, which makes its stages ``off``,
+    ``dual_write``, ``shadow_read``, ``live``, ``rampdown`` and ``complete``, in this order
+    (their percents do not split the units: each phase applies to every unit), advanced
+    by hand. ``compare(old, new)`` (default ``==``) judges the
+    compared reads, ``ignore(old, new)`` accepts a known difference; mismatches and the new
+    store's errors are kept (the latest ``samples``, results passed through ``redact``) and
+    passed to ``on_mismatch``. ``default`` is the phase served while the rollout's state is
+    unknown (the store unreachable since the process started): set it to the phase the
+    migration has reached. The two reads must be both sync or both async, and likewise the
+    two writes. Raises :class:`~stagedroll.UnknownRolloutError` for an unknown name and
+    :class:`ValueError` for a rollout whose policy does not say ``pattern = "migration"``.
+    """
+    rollout = rollouts[name]
+    comparison = Comparison("migration", name, rollouts.failures, compare=compare,
+                            ignore=ignore, redact=redact, samples=samples,
+                            on_mismatch=on_mismatch, clock=rollouts.clock)  # fmt: skip
+    return Migration(rollout, old_read=old_read, new_read=new_read, old_write=old_write,
+                     new_write=new_write, comparison=comparison, default=default)  # fmt: skip
