@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import random
 import threading
 import traceback
@@ -404,6 +405,19 @@ class TestCandidateFailures:
         shadowed(old_search)("user-1")
         assert shadowed.mismatches[0].error == "ValueError"
 
+    def test_a_process_pool_that_cannot_take_the_run_is_a_skip(self, rollouts: Rollouts) -> None:
+        """A run the executor could not start is skipped and counted, not lost silently."""
+        rollouts.advance("search", actor="a")
+        rollouts.advance("search", actor="a")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1) as executor:
+            shadowed = rollouts.shadow("search", candidate=same_search, unit=lambda user: user,
+                                       executor=executor)  # fmt: skip
+            search = shadowed(old_search)
+            assert search("user-1") == "old:user-1"
+            assert shadowed.wait(30)
+        assert shadowed.stats.skipped == 1
+        assert rollouts.failures.count("shadow.failed") == 1
+
     def test_inline_runs_before_the_call_returns(self, rollouts: Rollouts) -> None:
         """Without an executor, a sync candidate runs inline: judged when the call returns."""
         rollouts.advance("search", actor="a")
@@ -607,6 +621,54 @@ class TestDeferredRuns:
             loop.run_until_complete(search(user))
             loop.close()
         assert shadowed.stats.skipped == 0
+
+    def test_tasks_of_an_abandoned_loop_record_nothing(self, rollouts: Rollouts) -> None:
+        """Closed at garbage collection, an abandoned run is no candidate error."""
+        rollouts.advance("search", actor="a")
+        rollouts.advance("search", actor="a")
+
+        async def candidate(user: str) -> str:
+            await asyncio.sleep(30)
+            return f"old:{user}"
+
+        shadowed = rollouts.shadow("search", candidate=candidate, unit=lambda user: user,
+                                   max_pending=2)  # fmt: skip
+        search = shadowed(async_old)
+        with RecordingSink(rollouts) as sink:
+            for user in USERS[:6]:
+                loop = asyncio.new_event_loop()
+                loop.run_until_complete(search(user))
+                loop.close()  # its tasks are abandoned, never cancelled
+            gc.collect()
+        assert sink.outcomes == []
+        assert shadowed.stats.new_errors == 0
+
+    def test_a_mismatch_against_a_timed_out_old_path_is_no_event(self, rollouts: Rollouts) -> None:
+        """Both sides failed the test (one too slow, one wrong): errors, but no event."""
+        rollouts.advance("search", actor="a")
+        rollouts.advance("search", actor="a")
+
+        async def slow(user: str) -> str:
+            await asyncio.sleep(0.03)
+            return f"old:{user}"
+
+        async def wrong(user: str) -> str:
+            return "new"
+
+        doc = policy(100)
+        stores = Rollouts(doc)
+        shadowed = stores.shadow("search", candidate=wrong, unit=lambda user: user, timeout=0.01)
+        search = shadowed(slow)
+
+        async def main() -> None:
+            for user in USERS[:5]:
+                await search(user)
+            await shadowed.wait_async(10)
+
+        asyncio.run(main())
+        status = stores.status("search")
+        assert (status.control.errors, status.treatment.errors) == (5, 5)
+        assert status.health.error_events_control == status.health.error_events_treatment == 0
 
     def test_the_timeout_holds_both_sides(self, rollouts: Rollouts) -> None:
         """An old path slower than the timeout is an error for the test, as the candidate is."""

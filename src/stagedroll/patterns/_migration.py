@@ -102,7 +102,7 @@ async def _arun(fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
     start = perf_counter()
     try:
         return _Side(True, await fn(*args, **kwargs), perf_counter() - start)
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit):
         raise
     except BaseException as exc:
         return _Side(False, exc, perf_counter() - start)
@@ -384,7 +384,8 @@ class Migration(Generic[RP, RR, WP, WR]):
             other = await asyncio.shield(task)
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if task.done() and not (current is not None and current.cancelling()):
+            cancelling = getattr(current, "cancelling", None)  # Python 3.11+
+            if task.done() and not (cancelling is not None and cancelling()):
                 # The second store's write cancelled itself: its failure, not the caller's.
                 self._settle_later(call, done, task)
                 return done.value

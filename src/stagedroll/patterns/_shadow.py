@@ -306,8 +306,8 @@ class Shadow(Generic[P, R]):
                 run = cast("Awaitable[Any]", self.candidate(*call.args, **call.kwargs))
                 new = await (run if self._timeout is None else asyncio.wait_for(run, self._timeout))
             except BaseException as exc:  # TimeoutError too: slower than the timeout
-                if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-                    raise
+                if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError | GeneratorExit):
+                    raise  # interrupted, cancelled, or closed with its abandoned loop
                 self._settle(call, exc, perf_counter() - start, failed=True)
                 return
             self._settle(call, new, perf_counter() - start, failed=False)
@@ -356,16 +356,16 @@ class Shadow(Generic[P, R]):
         record, comparison = self.rollout._record, self._comparison
         # With a timeout, the old path is held to it too, for the test: a fair pair.
         old_failed = not call.ok or (self._timeout is not None and call.old_s > self._timeout)
-        both = failed and old_failed
-        record(call.control, call.key, error=old_failed, latency_s=call.old_s, event=not both)
+        if failed:
+            new_failed = True
+            comparison.failed(call.key, new, old=call.old if call.ok else NOT_RUN)
+        else:
+            new_failed = call.ok and comparison.judge(call.key, call.old, new, new_s - call.old_s)
         if not call.ok:
             comparison.old_failed()
-        if failed:
-            record(call.treatment, call.key, error=True, latency_s=new_s, event=not both)
-            comparison.failed(call.key, new, old=call.old if call.ok else NOT_RUN)
-            return
-        mismatch = call.ok and comparison.judge(call.key, call.old, new, new_s - call.old_s)
-        record(call.treatment, call.key, error=mismatch, latency_s=new_s)
+        event = not (old_failed and new_failed)  # both failed: it tells nothing of either
+        record(call.control, call.key, error=old_failed, latency_s=call.old_s, event=event)
+        record(call.treatment, call.key, error=new_failed, latency_s=new_s, event=event)
 
     def _spawn(self, call: _Cohort) -> None:
         """Start the candidate as a task of the running loop; never raises."""
@@ -413,6 +413,13 @@ class Shadow(Generic[P, R]):
     def _future_done(self, future: concurrent.futures.Future[None]) -> None:
         self._futures.discard(future)
         self._release()
+        # A run that never ran (cancelled, or an executor that could not take it, such as
+        # a process pool that cannot pickle it): skipped, and said so.
+        failure = None if future.cancelled() else future.exception()
+        if future.cancelled() or failure is not None:
+            self._comparison.skip()
+            self.rollout._owner.failures.record("shadow.failed", failure,
+                                                rollout=self.rollout.name)  # fmt: skip
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         with self._lock:
