@@ -83,6 +83,19 @@ def _is_async(fn: Callable[..., object]) -> bool:
     )
 
 
+def check_routing(unit: object, attributes: object) -> None:
+    """Raise :class:`TypeError` for a ``unit`` or ``attributes`` a call cannot be routed by."""
+    if unit is not None and not callable(unit):
+        raise TypeError(
+            f"unit must be a callable taking the function's arguments (or None for per-request "
+            f"bucketing), not {type(unit).__name__}"
+        )
+    if unit is None and attributes is not None:
+        raise TypeError(
+            "attributes need a unit: per-request bucketing (unit=None) applies no targeting"
+        )
+
+
 def _routing_failed(rollout: Rollout, exc: Exception) -> ArmCounts:
     """Count and log a failure to route a call; send the call to the old path."""
     rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
@@ -100,15 +113,7 @@ def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the 
     """Build the decorator of :meth:`Rollouts.guard` for ``rollout``."""
     if not callable(fallback):
         raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
-    if unit is not None and not callable(unit):
-        raise TypeError(
-            f"unit must be a callable taking the function's arguments (or None for per-request "
-            f"bucketing), not {type(unit).__name__}"
-        )
-    if unit is None and attributes is not None:
-        raise TypeError(
-            "attributes need a unit: per-request bucketing (unit=None) applies no targeting"
-        )
+    check_routing(unit, attributes)
     rollout._serves(None, "a guard")
     route = _router(rollout, unit, attributes)
     record = rollout._record

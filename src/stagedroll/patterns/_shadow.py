@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, 
 import mmh3
 
 from .._forksafe import register
-from .._guard import _is_async, _routing_failed
+from .._guard import _is_async, _routing_failed, check_routing
 from .._outcomes import ArmCounts, ObservedArm
 from ._comparison import NOT_RUN, Comparison, ComparisonStats, Mismatch
 
@@ -79,15 +79,7 @@ class Shadow(Generic[P, R]):
     ) -> None:
         if not callable(candidate):
             raise TypeError(f"candidate must be callable, not {type(candidate).__name__}")
-        if unit is not None and not callable(unit):
-            raise TypeError(
-                f"unit must be a callable taking the function's arguments (or None for "
-                f"per-request bucketing), not {type(unit).__name__}"
-            )
-        if unit is None and attributes is not None:
-            raise TypeError(
-                "attributes need a unit: per-request bucketing (unit=None) applies no targeting"
-            )
+        check_routing(unit, attributes)
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be a whole number >= 1, not {max_pending!r}")
         self._async = _is_async(candidate)
