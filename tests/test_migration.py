@@ -159,6 +159,23 @@ class TestPhases:
         assert set(stores.log) == READS[phase][0]
         assert read == f"from {READS[phase][1]}"
 
+    def test_a_rollback_mid_traffic_moves_every_call_back_one_phase(
+        self, rollouts: Rollouts, asynchronous: bool
+    ) -> None:
+        """From live to shadow_read between two calls: the old store answers again, whole."""
+        stores = Stores(rollouts, asynchronous=asynchronous)
+        at(rollouts, "live")
+        for i in range(50):
+            stores.write(f"k{i}", i)
+        assert stores.old.rows == stores.new.rows  # both written in live
+        rollouts.rollback("orders", actor="bob")
+        assert phase_of(stores) is Phase.SHADOW_READ
+        stores.write("k0", "after")
+        assert stores.log == ["old.write", "new.write"]  # the old store first again
+        stores.new.rows["k1"] = "only in new"
+        assert stores.read("k1") == 1  # the old store answers; the difference is sampled
+        assert stores.migration.mismatches[-1].unit == "k1"
+
     def test_every_unit_follows_the_phase(self, rollouts: Rollouts) -> None:
         """The percents do not split units: at dual_write every write reaches both stores."""
         stores = Stores(rollouts)
