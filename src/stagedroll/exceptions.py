@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "MissingExtraError",
@@ -63,6 +64,10 @@ class PolicyError(StagedrollError, ValueError):
         head = f"{count} problem{'s' if count != 1 else ''}{where}:"
         super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (a multiprocessing worker's error comes back as it was raised).
+        return _policy_error, (self.problems, self.source)
+
 
 class UnknownRolloutError(StagedrollError, LookupError):
     """Raised by ``rollouts[name]`` and ``rollouts.guard(name, ...)`` for an unknown name.
@@ -72,8 +77,12 @@ class UnknownRolloutError(StagedrollError, LookupError):
 
     def __init__(self, name: str, known: Sequence[str]) -> None:
         self.name = name
-        listing = ", ".join(sorted(known)) or "none"
+        self.known = tuple(sorted(known))
+        listing = ", ".join(self.known) or "none"
         super().__init__(f"unknown rollout {name!r} (known: {listing})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.name, self.known)
 
     def __str__(self) -> str:
         # LookupError's str() quotes its argument; show the sentence as is.
@@ -98,8 +107,17 @@ class MissingExtraError(StagedrollError, ImportError):
     """Raised when a feature needs an optional dependency that is not installed."""
 
     def __init__(self, feature: str, extra: str, module: str) -> None:
+        self.feature, self.extra, self.module = feature, extra, module
         super().__init__(
             f"{feature} needs the optional dependency {module!r}: "
             f"pip install 'stagedroll[{extra}]'",
             name=module,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.feature, self.extra, self.module)
+
+
+def _policy_error(problems: Sequence[PolicyProblem], source: str | None) -> PolicyError:
+    """Rebuild a pickled :class:`PolicyError` (its ``source`` is keyword-only)."""
+    return PolicyError(problems, source=source)
