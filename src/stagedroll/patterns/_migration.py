@@ -114,7 +114,7 @@ def _side_of(outcome: _Side | BaseException) -> _Side:
 
 
 class _Call(NamedTuple):
-    """A call where both stores run: the phase, the arms, and the unit as text."""
+    """A read from both stores: the phase, the arms, and the unit as text."""
 
     phase: Phase
     control: ArmCounts
@@ -249,12 +249,12 @@ class Migration(Generic[RP, RR, WP, WR]):
         return _BY_NAME[v.stage_name]
 
     def _call(self, v: View, phase: Phase, unit: object) -> _Call:
-        """A call where both stores run: its arms and its unit as text."""
-        rollout = self.rollout
-        key = v.key_of(unit, rollout._attributes(None))
-        return _Call(phase, rollout._observed(v.control), rollout._observed(v.treatment), key)
+        """A read from both stores: its arms and its unit as text."""
+        observed = self.rollout._observed
+        return _Call(phase, observed(v.control), observed(v.treatment), self._key(v, unit))
 
     def _key(self, v: View, unit: object) -> str | None:
+        """The unit as text (the samples name it); ``None`` for one that has no text."""
         return v.key_of(unit, self.rollout._attributes(None))
 
     # -- reads -----------------------------------------------------------------------------------
@@ -354,13 +354,13 @@ class Migration(Generic[RP, RR, WP, WR]):
             return self._old_write(*args, **kwargs)
         if phase is Phase.COMPLETE:
             return self._new_write(*args, **kwargs)
-        call = self._call(v, phase, unit)
+        key = self._key(v, unit)
         first, second = self._write_order(phase)
         done = _run(first, args, kwargs)
         if not done.ok:
-            self._first_failed(call, done.value)
+            self._first_failed(phase, key, done.value)
             raise done.value
-        self._settle_write(call, done, _run(second, args, kwargs))
+        self._settle_write(phase, key, _run(second, args, kwargs))
         return cast("WR", done.value)
 
     async def _awrite(self, unit: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -369,11 +369,11 @@ class Migration(Generic[RP, RR, WP, WR]):
             return await cast("Callable[..., Awaitable[Any]]", self._old_write)(*args, **kwargs)
         if phase is Phase.COMPLETE:
             return await cast("Callable[..., Awaitable[Any]]", self._new_write)(*args, **kwargs)
-        call = self._call(v, phase, unit)
+        key = self._key(v, unit)
         first, second = self._write_order(phase)
         done = await _arun(first, args, kwargs)
         if not done.ok:
-            self._first_failed(call, done.value)
+            self._first_failed(phase, key, done.value)
             raise done.value
         # The authoritative store has the write: the other must get it too, even if the
         # caller is cancelled while it is under way.
@@ -387,11 +387,11 @@ class Migration(Generic[RP, RR, WP, WR]):
             cancelling = getattr(current, "cancelling", None)  # Python 3.11+
             if task.done() and not (cancelling is not None and cancelling()):
                 # The second store's write cancelled itself: its failure, not the caller's.
-                self._settle_later(call, done, task)
+                self._settle_later(phase, key, task)
                 return done.value
-            task.add_done_callback(lambda t: self._settle_later(call, done, t))
+            task.add_done_callback(lambda t: self._settle_later(phase, key, t))
             raise
-        self._settle_write(call, done, other)
+        self._settle_write(phase, key, other)
         return done.value
 
     def _write_order(self, phase: Phase) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -400,14 +400,14 @@ class Migration(Generic[RP, RR, WP, WR]):
             return self._old_write, self._new_write
         return self._new_write, self._old_write
 
-    def _first_failed(self, call: _Call, exc: BaseException) -> None:
+    def _first_failed(self, phase: Phase, key: str | None, exc: BaseException) -> None:
         """The authoritative write raised: the call is counted, not compared (one side ran)."""
-        if call.phase in _OLD_WRITES_FIRST:
+        if phase in _OLD_WRITES_FIRST:
             self._comparison.old_failed()  # the caller sees it: no sample
         else:
-            self._comparison.failed(call.key, exc)
+            self._comparison.failed(key, exc)
 
-    def _settle_write(self, call: _Call, first: _Side, second: _Side) -> None:
+    def _settle_write(self, phase: Phase, key: str | None, second: _Side) -> None:
         """Count the failure of the second store's write, never raised.
 
         Writes are not shown to the health test: the second store is written only when the
@@ -416,18 +416,18 @@ class Migration(Generic[RP, RR, WP, WR]):
         """
         if second.ok:
             return
-        if call.phase in _OLD_WRITES_FIRST:
-            self._comparison.failed(call.key, second.value)
+        if phase in _OLD_WRITES_FIRST:
+            self._comparison.failed(key, second.value)
         else:  # the old store misses this write: a way back would serve it stale
-            self._comparison.old_failed(call.key, second.value)
+            self._comparison.old_failed(key, second.value)
 
-    def _settle_later(self, call: _Call, first: _Side, task: asyncio.Future[_Side]) -> None:
+    def _settle_later(self, phase: Phase, key: str | None, task: asyncio.Future[_Side]) -> None:
         """Record a second write that ended after its caller was cancelled; never raises."""
         try:
             if task.cancelled():  # the loop closed before it ended: it may not have landed
-                self._settle_write(call, first, _Side(False, asyncio.CancelledError(), 0.0))
+                self._settle_write(phase, key, _Side(False, asyncio.CancelledError(), 0.0))
             elif task.exception() is None:
-                self._settle_write(call, first, task.result())
+                self._settle_write(phase, key, task.result())
         except Exception as exc:  # pragma: no cover - recording never raises
             self.rollout._owner.failures.record("migration.failed", exc, rollout=self.rollout.name)
 
