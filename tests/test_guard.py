@@ -1085,7 +1085,11 @@ class TestTrack:
 
 
 class TestReport:
-    @pytest.mark.parametrize("latency", ["0.12", float("nan"), -1.0, float("inf"), True])
+    @pytest.mark.parametrize(
+        "latency",
+        ["0.12", float("nan"), -1.0, float("inf"), True, 2**2000, -(2**2000), 10**5000, object()],
+        ids=["str", "nan", "negative", "inf", "bool", "2**2000", "-2**2000", "10**5000", "object"],
+    )
     def test_a_bad_latency_is_dropped_not_kept(self, full: Rollouts, latency: object) -> None:
         """A latency that is no finite, non-negative number is dropped and counted."""
         full.report("checkout", "u1", error=False, latency_s=latency)  # type: ignore[arg-type]

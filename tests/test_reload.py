@@ -147,18 +147,25 @@ class TestReload:
         assert {new(unit) for unit in UNITS} == {"new"}
 
     def test_added_and_removed_rollouts(self, path: Path) -> None:
-        """A new rollout starts; a removed one is listed and logged, its state kept."""
+        """A new rollout starts; a removed one is listed and logged, its state and handle kept."""
         rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        handle = rollouts["checkout"]
         write(path, policy_text(50, name="search"))
         after_interval()
         with structlog.testing.capture_logs() as logs:
             rollouts.tick()
         assert "search" in rollouts
+        assert "checkout" not in rollouts
+        assert list(rollouts) == ["search"]
         assert rollouts.removed == ["checkout"]
-        assert "policy.rollout_removed" in {e["event"] for e in logs}
+        removed = next(e for e in logs if e["event"] == "policy.rollout_removed")
+        assert (removed["rollout"], removed["guards"], removed["version"]) == ("checkout", 0, 1)
         assert rollouts.store.load("checkout") is not None
+        assert rollouts["checkout"] is handle
+        assert rollouts.decide("checkout", "u").reason is Reason.UNKNOWN_ROLLOUT
+        assert rollouts.status("checkout").in_policy is False
         with pytest.raises(UnknownRolloutError):
-            rollouts["checkout"]
+            rollouts["never-there"]
 
     def test_an_environment_the_new_file_lacks_is_refused(self, tmp_path: Path) -> None:
         """A new policy that drops this process's environment is not applied."""

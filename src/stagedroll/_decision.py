@@ -32,7 +32,7 @@ class Reason(str, enum.Enum):
     OVERRIDE = "OVERRIDE"
     """Forced by :func:`stagedroll.testing.override` (tests only)."""
     UNKNOWN_ROLLOUT = "UNKNOWN_ROLLOUT"
-    """The policy has no rollout of that name."""
+    """The policy has no rollout of that name (it never had, or a reload removed it)."""
     ERROR = "ERROR"
     """stagedroll failed internally; the stable path is used and the failure is logged."""
 

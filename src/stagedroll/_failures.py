@@ -6,7 +6,6 @@ that an operator sees them in the logs without a failing store flooding them onc
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +20,17 @@ _log = structlog.get_logger("stagedroll")
 
 
 def log(level: str, event: str, **fields: object) -> None:
-    """Log through structlog; a broken logging setup must not break the host, so never raise."""
-    with contextlib.suppress(Exception):
+    """Log through structlog; a broken logging setup must not break the host, so never raise.
+
+    A processor that raises anything (``SystemExit`` included) is contained, except
+    ``KeyboardInterrupt`` (Ctrl-C while it ran), which is not the processor's failure.
+    """
+    try:
         getattr(_log, level)(event, **fields)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # nowhere left to report a broken logger
+        return
 
 
 class Failures:

@@ -136,6 +136,8 @@ def _advance_reason(rollout: Rollout, report: HealthReport) -> str:
 def waiting_for(owner: Rollouts, rollout: Rollout, health: HealthReport) -> str | None:
     """What the next automatic step waits for, in words (``None``: nothing automatic)."""
     status = rollout._view.state.status
+    if rollout._plan.removed:
+        return "the policy: this rollout is no longer in it (every call takes the old path)"
     if rollout._plan.killed:
         return "an operator: killed in this process by $STAGEDROLL_KILL"
     if rollout._plan.mode != "stages":

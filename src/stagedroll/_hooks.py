@@ -2,6 +2,11 @@
 
 A hook receives a frozen :class:`TransitionEvent`. A hook that raises is logged and counted;
 it never blocks the transition, the other hooks, or the call that caused the transition.
+That holds for ``BaseException`` too (``sys.exit()`` in a hook, a custom ``BaseException``):
+a guarded call that triggered an automatic step, or a store's refresh thread, must not end
+because of it. The one exception that passes is ``KeyboardInterrupt`` on the main thread,
+which is the user pressing Ctrl-C while the hook ran, not the hook's failure: swallowing it
+would make a process impossible to interrupt.
 An ``async`` hook is scheduled as a task on the running event loop (it never blocks the
 caller's loop). From a thread with no running loop (a sync call in a worker thread of an
 async server), it goes to the loop on which the hooks last ran, if that loop still runs;
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -72,6 +78,16 @@ class TransitionEvent:
 Hook: TypeAlias = Callable[[TransitionEvent], "Awaitable[None] | None"]
 
 
+def contained(exc: BaseException) -> bool:
+    """Whether user code's ``exc`` is logged and counted rather than raised on.
+
+    Everything is, except ``KeyboardInterrupt`` on the main thread (Ctrl-C).
+    """
+    return not (
+        isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
+    )
+
+
 class Hooks:
     """The hooks of one :class:`Rollouts`, called in the order they were added."""
 
@@ -122,14 +138,20 @@ class Hooks:
             result = hook(event)
             if inspect.isawaitable(result):
                 self._schedule(result, event)
-        except Exception as exc:
+        except BaseException as exc:
+            if not contained(exc):
+                raise
             self._failed(exc, event)
 
     def _schedule(self, awaitable: Awaitable[None], event: TransitionEvent) -> None:
         async def run() -> None:
             try:
                 await awaitable
-            except Exception as exc:
+            except asyncio.CancelledError:
+                raise  # the task itself was cancelled (its loop is closing): let it end
+            except BaseException as exc:
+                if not contained(exc):
+                    raise
                 self._failed(exc, event)
 
         loop = self._remember_loop()
@@ -144,5 +166,5 @@ class Hooks:
             return
         asyncio.run(run())  # no loop anywhere: nothing to block but this caller
 
-    def _failed(self, exc: Exception, event: TransitionEvent) -> None:
+    def _failed(self, exc: BaseException, event: TransitionEvent) -> None:
         self._failures.record("hook.failed", exc, rollout=event.rollout, action=str(event.action))

@@ -7,6 +7,7 @@ precomputed, so the common case is one hash and one comparison.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class Plan:
         "name",
         "policy",
         "prefix",
+        "removed",
         "stages",
     )
 
@@ -75,6 +77,8 @@ class Plan:
         self.stages = tuple(stages)
         self.killed = False
         """Killed in this process by ``$STAGEDROLL_KILL``, whatever the stored state says."""
+        self.removed = False
+        """No longer in the policy (a reload dropped it): every call takes the old path."""
         setting = policy.environments.get(environment) if environment is not None else None
         if environment is not None and policy.environments and setting is None:
             setting = "off"  # environments listed, this one not: the new path stays off here
@@ -92,6 +96,16 @@ class Plan:
     def last_stage(self) -> int:
         """The index of the final stage."""
         return len(self.stages) - 1
+
+    def retired(self) -> Plan:
+        """A copy of this plan for a rollout that a reloaded policy no longer has (:attr:`removed`).
+
+        Its stages stay (transitions through the store still need them), but every decision
+        is off, with reason ``UNKNOWN_ROLLOUT``.
+        """
+        plan = copy.copy(self)
+        plan.removed = True
+        return plan
 
     def view(self, state: RolloutState, outcomes: Outcomes) -> View:
         """Precompute what decisions need under ``state``; record into ``outcomes``."""
@@ -146,7 +160,9 @@ class View:
         self.segments = current.segments if current is not None else ()
         # A decision that does not depend on the unit is made once, here.
         self.constant: Decision | None = None
-        if plan.mode == "off":
+        if plan.removed:
+            self.constant = Decision(plan.name, False, Reason.UNKNOWN_ROLLOUT, None, 0.0)
+        elif plan.mode == "off":
             self.constant = Decision(plan.name, False, Reason.ENVIRONMENT, None, 0.0)
         elif state.status is Status.KILLED or plan.killed:
             self.constant = Decision(plan.name, False, Reason.KILLED, self.stage_name, 0.0)

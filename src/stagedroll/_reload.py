@@ -134,10 +134,14 @@ class PolicyFile:
 def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
     """Swap in the policy of ``file`` if it changed and validates; never raises.
 
-    Rollouts that stay are re-planned in place (handles and guards follow them), and those
-    the file no longer has are listed in ``owner.removed`` and logged. New ones start now
-    with an in-process store; with a store shared by processes they serve 0 % until the
-    store's refresh starts them (a caller's call does no store I/O).
+    Every name keeps one handle for the life of ``owner``, so the guards, shadows and
+    migrations built on it follow whatever a reload does. Rollouts that stay are re-planned
+    in place. Those the file no longer has keep their handle with a retired plan (every call
+    takes the old path; transitions and ``status`` still reach the store); they are listed
+    in ``owner.removed`` and logged with what was built on them and their state. A rollout
+    that comes back is re-planned on its old handle. New ones start now with an in-process
+    store; with a store shared by processes they serve 0 % until the store's refresh starts
+    them (a caller's call does no store I/O).
     """
     from ._rollout import Rollout  # noqa: PLC0415 - _rollout imports what imports this
     from ._transitions import unknown_state  # noqa: PLC0415
@@ -151,21 +155,30 @@ def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
             file.applied(str(exc))
             return
         owner.policy = policy  # first: starting a new rollout reads its first stage here
-        rollouts: dict[str, Rollout] = {}
+        handles = dict(owner._rollouts)
         for name, plan in plans.items():
-            current = owner._rollouts.get(name)
+            current = handles.get(name)
             if current is not None:
                 current._replan(plan)
-                rollouts[name] = current
+                if name in owner.removed:
+                    owner.removed.remove(name)
+                    log("info", "policy.rollout_restored", rollout=name, path=str(file.path))
             elif owner._pooled:
                 owner._unstarted.add(name)
-                rollouts[name] = Rollout(owner, plan, unknown_state(owner.clock()))
+                handles[name] = Rollout(owner, plan, unknown_state(owner.clock()))
             else:
-                rollouts[name] = Rollout(owner, plan, owner._start(name))
-        for name in owner._rollouts.keys() - plans.keys():
+                handles[name] = Rollout(owner, plan, owner._start(name))
+        for name, handle in handles.items():
+            if name in plans or handle._plan.removed:
+                continue
+            handle._replan(handle._plan.retired())
             owner.removed.append(name)
-            log("warning", "policy.rollout_removed", rollout=name, path=str(file.path))
-        owner._rollouts = rollouts  # one assignment: a reader sees the old set or the new
+            state = handle.state
+            log("warning", "policy.rollout_removed", rollout=name, path=str(file.path),
+                guards=handle._bound, stage=state.stage, status=str(state.status),
+                version=state.version, serving="the old path for every call; the stored "
+                "state stays, and kill, freeze and status still reach it")  # fmt: skip
+        owner._rollouts = handles  # one assignment: a reader sees the old set or the new
 
     file.check(apply)
 
@@ -174,12 +187,19 @@ def _check_patterns(old: Policy, new: Policy) -> None:
     """Refuse a policy that changes the ``pattern`` of a rollout this process serves.
 
     The code built on a rollout (a shadow, a migration, a guard) records its calls for
-    that pattern: another one would judge them at the wrong share.
+    that pattern: another one would judge them at the wrong share. Removing such a rollout
+    is refused too: a migration that lost its plan would fall back to its old store, which
+    has missed the writes since ``live``.
     """
-    for name, rollout in new.rollouts.items():
-        before = old.rollouts.get(name)
-        if before is not None and before.pattern != rollout.pattern:
+    for name, before in old.rollouts.items():
+        after = new.rollouts.get(name)
+        if after is None and before.pattern is not None:
+            raise ValueError(
+                f"rollouts.{name}: cannot remove a rollout with pattern = {before.pattern!r} "
+                "from a running process (restart it with the new policy)"
+            )
+        if after is not None and before.pattern != after.pattern:
             raise ValueError(
                 f"rollouts.{name}.pattern: cannot change from {before.pattern!r} to "
-                f"{rollout.pattern!r} in a running process (restart it with the new policy)"
+                f"{after.pattern!r} in a running process (restart it with the new policy)"
             )

@@ -35,12 +35,22 @@ _hash = mmh3.hash
 def _is_latency(value: object) -> bool:
     if value.__class__ is float:  # the common case, a perf_counter difference
         return 0.0 <= value < math.inf  # NaN fails both comparisons
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0
+    except (OverflowError, TypeError, ValueError):  # an int past float's range, an odd subclass
+        return False
+
+
+def _shown(value: object) -> str:
+    """A bad latency, for the log: no user ``__repr__`` runs, and no huge number is printed."""
+    if value.__class__ is float or value.__class__ is bool:
+        return repr(value)
+    if value.__class__ is int:
+        bits = int.bit_length(value)
+        return repr(value) if bits <= 64 else f"<int of {bits} bits>"
+    return f"<{type(value).__name__}>"
 
 
 def _key(unit: object, attributes: object) -> str | None:
@@ -57,11 +67,16 @@ def _key(unit: object, attributes: object) -> str | None:
 class Rollout:
     """One rollout of a :class:`Rollouts`: the fast handle for decisions, guards and transitions.
 
-    Get one with ``rollouts["name"]``; it stays valid across transitions.
+    Get one with ``rollouts["name"]``. There is one handle per name for the life of its
+    :class:`Rollouts`: it stays valid across transitions and reloads, and the guards,
+    shadows and migrations built on it always follow the current plan and state of the name
+    (a reload that drops the rollout turns every call to the old path, one that brings it
+    back turns them on again).
     """
 
     __slots__ = (
         "__weakref__",
+        "_bound",
         "_forced",
         "_inline",
         "_lock",
@@ -89,6 +104,7 @@ class Rollout:
         self._retry_at = 0.0  # after a failed automatic step, not before this clock time
         self._forced = 0  # overrides active anywhere (stagedroll.testing): off the fast path
         self._sinks: tuple[Sink, ...] = ()  # recording sinks (stagedroll.testing): likewise
+        self._bound = 0  # guards, shadows and migrations built on this handle
         self._view: View = plan.view(state, self.outcomes)
         if override.track(self):
             self._force(+1)
@@ -97,7 +113,7 @@ class Rollout:
 
     def _configure(self, plan: Plan, state: RolloutState) -> None:
         """The health gate and the outcome counters of ``plan``, new."""
-        tested = plan.mode == "stages" and plan.policy.health.enabled
+        tested = plan.mode == "stages" and plan.policy.health.enabled and not plan.removed
         paired = plan.policy.pattern is not None  # a shadow, a migration: both arms per call
         self.health = Health(plan.policy.health, paired=paired) if tested else None
         if self.health is not None:
@@ -111,7 +127,12 @@ class Rollout:
         """Follow a reloaded policy: the state stays; a changed rollout counts afresh."""
         with self._lock:
             old, self._plan = self._plan, plan
-            if plan.policy != old.policy or plan.killed != old.killed or plan.mode != old.mode:
+            if (
+                plan.policy != old.policy
+                or plan.killed != old.killed
+                or plan.mode != old.mode
+                or plan.removed != old.removed
+            ):
                 self._configure(plan, self._view.state)
             self._view = self._make_view(self._view.state)
             self._set_share(self._view)
@@ -324,7 +345,7 @@ class Rollout:
         """
         if latency_s is not None and not _is_latency(latency_s):
             self._owner.failures.record("outcome.bad_latency", rollout=self.name,
-                                        latency=repr(latency_s)[:40])  # fmt: skip
+                                        latency=_shown(latency_s))  # fmt: skip
             latency_s = None
         if arm.__class__ is ObservedArm:
             observed = arm
@@ -435,6 +456,7 @@ class Rollout:
         """
         declared = self._plan.policy.pattern
         if declared == pattern:
+            self._bound += 1
             return
         if declared is None:
             raise ValueError(

@@ -127,7 +127,8 @@ class Rollouts:
         self._unstarted: set[str] = set()  # rollouts whose state the store could not give
         self._pooled = isinstance(store, SyncingStore)
         self.removed: list[str] = []
-        """Rollouts that a reloaded policy no longer has (their stored state stays)."""
+        """Rollouts that a reloaded policy no longer has: their handles (and the guards built
+        on them) take the old path for every call, and their stored state stays."""
         self._rollouts: dict[str, Rollout] = {
             name: Rollout(self, plan, self._start(name))
             for name, plan in self._compile(self.policy).items()
@@ -156,8 +157,11 @@ class Rollouts:
         thread, and the new policy is swapped in whole. A file that does not validate is
         not applied: the last good policy keeps serving, the problems are logged once, and
         ``status()`` shows them (``pending_policy``). The stored state (stage, freeze) is
-        kept; a rollout whose policy changed starts its outcome counters afresh, and one
-        the file no longer has is listed in :attr:`removed` and logged, its state kept.
+        kept; a rollout whose policy changed starts its outcome counters afresh. One the file
+        no longer has is listed in :attr:`removed` and logged: its guards send every call to
+        the old path, its state is kept, and ``kill``, ``freeze`` and ``status`` still work
+        on it. A file with no ``rollouts`` table is refused (a save caught half-written);
+        save the file atomically all the same (write a temporary file, then rename it).
         """
         return cls(Path(path), store=store, environment=environment, clock=clock,
                    on_transition=on_transition, reload_interval=reload_interval,
@@ -204,7 +208,7 @@ class Rollouts:
         return self.hooks.add(hook)
 
     def __repr__(self) -> str:
-        return f"<Rollouts {sorted(self._rollouts)} environment={self.environment!r}>"
+        return f"<Rollouts {sorted(self)} environment={self.environment!r}>"
 
     def _start(self, name: str) -> RolloutState:
         """Load a rollout's state; record its start if the store has never seen it.
@@ -223,7 +227,8 @@ class Rollouts:
                 entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
                                    started.since, actor="stagedroll")  # fmt: skip
                 if self.store.compare_and_set(name, 0, started, entry):
-                    stage = self.policy.rollouts[name].stages[0].name
+                    known = self.policy.rollouts.get(name)  # None: a reload removed it
+                    stage = known.stages[0].name if known is not None else None
                     log("info", EVENTS[Action.START], rollout=name, stage=stage)
                     state = started
                 else:
@@ -256,7 +261,7 @@ class Rollouts:
 
     def _restart(self, rollout: Rollout) -> None:
         """Start ``rollout`` if the store could not give its state before; never raises."""
-        if rollout.name in self._unstarted:
+        if rollout.name in self._unstarted and not rollout._plan.removed:
             state = self._start(rollout.name)
             if state.version:
                 rollout._adopt(state)
@@ -273,25 +278,31 @@ class Rollouts:
     # -- lookup ------------------------------------------------------------------------------------
 
     def __getitem__(self, name: str) -> Rollout:
-        """Return the handle of rollout ``name``; raise :class:`UnknownRolloutError` if none."""
+        """Return the handle of rollout ``name``; raise :class:`UnknownRolloutError` if none.
+
+        A rollout that a reload removed keeps its handle (listed in :attr:`removed`): its
+        calls take the old path, and it can still be killed, frozen and inspected.
+        """
         try:
             return self._rollouts[name]
         except KeyError:
-            raise UnknownRolloutError(name, list(self._rollouts)) from None
+            raise UnknownRolloutError(name, list(self)) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._rollouts
+        """Whether the policy in force has rollout ``name``."""
+        return name in self.policy.rollouts
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._rollouts)
+        """The names of the rollouts of the policy in force."""
+        return iter(self.policy.rollouts)
 
     def __len__(self) -> int:
-        return len(self._rollouts)
+        return len(self.policy.rollouts)
 
     def _missing(self, name: str) -> None:
         if name not in self._unknown and len(self._unknown) < _MAX_UNKNOWN_NAMES:
             self._unknown.add(name)
-            log("warning", "rollout.unknown", rollout=name, known=sorted(self._rollouts))
+            log("warning", "rollout.unknown", rollout=name, known=sorted(self))
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -611,6 +622,7 @@ class Rollouts:
             health=health,
             waiting_for=gate.waiting_for(self, rollout, health),
             pending_policy=self._file.error if self._file is not None else None,
+            in_policy=not rollout._plan.removed,
         )
 
     def history(self, name: str, limit: int | None = None) -> list[Transition]:

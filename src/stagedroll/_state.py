@@ -172,3 +172,6 @@ class RolloutStatus:
     pending_policy: str | None = None
     """Why the changed policy file is not applied (it does not validate); ``None`` when the
     file in force is the newest (or the policy does not come from a reloaded file)."""
+    in_policy: bool = True
+    """``False`` for a rollout that a reloaded policy no longer has: every call takes the old
+    path, and its stored state stays (see :attr:`Rollouts.removed`)."""
