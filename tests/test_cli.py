@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,12 +14,15 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import EVIDENCE_KEYS
 from stagedroll import Policy, bucket, threshold
 from stagedroll.cli import _offline as offline
 from stagedroll.cli import main
 from stagedroll.cli._main import default_actor
+from stagedroll.cli._render import EscapingWriter, printable
 from stagedroll.testing import simulate
 
 POLICY = """\
@@ -772,3 +776,55 @@ class TestExplainUnderTheKillSwitch:
         assert status["outcome"] == "off"
         assert "STAGEDROLL_KILL" in status["detail"]
         assert (report["enabled"], report["reason"]) == (False, "KILLED")
+
+
+class TestEscaping:
+    """What the command line prints of text it did not write cannot drive the terminal."""
+
+    @given(st.text())
+    def test_printable_text_is_printable(self, text: str) -> None:
+        """Any text comes out printable, one line; printable text comes out unchanged."""
+        shown = printable(text)
+        assert shown.isprintable()
+        if text.isprintable():
+            assert shown == text
+
+    @pytest.mark.parametrize(
+        ("text", "shown"),
+        [
+            ("\x1b[2J", "\\x1b[2J"),
+            ("a\rb", "a\\x0db"),
+            ("a\nb", "a\\x0ab"),
+            ("\x9b31m", "\\x9b31m"),
+            ("\u202eevil", "\\u202eevil"),
+            ("\ud800", "\\ud800"),
+            ("\U000e0001", "\\U000e0001"),
+            ("café ☕ 日本", "café ☕ 日本"),
+        ],
+    )
+    def test_escapes(self, text: str, shown: str) -> None:
+        """C0, C1, format characters and lone surrogates are escaped; other text is kept."""
+        assert printable(text) == shown
+
+    @given(st.text())
+    def test_the_writer_leaves_json_unchanged(self, text: str) -> None:
+        """JSON output goes through the escaping stream as it is: JSON escapes them itself."""
+        document = json.dumps({"reason": text}, indent=2) + "\n"
+        out = io.StringIO()
+        EscapingWriter(out).write(document)
+        assert out.getvalue() == document
+        assert json.loads(out.getvalue()) == {"reason": text}
+
+    def test_the_writer_keeps_newlines_and_escapes_the_rest(self) -> None:
+        """Lines stay lines; a control character inside one is escaped."""
+        out = io.StringIO()
+        EscapingWriter(out).write("one\x1b[2J\ntwo\r\n")
+        assert out.getvalue() == "one\\x1b[2J\ntwo\\x0d\n"
+
+    def test_the_writer_survives_a_narrow_encoding(self) -> None:
+        """A character the stream cannot encode is written as an escape, not an error."""
+        raw = io.BytesIO()
+        stream = io.TextIOWrapper(raw, encoding="ascii")
+        EscapingWriter(stream).write("café\n")
+        stream.flush()
+        assert raw.getvalue() == b"caf\\xe9\n"

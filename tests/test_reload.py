@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,7 @@ class TestReload:
                 after_interval()
                 assert share(rollouts) == 0.0  # no exception in the calling code
         assert [e["event"] for e in logs].count("policy.reload_failed") == 1
+        assert rollouts.failures.count("policy.reload_failed") == 1  # once per bad version
         pending = rollouts.status("checkout").pending_policy
         assert pending is not None
         assert "rollouts.checkout.stages[0].percent" in pending
@@ -247,3 +249,112 @@ stages = [{ name = "a", percent = 10 }, { name = "b", percent = 50 }]
         assert rollouts.tick() == []
         assert rollouts["checkout"].state.stage == 0
         assert "STAGEDROLL_KILL" in (rollouts.status("checkout").waiting_for or "")
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _large(path: Path) -> None:
+    with path.open("wb") as file:  # sparse: 50 MB of size, no disk used
+        file.truncate(50 * 1024 * 1024)
+
+
+UNREADABLE: dict[str, tuple[Callable[[Path], object], str]] = {
+    "fifo": (_fifo, "is a FIFO"),
+    "dev-zero": (_dev_zero, "is a character device"),
+    "directory": (Path.mkdir, "is a directory"),
+    "50MB": (_large, "is 52,428,800 bytes, over the limit of 1,048,576 bytes"),
+}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="FIFOs and /dev/zero are POSIX")
+class TestPolicyFileReading:
+    """A reload reads through the bounded reader: once per change, never blocking, never much."""
+
+    @pytest.mark.parametrize("kind", sorted(UNREADABLE))
+    def test_what_cannot_be_read_keeps_the_last_good_policy(
+        self, path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A FIFO, /dev/zero, a directory or 50 MB in its place: refused unread, logged once."""
+        make, reason = UNREADABLE[kind]
+        monkeypatch.delenv("STAGEDROLL_MAX_POLICY_BYTES", raising=False)
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        write(path, policy_text(100))
+        after_interval()
+        assert share(rollouts) == 1.0
+        path.unlink()
+        make(path)
+        reads: list[int] = []
+        real_read = os.read
+
+        def counting_read(fd: int, size: int) -> bytes:
+            reads.append(size)
+            return real_read(fd, size)
+
+        monkeypatch.setattr(os, "read", counting_read)
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                after_interval()
+                assert share(rollouts) == 1.0  # the serving call neither blocks nor fails
+        monkeypatch.undo()
+        assert reads == []
+        assert [e["event"] for e in logs].count("policy.reload_failed") == 1
+        pending = rollouts.status("checkout").pending_policy or ""
+        assert reason in pending
+        assert str(path) in pending
+        if kind == "directory":
+            path.rmdir()
+        else:
+            path.unlink()
+        write(path, policy_text(0))
+        after_interval()
+        assert share(rollouts) == 0.0
+        assert rollouts.status("checkout").pending_policy is None
+
+    def test_each_change_is_read_once(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A change opens the file once: the policy is parsed from the bytes read."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        opened: list[str] = []
+        real_open = os.open
+
+        def counting_open(file: str | os.PathLike[str], flags: int, *args: int) -> int:
+            opened.append(os.fspath(file))
+            return real_open(file, flags, *args)
+
+        monkeypatch.setattr(os, "open", counting_open)
+        for percent in (10, 20, 30):
+            write(path, policy_text(percent))
+            after_interval()
+            assert rollouts.status("checkout").percent == percent
+            after_interval()
+            rollouts.decide("checkout", "user-1")  # no change: not opened again
+        monkeypatch.undo()
+        assert opened == [os.fspath(path)] * 3
+
+    def test_the_size_limit_of_the_environment_holds(
+        self, path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """$STAGEDROLL_MAX_POLICY_BYTES bounds a reload too: a larger file is left unread."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        monkeypatch.setenv("STAGEDROLL_MAX_POLICY_BYTES", str(path.stat().st_size + 10))
+        write(path, policy_text(100, extra="# " + "x" * 100))
+        after_interval()
+        assert share(rollouts) == 0.0
+        assert "over the limit" in (rollouts.status("checkout").pending_policy or "")
+        monkeypatch.delenv("STAGEDROLL_MAX_POLICY_BYTES")
+        write(path, policy_text(100, extra="# " + "y" * 100))
+        after_interval()
+        assert share(rollouts) == 1.0
+
+    def test_an_emptied_file_is_refused(self, path: Path) -> None:
+        """A save caught between its truncation and its write is refused: the policy stays."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        write(path, "")
+        after_interval()
+        assert rollouts.decide("checkout", "user-1").reason is not Reason.UNKNOWN_ROLLOUT
+        assert "the document is empty" in (rollouts.status("checkout").pending_policy or "")

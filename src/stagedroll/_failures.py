@@ -71,6 +71,11 @@ class Failures:
             "error", event, exc_info=exc, suppressed=suppressed, total=self._counts[event], **fields
         )
 
+    def tally(self, event: str) -> None:
+        """Count one failure of kind ``event`` that its caller logs itself."""
+        with self._lock:
+            self._counts[event] = self._counts.get(event, 0) + 1
+
     def count(self, event: str | None = None) -> int:
         """Failures of kind ``event`` so far, or of every kind."""
         if event is None:

@@ -6,13 +6,13 @@ field it concerns, all at once, as a :class:`~stagedroll.exceptions.PolicyError`
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import difflib
-import json
 import os
 import re
-import sys
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,16 +33,20 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ._bucketing import percent_error
+from ._document import (
+    check_document,
+    decode,
+    format_of,
+    max_policy_bytes,
+    parse_document,
+    read_document,
+)
 from ._outcomes import UNIT_CAP
 from ._targeting import Operator, semver_key
-from .exceptions import MissingExtraError, PolicyError, PolicyProblem
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from .exceptions import PolicyError, PolicyProblem
 
 __all__ = [
+    "MAX_DURATION_DAYS",
     "MIGRATION_STAGES",
     "EnvironmentSetting",
     "Health",
@@ -55,19 +59,30 @@ __all__ = [
     "load_policy",
     "parse_duration",
     "parse_policy",
+    "policy_from_bytes",
+    "policy_from_dict",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PROBLEMS = "policy_problems"
+MAX_DURATION_DAYS = 366
+"""The longest duration a policy may give (a bake): a year, leap day included."""
+_MAX_DURATION = MAX_DURATION_DAYS * 86400.0
+_EMPTY = "the document is empty: a policy needs a rollouts table (rollouts = {} for none)"
+_MISSING_ROLLOUTS = (
+    "is required: a policy with no rollouts says so with an empty table "
+    "(rollouts = {}); a file without one is empty, truncated, or not a policy"
+)
 
 
 def parse_duration(value: object) -> float:
     """Return the seconds in a duration such as ``"30m"``, ``"1h30m"``, ``"2d"`` or ``90``.
 
     Units: ``ms``, ``s``, ``m``, ``h``, ``d``, ``w``; a bare number is seconds. Raises
-    :class:`ValueError` for anything else, or for a duration that is not positive.
+    :class:`ValueError` for anything else, or for a duration that is not positive or is
+    longer than 366 days.
     """
     if isinstance(value, bool):
         raise ValueError("must be a duration such as '30m', '2h' or '1d'")
@@ -80,12 +95,15 @@ def parse_duration(value: object) -> float:
         text = value.strip().replace(" ", "")
         parts = _DURATION_PART.findall(text)
         if not text or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"must be a duration such as '30m', '2h' or '1d', not {value!r}")
+            shown = _shown(value)
+            raise ValueError(f"must be a duration such as '30m', '2h' or '1d', not {shown}")
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
     else:
         raise ValueError("must be a duration such as '30m', '2h' or '1d'")
-    if not seconds > 0 or seconds == float("inf"):
+    if not seconds > 0:
         raise ValueError("must be a positive duration")
+    if not seconds <= _MAX_DURATION:
+        raise ValueError(f"must be a duration of at most {MAX_DURATION_DAYS} days")
     return seconds
 
 
@@ -201,7 +219,7 @@ def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[t
                 and isinstance(segment, str)
                 and segment not in known_segments
             ):
-                message = f"unknown segment {segment!r}{_hint(segment, known_segments)}"
+                message = f"unknown segment {_shown(segment)}{_hint(segment, known_segments)}"
                 problems.append((f"stages[{i}].segments[{j}]", message))
     if data.get("pattern") == "migration":
         problems.extend(_migration_checks(data))
@@ -401,8 +419,19 @@ class RolloutPolicy(_Model):
         return self.salt if self.salt is not None else name
 
 
+def _rollouts_required(schema: dict[str, Any]) -> None:
+    """The file needs ``rollouts`` (a ``Policy()`` built in code has none)."""
+    schema["required"] = ["rollouts"]
+
+
 class Policy(_Model):
-    """A policy document: rollouts, the segments they refer to, and the known environments."""
+    """A policy document: rollouts, the segments they refer to, and the known environments.
+
+    A document read by :func:`load_policy` or :func:`parse_policy` must have ``rollouts``
+    (``{}`` for none); ``Policy()`` built in code defaults it to none.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_rollouts_required)
 
     environments: tuple[Name, ...] | None = None
     segments: dict[Name, Segment] = Field(default_factory=dict)
@@ -446,8 +475,14 @@ class Policy(_Model):
             raise PolicyError([PolicyProblem("environment", message + _hint(environment, known))])
 
 
-def _hint(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, [c for c in choices if c != word], n=1)
+_HINTED = 128  # the longest name: a longer word, or choice, gets no hint (difflib is quadratic)
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    if len(word) > _HINTED:
+        return ""
+    near = [c for c in choices if c != word and len(c) <= _HINTED]
+    close = difflib.get_close_matches(word, near, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -527,8 +562,45 @@ def _message(error: Any, loc: tuple[int | str, ...]) -> str:
     return msg
 
 
+class _Bounded(reprlib.Repr):
+    """``repr`` that looks at a bounded part of a value, however large or deep it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = self.maxlong = 40
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdict = 6
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # repr() of a huge int is slow, and refused past 4300 digits
+            return f"<an integer of {x.bit_length()} bits>"
+        return builtins.repr(x)
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        shown = builtins.repr(x[: self.maxstring])
+        return shown + "..." if len(x) > self.maxstring else shown
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        # reprlib sorts the keys; a policy's problems show them in the document's order.
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = []
+        for i, (key, value) in enumerate(x.items()):
+            if i == self.maxdict:
+                items.append("...")
+                break
+            items.append(f"{self.repr1(key, level - 1)}: {self.repr1(value, level - 1)}")
+        return "{" + ", ".join(items) + "}"
+
+
+_BOUNDED = _Bounded()
+
+
 def _shown(value: object) -> str:
-    shown = repr(value)
+    """A short ``repr`` of a value from a document: at most 40 characters, in bounded time."""
+    shown = _BOUNDED.repr(value)
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
@@ -565,7 +637,11 @@ def _context(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def policy_from_dict(data: object, *, source: str | None = None) -> Policy:
-    """Validate a mapping (the parsed document) into a :class:`Policy`."""
+    """Validate a mapping (the parsed document) into a :class:`Policy`.
+
+    The document must have a ``rollouts`` table (``{}`` for none), nest at most 64 levels,
+    and give no key twice.
+    """
     if isinstance(data, Policy):
         return data
     if not isinstance(data, Mapping):
@@ -573,97 +649,61 @@ def policy_from_dict(data: object, *, source: str | None = None) -> Policy:
             [
                 PolicyProblem(
                     "",
-                    "the document is empty"
+                    _EMPTY
                     if data is None
                     else f"the document must be a table of rollouts, not {type(data).__name__}",
                 )
             ],
             source=source,
         )
+    shape = check_document(data)
+    if shape:
+        raise PolicyError(shape, source=source)
+    if not data:
+        raise PolicyError([PolicyProblem("", _EMPTY)], source=source)
+    problems = [] if "rollouts" in data else [PolicyProblem("rollouts", _MISSING_ROLLOUTS)]
     try:
-        return Policy.model_validate(data, context=_context(data))
+        policy = Policy.model_validate(data, context=_context(data))
     except ValidationError as exc:
-        raise PolicyError(_convert(exc.errors(include_url=False)), source=source) from None
+        problems = _convert(exc.errors(include_url=False)) + problems
+    except RecursionError:  # a program's mapping that contains itself where a value may be any
+        problems.append(PolicyProblem("", "a value contains itself, or nests too deeply"))
+    if problems:
+        raise PolicyError(problems, source=source)
+    return policy
 
 
 def parse_policy(
     text: str, *, format: Literal["toml", "json", "yaml"], source: str | None = None
 ) -> Policy:
-    """Parse and validate a policy document given as text."""
-    try:
-        if format == "toml":
-            data: object = tomllib.loads(text)
-        elif format == "json":
-            data = json.loads(text)
-        elif format == "yaml":
-            data = _load_yaml(text)
-        else:
-            raise PolicyError(
-                [PolicyProblem("", f"unknown policy format {format!r}")], source=source
-            )
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError([PolicyProblem("", f"invalid TOML: {exc}")], source=source) from None
-    except json.JSONDecodeError as exc:
-        raise PolicyError([PolicyProblem("", f"invalid JSON: {exc}")], source=source) from None
-    except _YamlError as exc:
-        raise PolicyError([PolicyProblem("", f"invalid YAML: {exc}")], source=source) from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        problem = PolicyProblem("", f"invalid {format.upper()}: {exc}")
-        raise PolicyError([problem], source=source) from None
-    return policy_from_dict(data, source=source)
+    """Parse and validate a policy document given as text.
+
+    Nesting deeper than 64 levels, YAML aliases past their bounds, and keys given twice are
+    refused, before anything is expanded (``docs/policy.md``, "Limits").
+    """
+    return policy_from_dict(parse_document(text, format, source=source), source=source)
 
 
-class _YamlError(Exception):
-    pass
+def policy_from_bytes(
+    data: bytes, *, format: Literal["toml", "json", "yaml"], source: str | None = None
+) -> Policy:
+    """Decode (UTF-8; a byte order mark is dropped), parse and validate a policy file's bytes."""
+    return parse_policy(decode(data, source=source), format=format, source=source)
 
 
-def _load_yaml(text: str) -> object:
-    try:
-        import yaml  # noqa: PLC0415 - an optional extra, imported when a YAML file is read
-    except ImportError:
-        raise MissingExtraError("Reading YAML policies", "yaml", "yaml") from None
-    try:
-        # safe_load builds plain data only: a python/* tag is an error, never code.
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise _YamlError(" ".join(str(exc).split())) from None
-
-
-_FORMATS: dict[str, Literal["toml", "json", "yaml"]] = {
-    ".toml": "toml",
-    ".json": "json",
-    ".yaml": "yaml",
-    ".yml": "yaml",
-}
-
-
-def load_policy(source: str | os.PathLike[str] | Mapping[str, Any] | Policy) -> Policy:
+def load_policy(
+    source: str | os.PathLike[str] | Mapping[str, Any] | Policy, *, max_bytes: int | None = None
+) -> Policy:
     """Load a policy from a file (``.toml``, ``.json``, ``.yaml``/``.yml``) or a mapping.
 
-    Raises :class:`~stagedroll.exceptions.PolicyError` naming every bad field, and
-    :class:`OSError` when the file cannot be read.
+    A file must be a regular file of at most ``max_bytes`` bytes (default:
+    ``$STAGEDROLL_MAX_POLICY_BYTES``, else 1 MiB); it is read once, without blocking.
+    Raises :class:`~stagedroll.exceptions.PolicyError` naming every bad field (or why the
+    file is refused), and :class:`OSError` when the file cannot be read.
     """
     if not isinstance(source, str | os.PathLike):
         return policy_from_dict(source)
     path = Path(source)
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        suffix = repr(path.suffix) if path.suffix else "a name without suffix"
-        known = ", ".join(_FORMATS)
-        raise PolicyError(
-            [
-                PolicyProblem(
-                    "",
-                    f"cannot tell the format from {suffix} (known: {known})",
-                )
-            ],
-            source=str(path),
-        )
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        where = f"byte {exc.start}"
-        raise PolicyError(
-            [PolicyProblem("", f"not UTF-8 text ({where})")], source=str(path)
-        ) from None
-    return parse_policy(text, format=fmt, source=str(path))
+    fmt = format_of(path)
+    limit = max_policy_bytes(max_bytes, source=str(path))
+    return policy_from_bytes(read_document(path, max_bytes=limit), format=fmt, source=str(path))

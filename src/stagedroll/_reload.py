@@ -18,9 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._failures import log
+from ._document import format_of, max_policy_bytes, read_document
+from ._failures import Failures, log
 from ._forksafe import register
-from ._policy import Policy, load_policy
+from ._policy import Policy, policy_from_bytes
+from .exceptions import PolicyError
 
 if TYPE_CHECKING:
     from ._rollouts import Rollouts
@@ -40,29 +42,45 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 class PolicyFile:
-    """The file a policy was read from, watched for changes every ``interval`` seconds."""
+    """The file a policy was read from, watched for changes every ``interval`` seconds.
+
+    It is read through the bounded reader of ``load_policy``, once per change: a FIFO, a
+    device or a directory is refused without blocking, and a file over the size limit
+    (``$STAGEDROLL_MAX_POLICY_BYTES``, default 1 MiB) from its ``stat``, before a byte of it
+    is read. A refused file keeps the last good policy serving, as an invalid one does;
+    each bad version is logged once and counted in ``failures`` (``policy.reload_failed``).
+    :attr:`policy` is the policy of the file as first read (``PolicyError`` if it is bad).
+    """
 
     __slots__ = (
         "__weakref__",
         "_digest",
         "_failed",
+        "_failures",
         "_lock",
         "_next",
         "_stamp",
         "error",
         "interval",
         "path",
+        "policy",
     )
 
-    def __init__(self, path: str | os.PathLike[str], interval: float) -> None:
+    def __init__(self, path: str | os.PathLike[str], interval: float, failures: Failures) -> None:
         if not interval > 0:
             raise ValueError(f"reload_interval must be positive, not {interval!r}")
         self.path = Path(path)
         self.interval = interval
+        self._failures = failures
         self._lock = threading.Lock()
         self._next = time.monotonic() + interval
-        self._stamp = _stamp(self.path)
-        self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self._stamp = _stamp(self.path)  # before the read: a change during it is seen later
+        limit = max_policy_bytes(source=str(self.path))
+        content = read_document(self.path, max_bytes=limit)
+        self.policy: Policy = policy_from_bytes(
+            content, format=format_of(self.path), source=str(self.path)
+        )  # parsed from the bytes hashed below: the digest is that of the policy in force
+        self._digest = hashlib.sha256(content).hexdigest()
         register(self)
         self._failed = ""  # the digest of the last version that did not validate
         self.error: str | None = None
@@ -97,7 +115,12 @@ class PolicyFile:
             stamp = _stamp(self.path)
             if stamp == self._stamp:
                 return None
-            content = self.path.read_bytes()
+            limit = max_policy_bytes(source=str(self.path))
+            content = read_document(self.path, max_bytes=limit)  # never blocks, nor reads more
+        except PolicyError as exc:  # a FIFO, a device, a directory, or too large: left unread
+            self._stamp = stamp  # looked at again when it changes, not at every interval
+            self._refuse(str(exc), digest=f"refused:{stamp}")
+            return None
         except OSError as exc:
             self._refuse(f"cannot read {self.path}: {exc}", digest=f"oserror:{exc}")
             return None
@@ -107,9 +130,9 @@ class PolicyFile:
             self.error = None  # back to the version in force (after a bad one): nothing pending
             self._failed = ""
             return None
-        try:
-            policy = load_policy(self.path)
-        except Exception as exc:  # PolicyError, or a file replaced while read
+        try:  # the bytes already read: the file may have changed again since
+            policy = policy_from_bytes(content, format=format_of(self.path), source=str(self.path))
+        except Exception as exc:  # PolicyError, or anything a broken document could raise
             self._refuse(str(exc), digest=digest)
             return None
         self._digest = digest
@@ -123,6 +146,7 @@ class PolicyFile:
         self.error = why
         if digest != self._failed:
             self._failed = digest
+            self._failures.tally("policy.reload_failed")
             log("error", "policy.reload_failed", path=str(self.path), error=why)
 
     def applied(self, error: str) -> None:

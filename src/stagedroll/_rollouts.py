@@ -99,12 +99,13 @@ class Rollouts:
         self.context: Mapping[str, object] = MappingProxyType(dict(context or {}))
         """Attributes of every decision made here (the call's own attributes win), such as
         ``{"host": socket.gethostname()}`` for a rollout that buckets on the host."""
+        self.failures = Failures()
         self._file: PolicyFile | None = None
         if reload_interval is not None:
             if not isinstance(policy, str | os.PathLike):
                 raise TypeError("reload_interval needs a policy file (a path), not a mapping")
-            self._file = PolicyFile(policy, reload_interval)
-        self.policy: Policy = load_policy(policy)
+            self._file = PolicyFile(policy, reload_interval, self.failures)
+        self.policy: Policy = self._file.policy if self._file is not None else load_policy(policy)
         if environment is None:
             environment = os.environ.get("STAGEDROLL_ENV")
         environment = environment or None  # an empty name names no environment
@@ -117,7 +118,6 @@ class Rollouts:
         elif isinstance(store, str):
             store = store_from_url(store)
         self.store: Store = store
-        self.failures = Failures()
         self.hooks = Hooks(self.failures)
         """The transition hooks; see :meth:`on_transition`."""
         if on_transition is not None:

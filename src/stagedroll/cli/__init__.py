@@ -1,4 +1,4 @@
-"""The ``stagedroll`` command line (also ``python -m stagedroll``); standard library only.
+r"""The ``stagedroll`` command line (also ``python -m stagedroll``); standard library only.
 
 Every command takes the global options ``--policy FILE`` (or ``$STAGEDROLL_POLICY``),
 ``--store URL`` (or ``$STAGEDROLL_STORE``; default ``memory://``, which holds nothing
@@ -7,8 +7,11 @@ after the command's name.
 
 Exit codes: 0 ok; 1 a finding (validation errors, a refused transition, cohorts that are not
 nested); 2 a usage error (argparse's own, no policy, an unknown rollout or environment, a
-bad store URL); 3 the store is unreachable. An expected error is one line on stderr
-(a policy's problems: one line each), never a traceback.
+bad store URL); 3 the store is unreachable; 70 an internal error (a bug; ``-v`` shows its
+traceback). An error is one line on stderr (a policy's problems: one line each), never a
+traceback. Text the command line did not write (names, reasons, actors, units, paths,
+messages) is printed with its unprintable characters escaped (ESC as ``\x1b``); JSON output is
+exact JSON.
 
 ``--json`` writes one JSON document to stdout; its shape per command is stable:
 

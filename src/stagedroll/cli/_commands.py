@@ -16,6 +16,7 @@ from ._render import (
     dump,
     evidence_text,
     iso,
+    printable,
     stage_label,
     status_object,
     table,
@@ -67,7 +68,7 @@ def status(ctx: Context) -> int:
         "WAITING FOR",
     )
     if rollouts.environment is not None:
-        ctx.out.write(f"environment: {rollouts.environment}\n")
+        ctx.out.write(f"environment: {printable(rollouts.environment)}\n")
     ctx.out.write(table(header, rows, right={2, 5}) + "\n")
     return OK
 
@@ -169,6 +170,8 @@ def _attributes(pairs: list[str]) -> dict[str, object] | None:
             found[key] = json.loads(text)
         except ValueError:
             found[key] = text
+        except RecursionError:  # JSON nested thousands deep: no attribute is that
+            raise CliError(f"--attr {key}: the value nests too deeply", USAGE) from None
     return found
 
 
@@ -314,10 +317,10 @@ def explain(ctx: Context) -> int:
         )
         return OK
     where = f", environment {rollouts.environment}" if rollouts.environment is not None else ""
-    ctx.out.write(f"{name}, unit {unit!r}{where}\n")
+    ctx.out.write(printable(f"{name}, unit {unit!r}{where}") + "\n")
     rows = [(str(i), s["step"], s["outcome"], s["detail"]) for i, s in enumerate(steps, 1)]
     ctx.out.write(table(("#", "STEP", "OUTCOME", "DETAIL"), rows, right={0}) + "\n")
-    stage = f", stage {decision.stage}" if decision.stage is not None else ""
+    stage = f", stage {printable(decision.stage)}" if decision.stage is not None else ""
     ctx.out.write(
         f"result: {'on' if decision.enabled else 'off'} ({decision.reason}){stage}, "
         f"{decision.percent:g} %\n"

@@ -3,8 +3,10 @@
 Neither :mod:`tomllib` nor :mod:`json` tells where a value came from, so each format gets a
 small scanner that walks the text and records the line of every key and list item under
 the path the policy's problems use (``rollouts.new-checkout.stages[2].percent``). YAML uses
-PyYAML's node tree, which carries its marks. A scanner that meets something it does not
-follow stops and keeps what it found: a problem without a line still has its path.
+PyYAML's node tree, which carries its marks, composed within the same bounds as the policy
+(aliases are not expanded). A scanner that meets something it does not follow stops and
+keeps what it found: a problem without a line still has its path. The text is a policy
+file read within its size limit, so each scanner's work is bounded by it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+from .._yaml import compose_yaml
 
 __all__ = ["line_of", "locate"]
 
@@ -276,22 +280,31 @@ def _json(text: str) -> Lines:
 
 
 def _yaml(text: str) -> Lines:
+    """Lines from the node tree, composed within the policy's bounds, each node walked once.
+
+    An alias is not followed twice: the paths under a second use take the line of the node
+    it names, so a document of many aliases costs what its text does, never what it expands
+    to.
+    """
     import yaml  # noqa: PLC0415 - the optional extra; only here when a YAML file was loaded
 
     lines: Lines = {}
-
-    def walk(node: yaml.Node, path: list[Part]) -> None:
+    root = compose_yaml(text)
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, list[Part]]] = [] if root is None else [(root, [])]
+    while stack:
+        node, path = stack.pop()
         lines.setdefault(render(path), node.start_mark.line + 1)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        children: list[tuple[yaml.Node, list[Part]]] = []
         if isinstance(node, yaml.MappingNode):
             for key, child in node.value:
                 name = str(key.value)
                 lines.setdefault(render([*path, name]), key.start_mark.line + 1)
-                walk(child, [*path, name])
+                children.append((child, [*path, name]))
         elif isinstance(node, yaml.SequenceNode):
-            for index, child in enumerate(node.value):
-                walk(child, [*path, index])
-
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is not None:
-        walk(root, [])
+            children.extend((child, [*path, index]) for index, child in enumerate(node.value))
+        stack.extend(reversed(children))
     return lines

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import TextIO
 
 import structlog
 
-from .._policy import Policy, load_policy
+from .._document import decode, format_of, max_policy_bytes, read_document
+from .._policy import Policy, parse_policy
 from .._rollouts import Rollouts, default_actor
 from .._version import __version__
 from ..exceptions import (
@@ -25,17 +27,19 @@ from ..exceptions import (
     UnknownRolloutError,
 )
 from ..stores import Store, store_from_url
+from ._render import escaping, printable
 
-__all__ = ["CliError", "Context", "default_actor", "main"]
+__all__ = ["CliError", "Context", "default_actor", "main", "read_text"]
 
-OK, FINDING, USAGE, STORE_DOWN = 0, 1, 2, 3
+OK, FINDING, USAGE, STORE_DOWN, INTERNAL = 0, 1, 2, 3, 70
 ACTIONS = ("advance", "freeze", "unfreeze", "rollback", "kill", "complete")
 
 _EXIT_CODES = """exit codes:
   0  ok
   1  a finding: validation errors, a refused transition, cohorts that are not nested
   2  usage error: bad arguments, no --policy, an unknown rollout or environment
-  3  the store is unreachable"""
+  3  the store is unreachable
+ 70  an internal error of stagedroll (a bug: -v shows its traceback)"""
 
 
 class CliError(Exception):
@@ -76,11 +80,18 @@ class Context:
         return getattr(self.args, "env", None) or os.environ.get("STAGEDROLL_ENV") or None
 
     def load(self, path: Path) -> Policy:
-        """The policy at ``path``, checked against the environment in force."""
+        """The policy at ``path``, read once within the limits, checked against the environment."""
+        text: str | None = None
         try:
-            policy = load_policy(path)
+            text = read_text(path)
+            policy = parse_policy(text, format=format_of(path), source=str(path))
         except OSError as exc:
-            raise CliError(f"cannot read the policy {str(path)!r}: {exc.strerror}", USAGE) from None
+            reason = exc.strerror or str(exc)
+            raise CliError(f"cannot read the policy {str(path)!r}: {reason}", USAGE) from None
+        except PolicyError as exc:
+            from ._offline import problem_lines  # noqa: PLC0415 - the validate command's renderer
+
+            raise CliError("\n".join(problem_lines(exc, text)), FINDING) from None
         try:
             policy.check_environment(self.environment())
         except PolicyError as exc:
@@ -107,6 +118,17 @@ class Context:
         """The policy's rollouts, bound to the store and environment of the options."""
         policy = self.load(self.policy_path())
         return Rollouts(policy, store=self.store(), environment=self.environment())
+
+
+def read_text(path: Path) -> str:
+    """The text of the policy file ``path``, read once, within the limits of ``load_policy``.
+
+    A FIFO, a device, a directory, a file over the size limit, or bytes that are not UTF-8
+    raise :class:`PolicyError`; a file that cannot be read, :class:`OSError`.
+    """
+    format_of(path)  # an unknown suffix is refused before the file is touched
+    limit = max_policy_bytes(source=str(path))
+    return decode(read_document(path, max_bytes=limit), source=str(path))
 
 
 def _add_globals(parser: argparse.ArgumentParser, *, nested: bool) -> None:
@@ -248,6 +270,16 @@ def _logging(verbose: bool, err: TextIO) -> Iterator[None]:
     configured, before = structlog.is_configured(), structlog.get_config()
     level = logging.INFO if verbose else logging.CRITICAL
     structlog.configure(
+        # structlog's default chain, without colors: ``err`` escapes control characters,
+        # those of the colors included, since a logged value (a reason) may hold some.
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(err),
         cache_logger_on_first_use=False,
@@ -263,17 +295,22 @@ def _logging(verbose: bool, err: TextIO) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``stagedroll`` command line with ``argv`` (default: ``sys.argv[1:]``).
 
-    Returns the exit code: 0 ok, 1 a finding, 2 a usage error, 3 the store is unreachable.
+    Returns the exit code: 0 ok, 1 a finding, 2 a usage error, 3 the store is unreachable,
+    70 an internal error. What it prints escapes the control characters of text it did not
+    write (:func:`~stagedroll.cli._render.printable`); JSON output stays exact JSON.
     """
+    out, err = escaping(sys.stdout), escaping(sys.stderr)
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
+    try:  # argparse prints the arguments it refuses: escaped too
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse's own usage errors (2), and --help (0)
         return exc.code if isinstance(exc.code, int) else USAGE
-    ctx = Context(args, sys.stdout, sys.stderr)
+    ctx = Context(args, out, err)
     run: Command = args.run
+    verbose = bool(getattr(args, "verbose", False))
     try:
-        with _logging(bool(getattr(args, "verbose", False)), sys.stderr), ctx.cleanup:
+        with _logging(verbose, err), ctx.cleanup:
             return run(ctx)
     except CliError as exc:
         message, code = str(exc), exc.code
@@ -291,5 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         message, code = str(exc), USAGE
     except KeyboardInterrupt:
         return 130
-    sys.stderr.write(f"stagedroll: {message}\n")
+    except Exception as exc:  # a bug: one line, as for any error (the traceback with -v)
+        if verbose:
+            err.write(traceback.format_exc())
+        name = type(exc).__name__
+        shown = str(exc) if len(str(exc)) <= 300 else str(exc)[:297] + "..."
+        message, code = f"internal error ({name}: {shown}); please report it", INTERNAL
+    lines = "\n".join(printable(line) for line in message.split("\n"))
+    err.write(f"stagedroll: {lines}\n")
     return code

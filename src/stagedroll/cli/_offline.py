@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
-from .._policy import Policy, load_policy
+from .._document import format_of
+from .._policy import Policy, parse_policy
 from ..exceptions import MissingExtraError, PolicyError, PolicyProblem
 from ..testing._simulate import Simulation, simulate
 from ._lines import line_of, locate
-from ._main import FINDING, OK, USAGE, CliError, Context
-from ._render import dump
+from ._main import FINDING, OK, USAGE, CliError, Context, read_text
+from ._render import dump, printable
 
 __all__ = ["problem_lines", "schema", "simulate_cohorts", "validate"]
 
@@ -21,13 +24,22 @@ _BAR = 40  # characters of a full bar in the text chart
 _SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def _located(problems: tuple[PolicyProblem, ...], source: str | None) -> list[dict[str, Any]]:
-    """Each problem as ``{"path", "line", "message"}``, the line found in the file if it can be."""
+def _located(
+    problems: tuple[PolicyProblem, ...], source: str | None, text: str | None
+) -> list[dict[str, Any]]:
+    """Each problem as ``{"path", "line", "message"}``, the line found in ``text`` if it can be.
+
+    ``text`` is the file's text as read for the problems, or ``None``: then the file is read
+    again, within the same limits (a file refused, or gone, gives no lines).
+    """
     lines: dict[str, int] = {}
     if source is not None and any(p.path for p in problems):
         path = Path(source)
-        with contextlib.suppress(OSError):
-            lines = locate(path, path.read_text(encoding="utf-8", errors="replace"))
+        if text is None:
+            with contextlib.suppress(OSError, PolicyError):
+                text = read_text(path)
+        if text is not None:
+            lines = locate(path, text)
     return [
         {"path": p.path, "line": line_of(lines, p.path) if p.path else None, "message": p.message}
         for p in problems
@@ -35,39 +47,57 @@ def _located(problems: tuple[PolicyProblem, ...], source: str | None) -> list[di
 
 
 def _problem_line(source: str | None, problem: dict[str, Any]) -> str:
-    where = source or "policy"
+    """``file:line: path: message``, each part :func:`printable` (it holds the file's text)."""
+    where = printable(source or "policy")
     if problem["line"] is not None:
         where += f":{problem['line']}"
+    message = printable(problem["message"])
     return (
-        f"{where}: {problem['path']}: {problem['message']}"
+        f"{where}: {printable(problem['path'])}: {message}"
         if problem["path"]
-        else (f"{where}: {problem['message']}")
+        else f"{where}: {message}"
     )
 
 
-def problem_lines(error: PolicyError) -> list[str]:
-    """A policy's problems for people, one a line: ``file:line: path: message``."""
+def problem_lines(error: PolicyError, text: str | None = None) -> list[str]:
+    """A policy's problems for people, one a line: ``file:line: path: message``.
+
+    ``text`` is the file's text the problems were found in (``None``: read it again).
+    """
     count = len(error.problems)
-    head = f"{error.source or 'the policy'}: {count} problem{'s' if count != 1 else ''}"
-    return [head, *(_problem_line(error.source, p) for p in _located(error.problems, error.source))]
+    head = f"{printable(error.source or 'the policy')}: {count} problem{'s' if count != 1 else ''}"
+    located = _located(error.problems, error.source, text)
+    return [head, *(_problem_line(error.source, p) for p in located)]
+
+
+def _unread(message: str) -> list[dict[str, Any]]:
+    return [{"path": "", "line": None, "message": message}]
 
 
 def _check(ctx: Context, path: Path) -> dict[str, Any]:
-    """The result of validating one file: ``{"file", "ok", "problems"}``."""
+    """The result of validating one file: ``{"file", "ok", "problems"}``.
+
+    The file is read once, within the limits of ``load_policy``, and its problems are
+    located in the text read. Whatever the file is, this returns: no traceback.
+    """
     problems: list[dict[str, Any]] = []
+    text: str | None = None
     try:
-        policy = load_policy(path)
+        text = read_text(path)
+        policy = parse_policy(text, format=format_of(path), source=str(path))
     except PolicyError as exc:
-        problems = _located(exc.problems, str(path))
+        problems = _located(exc.problems, str(path), text)
     except MissingExtraError as exc:
-        problems = [{"path": "", "line": None, "message": str(exc)}]
+        problems = _unread(str(exc))
     except OSError as exc:
-        problems = [{"path": "", "line": None, "message": f"cannot read: {exc.strerror}"}]
+        problems = _unread(f"cannot read: {exc.strerror or exc}")
+    except Exception as exc:  # a last resort: a bug must not hide the other files' results
+        problems = _unread(f"cannot be checked ({type(exc).__name__}); please report it")
     else:
         try:
             policy.check_environment(ctx.environment())
         except PolicyError as exc:
-            problems = _located(exc.problems, None)
+            problems = _located(exc.problems, None, None)
     return {"file": str(path), "ok": not problems, "problems": problems}
 
 
@@ -79,11 +109,12 @@ def validate(ctx: Context) -> int:
         dump(results, ctx.out)
     else:
         for result in results:
+            shown = printable(result["file"])
             if result["ok"]:
-                ctx.out.write(f"{result['file']}: ok\n")
+                ctx.out.write(f"{shown}: ok\n")
                 continue
             count = len(result["problems"])
-            ctx.out.write(f"{result['file']}: {count} problem{'s' if count != 1 else ''}\n")
+            ctx.out.write(f"{shown}: {count} problem{'s' if count != 1 else ''}\n")
             for problem in result["problems"]:
                 ctx.out.write(f"  {_problem_line(result['file'], problem)}\n")
     return OK if all(r["ok"] for r in results) else FINDING
@@ -97,10 +128,21 @@ def schema(ctx: Context) -> int:
 
 
 def _units(ctx: Context) -> list[str]:
+    """The units to simulate: ``user-0`` ... or the lines of ``--units-file``.
+
+    The file may be a regular file or a pipe (``<(command)``, ``-`` for stdin), read to its
+    end; a device (``/dev/zero`` never ends), a directory or a socket is refused.
+    """
     source = ctx.args.units_file
     if source is None:
         return [f"user-{i}" for i in range(ctx.args.units)]
     try:
+        if source != "-":
+            mode = os.stat(source).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                raise CliError(
+                    f"cannot read the units file {source!r}: not a regular file or a pipe", USAGE
+                )
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read the units file {source!r}: {exc}", USAGE) from None

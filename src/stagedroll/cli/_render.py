@@ -1,20 +1,31 @@
-"""How the CLI shows things: text tables for people, JSON objects of a stable shape for programs."""
+r"""How the CLI shows things: text tables for people, JSON objects of a stable shape for programs.
+
+Text that the command line did not write itself (names, reasons, actors, units, paths,
+error messages) can hold terminal control characters: ``\x1b[2J`` clears a screen, ``\r``
+rewrites a line. :func:`printable` escapes every character that is not printable, and
+:class:`EscapingWriter`, around stdout and stderr, escapes any that is left (a newline
+aside). JSON output is unchanged by it: :func:`json.dumps` escapes those characters itself.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from .._policy import RolloutPolicy
 from .._state import RolloutStatus, Transition
 
 __all__ = [
+    "EscapingWriter",
     "dump",
+    "escaping",
     "evidence_text",
     "iso",
+    "printable",
     "stage_label",
     "stage_name",
     "status_object",
@@ -22,6 +33,72 @@ __all__ = [
     "transition_line",
     "transition_object",
 ]
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def printable(text: str, *, keep: str = "") -> str:
+    r"""``text`` with each character that is not printable (and not in ``keep``) escaped.
+
+    Control characters (C0, DEL, C1), line and paragraph separators, format characters
+    (bidirectional overrides, zero-width ones), unassigned code points and lone surrogates
+    become ``\x1b``, ``\u202e``, ... A newline is escaped too, unless kept: one value
+    stays on one line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else _escaped(c) for c in text)
+
+
+class EscapingWriter(io.TextIOBase):
+    """A text stream that escapes what is not printable (newlines aside) on its way out.
+
+    A character the stream's encoding cannot write is written as a backslash escape too,
+    rather than failing the command.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        """Write ``text``, escaped; returns its length, as :meth:`io.TextIOBase.write` does."""
+        shown = text if "".join(text.split("\n")).isprintable() else printable(text, keep="\n")
+        try:
+            self._stream.write(shown)
+        except UnicodeEncodeError:
+            encoding = getattr(self._stream, "encoding", None) or "ascii"
+            self._stream.write(shown.encode(encoding, "backslashreplace").decode(encoding))
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the stream underneath."""
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        """Whether the stream underneath is a terminal."""
+        return self._stream.isatty()
+
+    def writable(self) -> bool:
+        """Always: this is an output stream."""
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares it read-only
+        """The encoding of the stream underneath."""
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+
+def escaping(stream: TextIO) -> TextIO:
+    """``stream`` behind an :class:`EscapingWriter` (typed as the stream it stands for)."""
+    return cast(TextIO, EscapingWriter(stream))
 
 
 def iso(seconds: float) -> str:
@@ -52,8 +129,11 @@ def dump(value: object, out: TextIO) -> None:
 def table(
     header: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[int] = ()
 ) -> str:
-    """A text table with a header, columns two spaces apart, trailing spaces trimmed."""
-    every = [list(header), *(list(row) for row in rows)]
+    """A text table with a header, columns two spaces apart, trailing spaces trimmed.
+
+    Each cell is shown :func:`printable`: a cell stays on its line, whatever it holds.
+    """
+    every = [list(header), *([printable(cell) for cell in row] for row in rows)]
     widths = [max(len(row[i]) for row in every) for i in range(len(header))]
     return "\n".join(
         "  ".join(
@@ -150,7 +230,7 @@ def transition_line(entry: Transition, policy: RolloutPolicy) -> str:
     where = f"at {after}" if before == after else f"{before} -> {after}"
     was = str(entry.from_status) if entry.from_status is not None else "-"
     why = f": {entry.reason}" if entry.reason else ""
-    return (
+    return printable(
         f"{entry.rollout}: {entry.action} {where} ({was} -> {entry.to_status}), "
         f"version {entry.version}, by {entry.actor or 'unknown'}{why}"
     )
