@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from stagedroll import Action, RolloutState, Status, Transition
-from stagedroll.stores._codec import dump_state, dump_transition, load_state, load_transition
+from stagedroll.stores._codec import (
+    MAX_STAGE,
+    MAX_VERSION,
+    dump_state,
+    dump_transition,
+    load_state,
+    load_transition,
+)
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 evidence_values = st.one_of(st.none(), st.integers(), finite, st.text())
 
-states = st.builds(
-    RolloutState,
-    stage=st.integers(min_value=-1, max_value=10**6),
-    status=st.sampled_from(Status),
-    since=finite,
-    version=st.integers(min_value=0, max_value=2**53),
-    reason=st.text(),
-    actor=st.text(),
-    epoch=st.integers(min_value=0, max_value=2**53),
+states = st.integers(min_value=1, max_value=MAX_VERSION).flatmap(
+    lambda version: st.builds(
+        RolloutState,
+        stage=st.integers(min_value=-1, max_value=MAX_STAGE),
+        status=st.sampled_from(Status),
+        since=finite,
+        version=st.just(version),
+        reason=st.text(),
+        actor=st.text(),
+        epoch=st.integers(min_value=0, max_value=version),
+        history=st.text(max_size=64),
+    )
 )
 
 transitions = st.builds(
@@ -182,3 +194,148 @@ class TestMalformed:
         """A JSON syntax error is a ValueError too."""
         with pytest.raises(ValueError, match="Expecting"):
             load_state("{")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+"""Any JSON value (NaN and infinities too: Python's json writes and reads them)."""
+
+state_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "stage": json_values,
+        "status": json_values | st.sampled_from([s.value for s in Status]),
+        "since": json_values,
+        "version": json_values,
+        "reason": json_values,
+        "actor": json_values,
+        "epoch": json_values,
+        "history": json_values,
+    },
+)
+"""Objects with a state's fields, each any JSON value or missing."""
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+class TestOutOfRange:
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ({"stage": -7}, "stage -7 is out of range"),
+            ({"stage": -2}, "stage -2 is out of range"),
+            ({"stage": 2**31}, "stage 2147483648 is out of range"),
+            ({"stage": 10**400}, "an integer of 401 digits"),
+            ({"stage": True}, "stage must be an integer"),
+            ({"stage": 1.0}, "stage must be an integer"),
+            ({"stage": "1"}, "stage must be an integer"),
+            ({"version": 0}, "version 0 is out of range"),
+            ({"version": -3}, "version -3 is out of range"),
+            ({"version": 2**53 + 1}, "version 9007199254740993 is out of range"),
+            ({"epoch": -1}, "epoch -1 is out of range"),
+            ({"epoch": 8}, "epoch 8 is out of range"),
+            ({"status": "paused"}, "unknown status 'paused'"),
+            ({"status": ["running"]}, "status must be text"),
+            ({"since": math.nan}, "since must be finite"),
+            ({"since": math.inf}, "since must be finite"),
+            ({"since": 10**400}, "OverflowError"),
+            ({"since": False}, "since must be a number"),
+            ({"reason": 5}, "reason must be text"),
+            ({"actor": {"name": "x"}}, "actor must be text"),
+            ({"history": "h" * 65}, "history id of 65 characters"),
+        ],
+    )
+    def test_state_fields_out_of_range_are_refused(
+        self, change: dict[str, object], message: str
+    ) -> None:
+        """A stored state with a field out of range or of another type raises ValueError."""
+        data = json.loads(dump_state(STATE))
+        data.update(change)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_state(json.dumps(data))
+
+    @pytest.mark.parametrize("stage", [-1, 0, MAX_STAGE])
+    def test_legal_edges_load(self, stage: int) -> None:
+        """Stage -1 (rolled back to 0 %) and a stage past any policy's last are legal."""
+        state = RolloutState(stage, Status.ROLLED_BACK, 1.0, 1, epoch=1)
+        assert load_state(dump_state(state)) == state
+
+    @pytest.mark.parametrize(
+        "state",
+        [
+            RolloutState(-7, Status.RUNNING, 1.0, 3),
+            RolloutState(0, Status.RUNNING, 1.0, 0),
+            RolloutState(0, Status.RUNNING, math.nan, 1),
+            RolloutState(0, Status.RUNNING, 1.0, 2, epoch=3),
+            RolloutState(0, "paused", 1.0, 1),  # type: ignore[arg-type]  # the test's point
+        ],
+    )
+    def test_a_state_out_of_range_is_not_written(self, state: RolloutState) -> None:
+        """dump_state refuses a state its readers would refuse, so no store holds one."""
+        with pytest.raises(ValueError):  # noqa: PT011 - the message is the field's
+            dump_state(state)
+
+
+class TestTotal:
+    @pytest.mark.parametrize("depth", [1000, 100_000])
+    def test_deep_nesting_is_a_value_error(self, depth: int) -> None:
+        """JSON nested deeper than the parser's recursion is refused as malformed."""
+        for text in (nested(depth), '{"stage":' + nested(depth) + "}"):
+            with pytest.raises(ValueError, match="malformed"):
+                load_state(text)
+            with pytest.raises(ValueError, match="malformed"):
+                load_transition(text)
+
+    @pytest.mark.parametrize("value", [None, 5, 1.5, ["x"], {"a": 1}, object()])
+    def test_a_value_that_is_not_text(self, value: object) -> None:
+        """A stored value of another type than text (a SQLite integer) is a ValueError."""
+        with pytest.raises(ValueError, match="not JSON text"):
+            load_state(value)
+
+    def test_messages_quote_a_few_dozen_characters(self) -> None:
+        """The message of a 1 MB malformed state quotes its start and says how long it is."""
+        with pytest.raises(ValueError) as raised:  # noqa: PT011 - checked below
+            load_state('["' + "x" * 1_000_000 + '"]')
+        assert len(str(raised.value)) < 300
+        assert "1000004 characters" in str(raised.value)
+
+    @given(json_values)
+    def test_any_json_value_as_a_state(self, value: object) -> None:
+        """Any JSON value loads as a valid state or raises ValueError, nothing else."""
+        try:
+            state = load_state(json.dumps(value))
+        except ValueError:
+            return
+        assert load_state(dump_state(state)) == state  # pragma: no cover - a rare draw
+
+    @given(state_fields)
+    def test_any_field_values(self, data: dict[str, object]) -> None:
+        """An object with any values in a state's fields is a valid state or a ValueError."""
+        try:
+            state = load_state(json.dumps(data))
+        except ValueError:
+            return
+        assert -1 <= state.stage <= MAX_STAGE
+        assert 1 <= state.version <= MAX_VERSION
+        assert 0 <= state.epoch <= state.version
+        assert math.isfinite(state.since)
+        assert load_state(dump_state(state)) == state
+
+    @given(json_values)
+    def test_any_json_value_as_a_transition(self, value: object) -> None:
+        """Any JSON value loads as a transition or raises ValueError, nothing else."""
+        with contextlib.suppress(ValueError):
+            load_transition(json.dumps(value))
+
+    @given(st.binary(max_size=64))
+    def test_any_bytes(self, data: bytes) -> None:
+        """Any bytes (Redis holds bytes) load as a state or raise ValueError, nothing else."""
+        with contextlib.suppress(ValueError):
+            load_state(data)

@@ -18,6 +18,7 @@ from stagedroll._health import Health
 from stagedroll._outcomes import Outcomes
 from stagedroll._pool import Batch, Outbox, Totals, Unsure, flush
 from stagedroll._sequential import MixtureTest
+from stagedroll.stores._digest import digest, rollout_key, token
 
 SHARES = [0.25, 0.5, 1.0]
 
@@ -39,9 +40,9 @@ class TestOutbox:
         outbox.event("errors", False, None)
         batch = outbox.take()
         assert (batch.epoch, batch.stage, batch.segment) == (3, 1, "3.1")
-        assert batch.events == {"errors.t": ["u1"], "slow.t": ["u2"]}
+        assert batch.events == {"errors.t": [token("u1")], "slow.t": [token("u2")]}
         assert batch.calls == {"errors.c": 2}  # events without a unit: counted
-        assert batch.units == {"t": ["u1"], "c": ["u3"]}
+        assert batch.units == {"t": [token("u1")], "c": [token("u3")]}
         assert batch.size() == 4
         empty = outbox.take()
         assert (empty.epoch, empty.stage, empty.size(), empty.calls) == (3, 1, 0, {})
@@ -67,7 +68,7 @@ class TestOutbox:
         outbox.event("errors", True, "new")
         outbox.event("errors", True, None)
         outbox.give_back(batch)
-        assert outbox.batch.events == {"errors.t": ["old", "new"]}
+        assert outbox.batch.events == {"errors.t": [token("old"), token("new")]}
         assert outbox.batch.calls == {"errors.t": 2}
 
     def test_an_unsure_flush_gives_back_its_units_only(self) -> None:
@@ -81,7 +82,7 @@ class TestOutbox:
         outbox.give_back(batch, events=False)
         assert outbox.batch.events == {}
         assert outbox.batch.calls == {}
-        assert outbox.batch.units == {"t": ["u1"]}
+        assert outbox.batch.units == {"t": [token("u1")]}
         assert outbox.dropped == 2
 
     def test_give_back_of_an_ended_visit_is_dropped(self) -> None:
@@ -131,14 +132,20 @@ class FailingReadsStore(MemoryStore):
         return super().read_counts(rollout, segment)
 
 
+def t(unit: str) -> bytes:
+    """The token a queued event holds for ``unit``."""
+    return token(unit)
+
+
 class TestFlush:
     def test_a_unit_counts_once_across_processes(self) -> None:
         """Two processes flushing the same unit's first error count it once; unitless count each."""
         store = MemoryStore()
-        first = Batch(1, 0, events={"errors.t": ["u1", "u2"]}, units={"t": ["u1", "u2"]},
-                      calls={"errors.t": 1})  # fmt: skip
-        second = Batch(1, 0, events={"errors.t": ["u2"], "errors.c": ["c1"]},
-                       units={"t": ["u2", "u3"], "c": ["c1"]}, calls={"errors.t": 1})  # fmt: skip
+        first = Batch(1, 0, events={"errors.t": [t("u1"), t("u2")]},
+                      units={"t": [t("u1"), t("u2")]}, calls={"errors.t": 1})  # fmt: skip
+        second = Batch(1, 0, events={"errors.t": [t("u2")], "errors.c": [t("c1")]},
+                       units={"t": [t("u2"), t("u3")], "c": [t("c1")]},
+                       calls={"errors.t": 1})  # fmt: skip
         flush(store, "co", first)
         totals = flush(store, "co", second)
         assert totals.visits == ((0, {"errors.t": 4, "errors.c": 1, "slow.t": 0, "slow.c": 0}),)
@@ -182,17 +189,21 @@ class TestFlush:
     def test_first_units_span_the_epoch_and_counts_the_visit(self) -> None:
         """A unit counted in one stage is not counted again in the next; counters are per visit."""
         store = MemoryStore()
-        flush(store, "co", Batch(1, 0, events={"errors.t": ["u1"]}))
-        totals = flush(store, "co", Batch(1, 1, events={"errors.t": ["u1", "u2"]}))
+        flush(store, "co", Batch(1, 0, events={"errors.t": [t("u1")]}))
+        totals = flush(store, "co", Batch(1, 1, events={"errors.t": [t("u1"), t("u2")]}))
         zero = {"errors.c": 0, "slow.t": 0, "slow.c": 0}
         assert totals.visits == ((0, {"errors.t": 1, **zero}), (1, {"errors.t": 1, **zero}))
-        resumed = flush(store, "co", Batch(5, 1, events={"errors.t": ["u1"]}))
+        resumed = flush(store, "co", Batch(5, 1, events={"errors.t": [t("u1")]}))
         assert resumed.visits == ((0, {}), (1, {"errors.t": 1, **zero}))  # a new epoch
 
     def test_an_empty_batch_reads_the_totals(self) -> None:
         """Flushing nothing still returns what the other processes added."""
         store = MemoryStore()
-        flush(store, "co", Batch(2, 0, events={"slow.c": ["a", "b"]}, units={"c": ["a", "b"]}))
+        flush(
+            store,
+            "co",
+            Batch(2, 0, events={"slow.c": [t("a"), t("b")]}, units={"c": [t("a"), t("b")]}),
+        )
         totals = flush(store, "co", Batch(2, 0))
         assert totals.visits[-1][1]["slow.c"] == 2
         assert totals.units_control == 2
@@ -262,8 +273,8 @@ class TestPooledHealth:
         assert due is False
         assert health.errors.events_treatment == 0
         assert health.outbox is not None
-        assert health.outbox.batch.events == {"errors.t": ["u1"]}
-        assert health.outbox.batch.units == {"t": ["u1"]}
+        assert health.outbox.batch.events == {"errors.t": [token("u1")]}
+        assert health.outbox.batch.units == {"t": [token("u1")]}
 
     def test_absorb_sets_the_tests_and_units(self) -> None:
         """The fleet's totals of the visit in force become the tests' counts."""
@@ -385,3 +396,94 @@ class TestPooledRollouts:
             assert shorter.failures.count() == 0
         finally:
             store.close()
+
+
+class RecordingStore(MemoryStore):
+    """A real MemoryStore that remembers what reached add_units and count_distinct, and
+    refuses (as a data error) the elements in ``refused``, or every call when ``broken``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[str] = []
+        self.refused: set[str] = set()
+        self.broken: type[Exception] | None = None
+        self.calls = 0
+
+    def _check(self, units: Collection[str]) -> None:
+        self.calls += 1
+        if self.broken is not None:
+            raise self.broken("refused")
+        if self.refused & set(units):
+            raise UnicodeEncodeError("utf-8", "x", 0, 1, "refused")
+        self.received += units
+
+    def add_units(self, rollout: str, scope: str, units: Collection[str]) -> list[bool]:
+        self._check(units)
+        return super().add_units(rollout, scope, units)
+
+    def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
+        self._check(units)
+        return super().count_distinct(rollout, scope, units)
+
+
+class TestDigests:
+    def test_the_queue_holds_tokens_not_units(self) -> None:
+        """What waits in the outbox is 16 bytes per unit, whatever the unit: no text."""
+        outbox = Outbox()
+        outbox.visit(1, 0)
+        for unit in ("alice@example.com", "\ud800", "x" * 100_000):
+            outbox.event("errors", True, unit)
+            outbox.unit(True, unit)
+        batch = outbox.take()
+        queued = batch.events["errors.t"] + batch.units["t"]
+        assert all(isinstance(t, bytes) and len(t) == 16 for t in queued)
+        assert b"alice" not in b"".join(queued)
+
+    @given(st.lists(st.text(), min_size=1, max_size=20))
+    def test_the_store_receives_keyed_digests(self, units: list[str]) -> None:
+        """The store receives digests keyed by the rollout and its history: the same in
+        every process, another in another history or rollout, never the unit."""
+        received: dict[tuple[str, str], list[list[str]]] = {}
+        for rollout, history in (("co", "h1"), ("co", "h1"), ("co", "h2"), ("other", "h1")):
+            store = RecordingStore()
+            batch = Batch(1, 0, events={"errors.t": [token(u) for u in units]})
+            flush(store, rollout, batch, history)
+            assert not set(units) & set(store.received)
+            received.setdefault((rollout, history), []).append(store.received)
+        first, again = received["co", "h1"]
+        assert first == again
+        assert not set(first) & set(received["co", "h2"][0])
+        assert not set(first) & set(received["other", "h1"][0])
+
+
+class TestSplitting:
+    def test_refused_elements_are_isolated(self) -> None:
+        """A store refusing two elements of a batch: they are dropped and counted, the
+        others land and count."""
+        store = RecordingStore()
+        units = [f"u{i}" for i in range(40)]
+        key = rollout_key("co", "h")
+        store.refused = {digest(key, token("u3")), digest(key, token("u30"))}
+        totals = flush(store, "co", Batch(1, 0, events={"errors.t": [t(u) for u in units]},
+                                          units={"t": [t(u) for u in units]}), "h")  # fmt: skip
+        assert totals.refused == 2 + 2
+        assert totals.visits[-1][1]["errors.t"] == 38
+        assert totals.units_treatment == 38
+
+    def test_the_splitting_is_bounded(self) -> None:
+        """A store refusing every call as a data error costs at most SPLIT_CALLS calls more."""
+        store = RecordingStore()
+        store.broken = ValueError
+        units = [t(f"u{i}") for i in range(1000)]
+        totals = flush(store, "co", Batch(1, 0, events={"errors.t": units}))
+        assert store.calls <= pool.SPLIT_CALLS + 5  # and the calls that do not split
+        assert totals.refused == 1000
+        assert totals.visits[-1][1] == {}  # nothing counted: the counters were only read
+
+    def test_a_store_that_is_down_is_called_once(self) -> None:
+        """A failure that is not a data error fails the flush at once, nothing split."""
+        store = RecordingStore()
+        store.broken = ConnectionError
+        with pytest.raises(ConnectionError):
+            flush(store, "co", Batch(1, 0, events={"errors.t": [t(f"u{i}") for i in range(99)]}))
+        assert store.calls == 1

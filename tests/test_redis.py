@@ -15,6 +15,7 @@ from conftest import plain_policy
 from servers import RedisServer, unique_prefix
 from stagedroll import Action, Rollouts, RolloutState, Status, StoreError, Transition
 from stagedroll.stores import RedisStore, store_from_url
+from stagedroll.stores._digest import member
 
 DEADLINE_S = 10.0
 """How long a test waits for the background refresh to do something (generous: noisy CI)."""
@@ -112,7 +113,8 @@ class TestKeyLayout:
     def test_counters_and_unit_sets_expire(
         self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
     ) -> None:
-        """Counts are a hash, first units a set, distinct units a HyperLogLog; each has a TTL."""
+        """Counts are a hash, first units a set of 64-bit digests, distinct units a HyperLogLog;
+        each has a TTL."""
         store = make_store(redis_url, prefix=redis_prefix, ttl=3600)
         assert store.add_counts("r", "1.0", {"errors.t": 2, "errors.c": 1}) == {
             "errors.t": 2,
@@ -121,12 +123,12 @@ class TestKeyLayout:
         assert store.add_units("r", "1/errors", ["a", "b", "a"]) == [True, True, False]
         assert store.count_distinct("r", "1.0/t", ["a", "b", "c"]) == 3
         counts = f"{redis_prefix}:{{r}}:counts:1.0"
-        first = f"{redis_prefix}:{{r}}:first:1/errors"
+        first = f"{redis_prefix}:{{r}}:seen:1/errors"
         distinct = f"{redis_prefix}:{{r}}:distinct:1.0/t"
         assert client.type(counts) == "hash"
         assert client.hgetall(counts) == {"errors.t": "2", "errors.c": "1"}
         assert client.type(first) == "set"
-        assert client.smembers(first) == {"a", "b"}
+        assert client.smembers(first) == {str(member("a")), str(member("b"))}
         assert client.pfcount(distinct) == 3  # a HyperLogLog (a string to TYPE)
         for key in (counts, first, distinct):
             assert 0 < client.ttl(key) <= 3600, key
@@ -399,3 +401,50 @@ class TestPooledEvidence:
         counts = one.store.read_counts("co", f"{state.epoch}.{state.stage}")
         assert counts["errors.t"] == len(treated)
         assert counts["errors.c"] == 0
+
+
+class TestUpgrade:
+    def test_a_set_of_unit_texts_becomes_digests(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A set of first errors kept as text (by an earlier version) is turned into digests
+        at its first write: a unit counted before is not new after, and the texts go."""
+        store = make_store(redis_url, prefix=redis_prefix, refresh_interval=3600)
+        rollouts = Rollouts(gated_policy(), store=store)
+        treated = [u for u in units(200) if rollouts.enabled("co", u)][:2]
+        epoch = rollouts["co"].state.epoch
+        legacy = f"{redis_prefix}:{{co}}:first:{epoch}/errors"
+        client.sadd(legacy, treated[0], "someone-else@example.com")
+        client.hset(f"{redis_prefix}:{{co}}:counts:{epoch}.0", "errors.t", 1)
+        for unit in treated:
+            rollouts.report("co", unit, error=True)
+        rollouts.tick()
+        assert rollouts.status("co").health.error_events_treatment == 2
+        assert client.exists(legacy) == 0
+        seen = client.smembers(f"{redis_prefix}:{{co}}:seen:{epoch}/errors")
+        assert len(seen) == 3
+        keys = list(client.scan_iter(match=f"{redis_prefix}:*"))
+        held = " ".join(keys + [str(client.dump(key)) for key in keys])
+        assert not any(unit in held for unit in (*treated, "someone-else@example.com"))
+
+
+class TestWrongTypes:
+    def test_a_state_key_of_another_type_is_one_corrupt_state(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A state key that is a list fails its own rollout's read (WRONGTYPE), counted,
+        while the other rollouts still refresh."""
+        store = make_store(redis_url, prefix=redis_prefix, refresh_interval=3600)
+        assert store.compare_and_set("a", 0, state(1), entry(1))
+        assert store.compare_and_set("b", 0, state(1), entry(1))
+        heard: list[tuple[str, int]] = []
+        store.watch(lambda name, new: heard.append((name, new.version)))
+        client.delete(f"{redis_prefix}:{{a}}:state")
+        client.rpush(f"{redis_prefix}:{{a}}:state", "x")
+        other = make_store(redis_url, prefix=redis_prefix, refresh_interval=3600)
+        assert other.compare_and_set("b", 1, state(2), entry(2))
+        assert store.refresh()
+        assert heard == [("b", 2)]
+        assert store.failures.count("store.decode_failed") == 1
+        with pytest.raises(ValueError, match="WRONGTYPE"):
+            store.load("a")

@@ -26,10 +26,11 @@ from stagedroll import (
     StoreError,
     Transition,
 )
+from stagedroll.stores import store_from_url
 from stagedroll.stores._sqlite import SCHEMA_VERSION
 
 POLICY = plain_policy(50, 100, name="x")
-TABLES = {"rollouts", "history", "counts", "units"}
+TABLES = {"rollouts", "history", "counts", "digests", "touched", "meta"}
 
 
 def state(version: int, stage: int = 0) -> RolloutState:
@@ -84,7 +85,7 @@ class TestFile:
     def test_is_wal_with_the_schema_version_and_tables(
         self, store: SQLiteStore, path: Path
     ) -> None:
-        """The store's first use makes a WAL file with user_version and the four tables."""
+        """The store's first use makes a WAL file with user_version and its tables."""
         assert store.load("r") is None
         assert pragma(path, "journal_mode") == "wal"
         assert pragma(path, "user_version") == SCHEMA_VERSION
@@ -572,3 +573,226 @@ class TestForkClosesTheConnection:
             assert store.load("r") is None
         finally:
             store.close()
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def files(path: Path) -> list[Path]:
+    """The database file and its -wal and -shm files."""
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+class TestPermissions:
+    def test_a_new_file_and_its_companions_are_the_owners_only(self, path: Path) -> None:
+        """A file the store creates, and its -wal and -shm files, are 0600."""
+        store = SQLiteStore(path)
+        try:
+            Rollouts(POLICY, store=store).advance("x", actor="alice")
+            assert [mode_of(p) for p in files(path)] == [0o600] * 3
+        finally:
+            store.close()
+
+    @pytest.mark.parametrize("how", ["keyword", "url 0640", "url 0o640", "url 640"])
+    def test_mode_by_keyword_or_url(self, path: Path, how: str) -> None:
+        """mode= (or ?mode= in octal) sets the permissions of a new file and its companions."""
+        if how == "keyword":
+            store = SQLiteStore(path, mode=0o640)
+        else:
+            created = store_from_url(f"sqlite:///{path}?mode={how.split()[1]}")
+            assert isinstance(created, SQLiteStore)
+            store = created
+        try:
+            Rollouts(POLICY, store=store).advance("x", actor="alice")
+            assert [mode_of(p) for p in files(path)] == [0o640] * 3
+        finally:
+            store.close()
+
+    def test_the_umask_neither_adds_nor_takes(self, path: Path) -> None:
+        """The mode asked for is the mode on disk, whatever the process's umask."""
+        old = os.umask(0o077)
+        try:
+            store = SQLiteStore(path, mode=0o664)
+            try:
+                Rollouts(POLICY, store=store)
+                assert [mode_of(p) for p in files(path)] == [0o664] * 3
+            finally:
+                store.close()
+        finally:
+            os.umask(old)
+
+    def test_an_existing_file_keeps_its_mode(self, path: Path) -> None:
+        """A file that exists already keeps the permissions it has."""
+        plain(path).close()
+        path.chmod(0o644)
+        store = SQLiteStore(path)
+        try:
+            Rollouts(POLICY, store=store)
+            assert mode_of(path) == 0o644
+        finally:
+            store.close()
+
+    @pytest.mark.parametrize("mode", [-1, 0o1000, 0o4755, True])
+    def test_a_mode_out_of_range_is_refused(self, path: Path, mode: int) -> None:
+        """mode takes permission bits only (no setuid, sticky or out-of-range values)."""
+        with pytest.raises(ValueError, match="mode"):
+            SQLiteStore(path, mode=mode)
+
+    def test_a_malformed_mode_in_a_url_is_refused(self, path: Path) -> None:
+        """?mode= must be octal."""
+        with pytest.raises(ValueError, match="mode must be octal"):
+            store_from_url(f"sqlite:///{path}?mode=rw-r--r--")
+
+
+def kill_in_new_file(path: Path, reason: str) -> None:
+    """What the operator's CLI does: open the file at the path, kill x, close it."""
+    cli = SQLiteStore(path, refresh_interval=3600)
+    try:
+        Rollouts(POLICY, store=cli).kill("x", reason=reason, actor="oncall")
+    finally:
+        cli.close()
+
+
+class TestReplacedFile:
+    def test_a_deleted_file_is_followed_to_the_new_one(self, path: Path) -> None:
+        """The file and its companions are deleted under a worker; the CLI's kill creates a
+        new file; the worker notices at its next refresh, reopens it, and is killed."""
+        worker_store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            worker = Rollouts(POLICY, store=worker_store)
+            worker.advance("x", actor="alice")
+            for file in files(path):
+                file.unlink()
+            kill_in_new_file(path, "incident")
+            assert worker_store.refresh()
+            assert worker["x"].state.status is Status.KILLED
+            assert serves_nothing(worker)
+            assert worker_store.failures.count("store.file_replaced") == 1
+        finally:
+            worker_store.close()
+
+    def test_a_file_renamed_over_is_followed(self, path: Path, tmp_path: Path) -> None:
+        """Another file renamed over the path (its -wal and -shm are the old file's): the
+        worker drops the old companions, reads the new file and follows its kill."""
+        worker_store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            worker = Rollouts(POLICY, store=worker_store)
+            worker.advance("x", actor="alice")
+            prepared = tmp_path / "prepared.db"
+            kill_in_new_file(prepared, "restored from a backup")
+            os.replace(prepared, path)
+            assert worker_store.refresh()
+            assert worker["x"].state.status is Status.KILLED
+            assert worker["x"].state.reason == "restored from a backup"
+            assert worker_store.failures.count("store.file_replaced") == 1
+            with sqlite3.connect(path) as db:  # the new file is whole
+                assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        finally:
+            worker_store.close()
+
+    def test_a_deleted_file_gets_back_what_the_worker_knew(self, path: Path) -> None:
+        """Only the main file deleted, and no CLI: the worker reopens a new file at the path
+        and writes back the state it knew, which a new process then finds."""
+        worker_store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            worker = Rollouts(POLICY, store=worker_store)
+            worker.kill("x", reason="incident", actor="alice")
+            path.unlink()
+            assert worker_store.refresh()
+            assert worker_store.failures.count("store.file_replaced") == 1
+            assert worker_store.failures.count("store.state_lost") == 1
+            newcomer_store = SQLiteStore(path, refresh_interval=3600)
+            try:
+                assert Rollouts(POLICY, store=newcomer_store)["x"].state.status is Status.KILLED
+            finally:
+                newcomer_store.close()
+        finally:
+            worker_store.close()
+
+    @pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+    def test_a_path_that_is_not_a_file_is_a_store_down(self, path: Path, kind: str) -> None:
+        """The path replaced by a directory, a FIFO or a link to /dev/zero: the store is
+        down (refreshes fail, decisions keep the last state), nothing blocks or reads
+        without end, and a regular file back at the path is followed."""
+        worker_store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            worker = Rollouts(POLICY, store=worker_store)
+            worker.advance("x", actor="alice")
+            for file in files(path):
+                file.unlink()
+            if kind == "directory":
+                path.mkdir()
+            elif kind == "fifo":
+                os.mkfifo(path)
+            else:
+                path.symlink_to("/dev/zero")
+            assert not worker_store.refresh()
+            assert worker["x"].state.stage == 1
+            with pytest.raises(StoreError):
+                worker.freeze("x", actor="alice")
+            if kind == "directory":
+                path.rmdir()
+            else:
+                path.unlink()
+            kill_in_new_file(path, "incident")
+            assert worker_store.refresh()
+            assert worker["x"].state.status is Status.KILLED
+        finally:
+            worker_store.close()
+
+
+SCHEMA_1 = """
+CREATE TABLE rollouts (name TEXT PRIMARY KEY, version INTEGER NOT NULL, state TEXT NOT NULL);
+CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL,
+                      version INTEGER NOT NULL, entry TEXT NOT NULL);
+CREATE INDEX history_by_rollout ON history (rollout, id);
+CREATE TABLE counts (rollout TEXT NOT NULL, segment TEXT NOT NULL, name TEXT NOT NULL,
+                     value INTEGER NOT NULL, PRIMARY KEY (rollout, segment, name)) WITHOUT ROWID;
+CREATE TABLE units (rollout TEXT NOT NULL, scope TEXT NOT NULL, unit TEXT NOT NULL,
+                    PRIMARY KEY (rollout, scope, unit)) WITHOUT ROWID;
+CREATE TABLE touched (rollout TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
+                      PRIMARY KEY (rollout, key)) WITHOUT ROWID;
+PRAGMA user_version = 1;
+"""
+"""The tables of schema 1, which kept units as text."""
+
+
+class TestSchema1:
+    def test_units_kept_as_text_become_digests(self, path: Path) -> None:
+        """A file of schema 1 is migrated: each unit becomes its digest (a unit counted
+        before is not new after), and no unit's text is left in the file."""
+        gated = {"rollouts": {"x": {"stages": [{"name": "half", "percent": 50}],
+                                    "health": {"min_events": 3}}}}  # fmt: skip
+        probe = Rollouts(gated)  # which units are treated (the bucket does not need a store)
+        treated = [u for u in (f"person-{i}@example.com" for i in range(100))
+                   if probe.enabled("x", u)][:3]  # fmt: skip
+        db = plain(path)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA_1)
+        state = '{"stage":0,"status":"running","since":1.0,"version":1,"epoch":1,"history":"h1"}'
+        db.execute("INSERT INTO rollouts VALUES ('x', 1, ?)", (state,))
+        db.execute("INSERT INTO history (rollout, version, entry) VALUES ('x', 1, ?)",
+                   ('{"rollout":"x","action":"start","from_stage":0,"to_stage":0,'
+                    '"to_status":"running","version":1,"at":1.0}',))  # fmt: skip
+        db.execute("INSERT INTO counts VALUES ('x', '1.0', 'errors.t', 1)")
+        db.execute("INSERT INTO units VALUES ('x', 'first:1/errors', ?)", (treated[0],))
+        for unit in treated:
+            db.execute("INSERT INTO units VALUES ('x', 'distinct:1.0/t', ?)", (unit,))
+        db.execute("INSERT INTO touched VALUES ('x', 'first:1/errors', ?)", (time.time(),))
+        db.close()
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            rollouts = Rollouts(gated, store=store)
+            assert pragma(path, "user_version") == SCHEMA_VERSION
+            assert "units" not in tables(path)
+            rollouts.report("x", treated[0], error=True)  # counted before the upgrade
+            rollouts.report("x", treated[1], error=True)  # a new one
+            rollouts.tick()
+            health = rollouts.status("x").health
+            assert health.error_events_treatment == 2
+            assert health.units_treatment == 3
+        finally:
+            store.close()
+        held = b"".join(p.read_bytes() for p in files(path) if p.exists())
+        assert not any(unit.encode() in held for unit in treated)

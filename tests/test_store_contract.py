@@ -419,6 +419,13 @@ class TestUnits:
         total = sum(heard, Counter[str]())
         assert total == Counter({f"u{n}": 1 for n in range(70)})
 
+    def test_any_text_is_a_unit(self, store: Store) -> None:
+        """Lone surrogates, NUL, control characters and long text are units like any other."""
+        odd = ["\ud800", "\udfff\ud800", "nul\x00", "\x1b[2J\r", "x" * 100_000, "", "*:{}"]
+        assert store.add_units("r", "e", odd) == [True] * len(odd)
+        assert store.add_units("r", "e", odd) == [False] * len(odd)
+        assert store.count_distinct("r", "d", odd) == len(odd)
+
 
 class TestCountDistinct:
     def test_counts_distinct_units(self, backend: Backend, store: Store) -> None:
@@ -522,6 +529,22 @@ class TestSyncing:
         assert writer.compare_and_set("r", 1, state(2, stage=1), entry(2, stage=1))
         assert reader.refresh()
         assert heard == [("r", state(1)), ("r", state(2, stage=1))]
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            RolloutState(-7, Status.RUNNING, 1.0, 1),
+            RolloutState(0, Status.RUNNING, float("nan"), 1),
+            RolloutState(0, Status.RUNNING, 1.0, 1, epoch=2),
+        ],
+    )
+    def test_a_state_out_of_range_is_not_written(self, shared: Backend, bad: RolloutState) -> None:
+        """A state its readers would refuse is refused with ValueError, and nothing changes."""
+        store = shared.make()
+        with pytest.raises(ValueError):  # noqa: PT011 - the message names the field
+            store.compare_and_set("r", 0, bad, entry(1))
+        assert store.load("r") is None
+        assert store.history("r") == []
 
     def test_load_reads_another_objects_write_at_once(self, shared: Backend) -> None:
         """load on another object returns a write at once, without waiting for a refresh."""

@@ -75,7 +75,7 @@ class FlakyStore(SQLiteStore):
 
     failing = False
 
-    def _read_many(self, names: list[str]) -> dict[str, str | bytes | None]:
+    def _read_many(self, names: list[str]) -> dict[str, object]:
         if self.failing:
             raise OSError("disk unplugged")
         return super()._read_many(names)
@@ -459,11 +459,13 @@ class TestBadAndLostStates:
             rollouts = Rollouts(policy, store=store)
             rollouts.advance("checkout", actor="alice")
             rollouts.kill("checkout", reason="incident", actor="alice")
-            with sqlite3.connect(path) as db:
-                db.execute("DELETE FROM rollouts")
+            with sqlite3.connect(path) as db:  # every row lost, the store's marker too
+                for table in ("rollouts", "history", "meta"):
+                    db.execute(f"DELETE FROM {table}")
             newcomer_store = SQLiteStore(path, refresh_interval=3600)
             newcomer = Rollouts(policy, store=newcomer_store)  # starts it anew: version 1
             assert newcomer["checkout"].state.version == 1
+            assert newcomer_store.failures.count("store.state_lost") == 0  # nothing to tell
             assert store.refresh()  # the store is behind what this process knew: restored
             assert newcomer_store.refresh()
             restored = newcomer["checkout"].state
@@ -482,8 +484,9 @@ class TestBadAndLostStates:
             away = Rollouts(policy, store=away_store)
             for _ in range(3):
                 away.advance("checkout", actor="alice")  # version 4, stage 3
-            with sqlite3.connect(path) as db:
-                db.execute("DELETE FROM rollouts")
+            with sqlite3.connect(path) as db:  # every trace lost: a history begun anew
+                for table in ("rollouts", "history", "meta"):
+                    db.execute(f"DELETE FROM {table}")
             oncall_store = SQLiteStore(path, refresh_interval=3600)
             oncall = Rollouts(policy, store=oncall_store)  # begins anew: version 1
             oncall.kill("checkout", reason="incident", actor="oncall")  # version 2
@@ -506,8 +509,9 @@ class TestBadAndLostStates:
         try:
             rollouts = Rollouts(policy, store=store)
             rollouts.advance("checkout", actor="alice")  # version 2, stage 1
-            with sqlite3.connect(path) as db:
-                db.execute("DELETE FROM rollouts")
+            with sqlite3.connect(path) as db:  # every trace lost: a history begun anew
+                for table in ("rollouts", "history", "meta"):
+                    db.execute(f"DELETE FROM {table}")
             oncall_store = SQLiteStore(path, refresh_interval=3600)
             Rollouts(policy, store=oncall_store).kill("checkout", actor="oncall")  # version 2
             oncall_store.close()

@@ -24,6 +24,14 @@ only moves forward, so this names one visit); the sets of first events per epoch
 ``{epoch}/errors`` and ``{epoch}/slow``; the distinct units of each arm per stage visit,
 ``{epoch}.{stage}/t`` and ``/c``.
 
+No unit's text reaches a store, nor waits in a queue: the outbox keeps a 16-byte token of
+each unit (any ``str``, lone surrogates included), and the flush sends its digest keyed by
+the rollout's history id, which every process reads from the stored state
+(:mod:`stagedroll.stores._digest`). A store that refuses some elements of a batch (a data
+error: ``ValueError``, ``TypeError``, ``OverflowError``) has the batch split in halves until
+the refused elements stand alone; they are dropped and counted (``store.units_refused``),
+and the others land. Only data errors split: a store that is down fails the flush once.
+
 A flush is retried only while nothing it sent can have counted: once the counters may have
 changed (``add_counts`` failed, or a later step did), its events are dropped rather than
 sent again, so nothing counts twice (which would break the bound); a loss only weakens the
@@ -32,9 +40,13 @@ evidence. A unit's event sent again is no longer new in the set, so it cannot co
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+from .stores._digest import digest, rollout_key, token
 
 if TYPE_CHECKING:
     from ._rollout import Rollout
@@ -48,6 +60,11 @@ MAX_QUEUED = 100_000
 
 KINDS = ("errors", "slow")
 
+SPLIT_CALLS = 64
+"""Store calls that one flush spends at most on isolating the elements a store refuses."""
+_DATA_ERRORS = (ValueError, TypeError, OverflowError)  # UnicodeError is a ValueError
+_T = TypeVar("_T")
+
 
 @dataclass(slots=True)
 class Batch:
@@ -55,12 +72,12 @@ class Batch:
 
     epoch: int
     stage: int
-    events: dict[str, list[str]] = field(default_factory=dict)
-    """``"errors.t"``, ``"slow.c"``, …: the units of first events."""
+    events: dict[str, list[bytes]] = field(default_factory=dict)
+    """``"errors.t"``, ``"slow.c"``, …: the tokens of the units of first events."""
     calls: dict[str, int] = field(default_factory=dict)
     """``"errors.t"``, …: events of calls without a unit (per-request bucketing), counted."""
-    units: dict[str, list[str]] = field(default_factory=dict)
-    """``"t"``, ``"c"``: units new to this process in the stage visit."""
+    units: dict[str, list[bytes]] = field(default_factory=dict)
+    """``"t"``, ``"c"``: the tokens of units new to this process in the stage visit."""
 
     @property
     def segment(self) -> str:
@@ -87,6 +104,8 @@ class Totals:
     """``(stage, counters)`` of every stage of the epoch up to ``stage``, in order."""
     units_treatment: int
     units_control: int
+    refused: int = 0
+    """Elements the store refused (each alone, after splitting); dropped from the batch."""
 
 
 class Unsure(Exception):
@@ -123,17 +142,17 @@ class Outbox:
             self.batch = Batch(epoch, stage)
 
     def event(self, kind: str, treatment: bool, key: str | None) -> None:
-        """Queue the first event of ``kind`` (``errors``, ``slow``) of unit ``key``."""
+        """Queue the first event of ``kind`` (``errors``, ``slow``) of unit ``key`` (its token)."""
         name = f"{kind}.{'t' if treatment else 'c'}"
         if key is None:
             self.batch.calls[name] = self.batch.calls.get(name, 0) + 1
         elif not self._full():
-            self.batch.events.setdefault(name, []).append(key)
+            self.batch.events.setdefault(name, []).append(token(key))
 
     def unit(self, treatment: bool, key: str) -> None:
-        """Queue a unit new to this process on an arm."""
+        """Queue a unit new to this process on an arm (its token)."""
         if not self._full():
-            self.batch.units.setdefault("t" if treatment else "c", []).append(key)
+            self.batch.units.setdefault("t" if treatment else "c", []).append(token(key))
 
     def _full(self) -> bool:
         if self.batch.size() < MAX_QUEUED:
@@ -172,14 +191,80 @@ class Outbox:
             current.units.clear()
 
 
-def flush(store: Store, rollout: str, batch: Batch) -> Totals:
+class _Splitter:
+    """Sends batches to a store; on a data error, splits them to isolate what is refused."""
+
+    __slots__ = ("calls", "refused")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.refused = 0
+
+    def send(
+        self, call: Callable[[list[str]], _T], items: list[str], *, part: bool = False
+    ) -> list[tuple[list[str], _T | None]]:
+        """``call(items)``, or ``call`` on the parts the store takes: ``(part, result)`` in order.
+
+        An error other than a data error is raised at once (the store may be down). A part
+        still refused when it is one element, or once the flush made :data:`SPLIT_CALLS`
+        calls, is dropped (result ``None``) and counted in ``refused``.
+        """
+        if part and self.calls >= SPLIT_CALLS:
+            self.refused += len(items)
+            return [(items, None)]
+        self.calls += 1
+        try:
+            return [(items, call(items))]
+        except _DATA_ERRORS:
+            if len(items) <= 1:
+                self.refused += len(items)
+                return [(items, None)]
+            half = len(items) // 2
+            return self.send(call, items[:half], part=True) + self.send(
+                call, items[half:], part=True
+            )
+
+
+def _add_units(
+    store: Store, rollout: str, scope: str, ids: list[str], splitter: _Splitter
+) -> list[bool]:
+    """Which of ``ids`` are new in the scope's set; a refused one is not (never counted)."""
+
+    def add(part: list[str]) -> list[bool]:
+        answers = [bool(n) for n in store.add_units(rollout, scope, part)]
+        if len(answers) != len(part):
+            raise RuntimeError(f"the store answered for {len(answers)} of {len(part)} units")
+        return answers
+
+    new: list[bool] = []
+    for part, answers in splitter.send(add, ids):
+        new += answers if answers is not None else [False] * len(part)
+    return new
+
+
+def _count_distinct(
+    store: Store, rollout: str, scope: str, ids: list[str], splitter: _Splitter
+) -> int:
+    """The scope's distinct count once ``ids`` are added (refused ones left out)."""
+    sent = splitter.send(lambda part: int(store.count_distinct(rollout, scope, part)), ids)
+    counts = [n for _, n in sent if n is not None]
+    if len(sent) > 1 or not counts:  # split: the count once every part is in
+        with contextlib.suppress(*_DATA_ERRORS):  # refused even empty: what the parts said
+            counts.append(int(store.count_distinct(rollout, scope, [])))
+    return max(counts, default=0)
+
+
+def flush(store: Store, rollout: str, batch: Batch, history: str = "") -> Totals:
     """Add ``batch`` to the store's counts and return the fleet's totals; may raise.
 
-    A unit's first event counts only if no process counted it before in the epoch. Raises
-    :class:`Unsure` when it failed once the counters may have changed: the batch's events
-    are then not sent again (nothing counts twice; some may be lost, which only weakens
-    the evidence).
+    ``history`` is the rollout's history id (its state's): with the rollout's name, it keys
+    the digests of the units. A unit's first event counts only if no process counted it
+    before in the epoch. Raises :class:`Unsure` when it failed once the counters may have
+    changed: the batch's events are then not sent again (nothing counts twice; some may be
+    lost, which only weakens the evidence).
     """
+    key = rollout_key(rollout, history)
+    splitter = _Splitter()
     visits = [  # reads first: a failure here changes nothing
         (stage, store.read_counts(rollout, segment(batch.epoch, stage)))
         for stage in range(max(batch.stage, 0))  # the earlier visits of the epoch, if any
@@ -188,10 +273,11 @@ def flush(store: Store, rollout: str, batch: Batch) -> Totals:
     for kind in KINDS:
         # Sent again after a failure, a unit already marked here is no longer new: it is
         # lost to the test rather than counted twice.
-        treated = batch.events.get(f"{kind}.t", [])
-        control = batch.events.get(f"{kind}.c", [])
+        treated = [digest(key, t) for t in batch.events.get(f"{kind}.t", [])]
+        control = [digest(key, t) for t in batch.events.get(f"{kind}.c", [])]
         ids = treated + control
-        new = store.add_units(rollout, f"{batch.epoch}/{kind}", ids) if ids else []
+        scope = f"{batch.epoch}/{kind}"
+        new = _add_units(store, rollout, scope, ids, splitter) if ids else []
         counts[f"{kind}.t"] = counts.get(f"{kind}.t", 0) + sum(new[: len(treated)])
         counts[f"{kind}.c"] = counts.get(f"{kind}.c", 0) + sum(new[len(treated) :])
     try:
@@ -204,12 +290,13 @@ def flush(store: Store, rollout: str, batch: Batch) -> Totals:
             raise Unsure(str(exc)) from exc  # the increments may have landed
         raise
     visits.append((batch.stage, events))
+    arms = {arm: [digest(key, t) for t in batch.units.get(arm, [])] for arm in ("t", "c")}
     try:
-        units_t = store.count_distinct(rollout, f"{batch.segment}/t", batch.units.get("t", []))
-        units_c = store.count_distinct(rollout, f"{batch.segment}/c", batch.units.get("c", []))
+        units_t = _count_distinct(store, rollout, f"{batch.segment}/t", arms["t"], splitter)
+        units_c = _count_distinct(store, rollout, f"{batch.segment}/c", arms["c"], splitter)
     except Exception as exc:
         raise Unsure(str(exc)) from exc  # the events did count: only the units go back
-    return Totals(batch.epoch, batch.stage, tuple(visits), units_t, units_c)
+    return Totals(batch.epoch, batch.stage, tuple(visits), units_t, units_c, splitter.refused)
 
 
 def exchange(owner: Rollouts, rollout: Rollout) -> None:
@@ -231,12 +318,15 @@ def exchange(owner: Rollouts, rollout: Rollout) -> None:
             owner.failures.record("store.outcomes_dropped", rollout=rollout.name,
                                   dropped=dropped)  # fmt: skip
         try:
-            totals = flush(owner.store, rollout.name, batch)
+            totals = flush(owner.store, rollout.name, batch, rollout.state.history)
         except Exception as exc:
             with lock:
                 outbox.give_back(batch, events=not isinstance(exc, Unsure))
             owner.failures.record("store.flush_failed", exc, rollout=rollout.name)
             return
+        if totals.refused:
+            owner.failures.record("store.units_refused", rollout=rollout.name,
+                                  refused=totals.refused)  # fmt: skip
         shares = rollout._shares()
         with lock:
             health.absorb(totals, shares)

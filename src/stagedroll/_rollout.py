@@ -401,6 +401,17 @@ class Rollout:
         """The rollout's transitions, newest first."""
         return self._owner.history(self.name, limit=limit)
 
+    def _suspend(self, state: RolloutState) -> None:
+        """Serve ``state`` (version 0: the old path) whatever the state in force.
+
+        For a stored state that cannot be read: any state read from the store afterwards
+        (version 1 or more) replaces it, through :meth:`_adopt`.
+        """
+        with self._lock:
+            view = self._make_view(state)
+            self._set_share(view)
+            self._view = view
+
     def _adopt(self, state: RolloutState) -> None:
         """Follow ``state`` if it is newer than the one in force.
 

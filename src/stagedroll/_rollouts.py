@@ -125,6 +125,7 @@ class Rollouts:
                 self.hooks.add(hook)
         self._unknown: set[str] = set()
         self._unstarted: set[str] = set()  # rollouts whose state the store could not give
+        self._unreadable: set[str] = set()  # serving the old path: their stored state is corrupt
         self._pooled = isinstance(store, SyncingStore)
         self.removed: list[str] = []
         """Rollouts that a reloaded policy no longer has: their handles (and the guards built
@@ -237,7 +238,9 @@ class Rollouts:
                 raise RuntimeError("the state vanished from the store after it was written")
         except Exception as exc:
             # Serve the stable path until the store answers; never fail the host.
-            self.failures.record("store.load_failed", exc, rollout=name)
+            corrupt = isinstance(exc, ValueError)  # the store answered, with a state it refuses
+            self.failures.record("store.state_unreadable" if corrupt else "store.load_failed",
+                                 exc, rollout=name)  # fmt: skip
             self._unstarted.add(name)
             return unknown_state(self.clock())
         self._unstarted.discard(name)
@@ -249,15 +252,37 @@ class Rollouts:
         Runs on the store's thread (stores shared by processes), never on a caller's.
         """
         self._reload()
+        unreadable: Mapping[str, str] = getattr(self.store, "unreadable", {})
         for rollout in list(self._rollouts.values()):
             if getattr(self.store, "closed", False):
                 return  # closed meanwhile (by a hook, or another thread)
             try:
+                self._follow_unreadable(rollout, unreadable.get(rollout.name))
                 self._restart(rollout)
                 self._pool(rollout)
                 self._auto_step(rollout)
             except Exception as exc:  # pragma: no cover - each step catches what it expects
                 self.failures.record("store.sync_failed", exc, rollout=rollout.name)
+
+    def _follow_unreadable(self, rollout: Rollout, why: str | None) -> None:
+        """Serve the old path for ``rollout`` while its stored state is corrupt; never raises.
+
+        ``why`` is the store's reason when its last refresh could not read the state (see
+        ``SharedStore.unreadable``), ``None`` when it could. The last good state is not
+        served: whoever wrote the store behind stagedroll's back may have meant a kill. Once
+        the state reads again (repaired, or restored from its history), it is loaded.
+        """
+        name = rollout.name
+        if why is not None and name not in self._unreadable:
+            self._unreadable.add(name)
+            rollout._suspend(unknown_state(self.clock(), reason="state unreadable: " + why))
+            log("error", "rollout.state_unreadable", rollout=name, error=why,
+                serving="the old path until the stored state is repaired")  # fmt: skip
+        elif why is None and name in self._unreadable:
+            self._unreadable.discard(name)
+            with contextlib.suppress(StoreError):
+                self._load(name)
+            log("info", "rollout.state_readable", rollout=name, stage=rollout._view.stage_name)
 
     def _restart(self, rollout: Rollout) -> None:
         """Start ``rollout`` if the store could not give its state before; never raises."""
@@ -582,6 +607,11 @@ class Rollouts:
     def _load(self, name: str) -> RolloutState | None:
         try:
             state = self.store.load(name)
+        except ValueError as exc:  # the store answered with a state it cannot read
+            raise StoreError(
+                f"{exc}; {name!r} serves the old path until it is repaired (delete the stored "
+                "state to restore it from its history)"
+            ) from exc
         except Exception as exc:
             raise StoreError(f"the store failed to load {name!r}: {exc}") from exc
         rollout = self._rollouts.get(name)  # a reload may have removed it meanwhile

@@ -122,7 +122,7 @@ def initial_state(now: float) -> RolloutState:
     return RolloutState(stage=0, status=Status.RUNNING, since=now, version=0)
 
 
-def unknown_state(now: float) -> RolloutState:
+def unknown_state(now: float, reason: str = "state unknown: store unreachable") -> RolloutState:
     """The state served while the store cannot be read and none is known: 0 %, version 0.
 
     Every call takes the stable path until the store answers; any state read from it then
@@ -133,5 +133,5 @@ def unknown_state(now: float) -> RolloutState:
         status=Status.RUNNING,
         since=now,
         version=0,
-        reason="state unknown: store unreachable",
+        reason=reason,
     )

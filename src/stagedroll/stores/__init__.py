@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -26,32 +27,43 @@ __all__ = [
 ]
 
 _SCHEMES = ("memory", "sqlite", "redis", "rediss")
-_OPTIONS: dict[str, type] = {
+
+
+def _octal(text: str) -> int:
+    """File permissions written in octal (``600``, ``0600`` or ``0o600``)."""
+    return int(text.removeprefix("0o"), 8)
+
+
+_OPTIONS: dict[str, Callable[[str], Any]] = {
     "refresh_interval": float,
     "timeout": float,
     "max_history": int,
     "ttl": float,
     "prefix": str,
+    "mode": _octal,
 }
 
 
 def _options(
     url: str, query: str, allowed: tuple[str, ...], *, passthrough: bool = False
 ) -> dict[str, Any]:
-    """Parse stagedroll's options off a URL's query (``passthrough``: others are redis-py's)."""
+    """Parse stagedroll's options off a URL's query (``passthrough``: others are redis-py's).
+
+    ``url`` is shown in errors without its credentials.
+    """
+    shown = _redis._redact(url)
     options: dict[str, Any] = {}
     for key, text in parse_qsl(query, keep_blank_values=True):
         if key not in allowed:
             if key in _OPTIONS or not passthrough:  # a typo must not pass unnoticed
                 known = ", ".join(allowed)
-                raise ValueError(f"store URL {url!r}: unknown option {key!r} (known: {known})")
+                raise ValueError(f"store URL {shown!r}: unknown option {key!r} (known: {known})")
             continue
+        kind = getattr(_OPTIONS[key], "__name__", "valid").lstrip("_")
         try:
             options[key] = _OPTIONS[key](text)
         except ValueError:
-            raise ValueError(
-                f"store URL {url!r}: {key} must be {_OPTIONS[key].__name__}, not {text!r}"
-            ) from None
+            raise ValueError(f"store URL {shown!r}: {key} must be {kind}, not {text!r}") from None
     return options
 
 
@@ -60,16 +72,21 @@ def store_from_url(url: str) -> Store:
 
     - ``memory://``: a new :class:`MemoryStore` (each URL makes its own);
     - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: a :class:`SQLiteStore`
-      (the SQLAlchemy convention), with options ``?refresh_interval=1&timeout=0.5``;
+      (the SQLAlchemy convention), with options ``?refresh_interval=1&timeout=0.5`` and
+      ``mode=0640`` (octal: the permissions of a new file, ``0600`` by default);
     - ``redis://[:password@]host:6379/0`` or ``rediss://…``: a :class:`RedisStore`, with
       options ``?prefix=myapp&refresh_interval=1&timeout=0.25``; other query arguments go to
       redis-py.
 
     Raises :class:`ValueError` for a scheme stagedroll does not know, or an unknown or
-    malformed option,
+    malformed option (the URL shown without its credentials),
     and :class:`ImportError` with an install hint when ``redis`` is missing.
     """
-    parts = urlsplit(url)
+    shown = _redis._redact(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"malformed store URL {shown!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme == "memory":
         return MemoryStore(**_options(url, parts.query, ("max_history",)))
@@ -77,13 +94,14 @@ def store_from_url(url: str) -> Store:
         path = unquote(url.split("://", 1)[1].split("?", 1)[0])
         if not path.startswith("/") or path == "/":
             raise ValueError(
-                f"store URL {url!r}: expected sqlite:///relative/path.db or "
+                f"store URL {shown!r}: expected sqlite:///relative/path.db or "
                 "sqlite:////absolute/path.db"
             )
-        allowed = ("refresh_interval", "timeout", "max_history", "ttl")
+        allowed = ("refresh_interval", "timeout", "max_history", "ttl", "mode")
         return SQLiteStore(path[1:], **_options(url, parts.query, allowed))
     if scheme in ("redis", "rediss"):
         plain, _ = _redis.split_options(url)
-        return RedisStore(plain, **_options(url, parts.query, tuple(_OPTIONS), passthrough=True))
+        allowed = ("refresh_interval", "timeout", "max_history", "ttl", "prefix")
+        return RedisStore(plain, **_options(url, parts.query, allowed, passthrough=True))
     known = ", ".join(f"{s}://" for s in _SCHEMES)
-    raise ValueError(f"unsupported store URL {url!r}: known schemes are {known}")
+    raise ValueError(f"unsupported store URL {shown!r}: known schemes are {known}")

@@ -1,4 +1,13 @@
-"""The listeners of a store: weakly held callbacks, told of changes without ever raising."""
+"""The listeners of a store: weakly held callbacks, told of changes without ever raising.
+
+A callback is user code (a transition hook runs inside one): whatever it raises is
+contained, ``BaseException`` included (``sys.exit()`` in a hook, a custom
+``BaseException``), so the store's refresh thread and a committed transition go on. The one
+exception that passes is ``KeyboardInterrupt`` on the main thread: that is Ctrl-C arriving
+while the callback ran, not the callback's failure, and swallowing it would make a process
+impossible to interrupt. (On any other thread Python never delivers it; one raised there
+explicitly is contained like the rest.)
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,14 @@ from typing import Any
 from .._failures import Failures
 from .._forksafe import register
 
-__all__ = ["Listeners"]
+__all__ = ["Listeners", "contained"]
+
+
+def contained(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by user code, is logged and counted rather than raised on."""
+    return not (
+        isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
+    )
 
 
 def _ref(callback: Callable[..., Any]) -> Callable[[], Callable[..., Any] | None]:
@@ -28,7 +44,7 @@ class Listeners:
     """Callbacks held weakly when they are bound methods.
 
     A callback that raises is counted in ``failures`` under ``event`` and logged (at most
-    once a minute), never raised.
+    once a minute), never raised (:func:`contained`).
     """
 
     __slots__ = ("__weakref__", "_event", "_failures", "_lock", "_refs")
@@ -65,6 +81,8 @@ class Listeners:
                 continue
             try:
                 callback(*args)
-            except Exception as exc:  # a listener must not undo a committed transition
+            except BaseException as exc:  # a listener must not undo a committed transition
+                if not contained(exc):
+                    raise
                 fields = {"rollout": args[0]} if args and isinstance(args[0], str) else {}
                 self._failures.record(self._event, exc, **fields)

@@ -7,24 +7,35 @@ as a hash tag so that one rollout's keys share a Redis Cluster slot:
   compare-and-set is one Lua script that also appends the history entry;
 - ``{prefix}:{name}:history``: a list, newest first, capped at ``max_history``;
 - ``{prefix}:{name}:counts:{segment}``: a hash of pooled outcome counters;
-- ``{prefix}:{name}:first:{scope}``: a set of units (exact: ``SADD`` says if a unit is new);
-- ``{prefix}:{name}:distinct:{scope}``: a HyperLogLog of units (12 KB, about 0.8 % error).
+- ``{prefix}:{name}:seen:{scope}``: a set of units' 64-bit digests (exact: ``SADD`` says if
+  one is new); never a unit's text (see ``_digest``);
+- ``{prefix}:{name}:distinct:{scope}``: a HyperLogLog of units' digests (12 KB, about 0.8 %
+  error);
+- ``{prefix}:meta``: a hash, the store's marker (``created``) and the history id of each
+  rollout it has held (``rollout:{name}``), which tell a lost state from a new rollout.
 
 Counters and unit sets expire ``ttl`` seconds (default 30 days) after their last write.
+Sets of units kept as text by earlier versions (``{prefix}:{name}:first:{scope}``) are
+turned into digests the first time they are written to, then deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import threading
+import time
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._failures import log
 from .._state import RolloutState, Transition
-from ._codec import dump_state, dump_transition, load_transition
+from ._codec import dump_state, dump_transition, load_state
+from ._digest import digest, member, rollout_key, token
 from ._memory import check_version
-from ._syncer import SharedStore
+from ._syncer import EMPTY, SharedStore
 
 if TYPE_CHECKING:
     import redis
@@ -57,6 +68,17 @@ redis.call('LPUSH', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 return 1
 """
+
+# Add digests to a set of first events, unless the set of texts of an earlier version is
+# still there (it is turned into digests first): then -1.
+_ADD = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local new = {}
+for i = 2, #ARGV do new[i - 1] = redis.call('SADD', KEYS[1], ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return new
+"""
+_CHUNK = 5000  # units per command: a large batch does not hold Redis for long
 
 _INSTALL_HINT = "RedisStore needs redis-py: pip install 'stagedroll[redis]'"
 
@@ -110,6 +132,8 @@ class RedisStore(SharedStore):
         self._client: redis.Redis | None = None
         self._cas: Any = None
         self._put_script: Any = None
+        self._add_script: Any = None
+        self._registered: set[str] = set()  # rollouts registered in meta by this process
 
     def _after_fork(self) -> None:
         super()._after_fork()
@@ -117,6 +141,7 @@ class RedisStore(SharedStore):
         if self._client is not None:
             _abandoned.append(self._client)
         self._client = None
+        self._registered = set()
 
     def __repr__(self) -> str:
         return f"RedisStore({_redact(self.url)!r}, prefix={self.prefix!r})"
@@ -139,6 +164,7 @@ class RedisStore(SharedStore):
                     )
                     self._cas = self._client.register_script(_CAS)
                     self._put_script = self._client.register_script(_PUT_IF_LOST)
+                    self._add_script = self._client.register_script(_ADD)
                 client = self._client
         return client
 
@@ -147,11 +173,50 @@ class RedisStore(SharedStore):
 
     # -- the Store protocol ---------------------------------------------------------------------
 
-    def _read_many(self, names: list[str]) -> dict[str, str | bytes | None]:
+    def _meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    def _read_many(self, names: list[str]) -> dict[str, object]:
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.hget(self._key(name, "state"), "s")
-        return dict(zip(names, pipe.execute(), strict=True))
+        # A key of another type fails its own command only (WRONGTYPE), given as its error;
+        # a connection that fails still raises.
+        return dict(zip(names, pipe.execute(raise_on_error=False), strict=True))
+
+    def _register(self, rollout: str, state: RolloutState, *, quiet: bool = False) -> None:
+        """Register ``rollout`` in meta with its history id, and the store's marker.
+
+        Never raises (the write it follows has landed). The marker was missing: the store
+        is new or lost everything, logged as ``store.initialized`` unless ``quiet`` (a state
+        read, not written: a store from before the marker).
+        """
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hsetnx(self._meta(), "created", repr(time.time()))
+            pipe.hset(self._meta(), "rollout:" + rollout, state.history)
+            created = pipe.execute()[0]
+        except Exception as exc:
+            self.failures.record("store.register_failed", exc, rollout=rollout)
+            return
+        self._registered.add(rollout)
+        if created and not quiet:
+            log("warning", "store.initialized", store=repr(self), rollout=rollout, note=EMPTY)
+
+    def _loaded(self, rollout: str, state: RolloutState) -> None:
+        if rollout not in self._registered:
+            self._register(rollout, state, quiet=True)
+
+    def _traces(self, rollout: str) -> tuple[str | None, object]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self._meta(), "rollout:" + rollout)
+        pipe.lindex(self._key(rollout, "history"), 0)
+        registered, newest = pipe.execute(raise_on_error=False)
+        if not isinstance(registered, bytes | str):
+            registered = None
+        if not isinstance(newest, bytes | str):
+            newest = None
+        return (_text(registered) if registered is not None else None), newest
 
     def compare_and_set(
         self, rollout: str, expected_version: int, state: RolloutState, transition: Transition
@@ -173,6 +238,7 @@ class RedisStore(SharedStore):
         if not done:
             return False
         self._changed(rollout, state)
+        self._register(rollout, state)
         return True
 
     def _put_if_lost(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
@@ -183,6 +249,7 @@ class RedisStore(SharedStore):
         if not self._put_script(keys=keys, args=args, client=client):
             return False
         self._changed(rollout, state)
+        self._register(rollout, state)
         return True
 
     def history(self, rollout: str, limit: int | None = None) -> list[Transition]:
@@ -191,7 +258,7 @@ class RedisStore(SharedStore):
             return []
         end = -1 if limit is None else limit - 1
         texts = self.client.lrange(self._key(rollout, "history"), 0, end)
-        return [load_transition(text) for text in texts]
+        return self._entries(rollout, texts)
 
     def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
         """Add ``counts`` to the segment's counters (one round trip); return them all."""
@@ -202,31 +269,71 @@ class RedisStore(SharedStore):
         pipe.expire(key, self._ttl)
         pipe.hgetall(key)
         totals = pipe.execute()[-1]
-        return {_text(k): int(v) for k, v in totals.items()}
+        return _counters(totals)
 
     def read_counts(self, rollout: str, segment: str) -> dict[str, int]:
         """Return the segment's counters."""
         totals = self.client.hgetall(self._key(rollout, "counts:" + segment))
-        return {_text(k): int(v) for k, v in totals.items()}
+        return _counters(totals)
 
     def add_units(self, rollout: str, scope: str, units: Collection[str]) -> list[bool]:
-        """Remember ``units`` in the scope's set (``SADD``); say of each whether it was new."""
+        """Remember ``units`` in the scope's set (``SADD``); say of each whether it was new.
+
+        The set keeps a 64-bit digest of each unit's text, never the text.
+        """
         if not units:
             return []
-        key = self._key(rollout, "first:" + scope)
-        pipe = self.client.pipeline(transaction=False)
-        for unit in units:
-            pipe.sadd(key, unit)
-        pipe.expire(key, self._ttl)
-        added = pipe.execute()[:-1]
-        return [n == 1 for n in added]
+        keys = [self._key(rollout, "seen:" + scope), self._key(rollout, "first:" + scope)]
+        members = [member(unit) for unit in units]
+        new: list[bool] = []
+        client = self.client
+        for start in range(0, len(members), _CHUNK):
+            args = [self._ttl, *members[start : start + _CHUNK]]
+            added = self._add_script(keys=keys, args=args, client=client)
+            if added == -1:  # a set of texts from an earlier version: digests first
+                self._convert(rollout, keys[0], keys[1])
+                added = self._add_script(keys=keys, args=args, client=client)
+            if not isinstance(added, list) or len(added) != len(args) - 1:
+                raise RuntimeError(f"unexpected answer from Redis to adding units: {added!r}")
+            new += [n == 1 for n in added]
+        return new
+
+    def _convert(self, rollout: str, seen: str, legacy: str) -> None:
+        """Turn a set of unit texts (written by an earlier version) into digests, and drop it.
+
+        Each text gets the digest that this version's processes send for that unit, under
+        the key of the rollout's stored history, so that a unit counted before the upgrade
+        is not new after it. Adding to the set waits until the texts are gone.
+        """
+        client = self.client
+        text = client.hget(self._key(rollout, "state"), "s")  # a failing Redis raises here
+        try:
+            history = load_state(text).history if text is not None else ""
+        except ValueError:  # a corrupt state: the rollout is not served; keep counting anyway
+            history = ""
+        key = rollout_key(rollout, history)
+        while True:
+            texts = client.srandmember(legacy, _CHUNK)
+            if not texts:
+                return
+            digests = [member(digest(key, token(_text(text)))) for text in map(_member, texts)]
+            pipe = client.pipeline(transaction=True)
+            pipe.sadd(seen, *digests)
+            pipe.expire(seen, self._ttl)
+            pipe.srem(legacy, *texts)
+            pipe.execute()
 
     def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
-        """Add ``units`` to the scope's HyperLogLog; return its estimate (about 0.8 % off)."""
+        """Add ``units`` to the scope's HyperLogLog; return its estimate (about 0.8 % off).
+
+        It hashes 64-bit digests of the units' texts, never the texts.
+        """
         key = self._key(rollout, "distinct:" + scope)
+        members = [member(unit) for unit in units]
         pipe = self.client.pipeline(transaction=False)
-        if units:
-            pipe.pfadd(key, *units)
+        for start in range(0, len(members), _CHUNK):
+            pipe.pfadd(key, *members[start : start + _CHUNK])
+        if members:
             pipe.expire(key, self._ttl)
         pipe.pfcount(key)
         return int(pipe.execute()[-1])
@@ -240,17 +347,54 @@ class RedisStore(SharedStore):
             client.close()
 
 
+def _counters(raw: Mapping[Any, Any]) -> dict[str, int]:
+    """A hash of counters as read, without the fields that are not integers.
+
+    Such a field was written behind the store's back; leaving it out keeps the rollout's
+    flushes working.
+    """
+    counters = {}
+    for name, value in raw.items():
+        with contextlib.suppress(ValueError, TypeError):
+            counters[_text(name)] = int(value)
+    return counters
+
+
+def _member(value: object) -> bytes | str:
+    return value if isinstance(value, bytes | str) else str(value)
+
+
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+# Query arguments whose value is a credential (password, username, ssl_password, tokens).
+_SECRET_ARGUMENT = re.compile(r"pass|user|secret|token|auth|cred|key", re.IGNORECASE)
 
 
 def _redact(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without its credentials, for repr, logs and error messages.
+
+    The user information (``user:password@``, ``:password@``) becomes ``***@``, and query
+    arguments that carry a credential (``password=``, ``username=``, ``ssl_password=``, …)
+    take the value ``***``; a URL that cannot be parsed is not shown at all.
+    """
+    try:
+        parts = urlsplit(url)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        secret = any(_SECRET_ARGUMENT.search(key) for key, _ in pairs)
+        if "@" not in parts.netloc and not secret and not parts.fragment:
+            return url  # nothing to hide: shown exactly as given
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rpartition("@")[2]
+        query = [(key, "***" if _SECRET_ARGUMENT.search(key) else value) for key, value in pairs]
+        scheme = f"{parts.scheme}:" if parts.scheme else ""
+        arguments = f"?{urlencode(query, safe='*')}" if query else ""
+        return f"{scheme}//{netloc}{parts.path}{arguments}"
+    except Exception:  # a URL urllib cannot parse: its scheme, if that much can be had
+        scheme = url.partition("://")[0] if "://" in url else ""
+        return f"{scheme}://(unparsable URL)" if scheme.isalnum() else "(unparsable URL)"
 
 
 def split_options(url: str) -> tuple[str, dict[str, str]]:

@@ -4,6 +4,12 @@ WAL mode lets readers and one writer work at once; every write is one ``BEGIN IM
 transaction, so a process killed at any moment leaves the file as it was before or after
 the write, never between. The schema's version is ``PRAGMA user_version``: a file made by
 a later, incompatible version is refused rather than misread.
+
+The file is created with mode ``0600`` unless told otherwise (SQLite gives its ``-wal`` and
+``-shm`` files the mode of the database). It holds no unit's text: the unit sets keep
+64-bit digests (``_digest``). A file deleted or replaced under a running process is noticed
+at the next use (its device and inode differ from the opened file's) and opened afresh at
+the path.
 """
 
 from __future__ import annotations
@@ -11,21 +17,30 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from .._failures import log
 from .._state import RolloutState, Transition, restorable
-from ._codec import dump_state, dump_transition, load_state, load_transition
+from ._codec import dump_state, dump_transition, load_state
+from ._digest import digest, member, rollout_key, token
 from ._memory import check_version
-from ._syncer import SharedStore
+from ._syncer import EMPTY, SharedStore
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["DEFAULT_MODE", "SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
-"""The version of the tables this module writes (``PRAGMA user_version``)."""
+SCHEMA_VERSION = 2
+"""The version of the tables this module writes (``PRAGMA user_version``).
+
+1: the first; 2: unit sets keep digests (table ``digests``, not ``units``) and ``meta``
+holds the store's marker and the rollouts it has held.
+"""
+DEFAULT_MODE = 0o600
+"""The permissions of a new file (and of its ``-wal`` and ``-shm`` files): the owner's."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -47,11 +62,11 @@ CREATE TABLE IF NOT EXISTS counts (
     value INTEGER NOT NULL,
     PRIMARY KEY (rollout, segment, name)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS units (
+CREATE TABLE IF NOT EXISTS digests (
     rollout TEXT NOT NULL,
     scope TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    PRIMARY KEY (rollout, scope, unit)
+    digest INTEGER NOT NULL,
+    PRIMARY KEY (rollout, scope, digest)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS touched (
     rollout TEXT NOT NULL,
@@ -59,16 +74,21 @@ CREATE TABLE IF NOT EXISTS touched (
     at REAL NOT NULL,
     PRIMARY KEY (rollout, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 _EXPIRE = (
-    "DELETE FROM units WHERE EXISTS (SELECT 1 FROM touched AS t "
-    "WHERE t.rollout = units.rollout AND t.key = units.scope AND t.at < ?)",
+    "DELETE FROM digests WHERE EXISTS (SELECT 1 FROM touched AS t "
+    "WHERE t.rollout = digests.rollout AND t.key = digests.scope AND t.at < ?)",
     "DELETE FROM counts WHERE EXISTS (SELECT 1 FROM touched AS t "
     "WHERE t.rollout = counts.rollout AND t.key = 'counts:' || counts.segment AND t.at < ?)",
     "DELETE FROM touched WHERE at < ?",
 )
 _EXPIRE_EVERY_S = 3600.0
+_COMPANIONS = ("-wal", "-shm")
 
 
 def _busy(exc: sqlite3.DatabaseError) -> bool:
@@ -77,6 +97,20 @@ def _busy(exc: sqlite3.DatabaseError) -> bool:
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` as ``(st_dev, st_ino)``; ``None`` when there is none."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _text(data: bytes) -> str:
+    """TEXT read from the file: bytes that are not UTF-8 do not fail the whole read."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 # Connections abandoned in a forked child: SQLite forbids using them across fork, and
@@ -92,7 +126,9 @@ class SQLiteStore(SharedStore):
     ``refresh_interval`` is how often, in seconds, changes made by other processes are read
     (in a background thread). ``max_history`` bounds the history kept per rollout. Outcome
     counters and unit sets not written for ``ttl`` seconds are deleted (checked hourly by
-    the background thread, or by :meth:`expire`).
+    the background thread, or by :meth:`expire`). A file that does not exist is created
+    with permissions ``mode`` exactly (default ``0o600``, whatever the umask); an existing
+    file keeps its own.
     """
 
     def __init__(
@@ -103,11 +139,15 @@ class SQLiteStore(SharedStore):
         timeout: float = 0.5,
         max_history: int = 1000,
         ttl: float = 30 * 86400,
+        mode: int = DEFAULT_MODE,
     ) -> None:
         if max_history < 1:
             raise ValueError("max_history must be at least 1")
         if not ttl > 0:
             raise ValueError(f"ttl must be positive, not {ttl!r}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ValueError(f"mode must be permission bits from 0o000 to 0o777, not {mode!r}")
+        self._mode = mode
         super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-sqlite")
         self._ttl = ttl
         self._expired_at = 0.0  # time.monotonic() of the last expiry by the thread
@@ -119,6 +159,10 @@ class SQLiteStore(SharedStore):
         # (connection, PRAGMA data_version) at the last refresh that read the states.
         self._data_version: tuple[int, int] | None = None
         self._opened = 0  # connections opened so far: names the one in use
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        # The -wal and -shm files of the file opened, as (st_dev, st_ino): they stay while a
+        # connection is open, and must not outlive the file if it is replaced.
+        self._companions: tuple[tuple[int, int] | None, ...] = ()
         self._forking = threading.local()  # .held: whether this thread's fork holds the lock
 
     def _before_fork(self) -> None:
@@ -148,16 +192,45 @@ class SQLiteStore(SharedStore):
             _abandoned.append(self._db)
         self._db = None
         self._data_version = None
+        self._file = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
     # -- the connection -------------------------------------------------------------------------
 
+    def _create(self) -> tuple[int, int]:
+        """Create the file with ``mode`` if it is missing; return the identity of the file.
+
+        Raises ``OSError`` when the path is not a regular file (a directory, a FIFO, a
+        device): SQLite could block reading a FIFO, or read a device without end.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, self._mode)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                if hasattr(os, "fchmod"):  # pragma: no branch - absent on Windows only
+                    os.fchmod(fd, self._mode)  # exactly mode: the umask neither adds nor takes
+            finally:
+                os.close(fd)
+        info = os.stat(self.path)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{self.path} is not a regular file")
+        return info.st_dev, info.st_ino
+
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-        )
+        for attempt in range(3):  # the path may be replaced between the check and the open
+            identity = self._create()
+            db = sqlite3.connect(
+                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+            if _identity(self.path) == identity or attempt == 2:
+                break
+            db.close()
+        db.text_factory = _text
         try:
             self._set_up(db)
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -172,7 +245,12 @@ class SQLiteStore(SharedStore):
             db.close()
             raise
         self._opened += 1
+        self._file = identity
+        self._companions = tuple(_identity(self._companion(suffix)) for suffix in _COMPANIONS)
         return db
+
+    def _companion(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
 
     def _set_up(self, db: sqlite3.Connection) -> None:
         """WAL mode, and ``synchronous=NORMAL`` (with WAL: durable across process crashes).
@@ -194,23 +272,68 @@ class SQLiteStore(SharedStore):
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> None:
-        """Bring the schema from ``version`` to :data:`SCHEMA_VERSION`, in one transaction."""
+        """Bring the schema from ``version`` to :data:`SCHEMA_VERSION`, in one transaction.
+
+        From 1: the units kept as text become digests, and their table is dropped with
+        ``secure_delete`` on (its pages are overwritten, not only freed), then the WAL is
+        checkpointed into the file; the states already held are registered in ``meta``.
+        """
+        db.execute("PRAGMA secure_delete = ON")
         db.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have migrated it meanwhile, perhaps a later stagedroll.
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            current = db.execute("PRAGMA user_version").fetchone()[0]
+            if current < SCHEMA_VERSION:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                if current == 1:
+                    _digest_units(db)
+                _register_all(db)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        finally:
+            db.execute("PRAGMA secure_delete = OFF")
+        if current == 1:  # the old pages, zeroed in the WAL, now in the file too (if it can)
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _check_file(self) -> None:
+        """Open the file afresh if the path no longer names the one opened (deleted, replaced).
+
+        The old connection is closed: SQLite then neither checkpoints nor deletes the WAL
+        (the file moved). The old file's ``-wal`` and ``-shm`` files, if still at their
+        names, are deleted: SQLite would take them for the new file's and replay the old
+        file's pages into it. Those of another file (one that was made after all three were
+        deleted) are left alone. Logged and counted as ``store.file_replaced``; the next
+        read finds what the new file holds (a process that knew states the new file lacks
+        writes them back).
+        """
+        with self._lock:
+            db = self._db
+            if db is None or self._file is None:
+                return
+            found = _identity(self.path)
+            if found == self._file:
+                return
+            self._db, self._data_version, self._file = None, None, None
+            db.close()
+            for suffix, opened in zip(_COMPANIONS, self._companions, strict=False):
+                companion = self._companion(suffix)
+                if opened is not None and _identity(companion) == opened:
+                    with contextlib.suppress(OSError):
+                        companion.unlink()
+            self._companions = ()
+        self.failures.record("store.file_replaced", store=repr(self),
+                             deleted=found is None)  # fmt: skip
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
+        self._check_file()
         with self._lock:
             if self._db is None:
                 self._check_open()
@@ -223,6 +346,7 @@ class SQLiteStore(SharedStore):
                     # its data_version means nothing to the next one.
                     db, self._db = self._db, None
                     self._data_version = None
+                    self._file = None
                     if db is not None:
                         db.close()  # rolls back a transaction left open
                 raise
@@ -243,8 +367,8 @@ class SQLiteStore(SharedStore):
 
     # -- the Store protocol ---------------------------------------------------------------------
 
-    def _read_many(self, names: list[str]) -> dict[str, str | bytes | None]:
-        found: dict[str, str | bytes | None] = dict.fromkeys(names)
+    def _read_many(self, names: list[str]) -> dict[str, object]:
+        found: dict[str, object] = dict.fromkeys(names)
         with self._conn() as db:
             for start in range(0, len(names), 500):
                 chunk = names[start : start + 500]
@@ -312,8 +436,10 @@ class SQLiteStore(SharedStore):
             row = db.execute("SELECT version FROM rollouts WHERE name = ?", (rollout,)).fetchone()
             if (row[0] if row is not None else 0) != expected_version:
                 return False
-            self._put(db, rollout, state, transition)
+            created = self._put(db, rollout, state, transition)
         self._changed(rollout, state)
+        if created:
+            self._initialized(rollout)
         return True
 
     def _put_if_lost(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
@@ -325,14 +451,36 @@ class SQLiteStore(SharedStore):
                 return False  # a state this version cannot read is not overwritten
             if not restorable(state, stored):
                 return False
-            self._put(db, rollout, state, transition)
+            created = self._put(db, rollout, state, transition)
         self._changed(rollout, state)
+        if created:
+            self._initialized(rollout)
         return True
+
+    def _initialized(self, rollout: str) -> None:
+        log("warning", "store.initialized", store=repr(self), rollout=rollout, note=EMPTY)
+
+    def _traces(self, rollout: str) -> tuple[str | None, object]:
+        with self._conn() as db:
+            registered = db.execute(
+                "SELECT value FROM meta WHERE key = ?", ("rollout:" + rollout,)
+            ).fetchone()
+            newest = db.execute(
+                "SELECT entry FROM history WHERE rollout = ? ORDER BY id DESC LIMIT 1", (rollout,)
+            ).fetchone()
+        return (
+            str(registered[0]) if registered is not None else None,
+            newest[0] if newest is not None else None,
+        )
 
     def _put(
         self, db: sqlite3.Connection, rollout: str, state: RolloutState, transition: Transition
-    ) -> None:
-        """Write the state and its history entry (in the caller's transaction)."""
+    ) -> bool:
+        """Write the state and its history entry (in the caller's transaction).
+
+        The rollout is registered in ``meta`` with its history id; returns whether the
+        store's marker was missing (and is written now).
+        """
         db.execute(
             "INSERT INTO rollouts (name, version, state) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET version = excluded.version, state = excluded.state",
@@ -347,6 +495,15 @@ class SQLiteStore(SharedStore):
             "SELECT id FROM history WHERE rollout = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
             (rollout, rollout, self._max_history),
         )
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value WHERE value IS NOT excluded.value",
+            ("rollout:" + rollout, state.history),
+        )
+        marked = db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", (repr(time.time()),)
+        )
+        return marked.rowcount == 1
 
     def history(self, rollout: str, limit: int | None = None) -> list[Transition]:
         """Return the rollout's transitions, newest first."""
@@ -356,7 +513,7 @@ class SQLiteStore(SharedStore):
                 "SELECT entry FROM history WHERE rollout = ? ORDER BY id DESC LIMIT ?",
                 (rollout, count),
             ).fetchall()
-        return [load_transition(text) for (text,) in rows]
+        return self._entries(rollout, (text for (text,) in rows))
 
     def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
         """Add ``counts`` to the segment's counters in one transaction; return them all."""
@@ -379,33 +536,39 @@ class SQLiteStore(SharedStore):
         rows = db.execute(
             "SELECT name, value FROM counts WHERE rollout = ? AND segment = ?", (rollout, segment)
         ).fetchall()
-        return dict(rows)
+        return {name: value for name, value in rows if type(value) is int}  # not a stray value
 
     def add_units(self, rollout: str, scope: str, units: Collection[str]) -> list[bool]:
-        """Remember ``units`` in the scope's set; say of each whether it was new (exact)."""
+        """Remember ``units`` in the scope's set; say of each whether it was new (exact).
+
+        The set keeps a 64-bit digest of each unit's text, never the text.
+        """
         new = []
         key = "first:" + scope
         with self._write() as db:
             for unit in units:
                 cursor = db.execute(
-                    "INSERT OR IGNORE INTO units (rollout, scope, unit) VALUES (?, ?, ?)",
-                    (rollout, key, unit),
+                    "INSERT OR IGNORE INTO digests (rollout, scope, digest) VALUES (?, ?, ?)",
+                    (rollout, key, member(unit)),
                 )
                 new.append(cursor.rowcount == 1)
             self._touch(db, rollout, key)
         return new
 
     def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
-        """Add ``units`` to the scope's distinct units; return how many there are (exact)."""
+        """Add ``units`` to the scope's distinct units; return how many there are (exact).
+
+        Exact up to collisions of the 64-bit digests kept (see ``_digest``).
+        """
         key = "distinct:" + scope
-        query = "SELECT count(*) FROM units WHERE rollout = ? AND scope = ?"
+        query = "SELECT count(*) FROM digests WHERE rollout = ? AND scope = ?"
         if not units:  # a read: no write transaction, no commit for the others to notice
             with self._conn() as db:
                 return int(db.execute(query, (rollout, key)).fetchone()[0])
         with self._write() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO units (rollout, scope, unit) VALUES (?, ?, ?)",
-                [(rollout, key, unit) for unit in units],
+                "INSERT OR IGNORE INTO digests (rollout, scope, digest) VALUES (?, ?, ?)",
+                [(rollout, key, member(unit)) for unit in units],
             )
             self._touch(db, rollout, key)
             return int(db.execute(query, (rollout, key)).fetchone()[0])
@@ -417,3 +580,44 @@ class SQLiteStore(SharedStore):
             db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def _digest_units(db: sqlite3.Connection) -> None:
+    """Schema 1 to 2: the units kept as text become the digests that stagedroll now sends.
+
+    Each unit gets the digest of its rollout's key (the history id of its stored state), as
+    the processes of schema 2 compute it, so that a unit counted before the upgrade is not
+    new after it. The table of texts is then dropped.
+    """
+    keys: dict[str, bytes] = {}
+    for name, text in db.execute("SELECT name, state FROM rollouts").fetchall():
+        try:
+            history = load_state(text).history
+        except ValueError:
+            history = ""
+        keys[str(name)] = rollout_key(str(name), history)
+    rows = db.execute("SELECT rollout, scope, unit FROM units").fetchall()
+    db.executemany(
+        "INSERT OR IGNORE INTO digests (rollout, scope, digest) VALUES (?, ?, ?)",
+        [
+            (rollout, scope, member(digest(keys.get(str(rollout)) or rollout_key(str(rollout), ""),
+                                           token(str(unit)))))
+            for rollout, scope, unit in rows
+        ],
+    )  # fmt: skip
+    db.execute("DROP TABLE units")
+
+
+def _register_all(db: sqlite3.Connection) -> None:
+    """Register the states the file holds in ``meta``, with the marker if there are any."""
+    rows = db.execute("SELECT name, state FROM rollouts").fetchall()
+    for name, text in rows:
+        try:
+            history = load_state(text).history
+        except ValueError:
+            history = ""
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                   ("rollout:" + str(name), history))  # fmt: skip
+    if rows:  # a file in use: marked now, quietly (it was not created now)
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)",
+                   (repr(time.time()),))  # fmt: skip

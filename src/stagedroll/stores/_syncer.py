@@ -6,6 +6,12 @@ reads the states of the rollouts this process serves, tells the store's listener
 change, and calls the ``on_refresh`` callbacks (the outcome flushes and automatic steps of
 each :class:`~stagedroll.Rollouts`). The thread holds its store weakly and ends with it; it
 is started again in a forked child, where threads do not survive.
+
+Whatever the callbacks and listeners raise is contained (see ``_listeners``), so the thread
+does not end because of user code. Should it end anyway (an exception raised into it from
+outside, a thread that could not be started), the next call that reaches the store
+(``load``, ``compare_and_set``, ``wake``, ``on_refresh``, so also ``status()`` and
+``tick()``) notices, starts it again, and logs and counts ``store.thread_died``.
 """
 
 from __future__ import annotations
@@ -13,14 +19,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from .._failures import Failures, log
 from .._forksafe import register
 from .._state import Action, RolloutState, Transition, newer, restorable
-from ._codec import load_state
-from ._listeners import Listeners
+from ._codec import check_state, load_state, load_transition
+from ._listeners import Listeners, contained
 from ._protocol import StateListener
 
 RESTORER = "stagedroll"
@@ -29,18 +36,31 @@ RESTORER = "stagedroll"
 __all__ = ["SharedStore"]
 
 _MAX_BACKOFF_S = 30.0
+EMPTY = "the store held no stagedroll data: it is new, or it lost all of it"
+"""What ``store.initialized`` says: the store's marker was missing when a state was written."""
+_GONE = "registered in this store, but no state and no readable history is left"
+
+
+def _record(failures: Failures, event: str, exc: BaseException | None, **fields: object) -> None:
+    """Count and log a failure from the store's thread, where nothing may escape."""
+    try:
+        failures.record(event, exc, **fields)
+    except BaseException as error:  # the last net: nowhere left to report
+        if not contained(error):
+            raise
 
 
 class _Thread:
     """The daemon thread that runs ``owner._cycle()`` every ``interval`` seconds."""
 
-    __slots__ = ("__weakref__", "_owner", "_thread", "_wake", "interval", "name", "pid")
+    __slots__ = ("__weakref__", "_lock", "_owner", "_thread", "_wake", "interval", "name", "pid")
 
     def __init__(self, owner: SharedStore, name: str, interval: float) -> None:
         self._owner = weakref.ref(owner)
         self.name = name
         self.interval = interval
         self._wake = threading.Event()
+        self._lock = threading.Lock()  # one start at a time: a thread starting is not alive yet
         self._thread: threading.Thread | None = None
         self.pid = 0
         register(self)
@@ -48,17 +68,40 @@ class _Thread:
     def _after_fork(self) -> None:
         """In a forked child: the parent's thread is gone; start ours if it ran."""
         self._wake = threading.Event()
+        self._lock = threading.Lock()
         running, self._thread = self._thread is not None, None
         if running:
             self.start()
 
-    def start(self) -> None:
-        """Start the thread unless it runs in this process already."""
-        if self._thread is not None and self.pid == os.getpid():
-            return
-        self.pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+    def start(self, *, only_if_died: bool = False) -> None:
+        """Start the thread unless it runs in this process already; never raises.
+
+        A thread that was started in this process and is no longer alive died: it is
+        started again, and ``store.thread_died`` is logged and counted. ``only_if_died``:
+        start it only in that case (not for the first time).
+        """
+        died = False
+        error: Exception | None = None
+        with self._lock:
+            thread = self._thread
+            if thread is not None and self.pid == os.getpid():
+                if thread.is_alive():
+                    return
+                died = True
+            elif only_if_died:
+                return
+            self.pid = os.getpid()
+            if died:
+                self._wake = threading.Event()  # the dead thread may have left it half-used
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            try:
+                self._thread.start()
+            except Exception as exc:  # RuntimeError: can't start new thread; tried again later
+                error = exc
+        owner = self._owner()
+        if (died or error is not None) and owner is not None:
+            _record(owner.failures, "store.thread_died", error, store=repr(owner),
+                    running=error is None)  # fmt: skip
 
     def wake(self) -> None:
         """Run the next cycle now rather than at the end of the interval."""
@@ -66,7 +109,8 @@ class _Thread:
 
     def stop(self, wait_s: float) -> None:
         """End the thread; wait up to ``wait_s`` for a cycle under way to finish."""
-        thread, self._thread = self._thread, None
+        with self._lock:
+            thread, self._thread = self._thread, None
         self._wake.set()
         if thread is not None and thread is not threading.current_thread() and thread.is_alive():
             thread.join(wait_s)
@@ -75,15 +119,16 @@ class _Thread:
         me = threading.current_thread()
         delay = self.interval
         while True:
-            self._wake.wait(delay)
-            self._wake.clear()
+            wake = self._wake
+            wake.wait(delay)
+            wake.clear()
             owner = self._owner()
             if owner is None or self._thread is not me:
                 return  # the store is gone or closed, or this is a stale thread
             try:
                 ok = owner._cycle()
-            except Exception as exc:  # pragma: no cover - _cycle catches what it expects
-                owner.failures.record("store.refresh_failed", exc, store=repr(owner))
+            except BaseException as exc:  # _cycle contains user code; this is the last net
+                _record(owner.failures, "store.refresh_failed", exc, store=repr(owner))
                 ok = False
             del owner
             # While the backend is down, try less often (up to 30 s), then at the interval.
@@ -110,6 +155,7 @@ class SharedStore:
         self._listeners = Listeners("store.listener_failed", self.failures)
         self._refreshed = Listeners("store.callback_failed", self.failures)
         self._thread = _Thread(self, thread_name, refresh_interval)
+        self._unreadable: dict[str, str] = {}
         self._down = False
         self._closed = False
         register(self)
@@ -122,14 +168,27 @@ class SharedStore:
         """Whether :meth:`close` was called: nothing is refreshed or written any more."""
         return self._closed
 
+    @property
+    def unreadable(self) -> dict[str, str]:
+        """The rollouts whose stored state could not be read when last read, with why.
+
+        A corrupt state (see :meth:`load`) is never served; a rollout leaves this mapping
+        when its state reads again (repaired, or restored).
+        """
+        return dict(self._unreadable)
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
 
     # -- what subclasses provide -------------------------------------------------------------
 
-    def _read_many(self, names: list[str]) -> dict[str, str | bytes | None]:
-        """The stored states of ``names`` as text (``None``: absent); may raise."""
+    def _read_many(self, names: list[str]) -> Mapping[str, object]:
+        """The stored states of ``names`` as text (``None``: absent); may raise.
+
+        A state that cannot be read while the others can (a Redis key of another type) is
+        given as the exception that reading it raised.
+        """
         raise NotImplementedError
 
     def _put_if_lost(self, rollout: str, state: RolloutState, transition: Transition) -> bool:
@@ -139,18 +198,100 @@ class SharedStore:
         """
         raise NotImplementedError
 
+    def _traces(self, rollout: str) -> tuple[str | None, object]:
+        """What the store still holds of a rollout whose state is missing; may raise.
+
+        The history id under which the store registered it (``None``: never registered),
+        and the newest history entry as text (``None``: no history).
+        """
+        raise NotImplementedError
+
+    def _loaded(self, rollout: str, state: RolloutState) -> None:
+        """Called when :meth:`load` read a state (Redis registers it once per process)."""
+
     # -- reading ------------------------------------------------------------------------------
 
     def load(self, rollout: str) -> RolloutState | None:
         """Return the rollout's state, or ``None``; the rollout is refreshed from now on.
 
-        Raises ``ValueError`` for a stored state that cannot be read.
+        Raises ``ValueError`` for a stored state that cannot be read or is out of range (a
+        corrupt state: never served, never overwritten by a start). A rollout whose state
+        is missing while the store shows it existed (its history, or its registration) was
+        lost: it is restored from its newest history entry when there is one, and
+        ``store.state_lost`` is logged and counted.
         """
         self._seen(rollout, None)
-        text = self._read_many([rollout])[rollout]
-        state = load_state(text) if text is not None else None
+        raw = self._read_many([rollout]).get(rollout)
+        try:
+            if raw is None:
+                state = self._recover(rollout)
+            else:
+                state = self._decode(rollout, raw)
+                self._loaded(rollout, state)
+        except ValueError as exc:
+            self._unreadable[rollout] = str(exc)
+            raise
+        self._unreadable.pop(rollout, None)
         self._seen(rollout, state)
         return state
+
+    @staticmethod
+    def _decode(rollout: str, raw: object) -> RolloutState:
+        """The state read for ``rollout``; ``ValueError`` naming it when it is corrupt."""
+        if isinstance(raw, BaseException):
+            raise ValueError(f"the stored state of {rollout!r} cannot be read: {raw}")
+        try:
+            return load_state(raw)
+        except ValueError as exc:
+            raise ValueError(f"corrupt stored state of {rollout!r}: {exc}") from None
+
+    def _entries(self, rollout: str, texts: Iterable[object]) -> list[Transition]:
+        """The history entries that can be read; the others are skipped, counted, logged."""
+        entries = []
+        for text in texts:
+            entry = self._entry(rollout, text)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def _entry(self, rollout: str, text: object) -> Transition | None:
+        try:
+            return load_transition(text)
+        except ValueError as exc:
+            self.failures.record("store.decode_failed", rollout=rollout, what="history",
+                                 error=str(exc))  # fmt: skip
+            return None
+
+    def _recover(self, rollout: str) -> RolloutState | None:
+        """The state of a rollout the store has no state for, restored if it was lost.
+
+        Nothing left of it: ``None`` (a new rollout, or one lost with every trace). Its
+        registration without a history: counted as lost, ``None`` (it starts again at its
+        first stage). A history: the state of its newest entry, written back at the next
+        version in a new epoch of evidence, unless another process wrote first.
+        """
+        registered, newest = self._traces(rollout)
+        if registered is None and newest is None:
+            return None
+        entry = None
+        if newest is not None:
+            try:
+                entry = load_transition(newest)
+            except ValueError:
+                entry = None
+        restored = None if entry is None else _from_history(entry, registered)
+        if restored is None:
+            self.failures.record("store.state_lost", rollout=rollout, restored=False, why=_GONE)
+            return None
+        start = Transition(rollout, Action.START, restored.stage, restored.stage, None,
+                           restored.status, restored.version, time.time(), restored.reason,
+                           RESTORER)  # fmt: skip
+        if self._put_if_lost(rollout, restored, start):
+            self.failures.record("store.state_lost", rollout=rollout, restored=True,
+                                 version=restored.version, stage=restored.stage,
+                                 status=str(restored.status), source="history")  # fmt: skip
+        raw = self._read_many([rollout]).get(rollout)
+        return self._decode(rollout, raw) if raw is not None else None
 
     def _seen(self, rollout: str, state: RolloutState | None) -> None:
         """Refresh ``rollout`` from now on; ``state`` is what this process knows of it."""
@@ -172,10 +313,11 @@ class SharedStore:
         """Read the states now and tell the listeners of changes; return whether it worked.
 
         The background thread calls this every ``refresh_interval``; failures are logged
-        and counted (``store.refresh_failed``), never raised. A state that cannot be read is
-        skipped (``store.decode_failed``): the others still refresh. When the store has
-        lost a state (it is missing, or older than one this process read from it: the
-        backend lost data), this process writes back what it knew (``store.state_lost``).
+        and counted (``store.refresh_failed``), never raised. A state that cannot be read,
+        or is out of range, is skipped (``store.decode_failed``): the others still refresh.
+        When the store has lost a state (it is missing, or older than one this process read
+        from it: the backend lost data), this process writes back what it knew
+        (``store.state_lost``).
         """
         if self._closed:
             return False
@@ -192,13 +334,15 @@ class SharedStore:
         if self._down:
             self._down = False
             log("info", "store.recovered", store=repr(self))
-        for name, text in texts.items():
-            known = names[name]  # as before the read: the store cannot be behind it
+        for name, known in names.items():  # known: as before the read, the store is not behind
             try:
-                state = load_state(text) if text is not None else None
-            except ValueError as exc:
-                self.failures.record("store.decode_failed", exc, rollout=name)
+                raw = texts.get(name)
+                state = self._decode(name, raw) if raw is not None else None
+            except Exception as exc:  # ValueError: one corrupt state; the others go on
+                self._unreadable[name] = str(exc)
+                self.failures.record("store.decode_failed", rollout=name, error=str(exc))
                 continue
+            self._unreadable.pop(name, None)
             if known is not None and restorable(known, state):
                 self._restore(name, known, state)
                 continue
@@ -232,7 +376,8 @@ class SharedStore:
         if restored:
             self.failures.record("store.state_lost", rollout=name, version=known.version,
                                  stored=stored.version if stored is not None else None,
-                                 stage=known.stage, status=str(known.status))  # fmt: skip
+                                 stage=known.stage, status=str(known.status),
+                                 source="this process")  # fmt: skip
 
     def _cycle(self) -> bool:
         ok = self.refresh()
@@ -252,7 +397,9 @@ class SharedStore:
             self._thread.start()
 
     def wake(self) -> None:
-        """Run the next background refresh now."""
+        """Run the next background refresh now (starting the thread again if it died)."""
+        if not self._closed:
+            self._thread.start(only_if_died=True)
         self._thread.wake()
 
     def _stop(self) -> None:
@@ -261,3 +408,29 @@ class SharedStore:
         self._thread.stop(wait_s=5.0)
         self._listeners.clear()
         self._refreshed.clear()
+
+
+def _from_history(entry: Transition, registered: str | None) -> RolloutState | None:
+    """The state to restore from a lost rollout's newest history entry (``None``: unusable).
+
+    It has the entry's stage and status at the next version, which begins a new epoch of
+    evidence (the epoch in force then is not in the entry; a new one never counts an event
+    twice), under the registered history id when the store kept it.
+    """
+    version = entry.version + 1
+    state = RolloutState(
+        stage=entry.to_stage,
+        status=entry.to_status,
+        since=time.time(),
+        version=version,
+        reason=f"restored from the history (version {entry.version}): the store had lost "
+        "this state",
+        actor=RESTORER,
+        epoch=version,
+        history=registered or uuid.uuid4().hex,
+    )
+    try:
+        check_state(state)
+    except ValueError:
+        return None
+    return state
