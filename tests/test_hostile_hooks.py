@@ -11,8 +11,7 @@ import asyncio
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +19,7 @@ from conftest import plain_policy
 from stagedroll import Rollouts, Status, TransitionEvent
 from stagedroll._failures import Failures
 from stagedroll._hooks import Hooks
-from test_store_contract import Backend, _backend
+from test_store_contract import Backend, _backend_fixture  # noqa: F401 - the fixture
 
 UNITS = [f"user-{i}" for i in range(4000)]
 
@@ -50,15 +49,6 @@ HOSTILE: dict[str, Callable[[TransitionEvent], None]] = {
     "custom BaseException": raises_custom,
     "GeneratorExit": raises_generator_exit,
 }
-
-
-@pytest.fixture(name="backend", params=["memory", "sqlite", "redis"])
-def _backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    backend = _backend(request.param, request, tmp_path)
-    try:
-        yield backend
-    finally:
-        backend.close()
 
 
 def policy() -> dict[str, object]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import structlog
 
 from stagedroll import Reason, Rollouts, Status
-from test_store_contract import Backend, _backend
+from test_store_contract import Backend, _backend_fixture  # noqa: F401 - the fixture
 
 INTERVAL = 0.01
 UNITS = [f"user-{i}" for i in range(200)]
@@ -78,15 +78,6 @@ SAVES: dict[str, Callable[[Path, str], None]] = {
     "write-then-rename": write_then_rename,
     "missing-last-table": missing_last_table,
 }
-
-
-@pytest.fixture(name="backend", params=["memory", "sqlite", "redis"])
-def _backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    backend = _backend(request.param, request, tmp_path)
-    try:
-        yield backend
-    finally:
-        backend.close()
 
 
 @pytest.fixture(name="path")

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from stagedroll import (
 from stagedroll.stores import RedisStore, store_from_url
 from stagedroll.stores._codec import dump_state
 from stagedroll.stores._digest import digest, rollout_key, token
-from test_store_contract import Backend, _backend
+from test_store_contract import Backend, _shared  # noqa: F401 - _shared: the fixture
 
 DEADLINE_S = 30.0
 """How long a test waits for the background refresh (generous: shared, noisy machines)."""
@@ -83,16 +83,6 @@ def wait_for(condition: Callable[[], object], what: str, *, store: Any = None) -
         if store is not None:
             store.wake()
         time.sleep(0.01)
-
-
-@pytest.fixture(name="shared", params=["sqlite", "redis"])
-def _shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """SQLite (a file under tmp_path) or the real Redis (a prefix of the test's own)."""
-    backend = _backend(request.param, request, tmp_path)
-    try:
-        yield backend
-    finally:
-        backend.close()
 
 
 def stored_bytes(backend: Backend, tmp_path: Path) -> bytes:
