@@ -828,3 +828,17 @@ class TestEscaping:
         EscapingWriter(stream).write("café\n")
         stream.flush()
         assert raw.getvalue() == b"caf\\xe9\n"
+
+    def test_an_actor_cannot_forge_a_line_of_an_error(
+        self, cli: Cli, policy_file: Path, tmp_path: Path
+    ) -> None:
+        """A refusal that quotes a hostile actor stays one line on standard error."""
+        store = f"sqlite:///{tmp_path / 'state.db'}"
+        forged = "mallory\nstagedroll: new-checkout: unfreeze at canary by alice\x1b[2J"
+        common = ["--policy", str(policy_file), "--store", store, "--reason", "x"]
+        assert cli("freeze", "new-checkout", "--actor", forged, *common).code == 0
+        again = cli("freeze", "new-checkout", "--actor", "bob", *common)
+        assert again.code == 1
+        assert again.err.count("\n") == 1
+        assert "by mallory\\x0astagedroll: " in again.err
+        assert "\x1b" not in again.err

@@ -1084,11 +1084,40 @@ class TestTrack:
         assert rollouts.status("billing").targeted.calls == 1
 
 
+class HostileFloat(float):
+    """A latency whose comparisons raise."""
+
+    def __ge__(self, other: object) -> bool:
+        raise RuntimeError("no comparing me")
+
+
 class TestReport:
     @pytest.mark.parametrize(
         "latency",
-        ["0.12", float("nan"), -1.0, float("inf"), True, 2**2000, -(2**2000), 10**5000, object()],
-        ids=["str", "nan", "negative", "inf", "bool", "2**2000", "-2**2000", "10**5000", "object"],
+        [
+            "0.12",
+            float("nan"),
+            -1.0,
+            float("inf"),
+            True,
+            2**2000,
+            -(2**2000),
+            10**5000,
+            object(),
+            HostileFloat(0.1),
+        ],
+        ids=[
+            "str",
+            "nan",
+            "negative",
+            "inf",
+            "bool",
+            "2**2000",
+            "-2**2000",
+            "10**5000",
+            "object",
+            "hostile float",
+        ],
     )
     def test_a_bad_latency_is_dropped_not_kept(self, full: Rollouts, latency: object) -> None:
         """A latency that is no finite, non-negative number is dropped and counted."""

@@ -11,9 +11,11 @@ import asyncio
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import pytest
+import structlog
 
 from conftest import plain_policy
 from stagedroll import Rollouts, Status, TransitionEvent
@@ -127,3 +129,59 @@ class TestKeyboardInterrupt:
         thread.start()
         thread.join()
         assert failures.count("hook.failed") == 1
+
+
+class TestHostileProcessors:
+    def test_a_processor_interrupting_a_worker_thread_is_contained(self) -> None:
+        """A structlog processor raising ``KeyboardInterrupt`` off the main thread is contained."""
+
+        def interrupting(logger: object, method: str, event: MutableMapping[str, Any]) -> str:
+            raise KeyboardInterrupt
+
+        worker = Rollouts(plain_policy(10, 50))
+
+        @worker.guard("checkout", fallback=lambda unit: "old", unit=lambda unit: unit)
+        def new(unit: str) -> str:
+            raise RuntimeError("a bug in the new path")
+
+        answers: list[str] = []
+        errors: list[BaseException] = []
+
+        def call_all() -> None:
+            try:
+                answers.extend(new(unit) for unit in UNITS)
+            except BaseException as exc:
+                errors.append(exc)
+
+        structlog.configure(processors=[interrupting])
+        try:
+            thread = threading.Thread(target=call_all)
+            thread.start()
+            thread.join()
+        finally:
+            structlog.reset_defaults()
+        assert errors == []
+        assert set(answers) == {"old"}
+        assert worker["checkout"].state.status is Status.ROLLED_BACK
+
+    def test_an_async_hook_interrupting_is_counted(self) -> None:
+        """An async hook's own ``KeyboardInterrupt`` is its failure: the loop goes on."""
+
+        async def interrupting(event: TransitionEvent) -> None:
+            raise KeyboardInterrupt
+
+        seen: list[TransitionEvent] = []
+
+        async def later(event: TransitionEvent) -> None:
+            seen.append(event)
+
+        worker = Rollouts(plain_policy(10, 50), on_transition=[interrupting, later])
+
+        async def on_a_loop() -> None:
+            worker.freeze("checkout", actor="op")
+            worker.unfreeze("checkout", actor="op")
+            await asyncio.sleep(0.01)
+
+        asyncio.run(on_a_loop())
+        assert worker.failures.count("hook.failed") == 2
+        assert len(seen) == 2

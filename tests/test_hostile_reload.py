@@ -181,8 +181,10 @@ class TestEditorSaves:
 class TestRemovedRollout:
     def removed(self, path: Path, rollouts: Rollouts) -> None:
         path.write_text(A_TABLE)
-        time.sleep(INTERVAL * 2)
-        rollouts.decide("a", "x")
+        deadline = time.monotonic() + 10  # a shared store's thread reloads: poll for it
+        while rollouts.removed != ["b"] and time.monotonic() < deadline:
+            time.sleep(INTERVAL)
+            rollouts.decide("a", "x")
         assert rollouts.removed == ["b"]
 
     def test_a_removed_rollout_routes_every_call_to_the_old_path(self, path: Path) -> None:
@@ -258,3 +260,50 @@ FULL_POLICY = {
         "b": {"stages": [{"name": "half", "percent": 50}, {"name": "all", "percent": 100}]},
     }
 }
+
+
+class TestReloadRaces:
+    def test_a_pattern_cannot_come_back_changed(self, path: Path) -> None:
+        """Removed by one save, back as a shadow in the next: refused, as a direct change is."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        guarded(rollouts)
+        path.write_text(A_TABLE)
+        time.sleep(INTERVAL * 2)
+        rollouts.decide("a", "x")
+        assert rollouts.removed == ["b"]
+        path.write_text(FULL + 'pattern = "shadow"\n')
+        time.sleep(INTERVAL * 2)
+        rollouts.decide("a", "x")
+        assert "b" not in rollouts
+        assert rollouts["b"].policy.pattern is None
+        assert "pattern" in (rollouts.status("a").pending_policy or "")
+
+    def test_every_listed_rollout_has_a_handle_during_reloads(self, path: Path) -> None:
+        """Threads listing the rollouts while reloads add some never meet an unknown name."""
+        rollouts = Rollouts.from_file(path, reload_interval=0.001)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def lister() -> None:
+            try:
+                while not stop.is_set():
+                    for name in list(rollouts):
+                        rollouts[name].state  # noqa: B018 - the lookup is the test
+                    rollouts.decide("a", "x")  # and reload now and then
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=lister) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for i in range(30):
+            extra = "".join(
+                f'\n[rollouts.c{i}_{j}]\nstages = [{{ name = "s", percent = 5 }}]\n'
+                for j in range(5)
+            )
+            write_then_rename(path, FULL + extra)
+            time.sleep(0.003)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert errors == []

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_ALIASES",
     "MAX_BYTES_VARIABLE",
     "MAX_DEPTH",
+    "MAX_NODES",
     "Format",
     "Part",
     "Refused",
@@ -51,6 +52,7 @@ __all__ = [
     "parse_document",
     "read_document",
     "render",
+    "too_many_nodes",
 ]
 
 Format = Literal["toml", "json", "yaml"]
@@ -63,8 +65,21 @@ MAX_DEPTH = 64
 """Tables and lists nest at most this deep (the root table is level 1)."""
 MAX_ALIASES = 1_000
 """YAML aliases (``*name``) in one document, at most."""
-MAX_ALIASED_NODES = 100_000
+MAX_ALIASED_NODES = 10_000
 """The nodes that the YAML aliases of one document stand for, together, at most."""
+MAX_NODES = 50_000
+"""The values (tables, lists and scalars) of one document, at most: validating and
+compiling a policy costs time on the thread that reloads it, about 10 µs a value."""
+
+
+def too_many_nodes(line: int | None = None) -> str:
+    """The problem of a document with more than :data:`MAX_NODES` values."""
+    where = f" (line {line})" if line is not None else ""
+    return (
+        f"more than {MAX_NODES:,} values{where}: a policy this large takes too long to "
+        "validate on the thread that loads it"
+    )
+
 
 _OPEN_FLAGS = (
     os.O_RDONLY
@@ -401,6 +416,7 @@ def check_document(data: object) -> list[PolicyProblem]:
     # (value, depth, parent entry, key): the path is rebuilt only when a problem needs it.
     Entry = tuple[object, int, Any, Part]
     stack: list[Entry] = [(data, 1, None, "")]
+    nodes = 1
     while stack:
         entry = stack.pop()
         value, depth = entry[0], entry[1]
@@ -410,6 +426,9 @@ def check_document(data: object) -> list[PolicyProblem]:
             items = enumerate(value)
         else:
             continue
+        nodes += len(value)
+        if nodes > MAX_NODES:
+            return [PolicyProblem("", too_many_nodes())]
         if depth > MAX_DEPTH:
             where = _entry_path(entry)
             message = f"nested deeper than {MAX_DEPTH} levels"

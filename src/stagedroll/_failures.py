@@ -14,23 +14,34 @@ import structlog
 
 from ._forksafe import register
 
-__all__ = ["Failures", "log"]
+__all__ = ["Failures", "contained", "log"]
 
 _log = structlog.get_logger("stagedroll")
+
+
+def contained(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by user code (a hook, a processor), is contained, not raised.
+
+    Everything is, except ``KeyboardInterrupt`` on the main thread: that is the user
+    pressing Ctrl-C while the code ran, not its failure, and swallowing it would make the
+    process impossible to interrupt.
+    """
+    return not (
+        isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
+    )
 
 
 def log(level: str, event: str, **fields: object) -> None:
     """Log through structlog; a broken logging setup must not break the host, so never raise.
 
-    A processor that raises anything (``SystemExit`` included) is contained, except
-    ``KeyboardInterrupt`` (Ctrl-C while it ran), which is not the processor's failure.
+    A processor that raises anything (``SystemExit`` included) is contained, as a hook is
+    (:func:`contained`).
     """
     try:
         getattr(_log, level)(event, **fields)
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # nowhere left to report a broken logger
-        return
+    except BaseException as exc:  # nowhere left to report a broken logger
+        if not contained(exc):
+            raise
 
 
 class Failures:

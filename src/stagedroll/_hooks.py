@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from ._failures import Failures
+from ._failures import Failures, contained
 from ._forksafe import register
 from ._state import Action, Status, Transition
 
@@ -76,16 +75,6 @@ class TransitionEvent:
 
 
 Hook: TypeAlias = Callable[[TransitionEvent], "Awaitable[None] | None"]
-
-
-def contained(exc: BaseException) -> bool:
-    """Whether user code's ``exc`` is logged and counted rather than raised on.
-
-    Everything is, except ``KeyboardInterrupt`` on the main thread (Ctrl-C).
-    """
-    return not (
-        isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
-    )
 
 
 class Hooks:
@@ -149,10 +138,8 @@ class Hooks:
                 await awaitable
             except asyncio.CancelledError:
                 raise  # the task itself was cancelled (its loop is closing): let it end
-            except BaseException as exc:
-                if not contained(exc):
-                    raise
-                self._failed(exc, event)
+            except BaseException as exc:  # Ctrl-C reaches a loop as a cancellation: this is
+                self._failed(exc, event)  # the hook's own raise, even on the main thread
 
         loop = self._remember_loop()
         if loop is not None:

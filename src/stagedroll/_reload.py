@@ -14,7 +14,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from ._policy import Policy, policy_from_bytes
 from .exceptions import PolicyError
 
 if TYPE_CHECKING:
+    from ._rollout import Rollout
     from ._rollouts import Rollouts
 
 __all__ = ["PolicyFile", "apply_changes", "kill_list"]
@@ -173,12 +174,11 @@ def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
     def apply(policy: Policy) -> None:
         try:
             policy.check_environment(owner.environment)
-            _check_patterns(owner.policy, policy)
+            _check_patterns(owner._rollouts, policy)
             plans = owner._compile(policy)
         except Exception as exc:
             file.applied(str(exc))
             return
-        owner.policy = policy  # first: starting a new rollout reads its first stage here
         handles = dict(owner._rollouts)
         for name, plan in plans.items():
             current = handles.get(name)
@@ -191,7 +191,11 @@ def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
                 owner._unstarted.add(name)
                 handles[name] = Rollout(owner, plan, unknown_state(owner.clock()))
             else:
-                handles[name] = Rollout(owner, plan, owner._start(name))
+                handles[name] = Rollout(owner, plan, owner._start(name, policy))
+        # The handles first, then the policy (which names the rollouts): a reader that lists
+        # the rollouts of either policy finds a handle for each name.
+        owner._rollouts = handles
+        owner.policy = policy
         for name, handle in handles.items():
             if name in plans or handle._plan.removed:
                 continue
@@ -202,22 +206,23 @@ def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
                 guards=handle._bound, stage=state.stage, status=str(state.status),
                 version=state.version, serving="the old path for every call; the stored "
                 "state stays, and kill, freeze and status still reach it")  # fmt: skip
-        owner._rollouts = handles  # one assignment: a reader sees the old set or the new
 
     file.check(apply)
 
 
-def _check_patterns(old: Policy, new: Policy) -> None:
+def _check_patterns(handles: Mapping[str, Rollout], new: Policy) -> None:
     """Refuse a policy that changes the ``pattern`` of a rollout this process serves.
 
     The code built on a rollout (a shadow, a migration, a guard) records its calls for
     that pattern: another one would judge them at the wrong share. Removing such a rollout
     is refused too: a migration that lost its plan would fall back to its old store, which
-    has missed the writes since ``live``.
+    has missed the writes since ``live``. The handles are compared, not the last policy: a
+    rollout that a reload removed and the next one brings back is the same handle.
     """
-    for name, before in old.rollouts.items():
+    for name, handle in handles.items():
+        before = handle.policy
         after = new.rollouts.get(name)
-        if after is None and before.pattern is not None:
+        if after is None and before.pattern is not None and not handle._plan.removed:
             raise ValueError(
                 f"rollouts.{name}: cannot remove a rollout with pattern = {before.pattern!r} "
                 "from a running process (restart it with the new policy)"

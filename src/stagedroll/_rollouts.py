@@ -130,7 +130,8 @@ class Rollouts:
         self.removed: list[str] = []
         """Rollouts that a reloaded policy no longer has: their handles (and the guards built
         on them) take the old path for every call, and their stored state stays."""
-        self._rollouts: dict[str, Rollout] = {
+        self._rollouts: dict[str, Rollout] = {}  # one handle per name, for life
+        self._rollouts = {
             name: Rollout(self, plan, self._start(name))
             for name, plan in self._compile(self.policy).items()
         }
@@ -153,16 +154,18 @@ class Rollouts:
         """Load the policy at ``path`` (TOML, JSON or YAML) and bind it.
 
         With ``reload_interval`` (seconds), a change of the file is noticed by the calls
-        that come (``decide``, ``track``, ``report``, guarded calls now and then, ``status``,
-        ``tick``, and a SQLite or Redis store's refresh), at most that often, with no
-        thread, and the new policy is swapped in whole. A file that does not validate is
-        not applied: the last good policy keeps serving, the problems are logged once, and
-        ``status()`` shows them (``pending_policy``). The stored state (stage, freeze) is
-        kept; a rollout whose policy changed starts its outcome counters afresh. One the file
-        no longer has is listed in :attr:`removed` and logged: its guards send every call to
-        the old path, its state is kept, and ``kill``, ``freeze`` and ``status`` still work
-        on it. A file with no ``rollouts`` table is refused (a save caught half-written);
-        save the file atomically all the same (write a temporary file, then rename it).
+        that come (``decide``, ``track``, ``report``, guarded calls now and then,
+        ``status``, ``tick``), at most that often, with no thread, and the new policy is
+        swapped in whole. With a SQLite or Redis store, the store's refresh thread looks
+        instead of the service's calls (and ``status`` and ``tick``), so no call waits on a
+        reload. A file that does not validate is not applied: the last good policy keeps
+        serving, the problems are logged once, and ``status()`` shows them
+        (``pending_policy``). The stored state (stage, freeze) is kept; a rollout whose
+        policy changed starts its outcome counters afresh. One the file no longer has is
+        listed in :attr:`removed` and logged: its guards send every call to the old path,
+        its state is kept, and ``kill``, ``freeze`` and ``status`` still work on it. A file
+        with no ``rollouts`` table is refused (a save caught half-written); save the file
+        atomically all the same (write a temporary file, then rename it).
         """
         return cls(Path(path), store=store, environment=environment, clock=clock,
                    on_transition=on_transition, reload_interval=reload_interval,
@@ -175,12 +178,21 @@ class Rollouts:
         for name in killed:
             if name in plans:
                 plans[name].killed = True
-            else:
+            elif name not in self._rollouts:  # a rollout a reload removed is no typo
                 log("warning", "rollout.unknown", rollout=name, source="STAGEDROLL_KILL")
         return plans
 
     def _reload(self) -> None:
-        """Apply the policy file if it changed and validates; never raises."""
+        """On a caller's call: apply the policy file if it changed and validates; never raises.
+
+        Not with a store shared by processes: its refresh thread reloads instead, so that
+        no call of the service waits while a policy is read, validated and compiled.
+        """
+        if self._file is not None and not self._pooled and self._file.due():
+            apply_changes(self, self._file)
+
+    def _reload_here(self) -> None:
+        """Apply the policy file if it changed (the store's thread, ``tick``, ``status``)."""
         if self._file is not None and self._file.due():
             apply_changes(self, self._file)
 
@@ -211,12 +223,13 @@ class Rollouts:
     def __repr__(self) -> str:
         return f"<Rollouts {sorted(self)} environment={self.environment!r}>"
 
-    def _start(self, name: str) -> RolloutState:
+    def _start(self, name: str, policy: Policy | None = None) -> RolloutState:
         """Load a rollout's state; record its start if the store has never seen it.
 
         When the store fails, the rollout serves 0 % (the stable path) until the store
         answers: the store's background refresh, ``tick``, ``status`` or a transition tries
-        again.
+        again. ``policy`` is the one a reload is applying (it names the first stage in the
+        log), by default the one in force.
         """
         try:
             state = self.store.load(name)
@@ -228,7 +241,7 @@ class Rollouts:
                 entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
                                    started.since, actor="stagedroll")  # fmt: skip
                 if self.store.compare_and_set(name, 0, started, entry):
-                    known = self.policy.rollouts.get(name)  # None: a reload removed it
+                    known = (policy or self.policy).rollouts.get(name)  # None: removed
                     stage = known.stages[0].name if known is not None else None
                     log("info", EVENTS[Action.START], rollout=name, stage=stage)
                     state = started
@@ -251,7 +264,7 @@ class Rollouts:
 
         Runs on the store's thread (stores shared by processes), never on a caller's.
         """
-        self._reload()
+        self._reload_here()
         unreadable: Mapping[str, str] = getattr(self.store, "unreadable", {})
         for rollout in list(self._rollouts.values()):
             if getattr(self.store, "closed", False):
@@ -592,7 +605,7 @@ class Rollouts:
         Steps are otherwise taken as outcomes arrive; ``tick`` is for a process that may be
         idle when a bake time ends (call it from a scheduler or a health-check endpoint).
         """
-        self._reload()
+        self._reload_here()
         made = []
         for rollout in list(self._rollouts.values()):
             self._restart(rollout)
@@ -621,7 +634,7 @@ class Rollouts:
 
     def status(self, name: str) -> RolloutStatus:
         """Where rollout ``name`` stands, read afresh from the store, with its evidence."""
-        self._reload()
+        self._reload_here()
         rollout = self[name]
         self._restart(rollout)
         self._load(name)

@@ -49,11 +49,22 @@ class PolicyProblem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
+_SHOWN_PROBLEMS = 50
+"""Problems a :class:`PolicyError`'s message lists; :attr:`PolicyError.problems` has all."""
+_SHOWN_CHARACTERS = 500
+
+
+def _clipped(text: str) -> str:
+    if len(text) <= _SHOWN_CHARACTERS:
+        return text
+    return f"{text[: _SHOWN_CHARACTERS - 3]}... ({len(text):,} characters)"
+
+
 class PolicyError(StagedrollError, ValueError):
     """Raised when a policy cannot be read or is invalid.
 
-    The message lists every problem found, one per line; :attr:`problems` holds them
-    as :class:`PolicyProblem` values for programs.
+    The message lists the problems found, one per line (the first 50, each cut to 500
+    characters); :attr:`problems` holds them all as :class:`PolicyProblem` values.
     """
 
     def __init__(self, problems: Sequence[PolicyProblem], *, source: str | None = None) -> None:
@@ -62,7 +73,11 @@ class PolicyError(StagedrollError, ValueError):
         where = f" in {source}" if source else ""
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''}{where}:"
-        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+        # The message is logged and kept (status().pending_policy): bounded, whatever came.
+        lines = [f"  {_clipped(str(p))}" for p in self.problems[:_SHOWN_PROBLEMS]]
+        if count > _SHOWN_PROBLEMS:
+            lines.append(f"  ... and {count - _SHOWN_PROBLEMS:,} more (see .problems)")
+        super().__init__("\n".join([head, *lines]))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled whole (a multiprocessing worker's error comes back as it was raised).

@@ -43,10 +43,15 @@ _EXIT_CODES = """exit codes:
 
 
 class CliError(Exception):
-    """An expected failure of a command: one line for stderr, and the exit code."""
+    """An expected failure of a command: its lines for stderr, and the exit code.
 
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
+    ``message`` is one line, or a list of them (a policy's problems); each is printed with
+    its own newlines escaped, so that text it quotes cannot forge a line.
+    """
+
+    def __init__(self, message: str | list[str], code: int) -> None:
+        self.lines = message if isinstance(message, list) else [message]
+        super().__init__("\n".join(self.lines))
         self.code = code
 
 
@@ -91,7 +96,7 @@ class Context:
         except PolicyError as exc:
             from ._offline import problem_lines  # noqa: PLC0415 - the validate command's renderer
 
-            raise CliError("\n".join(problem_lines(exc, text)), FINDING) from None
+            raise CliError(problem_lines(exc, text), FINDING) from None
         try:
             policy.check_environment(self.environment())
         except PolicyError as exc:
@@ -309,11 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(args, out, err)
     run: Command = args.run
     verbose = bool(getattr(args, "verbose", False))
+    message: str | list[str]
     try:
         with _logging(verbose, err), ctx.cleanup:
             return run(ctx)
     except CliError as exc:
-        message, code = str(exc), exc.code
+        message, code = exc.lines, exc.code
     except UnknownRolloutError as exc:
         message, code = str(exc), USAGE
     except TransitionError as exc:
@@ -323,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except PolicyError as exc:
         from ._offline import problem_lines  # noqa: PLC0415 - the validate command's renderer
 
-        message, code = "\n".join(problem_lines(exc)), FINDING
+        message, code = problem_lines(exc), FINDING
     except MissingExtraError as exc:
         message, code = str(exc), USAGE
     except KeyboardInterrupt:
@@ -334,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         name = type(exc).__name__
         shown = str(exc) if len(str(exc)) <= 300 else str(exc)[:297] + "..."
         message, code = f"internal error ({name}: {shown}); please report it", INTERNAL
-    lines = "\n".join(printable(line) for line in message.split("\n"))
+    # One line per policy problem; any other message is one line, its own newlines escaped
+    # (an actor or a reason it quotes must not forge a line).
+    parts = message if isinstance(message, list) else [message]
+    lines = "\n".join(printable(line) for line in parts)
     err.write(f"stagedroll: {lines}\n")
     return code

@@ -16,17 +16,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .._failures import Failures
+from .._failures import Failures, contained
 from .._forksafe import register
 
-__all__ = ["Listeners", "contained"]
-
-
-def contained(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by user code, is logged and counted rather than raised on."""
-    return not (
-        isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread()
-    )
+__all__ = ["Listeners"]
 
 
 def _ref(callback: Callable[..., Any]) -> Callable[[], Callable[..., Any] | None]:

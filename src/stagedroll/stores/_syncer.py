@@ -23,11 +23,11 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
-from .._failures import Failures, log
+from .._failures import Failures, contained, log
 from .._forksafe import register
 from .._state import Action, RolloutState, Transition, newer, restorable
 from ._codec import check_state, load_state, load_transition
-from ._listeners import Listeners, contained
+from ._listeners import Listeners
 from ._protocol import StateListener
 
 RESTORER = "stagedroll"
