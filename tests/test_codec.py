@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from stagedroll import Action, RolloutState, Status, Transition
 from stagedroll.stores._codec import (
+    MAX_READ_VERSION,
     MAX_STAGE,
     MAX_VERSION,
     dump_state,
@@ -24,7 +25,7 @@ from stagedroll.stores._codec import (
 finite = st.floats(allow_nan=False, allow_infinity=False)
 evidence_values = st.one_of(st.none(), st.integers(), finite, st.text())
 
-states = st.integers(min_value=1, max_value=MAX_VERSION).flatmap(
+states = st.integers(min_value=1, max_value=MAX_READ_VERSION).flatmap(
     lambda version: st.builds(
         RolloutState,
         stage=st.integers(min_value=-1, max_value=MAX_STAGE),
@@ -339,3 +340,11 @@ class TestTotal:
         """Any bytes (Redis holds bytes) load as a state or raise ValueError, nothing else."""
         with contextlib.suppress(ValueError):
             load_state(data)
+
+
+class TestVersionRoom:
+    def test_a_version_with_no_room_for_a_transition_is_refused(self) -> None:
+        """A version set near the top (past 2**52) is refused, not served with no room left."""
+        text = json.dumps({"stage": 0, "status": "running", "since": 1.0, "version": 2**52 + 1})
+        with pytest.raises(ValueError, match="no room"):
+            load_state(text)

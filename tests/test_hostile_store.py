@@ -314,6 +314,61 @@ class TestCorruptStates:
         assert not any(newcomer.enabled("bad", u) for u in PADDING)
         assert newcomer["good"].state.status is Status.KILLED
 
+    @pytest.mark.parametrize(
+        "field", [7, 0, "garbage", None], ids=["other", "zero", "text", "gone"]
+    )
+    def test_a_version_field_that_disagrees_is_corrupt(
+        self, shared: Backend, field: object
+    ) -> None:
+        """The version the store compares, changed behind its back, is a corrupt state: the
+        worker serves the old path for it (every transition would fail) and the other
+        rollout's kill still arrives."""
+        worker_store = shared.make_shared(refresh_interval=FAST)
+        worker = Rollouts(PAIR, store=worker_store)
+        store = shared.make_shared()
+        if isinstance(store, SQLiteStore):
+            import sqlite3
+
+            if field is None:
+                pytest.skip("the SQLite column is NOT NULL")
+            with sqlite3.connect(store.path) as db:
+                db.execute("UPDATE rollouts SET version = ? WHERE name = 'bad'", (field,))
+        else:
+            key = f"{store.prefix}:{{bad}}:state"
+            if field is None:
+                store.client.hdel(key, "v")
+            else:
+                store.client.hset(key, "v", str(field))
+        wait_for(lambda: worker["bad"].state.version == 0, "the old path for bad")
+        assert "version field" in worker_store.unreadable["bad"]
+        with pytest.raises(StoreError, match="version field"):
+            worker.kill("bad", actor="op")
+        Rollouts(PAIR, store=store).kill("good", reason="incident", actor="op")
+        wait_for(lambda: worker["good"].state.status is Status.KILLED, "the kill of good")
+
+    def test_nothing_is_pooled_while_suspended(self, shared: Backend) -> None:
+        """Outcomes reported while the state is unreadable are not pooled under a key of no
+        history: after the repair, a unit's first error counts once."""
+        policy = {"rollouts": {"a": {"stages": [{"name": "half", "percent": 50}],
+                                     "health": {"min_events": 1000}}}}  # fmt: skip
+        worker = Rollouts(policy, store=shared.make_shared(refresh_interval=FAST))
+        control = [u for u in PADDING if not worker.enabled("a", u)][:3]
+        good = shared.make_shared().load("a")
+        assert good is not None
+        write_raw_state(shared, "a", CORRUPT["stage -7"])
+        wait_for(lambda: worker["a"].state.version == 0, "the old path for a")
+        for unit in control:
+            worker.report("a", unit, error=True)
+        time.sleep(FAST * 10)  # flushes while suspended, if any were made
+        write_raw_state(shared, "a", dump_state(good))
+        wait_for(lambda: worker["a"].state == good, "the repaired state")
+        for unit in control:
+            worker.report("a", unit, error=True)
+        reader = shared.make_shared(refresh_interval=3600)
+        wait_for(lambda: reader.read_counts("a", "1.0").get("errors.c") == 3, "3 events")
+        time.sleep(FAST * 5)  # a few more flushes: nothing more lands
+        assert reader.read_counts("a", "1.0").get("errors.c") == 3
+
     def test_a_running_worker_follows_the_repair(self, shared: Backend) -> None:
         """A worker serves the old path while the state is corrupt, and the repaired state
         (the old one written back) as soon as its refresh reads it."""
@@ -501,6 +556,30 @@ class TestRefreshThread:
         other.kill("bad", reason="incident", actor="oncall")
         wait_for(lambda: rollouts["bad"].state.status is Status.KILLED, "the kill", store=store)
 
+    @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+    def test_a_process_that_only_serves_starts_it_again(self, shared: Backend) -> None:
+        """A worker whose calls never reach the store (decide, report, guarded calls) gets
+        its dead refresh thread back within a second, and then sees a kill."""
+        store = shared.make_shared(refresh_interval=3600)
+        rollouts = Rollouts(PAIR, store=store)
+        thread = refresh_thread(store)
+        assert thread.ident is not None
+        while thread.is_alive():  # delivered when it runs Python code: wake it, bypassing
+            raise_in(thread.ident, SystemExit)  # store.wake(), which would restart it
+            store._thread._wake.set()
+            thread.join(0.05)
+        store._thread.interval = FAST  # the thread started again refreshes quickly
+        Rollouts(PAIR, store=shared.make_shared()).kill("good", reason="incident", actor="op")
+
+        def served_and_killed() -> bool:
+            for unit in PADDING[:50]:
+                rollouts.decide("good", unit)
+                rollouts.report("bad", unit, error=False)
+            return rollouts["good"].state.status is Status.KILLED
+
+        wait_for(served_and_killed, "the kill, seen by a restarted thread")
+        assert store.failures.count("store.thread_died") == 1
+
 
 # -- credentials ----------------------------------------------------------------------------------
 
@@ -584,6 +663,13 @@ class TestCredentials:
         assert SECRET not in str(raised.value)
         assert USER not in str(raised.value)
 
+    def test_a_bad_option_in_a_password_is_not_quoted(self) -> None:
+        """A password with an unencoded '?' puts its tail in the query: a bad option there
+        is named, never quoted."""
+        with pytest.raises(ValueError, match="timeout must be float") as raised:
+            store_from_url(f"redis://:ab?timeout={SECRET}@127.0.0.1/0")
+        assert SECRET not in str(raised.value)
+
     def test_never_in_logs_of_a_refused_login(self, redis_url: str) -> None:
         """A reachable Redis that refuses the credentials: the logs do not show them."""
         host = redis_url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
@@ -596,6 +682,93 @@ class TestCredentials:
         assert any(log["event"] == "store.load_failed" for log in logs)
         assert SECRET not in shown(logs, [])
         assert USER not in shown(logs, [])
+
+    HEAD, TAIL = "pwHead7Q", "pwTail9Z"
+    """The two halves of a password around an unencoded delimiter: neither may show."""
+
+    @staticmethod
+    def chained(errors: Sequence[BaseException]) -> str:
+        """Each error and every error in its chain (``__cause__`` and ``__context__``, shown
+        or suppressed): message, repr, arguments and traceback."""
+        parts: list[str] = []
+        pending, done = list(errors), set()
+        while pending:
+            error = pending.pop()
+            if id(error) in done:
+                continue
+            done.add(id(error))
+            parts += [str(error), repr(error), repr(error.args)]
+            parts += traceback.format_exception(error)
+            pending += [e for e in (error.__cause__, error.__context__) if e is not None]
+        return "\n".join(parts)
+
+    @pytest.mark.parametrize("delimiter", ["/", "?", "#", "@", ":", "/?#@:"])
+    @pytest.mark.parametrize(
+        "form",
+        [
+            "redis://{user}:{password}@{host}/0",
+            "redis://:{password}@{host}/0",
+            "redis://:{password}@{host}/0?username={user}",
+            "rediss://{user}:{password}@{host}/0",
+            "unix://:{password}@/tmp/no-such-redis.sock?db=0",
+            "redis://{host}/0?password={password}",
+            "redis://{host}/0?username={user}&password={password}",
+        ],
+    )
+    def test_a_password_with_unencoded_delimiters_never_shows(
+        self, form: str, delimiter: str
+    ) -> None:
+        """A password with an unencoded '/', '?', '#', '@' or ':' shows in no repr, log line or
+        error chain, whether the store is made directly or by store_from_url."""
+        password = self.HEAD + delimiter + self.TAIL
+        url = form.format(user=USER, password=password, host=f"127.0.0.1:{free_port()}")
+        errors: list[BaseException] = []
+        made: list[object] = []
+
+        def attempt(make: Callable[[], object]) -> None:
+            try:
+                made.append(make())
+            except Exception as exc:
+                errors.append(exc)
+
+        with structlog.testing.capture_logs() as logs:
+            store = RedisStore(url, prefix=unique_prefix("creds"), refresh_interval=FAST,
+                               timeout=0.05)  # fmt: skip
+            try:
+                rollouts = Rollouts(PAIR, store=store)
+                attempt(lambda: rollouts.kill("good", actor="a"))
+                attempt(lambda: store.load("good"))
+                wait_for(lambda: store.failures.count("store.refresh_failed") > 0,
+                         "a failed refresh")  # fmt: skip
+                made += [store, rollouts]
+            finally:
+                store.close()
+            joiner = "&" if "?" in url else "?"
+            attempt(lambda: store_from_url(url + joiner + "prefix=p"))
+            attempt(lambda: store_from_url(url + joiner + "timeout=soon"))
+        assert len(errors) >= 2
+        assert any(log["event"] == "store.refresh_failed" for log in logs)
+        everything = " ".join(map(repr, made)) + shown(logs, []) + self.chained(errors)
+        for other in made:
+            if isinstance(other, RedisStore):
+                other.close()
+        for part in (self.HEAD, self.TAIL, USER):
+            assert part not in everything
+
+    def test_what_redis_py_says_of_a_url_is_replaced(self) -> None:
+        """redis-py's error about a URL it cannot parse quotes the password's start; the error
+        raised names the URL without credentials, and has no cause or context to show it."""
+        url = f"redis://:{self.HEAD}?x=1@127.0.0.1:{free_port()}/0"  # a port of letters
+        store = RedisStore(url, prefix=unique_prefix("creds"), refresh_interval=3600)
+        try:
+            with pytest.raises(Exception, match=re.escape("redis://***@127.0.0.1")) as raised:
+                store.load("good")
+        finally:
+            store.close()
+        assert raised.value.__cause__ is None
+        assert raised.value.__context__ is None
+        assert self.HEAD not in self.chained([raised.value])
+        assert "percent-encode" in str(raised.value)
 
 
 # -- a state lost with no process to restore it --------------------------------------------------
@@ -645,6 +818,29 @@ class TestLostWithNoLiveProcess:
             assert all(later.enabled("co", u) for u in PADDING)
         else:
             assert not any(later.enabled("co", u) for u in PADDING)
+
+    def test_an_unreadable_newest_entry_serves_the_old_path(self, shared: Backend) -> None:
+        """A lost state whose newest history entry cannot be read (it may be a kill) is not
+        guessed from an older entry: the rollout serves the old path until it is repaired."""
+        first = Rollouts(STAGED, store=shared.make_shared(refresh_interval=3600))
+        first.complete("co", actor="alice")
+        first.store.close()
+        drop_state(shared, "co")
+        store = shared.make_shared()
+        if isinstance(store, SQLiteStore):
+            import sqlite3
+
+            with sqlite3.connect(store.path) as db:
+                db.execute(
+                    "UPDATE history SET entry = '{broken' WHERE rollout = 'co' AND id = "
+                    "(SELECT MAX(id) FROM history WHERE rollout = 'co')"
+                )
+        else:
+            store.client.lset(f"{store.prefix}:{{co}}:history", 0, "{broken")
+        later = Rollouts(STAGED, store=store)
+        assert later["co"].state.version == 0
+        assert not any(later.enabled("co", u) for u in PADDING)
+        assert "newest history entry" in store.unreadable["co"]
 
     def test_a_registered_rollout_without_state_or_history_is_said_lost(
         self, shared: Backend

@@ -15,7 +15,7 @@ from conftest import plain_policy
 from servers import RedisServer, unique_prefix
 from stagedroll import Action, Rollouts, RolloutState, Status, StoreError, Transition
 from stagedroll.stores import RedisStore, store_from_url
-from stagedroll.stores._digest import member
+from stagedroll.stores._digest import digest, member, rollout_key, token
 
 DEADLINE_S = 10.0
 """How long a test waits for the background refresh to do something (generous: noisy CI)."""
@@ -124,7 +124,7 @@ class TestKeyLayout:
         assert store.count_distinct("r", "1.0/t", ["a", "b", "c"]) == 3
         counts = f"{redis_prefix}:{{r}}:counts:1.0"
         first = f"{redis_prefix}:{{r}}:seen:1/errors"
-        distinct = f"{redis_prefix}:{{r}}:distinct:1.0/t"
+        distinct = f"{redis_prefix}:{{r}}:units:1.0/t"
         assert client.type(counts) == "hash"
         assert client.hgetall(counts) == {"errors.t": "2", "errors.c": "1"}
         assert client.type(first) == "set"
@@ -427,6 +427,92 @@ class TestUpgrade:
         held = " ".join(keys + [str(client.dump(key)) for key in keys])
         assert not any(unit in held for unit in (*treated, "someone-else@example.com"))
 
+    def test_distinct_units_of_an_earlier_version_are_not_counted_twice(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """Units an earlier version counted as distinct (a HyperLogLog of their texts) do not
+        add to the digests counted after the upgrade: 5 old and 6 overlapping new units are 6."""
+        first = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        treated = [u for u in units(400) if first.enabled("co", u)][:6]
+        started = first["co"].state
+        legacy = f"{redis_prefix}:{{co}}:distinct:{started.epoch}.{started.stage}/t"
+        client.pfadd(legacy, *treated[:5])  # as the earlier version wrote it: the texts
+        client.expire(legacy, 3600)
+        rollouts = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        for unit in treated:
+            rollouts.report("co", unit, error=False)
+        rollouts.tick()
+        assert rollouts.status("co").health.units_treatment == len(treated)
+        assert client.exists(legacy) == 0
+
+    def test_unit_texts_of_an_earlier_version_go_at_the_first_load(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """At a rollout's first load, with no event reported, its sets of unit texts become
+        digests and its HyperLogLogs of unit texts are deleted; another rollout's stay."""
+        started = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        epoch, history = started["co"].state.epoch, started["co"].state.history
+        emails = ["alice@corp.example", "bob@corp.example", "carol@corp.example"]
+
+        def key(kind: str) -> str:
+            return f"{redis_prefix}:{{co}}:{kind}"
+
+        legacy = {key(f"first:{epoch}/errors"): emails[:2], key(f"first:{epoch}/slow"): emails[2:]}
+        legacy |= {key(f"distinct:{epoch}.0/t"): emails[:2], key(f"distinct:{epoch}.0/c"): emails}
+        for name, texts in legacy.items():
+            (client.sadd if ":first:" in name else client.pfadd)(name, *texts)
+            client.expire(name, 3600)
+        elsewhere = f"{redis_prefix}:{{search}}:first:1/errors"
+        client.sadd(elsewhere, "dave@corp.example")
+        store = make_store(redis_url, prefix=redis_prefix)
+        Rollouts(gated_policy(), store=store)
+        assert client.exists(*legacy) == 0
+        rollout = rollout_key("co", history)
+        for scope, texts in ((f"{epoch}/errors", emails[:2]), (f"{epoch}/slow", emails[2:])):
+            seen = key(f"seen:{scope}")
+            assert client.smembers(seen) == {str(member(digest(rollout, token(t)))) for t in texts}
+            assert 0 < client.ttl(seen) <= 30 * 86400
+        assert client.smembers(elsewhere) == {"dave@corp.example"}
+        assert store.failures.count("store.upgrade_failed") == 0
+        keys = list(client.scan_iter(match=key("*")))
+        held = " ".join(keys + [str(client.dump(name)) for name in keys])
+        assert not any(email in held for email in emails)
+
+    def test_the_legacy_keys_are_found_under_a_prefix_with_glob_characters(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A prefix with glob characters is read literally: its rollout's legacy keys are
+        deleted, not those of a prefix that the same text read as a glob would match."""
+        prefix, lookalike = f"{redis_prefix}:[a*]?", f"{redis_prefix}:ab"
+        Rollouts(gated_policy(), store=make_store(redis_url, prefix=prefix))
+        ours, theirs = (f"{p}:{{co}}:distinct:1.0/t" for p in (prefix, lookalike))
+        client.pfadd(ours, "alice@corp.example")
+        client.pfadd(theirs, "alice@corp.example")
+        Rollouts(gated_policy(), store=make_store(redis_url, prefix=prefix))
+        assert client.exists(ours) == 0
+        assert client.exists(theirs) == 1
+
+    def test_a_legacy_key_that_cannot_be_converted_does_not_fail_the_load(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A legacy key of another type: the load succeeds, the failure is logged and counted
+        (store.upgrade_failed), and the rollout's other legacy keys still go."""
+        started = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        broken = f"{redis_prefix}:{{co}}:first:1/errors"
+        legacy = f"{redis_prefix}:{{co}}:first:1/slow"
+        client.set(broken, "not a set")
+        client.sadd(legacy, "erin@corp.example")
+        store = make_store(redis_url, prefix=redis_prefix)
+        with structlog.testing.capture_logs() as logs:
+            rollouts = Rollouts(gated_policy(), store=store)
+        assert rollouts["co"].state == started["co"].state
+        assert rollouts.failures.count("store.load_failed") == 0
+        assert store.failures.count("store.upgrade_failed") == 1
+        failed = [log for log in logs if log["event"] == "store.upgrade_failed"]
+        assert [log["key"] for log in failed] == [broken]
+        assert client.exists(legacy) == 0
+        assert client.get(broken) == "not a set"
+
 
 class TestWrongTypes:
     def test_a_state_key_of_another_type_is_one_corrupt_state(
@@ -448,3 +534,48 @@ class TestWrongTypes:
         assert store.failures.count("store.decode_failed") == 1
         with pytest.raises(ValueError, match="WRONGTYPE"):
             store.load("a")
+
+    @pytest.mark.parametrize("kind", ["string", "hash", "set"])
+    def test_a_history_key_of_another_type_fails_the_whole_transition(
+        self,
+        make_store: StoreFactory,
+        redis_url: str,
+        redis_prefix: str,
+        client: redis.Redis,
+        kind: str,
+    ) -> None:
+        """A history key that is not a list: the kill raises StoreError naming the key, and the
+        stored state, which the workers follow, is unchanged."""
+        rollouts = Rollouts(staged_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        state_key, history = (f"{redis_prefix}:{{co}}:{kind}" for kind in ("state", "history"))
+        before = client.hgetall(state_key)
+        client.delete(history)
+        if kind == "string":
+            client.set(history, "x")
+        elif kind == "hash":
+            client.hset(history, "x", "x")
+        else:
+            client.sadd(history, "x")
+        with pytest.raises(StoreError) as raised:
+            rollouts.kill("co", reason="incident", actor="oncall")
+        assert client.hgetall(state_key) == before
+        assert history in str(raised.value)
+        assert client.type(history) == kind
+        assert rollouts["co"].state.status is Status.RUNNING
+        worker = Rollouts(staged_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        assert worker["co"].state.status is Status.RUNNING
+
+    def test_a_restore_with_a_history_key_of_another_type_writes_nothing(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A lost state whose history key is not a list: the restore fails (logged and
+        counted), and no state is written without its history entry."""
+        store = make_store(redis_url, prefix=redis_prefix, refresh_interval=3600)
+        assert store.compare_and_set("r", 0, state(1), entry(1))
+        state_key, history = f"{redis_prefix}:{{r}}:state", f"{redis_prefix}:{{r}}:history"
+        client.delete(state_key, history)
+        client.set(history, "x")
+        assert store.refresh()
+        assert store.failures.count("store.restore_failed") == 1
+        assert client.exists(state_key) == 0
+        assert client.get(history) == "x"

@@ -796,3 +796,12 @@ class TestSchema1:
             store.close()
         held = b"".join(p.read_bytes() for p in files(path) if p.exists())
         assert not any(unit.encode() in held for unit in treated)
+
+
+class TestModeMustLetTheOwnerWrite:
+    @pytest.mark.parametrize("mode", [0o000, 0o400, 0o200, 0o044])
+    def test_refused(self, tmp_path: Path, mode: int) -> None:
+        """A mode without owner read and write is refused (SQLite would give its -wal and
+        -shm files its default mode instead)."""
+        with pytest.raises(ValueError, match="owner read and write"):
+            SQLiteStore(tmp_path / "state.db", mode=mode)

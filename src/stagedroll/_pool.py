@@ -306,8 +306,8 @@ def exchange(owner: Rollouts, rollout: Rollout) -> None:
     one that ended unsure requeues its units only.
     """
     health = rollout.health
-    if health is None or health.outbox is None:
-        return
+    if health is None or health.outbox is None or not rollout.state.version:
+        return  # no gate, or no state to judge by (unknown, or unreadable: kept for later)
     outbox = health.outbox
     lock = rollout.outcomes.lock
     with outbox.flushing:

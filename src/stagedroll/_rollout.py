@@ -370,8 +370,9 @@ class Rollout:
         """Fold ``arm``'s pending latencies (the guard's batch is full); check automatic steps."""
         if arm.__class__ is ObservedArm:
             arm = arm.real
-        if self._owner._file is not None:  # a guarded call's batch: look at the policy file
-            self._owner._reload()
+        owner = self._owner
+        if owner._chores:  # a guarded call's batch: the policy file, the store's thread
+            owner._tend()
         self._count(self.outcomes.fold, arm)
 
     def _count(self, count: Callable[..., bool], *args: Any, **kwargs: Any) -> None:

@@ -59,6 +59,7 @@ WR = TypeVar("WR")
 
 _hash = mmh3.hash
 _MAX_UNKNOWN_NAMES = 1024
+_SUPERVISE_EVERY_S = 1.0  # how often callers' calls check that the store's thread runs
 
 
 def default_actor() -> str:
@@ -127,6 +128,8 @@ class Rollouts:
         self._unstarted: set[str] = set()  # rollouts whose state the store could not give
         self._unreadable: set[str] = set()  # serving the old path: their stored state is corrupt
         self._pooled = isinstance(store, SyncingStore)
+        self._chores = self._pooled or self._file is not None  # see _tend
+        self._supervise_at = 0.0
         self.removed: list[str] = []
         """Rollouts that a reloaded policy no longer has: their handles (and the guards built
         on them) take the old path for every call, and their stored state stays."""
@@ -190,6 +193,27 @@ class Rollouts:
         """
         if self._file is not None and not self._pooled and self._file.due():
             apply_changes(self, self._file)
+
+    def _tend(self) -> None:
+        """The chores that a caller's call does now and then; never raises.
+
+        Without a store thread, reload the policy file when due. With one, check at most
+        once a second that it runs (it restarts a thread that died: ``store.thread_died``),
+        so that a process whose calls never reach the store still sees kills.
+        """
+        if not self._pooled:
+            self._reload()
+            return
+        now = time.monotonic()
+        if now < self._supervise_at:
+            return
+        self._supervise_at = now + _SUPERVISE_EVERY_S
+        supervise = getattr(self.store, "supervise", None)
+        if supervise is not None:
+            try:
+                supervise()
+            except Exception as exc:  # pragma: no cover - supervise never raises
+                self.failures.record("store.supervise_failed", exc)
 
     def _reload_here(self) -> None:
         """Apply the policy file if it changed (the store's thread, ``tick``, ``status``)."""
@@ -368,8 +392,8 @@ class Rollouts:
 
         An unknown name gives ``enabled=False`` with reason ``UNKNOWN_ROLLOUT``, logged once.
         """
-        if self._file is not None:
-            self._reload()
+        if self._chores:
+            self._tend()
         rollout = self._rollouts.get(name)
         if rollout is None:
             self._missing(name)
@@ -469,8 +493,8 @@ class Rollouts:
         The block receives the :class:`Decision`; an exception leaving it counts as an error
         (and propagates). Raises :class:`UnknownRolloutError` for an unknown name.
         """
-        if self._file is not None:
-            self._reload()
+        if self._chores:
+            self._tend()
         return self[name].track(unit, attributes)
 
     def report(
@@ -487,8 +511,8 @@ class Rollouts:
         The outcome goes to the arm ``unit`` is decided into; that decision is returned. An
         unknown name records nothing and returns an ``UNKNOWN_ROLLOUT`` decision.
         """
-        if self._file is not None:
-            self._reload()
+        if self._chores:
+            self._tend()
         rollout = self._rollouts.get(name)
         if rollout is None:
             self._missing(name)

@@ -63,7 +63,9 @@ def _options(
         try:
             options[key] = _OPTIONS[key](text)
         except ValueError:
-            raise ValueError(f"store URL {shown!r}: {key} must be {kind}, not {text!r}") from None
+            # A Redis URL's query may hold a password's tail (an unencoded "?"): not quoted.
+            found = "" if passthrough else f", not {text!r}"
+            raise ValueError(f"store URL {shown!r}: {key} must be {kind}{found}") from None
     return options
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from .._state import Action, RolloutState, Status, Transition
 
 __all__ = [
+    "MAX_READ_VERSION",
     "MAX_STAGE",
     "MAX_VERSION",
     "check_state",
@@ -34,6 +35,10 @@ MAX_STAGE = 2**31 - 1
 MAX_VERSION = 2**53
 """The highest version a stored state may have: Redis's Lua compares versions as doubles,
 exact up to 2**53 (a billion transitions a second would take 285 years to reach it)."""
+MAX_READ_VERSION = 2**52
+"""The highest version a state read from a store may have: half of :data:`MAX_VERSION`, so
+that a version set near the top behind the store's back is refused (the rollout serves the
+old path) rather than served with no room left for a kill."""
 MAX_HISTORY_ID = 64
 """The longest history id a stored state may have (stagedroll writes 32 hex characters)."""
 
@@ -185,6 +190,9 @@ def load_state(text: object) -> RolloutState:
             history=_text(data, "history"),
         )
         check_state(state)
+        if state.version > MAX_READ_VERSION:  # written behind the store's back, and close
+            # to where no transition could follow it (kills would fail): old path instead
+            raise ValueError(f"version {state.version} leaves no room for transitions")
         return state
     except KeyError as exc:
         raise ValueError(f"malformed rollout state {_shown(text)}: no {exc}") from None

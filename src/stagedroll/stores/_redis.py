@@ -9,14 +9,16 @@ as a hash tag so that one rollout's keys share a Redis Cluster slot:
 - ``{prefix}:{name}:counts:{segment}``: a hash of pooled outcome counters;
 - ``{prefix}:{name}:seen:{scope}``: a set of units' 64-bit digests (exact: ``SADD`` says if
   one is new); never a unit's text (see ``_digest``);
-- ``{prefix}:{name}:distinct:{scope}``: a HyperLogLog of units' digests (12 KB, about 0.8 %
+- ``{prefix}:{name}:units:{scope}``: a HyperLogLog of units' digests (12 KB, about 0.8 %
   error);
 - ``{prefix}:meta``: a hash, the store's marker (``created``) and the history id of each
   rollout it has held (``rollout:{name}``), which tell a lost state from a new rollout.
 
 Counters and unit sets expire ``ttl`` seconds (default 30 days) after their last write.
-Sets of units kept as text by earlier versions (``{prefix}:{name}:first:{scope}``) are
-turned into digests the first time they are written to, then deleted.
+Earlier versions kept units as text: in sets (``{prefix}:{name}:first:{scope}``), turned
+into digests then deleted, and in HyperLogLogs (``{prefix}:{name}:distinct:{scope}``, never
+read by this version: its digests would count a unit twice), deleted; both at the first load
+of their rollout by each store object, and a set also when its scope is next written to.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from .._failures import log
 from .._state import RolloutState, Transition
@@ -42,7 +44,23 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisStore"]
 
-_CAS = """
+# Redis does not undo a script's writes when a later command fails: both scripts check the
+# types of the keys they write first, and write nothing when one is of another type.
+_TYPES = """
+local function wrong(key, kind)
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= kind then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind
+      .. ': nothing was written')
+  end
+end
+local refused = wrong(KEYS[1], 'hash') or wrong(KEYS[2], 'list')
+if refused then return refused end
+"""
+
+_CAS = (
+    _TYPES
+    + """
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
@@ -50,9 +68,12 @@ redis.call('LPUSH', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 return 1
 """
+)
 
 # Restore a lost state: the same rule as stagedroll._state.restorable, atomically.
-_PUT_IF_LOST = """
+_PUT_IF_LOST = (
+    _TYPES
+    + """
 local known_version, known_history = tonumber(ARGV[1]), ARGV[2]
 local text = redis.call('HGET', KEYS[1], 's')
 if text then
@@ -68,6 +89,7 @@ redis.call('LPUSH', KEYS[2], ARGV[4])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 return 1
 """
+)
 
 # Add digests to a set of first events, unless the set of texts of an earlier version is
 # still there (it is turned into digests first): then -1.
@@ -79,6 +101,8 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return new
 """
 _CHUNK = 5000  # units per command: a large batch does not hold Redis for long
+
+_UNENCODED = "percent-encode any '/', '?' or '#' in its user name and password (%2F, %3F, %23)"
 
 _INSTALL_HINT = "RedisStore needs redis-py: pip install 'stagedroll[redis]'"
 
@@ -134,6 +158,7 @@ class RedisStore(SharedStore):
         self._put_script: Any = None
         self._add_script: Any = None
         self._registered: set[str] = set()  # rollouts registered in meta by this process
+        self._upgraded: set[str] = set()  # rollouts whose keys of earlier versions were dropped
 
     def _after_fork(self) -> None:
         super()._after_fork()
@@ -154,19 +179,38 @@ class RedisStore(SharedStore):
             with self._lock:
                 if self._client is None:
                     self._check_open()
-                    retry = self._redis.retry.Retry(self._redis.backoff.NoBackoff(), 0)
-                    self._client = self._redis.Redis.from_url(
-                        self.url,
-                        socket_timeout=self._timeout,
-                        socket_connect_timeout=self._timeout,
-                        retry=retry,
-                        retry_on_timeout=False,
-                    )
+                    self._client = self._connect()
                     self._cas = self._client.register_script(_CAS)
                     self._put_script = self._client.register_script(_PUT_IF_LOST)
                     self._add_script = self._client.register_script(_ADD)
                 client = self._client
         return client
+
+    def _connect(self) -> redis.Redis:
+        """A client for ``self.url``; an error about the URL shows it without credentials.
+
+        Whatever redis-py raises about the URL may quote part of it (``Port could not be
+        cast to integer value as 'ab'``: the start of a password): its message is replaced,
+        and it is neither the cause nor the context of the error raised.
+        """
+        why = _UNENCODED
+        try:
+            if not _misread(self.url):
+                retry = self._redis.retry.Retry(self._redis.backoff.NoBackoff(), 0)
+                client: redis.Redis = self._redis.Redis.from_url(
+                    self.url,
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                    retry=retry,
+                    retry_on_timeout=False,
+                )
+                return client
+        except Exception as exc:
+            why = f"it cannot be parsed ({type(exc).__name__}); {_UNENCODED}"
+        # Raised here, out of the except clause: the error has no context to show.
+        raise self._redis.exceptions.ConnectionError(
+            f"cannot use the Redis URL {_redact(self.url)!r}: {why}"
+        )
 
     def _key(self, rollout: str, kind: str) -> str:
         return f"{self.prefix}:{{{rollout}}}:{kind}"
@@ -179,10 +223,15 @@ class RedisStore(SharedStore):
     def _read_many(self, names: list[str]) -> dict[str, object]:
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            pipe.hget(self._key(name, "state"), "s")
+            pipe.hmget(self._key(name, "state"), "s", "v")
         # A key of another type fails its own command only (WRONGTYPE), given as its error;
-        # a connection that fails still raises.
-        return dict(zip(names, pipe.execute(raise_on_error=False), strict=True))
+        # a connection that fails still raises. The field v is what compare-and-set
+        # compares: it must agree with the state's version.
+        found: dict[str, object] = {}
+        for name, read in zip(names, pipe.execute(raise_on_error=False), strict=True):
+            absent = isinstance(read, list) and read[0] is None and read[1] is None
+            found[name] = None if absent else tuple(read) if isinstance(read, list) else read
+        return found
 
     def _register(self, rollout: str, state: RolloutState, *, quiet: bool = False) -> None:
         """Register ``rollout`` in meta with its history id, and the store's marker.
@@ -206,6 +255,37 @@ class RedisStore(SharedStore):
     def _loaded(self, rollout: str, state: RolloutState) -> None:
         if rollout not in self._registered:
             self._register(rollout, state, quiet=True)
+        if rollout not in self._upgraded:
+            self._upgraded.add(rollout)
+            self._drop_legacy(rollout, state.history)
+
+    def _drop_legacy(self, rollout: str, history: str) -> None:
+        """Drop the unit ids that earlier versions kept of ``rollout``; never raises.
+
+        Its sets of unit texts (``first:{scope}``) become digests (see :meth:`_convert`); its
+        HyperLogLogs of unit texts (``distinct:{scope}``) are deleted. Done at the first
+        load of each rollout by this store object (one ``SCAN`` of the keys), so that no raw
+        id waits out the ``ttl``. A failure is logged and counted (``store.upgrade_failed``):
+        the load goes on, and sets of texts are still converted when next written to.
+        """
+        first, distinct = self._key(rollout, "first:"), self._key(rollout, "distinct:")
+        try:
+            client = self.client
+            pattern = _GLOB.sub(r"\\\g<0>", self._key(rollout, "")) + "*"
+            keys = list(client.scan_iter(match=pattern, count=1000))
+        except Exception as exc:
+            self.failures.record("store.upgrade_failed", exc, rollout=rollout)
+            return
+        for key in keys:
+            name = _text(key)
+            try:
+                if name.startswith(first):
+                    seen = self._key(rollout, "seen:" + name.removeprefix(first))
+                    self._convert(rollout, seen, key, history=history)
+                elif name.startswith(distinct):
+                    client.delete(key)
+            except Exception as exc:  # one key of another type: the others still go
+                self.failures.record("store.upgrade_failed", exc, rollout=rollout, key=name)
 
     def _traces(self, rollout: str) -> tuple[str | None, object]:
         pipe = self.client.pipeline(transaction=False)
@@ -298,19 +378,23 @@ class RedisStore(SharedStore):
             new += [n == 1 for n in added]
         return new
 
-    def _convert(self, rollout: str, seen: str, legacy: str) -> None:
+    def _convert(
+        self, rollout: str, seen: str, legacy: bytes | str, history: str | None = None
+    ) -> None:
         """Turn a set of unit texts (written by an earlier version) into digests, and drop it.
 
         Each text gets the digest that this version's processes send for that unit, under
-        the key of the rollout's stored history, so that a unit counted before the upgrade
-        is not new after it. Adding to the set waits until the texts are gone.
+        the key of the rollout's history (``history``, by default the stored state's), so
+        that a unit counted before the upgrade is not new after it. Adding to the set waits
+        until the texts are gone.
         """
         client = self.client
-        text = client.hget(self._key(rollout, "state"), "s")  # a failing Redis raises here
-        try:
-            history = load_state(text).history if text is not None else ""
-        except ValueError:  # a corrupt state: the rollout is not served; keep counting anyway
-            history = ""
+        if history is None:
+            text = client.hget(self._key(rollout, "state"), "s")  # a failing Redis raises here
+            try:
+                history = load_state(text).history if text is not None else ""
+            except ValueError:  # a corrupt state: the rollout is not served; count anyway
+                history = ""
         key = rollout_key(rollout, history)
         while True:
             texts = client.srandmember(legacy, _CHUNK)
@@ -328,7 +412,7 @@ class RedisStore(SharedStore):
 
         It hashes 64-bit digests of the units' texts, never the texts.
         """
-        key = self._key(rollout, "distinct:" + scope)
+        key = self._key(rollout, "units:" + scope)
         members = [member(unit) for unit in units]
         pipe = self.client.pipeline(transaction=False)
         for start in range(0, len(members), _CHUNK):
@@ -370,38 +454,99 @@ def _text(value: bytes | str) -> str:
 
 # Query arguments whose value is a credential (password, username, ssl_password, tokens).
 _SECRET_ARGUMENT = re.compile(r"pass|user|secret|token|auth|cred|key", re.IGNORECASE)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_GLOB = re.compile(r"[*?\[\]\\]")  # what a SCAN pattern reads as a wildcard, or escapes
 
 
 def _redact(url: str) -> str:
     """``url`` without its credentials, for repr, logs and error messages.
 
-    The user information (``user:password@``, ``:password@``) becomes ``***@``, and query
-    arguments that carry a credential (``password=``, ``username=``, ``ssl_password=``, …)
-    take the value ``***``; a URL that cannot be parsed is not shown at all.
+    Hidden (each run of hidden characters shown as ``***``), whatever characters a password
+    has: everything between ``://`` and the last ``@`` (the user information, even with an
+    unencoded ``/``, ``?``, ``#``, ``@`` or ``:`` in it), and, read as urllib reads the URL,
+    the value of each query argument that carries a credential (``password=``,
+    ``username=``, ``ssl_password=``, …), with what an unencoded ``#`` or ``&`` in that value
+    cut off. A URL whose text before ``://`` is not a scheme is not shown at all.
     """
     try:
-        parts = urlsplit(url)
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        secret = any(_SECRET_ARGUMENT.search(key) for key, _ in pairs)
-        if "@" not in parts.netloc and not secret and not parts.fragment:
-            return url  # nothing to hide: shown exactly as given
-        netloc = parts.netloc
-        if "@" in netloc:
-            netloc = "***@" + netloc.rpartition("@")[2]
-        query = [(key, "***" if _SECRET_ARGUMENT.search(key) else value) for key, value in pairs]
-        scheme = f"{parts.scheme}:" if parts.scheme else ""
-        arguments = f"?{urlencode(query, safe='*')}" if query else ""
-        return f"{scheme}//{netloc}{parts.path}{arguments}"
-    except Exception:  # a URL urllib cannot parse: its scheme, if that much can be had
-        scheme = url.partition("://")[0] if "://" in url else ""
-        return f"{scheme}://(unparsable URL)" if scheme.isalnum() else "(unparsable URL)"
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            scheme, rest = "", url
+        elif not _SCHEME.fullmatch(scheme):
+            return "(unparsable URL)"
+        at = max(rest.rfind("@"), 0)
+        hidden = [True] * at + [False] * (len(rest) - at)
+        _hide_arguments(rest, 0, hidden)  # as urllib reads it
+        _hide_arguments(rest, at, hidden)  # the part after the user information
+        shown, previous = [scheme, sep], False
+        for char, hide in zip(rest, hidden, strict=True):
+            if not hide:
+                shown.append(char)
+            elif not previous:
+                shown.append("***")
+            previous = hide
+        return "".join(shown)
+    except Exception:  # no known case; never show the URL
+        return "(unparsable URL)"
+
+
+def _hide_arguments(text: str, begin: int, hidden: list[bool]) -> None:
+    """Mark in ``hidden`` the values of the credential arguments of ``text[begin:]``'s query.
+
+    The query is read as urllib reads it (the fragment first, then the query); a value runs
+    on over what an unencoded ``&`` cut off (arguments without ``=``), and over the fragment
+    when it is the last argument (an unencoded ``#``).
+    """
+    before = text[begin:].partition("#")[0]
+    if "?" not in before:
+        return
+    start, stop = begin + before.index("?") + 1, begin + len(before)
+    secret = False  # whether the argument before is a credential
+    for piece in text[start:stop].split("&"):
+        key, eq, _ = piece.partition("=")
+        if eq:
+            secret = bool(_SECRET_ARGUMENT.search(unquote_plus(key)))
+        if secret:
+            skip = len(key) + 1 if eq else 0
+            end = len(text) if start + len(piece) == stop else start + len(piece)
+            hidden[start + skip : end] = [True] * (end - start - skip)
+        start += len(piece) + 1
+
+
+def _misread(url: str) -> bool:
+    """Whether urllib, so redis-py, ends the user information of ``url`` before its last ``@``.
+
+    The user information then holds an unencoded ``/``, ``?`` or ``#``, and redis-py would take
+    part of the password for the port, the database, the socket's path or a query argument
+    (and show it in its errors). An ``@`` in the value of a query argument, or in the path of
+    a ``unix://`` URL without user information, is not such a case.
+    """
+    if "@" not in url.partition("://")[2]:
+        return False
+    parts = urlsplit(url)
+    if "@" in parts.fragment:
+        return True
+    if "@" in parts.path and (parts.scheme.lower() != "unix" or parts.netloc):
+        return True
+    return any("@" in piece.partition("=")[0] for piece in parts.query.split("&"))
 
 
 def split_options(url: str) -> tuple[str, dict[str, str]]:
-    """Take stagedroll's options (``prefix``, ``refresh_interval``, ``timeout``) off ``url``."""
-    parts = urlsplit(url)
+    """Take stagedroll's options (``prefix``, ``refresh_interval``, ``timeout``) off ``url``.
+
+    The rest of ``url`` is kept as written (not encoded again), so that what a password
+    with an unencoded ``?`` put in the query still ends at its ``@``, which ``_redact`` hides.
+    """
     ours = {"prefix", "refresh_interval", "timeout", "max_history", "ttl"}
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    options = {k: v for k, v in query if k in ours}
-    rest = urlencode([(k, v) for k, v in query if k not in ours])
-    return urlunsplit(parts._replace(query=rest)), options
+    before, hash_, fragment = url.partition("#")  # as urlsplit splits: the fragment first
+    base, _, query = before.partition("?")
+    options: dict[str, str] = {}
+    rest = []
+    for piece in query.split("&") if query else []:
+        pairs = parse_qsl(piece, keep_blank_values=True)
+        if pairs and pairs[0][0] in ours:
+            options[pairs[0][0]] = pairs[0][1]
+        elif piece:
+            rest.append(piece)
+    arguments = "?" + "&".join(rest) if rest else ""
+    return base + arguments + hash_ + fragment, options

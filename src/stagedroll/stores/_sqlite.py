@@ -147,6 +147,8 @@ class SQLiteStore(SharedStore):
             raise ValueError(f"ttl must be positive, not {ttl!r}")
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise ValueError(f"mode must be permission bits from 0o000 to 0o777, not {mode!r}")
+        if mode & 0o600 != 0o600:  # SQLite then gives the -wal and -shm files its default
+            raise ValueError(f"mode must let the owner read and write (0o600), not {mode:#o}")
         self._mode = mode
         super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-sqlite")
         self._ttl = ttl
@@ -374,10 +376,11 @@ class SQLiteStore(SharedStore):
                 chunk = names[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = db.execute(
-                    f"SELECT name, state FROM rollouts WHERE name IN ({marks})",
+                    f"SELECT name, state, version FROM rollouts WHERE name IN ({marks})",
                     chunk,
                 ).fetchall()
-                found.update(rows)
+                # The version column is what compare-and-set compares: it must agree.
+                found.update((name, (state, version)) for name, state, version in rows)
         return found
 
     def refresh(self) -> bool:

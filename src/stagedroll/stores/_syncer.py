@@ -50,6 +50,14 @@ def _record(failures: Failures, event: str, exc: BaseException | None, **fields:
             raise
 
 
+def _same_version(field: object, version: int) -> bool:
+    """Whether the version a store compares (an int, or its text in Redis) is ``version``."""
+    if isinstance(field, bytes | str):
+        text = field.decode("ascii", "replace") if isinstance(field, bytes) else field
+        return text.isascii() and text.isdigit() and len(text) <= 20 and int(text) == version
+    return type(field) is int and field == version
+
+
 class _Thread:
     """The daemon thread that runs ``owner._cycle()`` every ``interval`` seconds."""
 
@@ -184,10 +192,13 @@ class SharedStore:
     # -- what subclasses provide -------------------------------------------------------------
 
     def _read_many(self, names: list[str]) -> Mapping[str, object]:
-        """The stored states of ``names`` as text (``None``: absent); may raise.
+        """The stored states of ``names`` (``None``: absent); may raise.
 
-        A state that cannot be read while the others can (a Redis key of another type) is
-        given as the exception that reading it raised.
+        Each as its text, or as ``(text, version)`` where the store keeps the version that
+        its compare-and-set compares apart from the text: the two must agree, or the state is
+        corrupt (a version written behind the store's back would make every transition
+        fail). A state that cannot be read while the others can (a Redis key of another
+        type) is given as the exception that reading it raised.
         """
         raise NotImplementedError
 
@@ -240,10 +251,18 @@ class SharedStore:
         """The state read for ``rollout``; ``ValueError`` naming it when it is corrupt."""
         if isinstance(raw, BaseException):
             raise ValueError(f"the stored state of {rollout!r} cannot be read: {raw}")
+        text, compared = raw if isinstance(raw, tuple) else (raw, None)
         try:
-            return load_state(raw)
+            state = load_state(text)
         except ValueError as exc:
             raise ValueError(f"corrupt stored state of {rollout!r}: {exc}") from None
+        if isinstance(raw, tuple) and not _same_version(compared, state.version):
+            shown = repr(compared)[:40] if compared is not None else "missing"
+            raise ValueError(
+                f"corrupt stored state of {rollout!r}: its version field ({shown}) is not "
+                f"the state's version {state.version}"
+            )
+        return state
 
     def _entries(self, rollout: str, texts: Iterable[object]) -> list[Transition]:
         """The history entries that can be read; the others are skipped, counted, logged."""
@@ -268,7 +287,8 @@ class SharedStore:
         Nothing left of it: ``None`` (a new rollout, or one lost with every trace). Its
         registration without a history: counted as lost, ``None`` (it starts again at its
         first stage). A history: the state of its newest entry, written back at the next
-        version in a new epoch of evidence, unless another process wrote first.
+        version in a new epoch of evidence, unless another process wrote first; a newest
+        entry that cannot be read: ``ValueError`` (the rollout serves the old path).
         """
         registered, newest = self._traces(rollout)
         if registered is None and newest is None:
@@ -277,8 +297,11 @@ class SharedStore:
         if newest is not None:
             try:
                 entry = load_transition(newest)
-            except ValueError:
-                entry = None
+            except ValueError as exc:  # the newest entry may be a kill: never guess past it
+                raise ValueError(
+                    f"the state of {rollout!r} is lost and its newest history entry cannot be "
+                    f"read ({exc}); serving the old path until it is repaired"
+                ) from None
         restored = None if entry is None else _from_history(entry, registered)
         if restored is None:
             self.failures.record("store.state_lost", rollout=rollout, restored=False, why=_GONE)
@@ -395,6 +418,15 @@ class SharedStore:
         self._refreshed.add(callback)
         if not self._closed:
             self._thread.start()
+
+    def supervise(self) -> None:
+        """Start the refresh thread again if it died (``store.thread_died``); never raises.
+
+        Cheap (a lock and a look): callers' calls use it now and then, so that a process
+        whose calls never reach the store still gets its refresh back.
+        """
+        if not self._closed:
+            self._thread.start(only_if_died=True)
 
     def wake(self) -> None:
         """Run the next background refresh now (starting the thread again if it died)."""
