@@ -186,20 +186,18 @@ class Rollouts:
         return plans
 
     def _reload(self) -> None:
-        """On a caller's call: apply the policy file if it changed and validates; never raises.
-
-        Not with a store shared by processes: its refresh thread reloads instead, so that
-        no call of the service waits while a policy is read, validated and compiled.
-        """
-        if self._file is not None and not self._pooled and self._file.due():
+        """Apply the policy file if it changed and validates; never raises."""
+        if self._file is not None and self._file.due():
             apply_changes(self, self._file)
 
     def _tend(self) -> None:
         """The chores that a caller's call does now and then; never raises.
 
-        Without a store thread, reload the policy file when due. With one, check at most
-        once a second that it runs (it restarts a thread that died: ``store.thread_died``),
-        so that a process whose calls never reach the store still sees kills.
+        Without a store thread, reload the policy file when due. With one, its refresh
+        reloads instead (no call of the service waits while a policy is read, validated
+        and compiled), and the call checks at most once a second that the thread runs (it
+        restarts a thread that died: ``store.thread_died``), so that a process whose calls
+        never reach the store still sees kills.
         """
         if not self._pooled:
             self._reload()
@@ -214,11 +212,6 @@ class Rollouts:
                 supervise()
             except Exception as exc:  # pragma: no cover - supervise never raises
                 self.failures.record("store.supervise_failed", exc)
-
-    def _reload_here(self) -> None:
-        """Apply the policy file if it changed (the store's thread, ``tick``, ``status``)."""
-        if self._file is not None and self._file.due():
-            apply_changes(self, self._file)
 
     def close(self) -> None:
         """Close the store if this instance made it (from a URL, or the default one).
@@ -288,7 +281,7 @@ class Rollouts:
 
         Runs on the store's thread (stores shared by processes), never on a caller's.
         """
-        self._reload_here()
+        self._reload()
         unreadable: Mapping[str, str] = getattr(self.store, "unreadable", {})
         for rollout in list(self._rollouts.values()):
             if getattr(self.store, "closed", False):
@@ -629,7 +622,7 @@ class Rollouts:
         Steps are otherwise taken as outcomes arrive; ``tick`` is for a process that may be
         idle when a bake time ends (call it from a scheduler or a health-check endpoint).
         """
-        self._reload_here()
+        self._reload()
         made = []
         for rollout in list(self._rollouts.values()):
             self._restart(rollout)
@@ -658,7 +651,7 @@ class Rollouts:
 
     def status(self, name: str) -> RolloutStatus:
         """Where rollout ``name`` stands, read afresh from the store, with its evidence."""
-        self._reload_here()
+        self._reload()
         rollout = self[name]
         self._restart(rollout)
         self._load(name)

@@ -193,8 +193,8 @@ class Migration(Generic[RP, RR, WP, WR]):
     def _now(self) -> tuple[View, Phase]:
         """The view in force and its phase (worked out once per view); never raises."""
         owner = self.rollout._owner
-        if owner._file is not None:  # a migration's calls look at the policy file too
-            owner._reload()
+        if owner._chores:  # now and then: the policy file, the store's thread
+            owner._tend()
         v = self.rollout._view
         seen = self._seen
         if seen is not None and seen[0] is v:

@@ -186,8 +186,8 @@ class Shadow(Generic[P, R]):
             else:
                 pair = route(args, kwargs)
             if pair is None:
-                if owner._file is not None:  # the policy file, looked at now and then
-                    owner._reload()
+                if owner._chores:  # now and then: the policy file, the store's thread
+                    owner._tend()
                 return primary(*args, **kwargs)
             start = perf_counter()
             try:
@@ -209,8 +209,8 @@ class Shadow(Generic[P, R]):
         async def call(*args: Any, **kwargs: Any) -> Any:
             pair = route(args, kwargs)
             if pair is None:
-                if owner._file is not None:
-                    owner._reload()
+                if owner._chores:
+                    owner._tend()
                 return await primary(*args, **kwargs)
             start = perf_counter()
             try:
@@ -343,8 +343,8 @@ class Shadow(Generic[P, R]):
         call says nothing about which side is worse.
         """
         owner = self.rollout._owner
-        if owner._file is not None:  # a shadow's calls look at the policy file too
-            owner._reload()
+        if owner._chores:  # now and then: the policy file, the store's thread
+            owner._tend()
         record, comparison = self.rollout._record, self._comparison
         # With a timeout, the old path is held to it too, for the test: a fair pair.
         old_failed = not call.ok or (self._timeout is not None and call.old_s > self._timeout)
