@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import types
@@ -842,3 +843,34 @@ class TestEscaping:
         assert again.err.count("\n") == 1
         assert "by mallory\\x0astagedroll: " in again.err
         assert "\x1b" not in again.err
+
+
+class TestUnreadableState:
+    """One rollout's corrupt stored state does not hide the others from the operator."""
+
+    @pytest.fixture(name="corrupt")
+    def _corrupt(self, cli: Cli, policy_file: Path, tmp_path: Path) -> list[str]:
+        store = f"sqlite:///{tmp_path / 'state.db'}"
+        common = ["--policy", str(policy_file), "--store", store]
+        assert cli("status", *common).code == 0  # both rollouts started
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            db.execute("UPDATE rollouts SET state = '{\"stage\": -7}' WHERE name = 'search'")
+        return common
+
+    def test_status_shows_the_others_and_names_it(self, cli: Cli, corrupt: list[str]) -> None:
+        """status lists the readable rollouts, and names the corrupt one on stderr (exit 1)."""
+        run = cli("status", *corrupt)
+        assert run.code == 1
+        assert "new-checkout" in run.out
+        assert "search" not in run.out
+        assert run.err.startswith("stagedroll: corrupt stored state of 'search'")
+        assert run.err.count("\n") == 1
+        as_json = cli("status", "--json", *corrupt)
+        assert (as_json.code, [s["rollout"] for s in as_json.json()]) == (1, ["new-checkout"])
+
+    def test_tick_carries_on(self, cli: Cli, corrupt: list[str]) -> None:
+        """tick takes the steps of the other rollouts, and names the corrupt one (exit 1)."""
+        run = cli("tick", *corrupt)
+        assert run.code == 1
+        assert run.out == "no automatic step is due\n"
+        assert "corrupt stored state of 'search'" in run.err

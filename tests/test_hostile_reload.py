@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from stagedroll import Reason, Rollouts, Status
+from servers import RedisServer, unique_prefix
+from stagedroll import Reason, RedisStore, Rollouts, Status
 from test_store_contract import Backend, _backend_fixture  # noqa: F401 - the fixture
 
 INTERVAL = 0.01
@@ -307,3 +308,22 @@ class TestReloadRaces:
         for thread in threads:
             thread.join()
         assert errors == []
+
+
+class TestReloadWhileTheStoreIsDown:
+    def test_the_calls_reload_while_the_refresh_backs_off(
+        self, path: Path, redis_server: RedisServer
+    ) -> None:
+        """Redis down: a service's call applies a changed file itself (the store's refresh
+        backs off, up to 30 s), so editing the file still reaches this process."""
+        store = RedisStore(redis_server.url, prefix=unique_prefix("down"), refresh_interval=3600)
+        rollouts = Rollouts.from_file(path, store=store, reload_interval=INTERVAL)
+        redis_server.stop()
+        assert store.refresh() is False  # the refresh failed: the store is down
+        assert store.down
+        path.write_text(A_TABLE + B_TABLE.replace("percent = 50 }", "percent = 0 }", 1))
+        time.sleep(1.1)  # past the reload interval, and the once-a-second gate of the calls
+        rollouts.decide("b", "user-1")  # this call reloads: the store's thread would not
+        assert rollouts["b"].policy.stages[0].percent == 0
+        assert not any(rollouts.enabled("b", unit) for unit in UNITS)
+        store.close()

@@ -478,6 +478,33 @@ class TestUpgrade:
         held = " ".join(keys + [str(client.dump(name)) for name in keys])
         assert not any(email in held for email in emails)
 
+    @pytest.mark.parametrize("lost", ["state", "everything"])
+    def test_the_legacy_keys_go_when_the_state_is_restored_or_started(
+        self,
+        make_store: StoreFactory,
+        redis_url: str,
+        redis_prefix: str,
+        client: redis.Redis,
+        lost: str,
+    ) -> None:
+        """A state restored from its history, or started afresh, also drops the raw ids
+        an earlier version kept of the rollout."""
+        started = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        epoch = started["co"].state.epoch
+        client.delete(f"{redis_prefix}:{{co}}:state")
+        if lost == "everything":
+            client.delete(f"{redis_prefix}:{{co}}:history", f"{redis_prefix}:meta")
+        legacy = [
+            f"{redis_prefix}:{{co}}:first:{epoch}/errors",
+            f"{redis_prefix}:{{co}}:distinct:1.0/t",
+        ]
+        client.sadd(legacy[0], "alice@corp.example")
+        client.pfadd(legacy[1], "alice@corp.example")
+        Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
+        assert client.exists(*legacy) == 0
+        keys = list(client.scan_iter(match=f"{redis_prefix}:*"))
+        assert not any("alice@corp.example" in str(client.dump(name)) for name in keys)
+
     def test_the_legacy_keys_are_found_under_a_prefix_with_glob_characters(
         self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
     ) -> None:

@@ -65,7 +65,7 @@ MAX_DEPTH = 64
 """Tables and lists nest at most this deep (the root table is level 1)."""
 MAX_ALIASES = 1_000
 """YAML aliases (``*name``) in one document, at most."""
-MAX_ALIASED_NODES = 10_000
+MAX_ALIASED_NODES = 40_000
 """The nodes that the YAML aliases of one document stand for, together, at most."""
 MAX_NODES = 50_000
 """The values (tables, lists and scalars) of one document, at most: validating and

@@ -139,7 +139,6 @@ class PolicyFile:
         self._digest = digest
         self._failed = ""
         self.error = None
-        log("info", "policy.reloaded", path=str(self.path), rollouts=sorted(policy.rollouts))
         return policy
 
     def _refuse(self, why: str, *, digest: str) -> None:
@@ -196,6 +195,7 @@ def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
         # the rollouts of either policy finds a handle for each name.
         owner._rollouts = handles
         owner.policy = policy
+        log("info", "policy.reloaded", path=str(file.path), rollouts=sorted(policy.rollouts))
         for name, handle in handles.items():
             if name in plans or handle._plan.removed:
                 continue

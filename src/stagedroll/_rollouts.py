@@ -197,7 +197,8 @@ class Rollouts:
         reloads instead (no call of the service waits while a policy is read, validated
         and compiled), and the call checks at most once a second that the thread runs (it
         restarts a thread that died: ``store.thread_died``), so that a process whose calls
-        never reach the store still sees kills.
+        never reach the store still sees kills. While the store is down, its refresh backs
+        off: the call then reloads the file itself (the operator's lever in an outage).
         """
         if not self._pooled:
             self._reload()
@@ -212,6 +213,8 @@ class Rollouts:
                 supervise()
             except Exception as exc:  # pragma: no cover - supervise never raises
                 self.failures.record("store.supervise_failed", exc)
+        if getattr(self.store, "down", False):
+            self._reload()
 
     def close(self) -> None:
         """Close the store if this instance made it (from a URL, or the default one).

@@ -135,14 +135,14 @@ def _yaml_loader() -> type[Any]:
             size = self.sizes.get(anchor, 0)  # 0: an undefined alias, which PyYAML reports
             self.nodes += size
             self.aliased += size
-            if self.nodes > MAX_NODES:
-                raise Refused(PolicyProblem("", too_many_nodes(line)))
-            if self.aliased > MAX_ALIASED_NODES:
+            if self.aliased > MAX_ALIASED_NODES:  # first: it says what went wrong
                 message = (
                     f"its aliases stand for more than {MAX_ALIASED_NODES:,} nodes "
                     f"(line {line}): a policy needs few aliases, and small ones"
                 )
                 raise Refused(PolicyProblem("", message))
+            if self.nodes > MAX_NODES:
+                raise Refused(PolicyProblem("", too_many_nodes(line)))
 
         def _duplicates(self, node: yaml.MappingNode) -> None:
             lines: dict[object, list[int]] = {}

@@ -7,7 +7,7 @@ from typing import Any
 
 from .._bucketing import SPACE, hash_key
 from .._rollouts import Rollouts
-from .._state import Action, Status
+from .._state import Action, RolloutStatus, Status
 from .._targeting import Predicate, compile_rule, compile_segment
 from .._transitions import verb
 from ..exceptions import StoreError, TransitionError
@@ -34,14 +34,56 @@ _ALREADY = {
 }
 
 
+def _unreadable(exc: StoreError) -> bool:
+    """Whether the store answered with a state it cannot read (not a store that is down)."""
+    return isinstance(exc.__cause__, ValueError)
+
+
+def _report_unreadable(ctx: Context, problems: list[str]) -> int:
+    """Name each rollout whose stored state is unreadable on stderr; the exit code."""
+    for problem in problems:
+        ctx.err.write(f"stagedroll: {printable(problem)}\n")
+    return FINDING if problems else OK
+
+
+def _status_or_problem(rollouts: Rollouts, name: str) -> RolloutStatus | str:
+    """The status of rollout ``name``, or why its stored state cannot be read."""
+    try:
+        return rollouts.status(name)
+    except StoreError as exc:
+        if not _unreadable(exc):
+            raise
+        return str(exc)
+
+
+def _load_or_problem(rollouts: Rollouts, name: str) -> str | None:
+    """Load rollout ``name`` from the store; why its stored state cannot be read, if so."""
+    try:
+        rollouts.store.load(name)
+    except ValueError as exc:  # one unreadable state: the others still tick
+        return f"{exc}; {name!r} serves the old path until it is repaired"
+    return None
+
+
 def status(ctx: Context) -> int:
-    """``status [NAME]``: stage, percent, status, since, version, evidence, what comes next."""
+    """``status [NAME]``: stage, percent, status, since, version, evidence, what comes next.
+
+    A rollout whose stored state cannot be read is named on stderr (exit code 1); the
+    others are shown.
+    """
     rollouts = ctx.rollouts()
     names = [ctx.args.name] if ctx.args.name else list(rollouts)
-    found = [rollouts.status(name) for name in names]
+    found: list[RolloutStatus] = []
+    problems: list[str] = []
+    for name in names:
+        got = _status_or_problem(rollouts, name)
+        if isinstance(got, str):
+            problems.append(got)
+        else:
+            found.append(got)
     if ctx.json:
         dump([status_object(s) for s in found], ctx.out)
-        return OK
+        return _report_unreadable(ctx, problems)
     rows = [
         (
             s.rollout,
@@ -69,8 +111,9 @@ def status(ctx: Context) -> int:
     )
     if rollouts.environment is not None:
         ctx.out.write(f"environment: {printable(rollouts.environment)}\n")
-    ctx.out.write(table(header, rows, right={2, 5}) + "\n")
-    return OK
+    if rows:
+        ctx.out.write(table(header, rows, right={2, 5}) + "\n")
+    return _report_unreadable(ctx, problems)
 
 
 def _refusal(rollouts: Rollouts, name: str, action: Action, error: TransitionError) -> str:
@@ -142,8 +185,7 @@ def tick(ctx: Context) -> int:
     """``tick``: take the automatic steps that are due now, once (for cron)."""
     rollouts = ctx.rollouts()
     try:  # tick() carries on when the store is down; an operator is told
-        for name in rollouts:
-            rollouts.store.load(name)
+        loaded = [_load_or_problem(rollouts, name) for name in rollouts]
     except Exception as exc:
         raise StoreError(f"the store failed to load the rollouts' state: {exc}") from exc
     made = rollouts.tick()
@@ -154,7 +196,7 @@ def tick(ctx: Context) -> int:
     else:
         for entry in made:
             ctx.out.write(transition_line(entry, rollouts[entry.rollout].policy) + "\n")
-    return OK
+    return _report_unreadable(ctx, [problem for problem in loaded if problem is not None])
 
 
 def _attributes(pairs: list[str]) -> dict[str, object] | None:

@@ -252,14 +252,15 @@ class RedisStore(SharedStore):
         if created and not quiet:
             log("warning", "store.initialized", store=repr(self), rollout=rollout, note=EMPTY)
 
-    def _loaded(self, rollout: str, state: RolloutState) -> None:
-        if rollout not in self._registered:
+    def _loaded(self, rollout: str, state: RolloutState | None) -> None:
+        if state is not None and rollout not in self._registered:
             self._register(rollout, state, quiet=True)
         if rollout not in self._upgraded:
             self._upgraded.add(rollout)
-            self._drop_legacy(rollout, state.history)
+            # No state: whatever an earlier version kept belongs to no history there is.
+            self._drop_legacy(rollout, state.history if state is not None else None)
 
-    def _drop_legacy(self, rollout: str, history: str) -> None:
+    def _drop_legacy(self, rollout: str, history: str | None) -> None:
         """Drop the unit ids that earlier versions kept of ``rollout``; never raises.
 
         Its sets of unit texts (``first:{scope}``) become digests (see :meth:`_convert`); its
@@ -279,10 +280,10 @@ class RedisStore(SharedStore):
         for key in keys:
             name = _text(key)
             try:
-                if name.startswith(first):
+                if name.startswith(first) and history is not None:
                     seen = self._key(rollout, "seen:" + name.removeprefix(first))
                     self._convert(rollout, seen, key, history=history)
-                elif name.startswith(distinct):
+                elif name.startswith((first, distinct)):
                     client.delete(key)
             except Exception as exc:  # one key of another type: the others still go
                 self.failures.record("store.upgrade_failed", exc, rollout=rollout, key=name)

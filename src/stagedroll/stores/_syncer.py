@@ -217,8 +217,11 @@ class SharedStore:
         """
         raise NotImplementedError
 
-    def _loaded(self, rollout: str, state: RolloutState) -> None:
-        """Called when :meth:`load` read a state (Redis registers it once per process)."""
+    def _loaded(self, rollout: str, state: RolloutState | None) -> None:
+        """Called when :meth:`load` read a state, restored one, or found none.
+
+        Redis registers the rollout, and drops what earlier versions kept, once per process.
+        """
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -234,11 +237,8 @@ class SharedStore:
         self._seen(rollout, None)
         raw = self._read_many([rollout]).get(rollout)
         try:
-            if raw is None:
-                state = self._recover(rollout)
-            else:
-                state = self._decode(rollout, raw)
-                self._loaded(rollout, state)
+            state = self._recover(rollout) if raw is None else self._decode(rollout, raw)
+            self._loaded(rollout, state)
         except ValueError as exc:
             self._unreadable[rollout] = str(exc)
             raise
@@ -418,6 +418,11 @@ class SharedStore:
         self._refreshed.add(callback)
         if not self._closed:
             self._thread.start()
+
+    @property
+    def down(self) -> bool:
+        """Whether the last refresh failed (the backend is down; the refresh backs off)."""
+        return self._down
 
     def supervise(self) -> None:
         """Start the refresh thread again if it died (``store.thread_died``); never raises.
