@@ -480,6 +480,19 @@ class TestSplitting:
         assert totals.refused == 1000
         assert totals.visits[-1][1] == {}  # nothing counted: the counters were only read
 
+    def test_running_out_of_calls_drops_both_arms_alike(self) -> None:
+        """When the split runs out of calls, the dropped tail (the control arm's events)
+        takes the treatment's with it: a loss of evidence, never a bias toward a freeze."""
+        store = RecordingStore()
+        key = rollout_key("co", "h")
+        treated = [f"t{i}" for i in range(300)]
+        control = [f"c{i}" for i in range(300)]
+        store.refused = {digest(key, token(u)) for u in treated[::3] + control[::3]}
+        batch = Batch(1, 0, events={"errors.t": [t(u) for u in treated],
+                                    "errors.c": [t(u) for u in control]})  # fmt: skip
+        counters = flush(store, "co", batch, "h").visits[-1][1]
+        assert counters.get("errors.t", 0) == counters.get("errors.c", 0) == 0
+
     def test_a_store_that_is_down_is_called_once(self) -> None:
         """A failure that is not a data error fails the flush at once, nothing split."""
         store = RecordingStore()

@@ -194,11 +194,13 @@ class Outbox:
 class _Splitter:
     """Sends batches to a store; on a data error, splits them to isolate what is refused."""
 
-    __slots__ = ("calls", "refused")
+    __slots__ = ("calls", "capped", "refused")
 
     def __init__(self) -> None:
         self.calls = 0
         self.refused = 0
+        self.capped = 0
+        """Elements dropped because the calls ran out, unlike one refused element alone."""
 
     def send(
         self, call: Callable[[list[str]], _T], items: list[str], *, part: bool = False
@@ -211,6 +213,7 @@ class _Splitter:
         """
         if part and self.calls >= SPLIT_CALLS:
             self.refused += len(items)
+            self.capped += len(items)
             return [(items, None)]
         self.calls += 1
         try:
@@ -277,7 +280,12 @@ def flush(store: Store, rollout: str, batch: Batch, history: str = "") -> Totals
         control = [digest(key, t) for t in batch.events.get(f"{kind}.c", [])]
         ids = treated + control
         scope = f"{batch.epoch}/{kind}"
+        capped = splitter.capped
         new = _add_units(store, rollout, scope, ids, splitter) if ids else []
+        if splitter.capped > capped:
+            # The calls ran out: what was dropped is the tail, the control arm's events.
+            # Count none of the kind's events, on either arm: a loss, not a bias.
+            new = [False] * len(new)
         counts[f"{kind}.t"] = counts.get(f"{kind}.t", 0) + sum(new[: len(treated)])
         counts[f"{kind}.c"] = counts.get(f"{kind}.c", 0) + sum(new[len(treated) :])
     try:
