@@ -303,6 +303,9 @@ class SharedStore:
                     f"read ({exc}); serving the old path until it is repaired"
                 ) from None
         restored = None if entry is None else _from_history(entry, registered)
+        raw = self._read_many([rollout]).get(rollout)  # another process restored meanwhile?
+        if raw is not None:  # (it writes its state and its history entry at once)
+            return self._decode(rollout, raw)
         if restored is None:
             self.failures.record("store.state_lost", rollout=rollout, restored=False, why=_GONE)
             return None
