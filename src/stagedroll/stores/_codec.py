@@ -13,8 +13,10 @@ holds a state that its readers would refuse.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from .._state import Action, RolloutState, Status, Transition
@@ -172,12 +174,25 @@ def _status(value: object) -> Status:
         raise ValueError(f"unknown status {_shown(value)}") from None
 
 
+@contextlib.contextmanager
+def _total(what: str, text: object) -> Iterator[None]:
+    """Turn whatever decoding ``text`` raises into a ``ValueError`` naming ``what``."""
+    try:
+        yield
+    except KeyError as exc:
+        raise ValueError(f"malformed {what} {_shown(text)}: no {exc}") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # RecursionError (deep nesting), OverflowError, MemoryError...
+        raise ValueError(f"malformed {what} {_shown(text)}: {type(exc).__name__}: {exc}") from None
+
+
 def load_state(text: object) -> RolloutState:
     """The state that :func:`dump_state` wrote; ``ValueError`` for anything else.
 
     Total: any text (or value) a store may hold gives a valid state or ``ValueError``.
     """
-    try:
+    with _total("rollout state", text):
         data = _object(text, "rollout state")
         state = RolloutState(
             stage=_int(data, "stage"),
@@ -194,14 +209,6 @@ def load_state(text: object) -> RolloutState:
             # to where no transition could follow it (kills would fail): old path instead
             raise ValueError(f"version {state.version} leaves no room for transitions")
         return state
-    except KeyError as exc:
-        raise ValueError(f"malformed rollout state {_shown(text)}: no {exc}") from None
-    except ValueError:
-        raise
-    except Exception as exc:  # RecursionError (deep nesting), OverflowError, MemoryError...
-        raise ValueError(
-            f"malformed rollout state {_shown(text)}: {type(exc).__name__}: {exc}"
-        ) from None
 
 
 def dump_transition(entry: Transition) -> str:
@@ -226,7 +233,7 @@ def dump_transition(entry: Transition) -> str:
 
 def load_transition(text: object) -> Transition:
     """The transition that :func:`dump_transition` wrote; ``ValueError`` for anything else."""
-    try:
+    with _total("transition", text):
         data = _object(text, "transition")
         from_status = data.get("from_status")
         evidence = data.get("evidence") or {}
@@ -248,11 +255,3 @@ def load_transition(text: object) -> Transition:
             actor=_text(data, "actor"),
             evidence={str(k): _number(v) for k, v in evidence.items()},
         )
-    except KeyError as exc:
-        raise ValueError(f"malformed transition {_shown(text)}: no {exc}") from None
-    except ValueError:
-        raise
-    except Exception as exc:  # RecursionError (deep nesting), OverflowError, MemoryError...
-        raise ValueError(
-            f"malformed transition {_shown(text)}: {type(exc).__name__}: {exc}"
-        ) from None
