@@ -13,7 +13,7 @@ from stagedroll import Action, HealthReport, MemoryStore, Rollouts
 from stagedroll import Health as HealthPolicy
 from stagedroll._health import DISABLED, Health, Verdict
 from stagedroll._outcomes import UNIT_CAP, Arms, Outcomes
-from stagedroll._sequential import MixtureTest
+from stagedroll._sample_ratio import sample_ratio_log_e
 
 
 class Gate:
@@ -49,6 +49,17 @@ class Gate:
 def log_bar(alpha: float, part: float) -> float:
     """``log(1 / (alpha * part))``: where a test given ``part`` of ``alpha`` fires."""
     return -math.log(alpha * part)
+
+
+def by_hand(events: int) -> float:
+    """``E`` after ``events`` treatment events (none from control) at 50 % in one visit."""
+
+    def mean_factor(n: int) -> float:
+        return sum((2 * r / (r + 1)) ** n for r in (1.25, 1.5, 2, 3, 5, 10)) / 6
+
+    starts = [math.ceil(4 * (2 ** (b / 32) - 1)) for b in range(1, 16 * 32 + 1)]
+    blocks = sum(mean_factor(max(0, events - start)) for start in starts)
+    return 0.5 * mean_factor(events) + 0.45 / len(starts) * blocks + 0.05
 
 
 class TestErrorEvents:
@@ -266,10 +277,7 @@ class TestUnits:
             gate.ok(f"t{i}", treatment=True)
         assert gate.report().units_treatment == 1000
         assert gate.health.sample_ratio_log_e(control, treatment, 0.5) == frozen
-        expected = MixtureTest(two_sided=True)
-        expected.set_share(0.5)
-        expected.add(10, UNIT_CAP)
-        assert frozen == pytest.approx(expected.log_e())
+        assert frozen == pytest.approx(sample_ratio_log_e(10, UNIT_CAP, 0.5))
 
     def test_after_fork_a_full_arm_counts_again(self) -> None:
         """A forked child starts its own units: an arm full in the parent counts again, and
@@ -316,7 +324,7 @@ class TestVerdict:
         """Freeze once E reaches ``1/(alpha_freeze * part)`` and ``min_events`` treatment events.
 
         Without a latency test the error test gets all of alpha: the bar is 1/0.2 = 5,
-        reached after 5 treatment events at 50 %, but the verdict waits for the 8th.
+        reached after 6 treatment events at 50 %, but the verdict waits for the 8th.
         """
         gate = Gate(alpha_freeze=0.2, min_events=8)
         bar = log_bar(0.2, 1.0)
@@ -328,8 +336,7 @@ class TestVerdict:
                 reached_at = i
             expected = "freeze" if i >= 8 and test.log_e() >= bar else None
             assert gate.health.verdict().action == expected
-        assert reached_at is not None
-        assert reached_at < 8
+        assert reached_at == 6  # E = 7.2 (4.6 after 5): before min_events
         assert gate.health.verdict() == Verdict(Action.FREEZE, "errors")
 
     @pytest.mark.parametrize(
@@ -343,14 +350,24 @@ class TestVerdict:
         self, knobs: dict[str, Any], freeze_at: float, rollback_at: float
     ) -> None:
         """The default bars of the error test, checked event by event: ``1/0.05 = 20`` (and
-        ``1/0.001 = 1000``) alone, ``1/(0.05 * 0.5) = 40`` (and 2000) beside a latency test."""
+        ``1/0.001 = 1000``) alone, ``1/(0.05 * 0.5) = 40`` (and 2000) beside a latency test.
+
+        ``E`` by hand, from the documentation of the sequential test: after ``i`` treatment
+        events at 50 % in one stage visit, half the budget bet from the first event, 0.45
+        spread over the blocks (block ``b`` from event ``ceil(4 (2**(b/32) - 1))`` on, its
+        weight held as it is until then) and 0.05 kept.
+        """
         gate = Gate(**knobs)
+        steps = []
         for i in range(1, 30):
             gate.error(f"t{i}", treatment=True)
-            e = sum((2 * r / (r + 1)) ** i for r in (1.25, 1.5, 2, 3, 5, 10)) / 6
+            e = by_hand(i)
+            steps.append((i, e))
             assert gate.health.errors.e_value == pytest.approx(e)
             assert (gate.health.verdict().action == "freeze") is (freeze_at <= e < rollback_at)
             assert (gate.health.verdict().action == "rollback") is (e >= rollback_at)
+        # The bars fall within the run, each crossed for the first time somewhere in it.
+        assert steps[0][1] < freeze_at <= rollback_at <= steps[-1][1]
 
     def test_rollback_at_its_bar_without_min_events(self) -> None:
         """Roll back at ``1/(alpha_rollback * part)``, however few events (min_events is moot)."""

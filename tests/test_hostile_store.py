@@ -365,9 +365,16 @@ class TestCorruptStates:
         for unit in control:
             worker.report("a", unit, error=True)
         reader = shared.make_shared(refresh_interval=3600)
-        wait_for(lambda: reader.read_counts("a", "1.0").get("errors.c") == 3, "3 events")
+
+        def control_errors() -> int:
+            counts = reader.read_counts("a", "1.0")
+            return sum(n for name, n in counts.items() if name.startswith("errors.c@"))
+
+        wait_for(lambda: control_errors() == 3, "3 events")
         time.sleep(FAST * 5)  # a few more flushes: nothing more lands
-        assert reader.read_counts("a", "1.0").get("errors.c") == 3
+        assert control_errors() == 3
+        names = {name for name in reader.read_counts("a", "1.0") if name.startswith("errors.")}
+        assert all(name.startswith("errors.c@0.5#") for name in names)  # at the policy's share
 
     def test_a_running_worker_follows_the_repair(self, shared: Backend) -> None:
         """A worker serves the old path while the state is corrupt, and the repaired state

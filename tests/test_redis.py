@@ -343,16 +343,21 @@ class TestOutage:
 
         def pooled() -> bool:
             counts = reader.read_counts("co", segment)
-            return counts.get("errors.t", 0) + counts.get("errors.c", 0) == len(failing)
+            return sum(n for name, n in counts.items() if name.startswith("errors.")) == len(
+                failing
+            )
 
         wait_until(pooled, store=store, what="the queued errors pooled in Redis")
         treated = sum(rollouts.enabled("co", unit) for unit in failing)
-        assert reader.read_counts("co", segment) == {
-            "errors.t": treated,
-            "errors.c": len(failing) - treated,
-            "slow.t": 0,
-            "slow.c": 0,
+        treated_units = sum(rollouts.enabled("co", unit) for unit in units(200))
+        # One batch, at the policy's share, in the visit's first block; no slow call counted.
+        expected = {
+            "errors.t@0.5#0": treated,
+            "errors.c@0.5#0": len(failing) - treated,
+            "units.t@0.5": treated_units,
+            "units.c@0.5": 200 - treated_units,
         }
+        assert reader.read_counts("co", segment) == {k: n for k, n in expected.items() if n}
         health = rollouts.status("co").health
         assert health.error_events_treatment == treated
         assert health.error_events_control == len(failing) - treated
@@ -368,14 +373,16 @@ class TestPooledEvidence:
         unit failing on both counts once."""
         one = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
         two = Rollouts(gated_policy(), store=make_store(redis_url, prefix=redis_prefix))
-        treated = [unit for unit in units() if one.enabled("co", unit)][:8]
-        assert [two.enabled("co", unit) for unit in treated] == [True] * 8
-        # At 50 % and no control errors, the gate freezes at the 7th treatment error event
-        # (and rolls back at the 15th): neither side alone reaches it.
-        seen_by_one, seen_by_two = treated[:5], treated[2:]
+        treated = [unit for unit in units() if one.enabled("co", unit)][:12]
+        assert [two.enabled("co", unit) for unit in treated] == [True] * 12
+        # At 50 % and no control errors, the gate freezes at the 9th treatment error event at
+        # the soonest (E = 19 after 8, 32 after 9, counted one by one; fewer flushes only
+        # lower it) and rolls back past 15 (E = 162 to 165 after 12, however flushed):
+        # neither side alone, with 8 each, reaches it; together, with 12, they freeze.
+        seen_by_one, seen_by_two = treated[:8], treated[4:]
         for unit in seen_by_one:
             one.report("co", unit, error=True, latency_s=0.01)
-        wait_until(lambda: one.status("co").health.error_events_treatment == 5, what="pooled")
+        wait_until(lambda: one.status("co").health.error_events_treatment == 8, what="pooled")
         assert one["co"].state.status is Status.RUNNING
         for unit in seen_by_two:
             two.report("co", unit, error=True, latency_s=0.01)
@@ -389,7 +396,7 @@ class TestPooledEvidence:
         events = freeze.evidence["error_events_treatment"]
         assert isinstance(events, int)
         assert max(len(seen_by_one), len(seen_by_two)) < events <= len(set(treated))
-        # Reported 5 + 6 times, by 8 distinct units: each counts once, fleet-wide.
+        # Reported 8 + 8 times, by 12 distinct units: each counts once, fleet-wide.
 
         def all_pooled() -> bool:
             return all(
@@ -399,8 +406,11 @@ class TestPooledEvidence:
         wait_until(all_pooled, what="all the errors pooled, on both sides")
         state = one["co"].state
         counts = one.store.read_counts("co", f"{state.epoch}.{state.stage}")
-        assert counts["errors.t"] == len(treated)
-        assert counts["errors.c"] == 0
+        assert sum(n for name, n in counts.items() if name.startswith("errors.t@0.5#")) == len(
+            treated
+        )
+        assert not [name for name in counts if name.startswith("errors.c")]
+        assert state.status is Status.FROZEN  # 12 events: not enough to roll back
 
 
 class TestUpgrade:
@@ -408,7 +418,11 @@ class TestUpgrade:
         self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
     ) -> None:
         """A set of first errors kept as text (by an earlier version) is turned into digests
-        at its first write: a unit counted before is not new after, and the texts go."""
+        at its first write: a unit counted before is not new after, and the texts go.
+
+        The earlier version's counter (``errors.t``, without a share and a block) is no
+        evidence of this one: only the new unit's first error counts.
+        """
         store = make_store(redis_url, prefix=redis_prefix, refresh_interval=3600)
         rollouts = Rollouts(gated_policy(), store=store)
         treated = [u for u in units(200) if rollouts.enabled("co", u)][:2]
@@ -419,7 +433,12 @@ class TestUpgrade:
         for unit in treated:
             rollouts.report("co", unit, error=True)
         rollouts.tick()
-        assert rollouts.status("co").health.error_events_treatment == 2
+        assert rollouts.status("co").health.error_events_treatment == 1  # treated[1] alone
+        assert client.hgetall(f"{redis_prefix}:{{co}}:counts:{epoch}.0") == {
+            "errors.t": "1",  # the earlier version's, left as it was
+            "errors.t@0.5#0": "1",
+            "units.t@0.5": "2",
+        }
         assert client.exists(legacy) == 0
         seen = client.smembers(f"{redis_prefix}:{{co}}:seen:{epoch}/errors")
         assert len(seen) == 3

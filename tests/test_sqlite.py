@@ -27,6 +27,7 @@ from stagedroll import (
     Transition,
 )
 from stagedroll.stores import store_from_url
+from stagedroll.stores._digest import digest, rollout_key, token
 from stagedroll.stores._sqlite import SCHEMA_VERSION
 
 POLICY = plain_policy(50, 100, name="x")
@@ -761,7 +762,12 @@ PRAGMA user_version = 1;
 class TestSchema1:
     def test_units_kept_as_text_become_digests(self, path: Path) -> None:
         """A file of schema 1 is migrated: each unit becomes its digest (a unit counted
-        before is not new after), and no unit's text is left in the file."""
+        before is not new after), and no unit's text is left in the file.
+
+        The earlier version's counter (``errors.t``, without a share and a block) is no
+        evidence of this one, nor are its distinct units (a scope without a share): only the
+        new unit's first error counts, and the units reported since.
+        """
         gated = {"rollouts": {"x": {"stages": [{"name": "half", "percent": 50}],
                                     "health": {"min_events": 3}}}}  # fmt: skip
         probe = Rollouts(gated)  # which units are treated (the bucket does not need a store)
@@ -790,8 +796,18 @@ class TestSchema1:
             rollouts.report("x", treated[1], error=True)  # a new one
             rollouts.tick()
             health = rollouts.status("x").health
-            assert health.error_events_treatment == 2
-            assert health.units_treatment == 3
+            assert health.error_events_treatment == 1  # treated[1] alone
+            counts = store.read_counts("x", "1.0")
+            assert {k: n for k, n in counts.items() if k.startswith("errors.")} == {
+                "errors.t": 1,
+                "errors.t@0.5#0": 1,
+            }
+            assert health.units_treatment == 2
+            # The earlier version's distinct units became the same digests as this one's.
+            key = rollout_key("x", "h1")
+            digests = [digest(key, token(unit)) for unit in treated]
+            assert store.count_distinct("x", "1.0/t", []) == 3
+            assert store.count_distinct("x", "1.0/t", digests) == 3
         finally:
             store.close()
         held = b"".join(p.read_bytes() for p in files(path) if p.exists())

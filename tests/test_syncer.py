@@ -333,11 +333,18 @@ def run_children(
     return [json.loads(out.read_text()) for out in outs]
 
 
+def counted(counts: dict[str, int], prefix: str) -> int:
+    """The events of ``prefix`` (``errors.t``, ...) in a visit's counters, at every share and
+    block (named ``errors.t@0.5#3``)."""
+    return sum(n for name, n in counts.items() if name.startswith(prefix + "@"))
+
+
 class TestPooledEvidence:
     def test_processes_pool_their_errors_into_one_freeze(self, tmp_path: Path) -> None:
         """Errors seen by three processes freeze the rollout on evidence none had alone."""
-        # A freeze needs 7 errors on the new path (and none on the old): more than any one
-        # child reports (6 at most), so the evidence that froze it was pooled.
+        # A freeze needs 9 errors on the new path (E = 32 after 9, 19 after 8, with none on
+        # the old, counted one by one; fewer flushes only lower it): more than any one child
+        # reports (6 at most), so the evidence that froze it was pooled.
         seen = run_children(tmp_path, p_new=0.5, p_old=0.02, limit=3000, cap=6, pause=0.002)
         store = SQLiteStore(tmp_path / "state.db", refresh_interval=60)
         try:
@@ -359,7 +366,7 @@ class TestPooledEvidence:
             # The fleet's counters hold the children's first errors (each unit once); a
             # rollback may drop a child's last queue (that stage visit is over).
             counts = store.read_counts("co", "1.0")  # epoch 1 (the start), stage 0
-            assert pooled <= counts["errors.t"] <= sum(own)
+            assert pooled <= counted(counts, "errors.t") <= sum(own)
         finally:
             store.close()
 
@@ -373,9 +380,13 @@ class TestPooledEvidence:
             assert found.status is Status.RUNNING
             assert [t.action for t in store.history("co")] == [Action.START]
             counts = store.read_counts("co", "1.0")  # epoch 1 (the start), stage 0
-            assert counts["errors.t"] == sum(child["errors"]["t"] for child in seen)
-            assert counts["errors.c"] == sum(child["errors"]["c"] for child in seen)
+            assert counted(counts, "errors.t") == sum(child["errors"]["t"] for child in seen)
+            assert counted(counts, "errors.c") == sum(child["errors"]["c"] for child in seen)
             assert sum(child["units"]["t"] + child["units"]["c"] for child in seen) == 4500
+            # Every counter is at the policy's share; each child's units were new to it.
+            assert all("@0.5" in name for name in counts)
+            assert counts["units.t@0.5"] == sum(child["units"]["t"] for child in seen)
+            assert counts["units.c@0.5"] == sum(child["units"]["c"] for child in seen)
         finally:
             store.close()
 

@@ -15,7 +15,10 @@ roll back when a test reaches ``1/alpha_rollback`` (its part), freeze when it re
 ``1/alpha_freeze`` (its part) with ``min_events`` treatment events.
 
 With a store shared by processes the events are not counted here but queued in an
-:class:`~._pool.Outbox`, and the tests take the fleet's pooled totals (:meth:`Health.absorb`).
+:class:`~._pool.Outbox`, and the tests take the fleet's pooled totals (:meth:`Health.absorb`),
+each event at the share it was observed at. While processes report events or units at
+another share in the same stage visit (a percent edit rolling out), the gate does not act:
+:attr:`Health.others` names their shares until they have been quiet for a few flushes.
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ from types import MappingProxyType
 from ._latency import SlowThreshold
 from ._outcomes import UNIT_CAP, ArmCounts
 from ._policy import Health as HealthPolicy
-from ._pool import Outbox, Totals
+from ._pool import Outbox, Totals, share_text
+from ._sample_ratio import sample_ratio_log_e
 from ._seen import SeenUnits
-from ._sequential import MixtureTest
+from ._sequential import BLOCKS, MixtureTest, block_of
 from ._state import Action
 
 __all__ = ["Health", "HealthReport", "Verdict"]
 
+AGREE_AFTER = 3
+"""Flushes without growth at another share after which the processes are taken to agree."""
+_MAX_COUNTERS = 16384  # counters of one visit read at most (a store holds what it is given)
 _STRIDE = 32  # of a folded batch of control latencies, every 32nd teaches the threshold...
 _FULL_SAMPLE = 4096  # ...once this many have
 
@@ -93,6 +100,10 @@ class HealthReport:
     """``False`` once the sample-ratio test has fired in this stage visit (it is checked when
     the status is read and before an automatic advance): automatic advances stop until the
     stage changes or an operator resumes the rollout."""
+    shares_elsewhere: tuple[float, ...] = ()
+    """Shares other than this process's at which processes sharing the store recently counted
+    events or units of this stage visit (they run another version of the policy): while it
+    is not empty, the gate takes no automatic step."""
 
     def evidence(self) -> Mapping[str, float | int | str | None]:
         """The report as a flat mapping, for the history entry and the structlog event."""
@@ -140,14 +151,18 @@ class Health:
     """The health gate of one rollout; call its methods with the rollout's lock held."""
 
     __slots__ = (
+        "_activity",
         "_arms",
         "_frozen_units",
+        "_recent",
+        "_told",
         "error_units",
         "errors",
         "log_freeze",
         "log_rollback",
         "log_sample_ratio",
         "min_events",
+        "others",
         "outbox",
         "paired",
         "sample_ratio_fired",
@@ -188,6 +203,28 @@ class Health:
         The tests then count only the pooled totals (see :meth:`absorb`), never a local
         event on its own, and no event makes a step due on the caller's thread.
         """
+        self.others: tuple[float, ...] = ()
+        """Shares at which other processes count in this stage visit (see :meth:`absorb`)."""
+        self._activity: dict[str, int] | None = None
+        """Per share, the sum of the visit's counters at the last flush (``None``: none yet)."""
+        self._recent: dict[str, int] = {}
+        """Per share other than this process's: flushes since its counters last grew."""
+        self._told = False  # the disagreement in force was returned to be logged
+
+    def inherit(self, old: Health) -> None:
+        """Keep ``old``'s evidence: the policy changed, but not its health settings.
+
+        The tests, the units that had an event, the learnt latency threshold and the queued
+        events carry over, so a percent edit neither loses the evidence of the epoch nor
+        re-scores it: each event keeps the share it was observed at.
+        """
+        self.errors, self.slow = old.errors, old.slow
+        self.error_units, self.slow_units = old.error_units, old.slow_units
+        self.threshold = old.threshold
+        if self.outbox is not None and old.outbox is not None:
+            self.outbox = old.outbox
+            self.others, self._activity, self._recent = old.others, old._activity, old._recent
+            self._told = old._told
 
     def track(self, control: ArmCounts, treatment: ArmCounts) -> None:
         """Make ``control`` and ``treatment`` the arms of the stage visit now in force."""
@@ -206,6 +243,15 @@ class Health:
         self.errors.set_share(share)
         self.slow.set_share(share)
 
+    def visit(self) -> None:
+        """A new stage visit begins: the tests get its start points."""
+        self.errors.visit()
+        self.slow.visit()
+        self._forget_shares()
+
+    def _forget_shares(self) -> None:
+        self.others, self._activity, self._recent, self._told = (), None, {}, False
+
     def reset(self) -> None:
         """Start a new epoch of evidence (an operator resumed the rollout)."""
         self.errors.reset()
@@ -213,6 +259,7 @@ class Health:
         self.error_units.clear()
         self.slow_units.clear()
         self.sample_ratio_fired = False
+        self._forget_shares()
 
     def after_fork(self) -> None:
         """In a forked child: the evidence, the units and the latencies were the parent's."""
@@ -248,7 +295,7 @@ class Health:
             counts.unit_count += 1
             if self.outbox is not None:
                 if key is not None and self._current(counts):
-                    self.outbox.unit(counts.enabled, key)
+                    self.outbox.unit(counts.enabled, key, self.errors.share)
                 return False
             # A new unit of the new path can make min_units, hence an advance, due.
             return self.timed and counts.enabled
@@ -268,7 +315,8 @@ class Health:
         if key is not None and not seen.add(key):
             return False
         if self.outbox is not None:
-            self.outbox.event("errors" if test is self.errors else "slow", treatment, key)
+            kind = "errors" if test is self.errors else "slow"
+            self.outbox.event(kind, treatment, key, test.share)
             return False
         if treatment:
             test.add(1, 0)
@@ -290,26 +338,67 @@ class Health:
             due = self._event(self.errors, self.error_units, key, counts.enabled) or due
         return due
 
-    def absorb(self, totals: Totals, shares: list[float]) -> None:
-        """Set the tests to the fleet's pooled counts of the epoch; ``shares`` by stage.
+    def absorb(self, totals: Totals) -> tuple[float, ...]:
+        """Set the tests to the fleet's pooled counts of the epoch; return new disagreement.
 
-        The tests are rebuilt from the counters of every stage visit of the epoch, each at
-        its stage's share, so every process evaluates the same e-process. Totals of another
-        visit are ignored (flushes of one rollout are serialized, so they come in order).
+        The tests are rebuilt from the counters of every stage visit of the epoch, each
+        event at the share and in the block it was counted with, so every process evaluates
+        the same e-process whatever policy it runs. Totals of another visit are ignored
+        (flushes of one rollout are serialized, so they come in order). Returns the shares
+        of other processes when they newly disagree with this one (to be logged), else ``()``.
         """
         outbox = self.outbox
         if outbox is None or (totals.epoch, totals.stage) != (outbox.batch.epoch,
                                                                outbox.batch.stage):  # fmt: skip
-            return
+            return ()
+        counters = [dict(list(events.items())[:_MAX_COUNTERS]) for _, events in totals.visits]
         for test, kind in ((self.errors, "errors"), (self.slow, "slow")):
-            test.reset()
-            for stage, events in totals.visits:
-                test.set_share(shares[stage] if 0 <= stage < len(shares) else 0.0)
-                test.set_current(events.get(f"{kind}.t", 0), events.get(f"{kind}.c", 0))
+            visits = [_entries(events, kind) for events in counters]
+            test.set_counts(visits)
+            current = visits[-1] if visits else []
+            outbox.blocks[kind] = block_of(sum(t + c for _, _, t, c in current))
         if self._arms:
             control, treatment = self._arms
             control.pooled_units = max(control.pooled_units, totals.units_control)
             treatment.pooled_units = max(treatment.pooled_units, totals.units_treatment)
+        return self._compare(counters[-1] if counters else {}, totals.own)
+
+    def _compare(self, counters: Mapping[str, int], own: Mapping[str, int]) -> tuple[float, ...]:
+        """Note the shares other than this process's whose counters grew since the last flush.
+
+        Growth is what the counters gained beyond what this flush added (``own``): events
+        this process queued before a reload changed its share are its own. At the first
+        flush of a visit there is nothing to compare with: every other share that has
+        counters is taken to be in use, until it stays still for :data:`AGREE_AFTER`
+        flushes. Returns the other shares when they are newly seen to grow (to be logged).
+        """
+        activity: dict[str, int] = {}
+        for name, n in counters.items():
+            share = name.partition("@")[2].partition("#")[0]
+            if _share_of(share) is not None:
+                activity[share] = activity.get(share, 0) + n
+        mine = share_text(self.errors.share)
+        before = self._activity
+        self._activity = activity
+        recent = {share: n + 1 for share, n in self._recent.items() if n + 1 < AGREE_AFTER}
+        grew = []
+        for share, n in activity.items():
+            if share == mine or n <= 0:
+                continue
+            if before is None:
+                recent[share] = 0  # no baseline: in use until shown otherwise (not logged)
+            elif n > before.get(share, 0) + own.get(share, 0):
+                recent[share] = 0
+                grew.append(share)
+        recent.pop(mine, None)
+        self._recent = recent
+        self.others = tuple(sorted(float(share) for share in recent))
+        if not self.others:
+            self._told = False
+        elif grew and not self._told:
+            self._told = True
+            return self.others
+        return ()
 
     def _current(self, counts: ArmCounts) -> bool:
         """Whether ``counts`` belongs to the stage visit in force.
@@ -321,7 +410,12 @@ class Health:
         return not arms or counts is arms[0] or counts is arms[1]
 
     def verdict(self) -> Verdict:
-        """Roll back, freeze, or nothing, from the evidence so far."""
+        """Roll back, freeze, or nothing, from the evidence so far.
+
+        Nothing while processes count at other shares in this visit (:attr:`others`).
+        """
+        if self.others:
+            return _HEALTHY
         tests = (("errors", self.errors), ("latency", self.slow))
         for (name, test), log_rollback in zip(tests, self.log_rollback, strict=True):
             if test.reaches(log_rollback):
@@ -333,13 +427,10 @@ class Health:
 
     def sample_ratio_log_e(self, control: ArmCounts, treatment: ArmCounts, share: float) -> float:
         """The log e-value of the sample-ratio test on the stage visit's distinct units."""
-        test = MixtureTest(two_sided=True)
-        test.set_share(share)
         units = self._frozen_units
         if units is None or self._arms != (control, treatment):
             units = (treatment.units_seen(), control.units_seen())
-        test.add(*units)
-        return test.log_e()
+        return sample_ratio_log_e(*units, share)
 
     def report(self, control: ArmCounts, treatment: ArmCounts, share: float) -> HealthReport:
         """The evidence now; hold the rollout's lock."""
@@ -367,7 +458,39 @@ class Health:
             rollback_at_errors=_exp(self.log_rollback[0]),
             rollback_at_latency=_exp(self.log_rollback[1]),
             sample_ratio_ok=not self.sample_ratio_fired,
+            shares_elsewhere=self.others,
         )
+
+
+def _share_of(text: str) -> float | None:
+    """The share a counter name spells, if it is one (strictly between 0 and 1)."""
+    try:
+        share = float(text)
+    except ValueError:
+        return None
+    return share if 0.0 < share < 1.0 else None
+
+
+def _entries(counters: Mapping[str, int], kind: str) -> list[tuple[float, int, int, int]]:
+    """The events of ``kind`` in a visit's counters: ``(share, block, treatment, control)``.
+
+    Counter names are ``{kind}.{t|c}@{share}#{block}`` (see :mod:`~._pool`); a name that is
+    not (written by another version, or behind the store's back) is left out.
+    """
+    cells: dict[tuple[float, int], list[int]] = {}
+    for name, n in counters.items():
+        head, _, rest = name.partition("@")
+        text, _, number = rest.partition("#")
+        digits = number.isascii() and number.isdigit()
+        if head not in (f"{kind}.t", f"{kind}.c") or not digits or n <= 0:
+            continue
+        share = _share_of(text)
+        if share is None:
+            continue
+        block = int(number) if len(number) < 6 else BLOCKS + 1
+        cell = cells.setdefault((share, block), [0, 0])
+        cell[0 if head.endswith(".t") else 1] += n
+    return [(share, block, t, c) for (share, block), (t, c) in cells.items()]
 
 
 DISABLED = HealthReport(

@@ -21,8 +21,18 @@ visits are not read in one snapshot with the current one).
 
 Keys in the store: counters per stage visit, ``{epoch}.{stage}`` (within an epoch the stage
 only moves forward, so this names one visit); the sets of first events per epoch,
-``{epoch}/errors`` and ``{epoch}/slow``; the distinct units of each arm per stage visit,
-``{epoch}.{stage}/t`` and ``/c``.
+``{epoch}/errors`` and ``{epoch}/slow``; the distinct units of each arm per stage visit and
+share, ``{epoch}.{stage}@{share}/t`` and ``/c``.
+
+Every counter names the share its events were observed at and their block (see
+:mod:`~._sequential`): ``errors.t@0.05#12`` counts first errors on the new path at a 5 %
+share in block 12 of the visit. Each event is thus scored at its own share, whatever
+policy the process that reads the counts runs: a percent edit, or processes on two
+versions of the policy during a rolling deploy, never re-score the visit. The block of a
+flush is that of the next event after the visit's events the process knows of, for all
+its events (which depends on no event's arm). ``units.t@0.05`` counts the units each
+flush found new to its process: a share other than one's own that grows tells a process
+that others run another policy (:class:`~._health.Health` then refuses to judge).
 
 No unit's text reaches a store, nor waits in a queue: the outbox keeps a 16-byte token of
 each unit (any ``str``, lone surrogates included), and the flush sends its digest keyed by
@@ -73,11 +83,16 @@ class Batch:
     epoch: int
     stage: int
     events: dict[str, list[bytes]] = field(default_factory=dict)
-    """``"errors.t"``, ``"slow.c"``, …: the tokens of the units of first events."""
+    """``"errors.t@0.05"``, ``"slow.c@0.2"``, …: the tokens of the units of first events, by
+    kind, arm and the share they were observed at."""
     calls: dict[str, int] = field(default_factory=dict)
-    """``"errors.t"``, …: events of calls without a unit (per-request bucketing), counted."""
+    """``"errors.t@0.05"``, …: events of calls without a unit (per-request bucketing)."""
     units: dict[str, list[bytes]] = field(default_factory=dict)
-    """``"t"``, ``"c"``: the tokens of units new to this process in the stage visit."""
+    """``"t@0.05"``, ``"c@0.05"``: the tokens of units new to this process in the stage visit."""
+    share: float = 0.0
+    """The share this process tests at when the batch is taken (its units' totals come back)."""
+    blocks: dict[str, int] = field(default_factory=dict)
+    """Per kind, the block of the visit this batch's events go into (see the module)."""
 
     @property
     def segment(self) -> str:
@@ -94,6 +109,11 @@ def segment(epoch: int, stage: int) -> str:
     return f"{epoch}.{stage}"
 
 
+def share_text(share: float) -> str:
+    """``share`` as counter names and scopes spell it (``repr``: it reads back exactly)."""
+    return repr(float(share))
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """The fleet's counts of the epoch up to one stage visit, as the store returned them."""
@@ -104,8 +124,12 @@ class Totals:
     """``(stage, counters)`` of every stage of the epoch up to ``stage``, in order."""
     units_treatment: int
     units_control: int
+    """Distinct units of each arm in the visit at the share of the batch (``Batch.share``)."""
     refused: int = 0
     """Elements the store refused (each alone, after splitting); dropped from the batch."""
+    own: dict[str, int] = field(default_factory=dict)
+    """What this flush added to the visit's counters, per share (as counter names spell it):
+    the growth that is not another process's."""
 
 
 class Unsure(Exception):
@@ -123,10 +147,12 @@ class Outbox:
     ``tick`` may flush at once), so that totals are taken in the order they were read.
     """
 
-    __slots__ = ("batch", "dropped", "flushing")
+    __slots__ = ("batch", "blocks", "dropped", "flushing")
 
     def __init__(self) -> None:
         self.batch = Batch(0, 0)
+        self.blocks: dict[str, int] = {}
+        """Per kind, the block of the visit the next flush's events go into."""
         self.dropped = 0
         """Events and units dropped (the outbox was full, or a flush ended unsure)."""
         self.flushing = threading.Lock()
@@ -140,19 +166,24 @@ class Outbox:
         """Queue for stage visit ``(epoch, stage)`` from now on; drop another visit's queue."""
         if (self.batch.epoch, self.batch.stage) != (epoch, stage):
             self.batch = Batch(epoch, stage)
+            self.blocks = {}
 
-    def event(self, kind: str, treatment: bool, key: str | None) -> None:
-        """Queue the first event of ``kind`` (``errors``, ``slow``) of unit ``key`` (its token)."""
-        name = f"{kind}.{'t' if treatment else 'c'}"
+    def event(self, kind: str, treatment: bool, key: str | None, share: float) -> None:
+        """Queue the first event of ``kind`` (``errors``, ``slow``) of unit ``key`` (its token).
+
+        ``treatment`` says the arm, ``share`` the share the event was observed at.
+        """
+        name = f"{kind}.{'t' if treatment else 'c'}@{share_text(share)}"
         if key is None:
             self.batch.calls[name] = self.batch.calls.get(name, 0) + 1
         elif not self._full():
             self.batch.events.setdefault(name, []).append(token(key))
 
-    def unit(self, treatment: bool, key: str) -> None:
-        """Queue a unit new to this process on an arm (its token)."""
+    def unit(self, treatment: bool, key: str, share: float) -> None:
+        """Queue a unit new to this process on an arm at ``share`` (its token)."""
         if not self._full():
-            self.batch.units.setdefault("t" if treatment else "c", []).append(token(key))
+            name = f"{'t' if treatment else 'c'}@{share_text(share)}"
+            self.batch.units.setdefault(name, []).append(token(key))
 
     def _full(self) -> bool:
         if self.batch.size() < MAX_QUEUED:
@@ -160,9 +191,11 @@ class Outbox:
         self.dropped += 1
         return True
 
-    def take(self) -> Batch:
-        """The queued batch, leaving an empty one for the same visit."""
+    def take(self, share: float) -> Batch:
+        """The queued batch, leaving an empty one for the same visit (``share``: in force)."""
         batch = self.batch
+        batch.share = share
+        batch.blocks = dict(self.blocks)
         self.batch = Batch(batch.epoch, batch.stage)
         return batch
 
@@ -272,39 +305,60 @@ def flush(store: Store, rollout: str, batch: Batch, history: str = "") -> Totals
         (stage, store.read_counts(rollout, segment(batch.epoch, stage)))
         for stage in range(max(batch.stage, 0))  # the earlier visits of the epoch, if any
     ]
-    counts = dict(batch.calls)
+    counts: dict[str, int] = {}
+    for name, n in batch.calls.items():
+        _count(counts, f"{name}#{batch.blocks.get(name.partition('.')[0], 0)}", n)
     for kind in KINDS:
         # Sent again after a failure, a unit already marked here is no longer new: it is
         # lost to the test rather than counted twice.
-        treated = [digest(key, t) for t in batch.events.get(f"{kind}.t", [])]
-        control = [digest(key, t) for t in batch.events.get(f"{kind}.c", [])]
-        ids = treated + control
+        names = sorted(name for name in batch.events if name.startswith(kind + "."))
+        groups = [[digest(key, t) for t in batch.events[name]] for name in names]
+        ids = [unit for group in groups for unit in group]
         scope = f"{batch.epoch}/{kind}"
         capped = splitter.capped
         new = _add_units(store, rollout, scope, ids, splitter) if ids else []
         if splitter.capped > capped:
-            # The calls ran out: what was dropped is the tail, the control arm's events.
-            # Count none of the kind's events, on either arm: a loss, not a bias.
+            # The calls ran out: what was dropped is the tail, some arm's events. Count none
+            # of the kind's events, on either arm: a loss, not a bias.
             new = [False] * len(new)
-        counts[f"{kind}.t"] = counts.get(f"{kind}.t", 0) + sum(new[: len(treated)])
-        counts[f"{kind}.c"] = counts.get(f"{kind}.c", 0) + sum(new[len(treated) :])
+        block = batch.blocks.get(kind, 0)
+        at = 0
+        for name, group in zip(names, groups, strict=True):
+            _count(counts, f"{name}#{block}", sum(new[at : at + len(group)]))
+            at += len(group)
+    for name, tokens in batch.units.items():
+        _count(counts, f"units.{name}", len(tokens))
     try:
-        if any(counts.values()):
+        if counts:
             events = store.add_counts(rollout, batch.segment, counts)
         else:
             events = store.read_counts(rollout, batch.segment)  # an idle flush writes nothing
     except Exception as exc:
-        if any(counts.values()):
+        if counts:
             raise Unsure(str(exc)) from exc  # the increments may have landed
         raise
     visits.append((batch.stage, events))
-    arms = {arm: [digest(key, t) for t in batch.units.get(arm, [])] for arm in ("t", "c")}
+    current = share_text(batch.share)
+    scopes = {name.partition("@")[2] for name in batch.units} | {current}
+    distinct: dict[str, int] = {}
     try:
-        units_t = _count_distinct(store, rollout, f"{batch.segment}/t", arms["t"], splitter)
-        units_c = _count_distinct(store, rollout, f"{batch.segment}/c", arms["c"], splitter)
+        for share in sorted(scopes):
+            for arm in ("t", "c"):
+                ids = [digest(key, t) for t in batch.units.get(f"{arm}@{share}", [])]
+                scope = f"{batch.segment}@{share}/{arm}"
+                distinct[f"{arm}@{share}"] = _count_distinct(store, rollout, scope, ids, splitter)
     except Exception as exc:
         raise Unsure(str(exc)) from exc  # the events did count: only the units go back
-    return Totals(batch.epoch, batch.stage, tuple(visits), units_t, units_c, splitter.refused)
+    units_t, units_c = distinct[f"t@{current}"], distinct[f"c@{current}"]
+    own: dict[str, int] = {}
+    for name, n in counts.items():
+        _count(own, name.partition("@")[2].partition("#")[0], n)
+    return Totals(batch.epoch, batch.stage, tuple(visits), units_t, units_c, splitter.refused, own)
+
+
+def _count(counts: dict[str, int], name: str, n: int) -> None:
+    if n:
+        counts[name] = counts.get(name, 0) + n
 
 
 def exchange(owner: Rollouts, rollout: Rollout) -> None:
@@ -320,7 +374,7 @@ def exchange(owner: Rollouts, rollout: Rollout) -> None:
     lock = rollout.outcomes.lock
     with outbox.flushing:
         with lock:
-            batch = outbox.take()
+            batch = outbox.take(health.errors.share)
             dropped, outbox.dropped = outbox.dropped, 0
         if dropped:
             owner.failures.record("store.outcomes_dropped", rollout=rollout.name,
@@ -335,6 +389,8 @@ def exchange(owner: Rollouts, rollout: Rollout) -> None:
         if totals.refused:
             owner.failures.record("store.units_refused", rollout=rollout.name,
                                   refused=totals.refused)  # fmt: skip
-        shares = rollout._shares()
         with lock:
-            health.absorb(totals, shares)
+            others = health.absorb(totals)
+        if others:
+            owner.failures.record("health.share_mismatch", rollout=rollout.name,
+                                  share=batch.share, elsewhere=list(others))  # fmt: skip

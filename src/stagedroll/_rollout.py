@@ -111,16 +111,29 @@ class Rollout:
         self._set_share(self._view)
         register(self)
 
-    def _configure(self, plan: Plan, state: RolloutState) -> None:
-        """The health gate and the outcome counters of ``plan``, new."""
+    def _configure(self, plan: Plan, state: RolloutState, old: Plan | None = None) -> None:
+        """The health gate and the outcome counters of ``plan``, new.
+
+        With ``old`` (a reload), the evidence of the epoch carries over when the health
+        settings and the pattern did not change (a percent edit, a new bake time).
+        """
         tested = plan.mode == "stages" and plan.policy.health.enabled and not plan.removed
         paired = plan.policy.pattern is not None  # a shadow, a migration: both arms per call
+        before = self.health
         self.health = Health(plan.policy.health, paired=paired) if tested else None
         if self.health is not None:
             self.health.timed = plan.policy.advance == "auto"
             if self._owner._pooled:
                 self.health.outbox = Outbox()
                 self.health.outbox.visit(state.epoch, min(state.stage, plan.last_stage))
+            if (
+                before is not None
+                and old is not None
+                and before.paired == paired
+                and old.policy.health == plan.policy.health
+            ):
+                with self.outcomes.lock:  # the old counters' lock: no event half-counted
+                    self.health.inherit(before)
         self.outcomes = Outcomes(self.health)
 
     def _replan(self, plan: Plan) -> None:
@@ -133,7 +146,7 @@ class Rollout:
                 or plan.mode != old.mode
                 or plan.removed != old.removed
             ):
-                self._configure(plan, self._view.state)
+                self._configure(plan, self._view.state, old)
             self._view = self._make_view(self._view.state)
             self._set_share(self._view)
 
@@ -431,6 +444,8 @@ class Rollout:
                     with self.outcomes.lock:
                         if state.epoch != current.epoch:
                             self.health.reset()  # a new epoch of evidence
+                        elif state.stage != current.stage:
+                            self.health.visit()  # a new stage visit: new start points
                         if self.health.outbox is not None:
                             stage = min(state.stage, self._plan.last_stage)
                             self.health.outbox.visit(state.epoch, stage)
@@ -454,12 +469,6 @@ class Rollout:
         if view.constant is not None:
             return 0.0
         return 0.5 if self._plan.policy.pattern is not None else view.percent / 100
-
-    def _shares(self) -> list[float]:
-        """:meth:`_share` of each stage (the pooled evidence rebuilds every stage visit)."""
-        if self._plan.policy.pattern is not None:
-            return [0.5] * len(self._plan.stages)
-        return [stage.percent / 100 for stage in self._plan.stages]
 
     def _serves(self, pattern: str | None, use: str) -> None:
         """Raise :class:`ValueError` unless the policy says the rollout serves ``pattern``.
