@@ -52,16 +52,17 @@ def _bench_freeze(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     yield importlib.import_module("bench_freeze")
     sys.modules.pop("bench_freeze", None)
+    sys.modules.pop("freeze_scenarios", None)
 
 
 class TestBenchFreeze:
     def test_smoke_run_reports_every_experiment(
         self, bench_freeze: ModuleType, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """A smoke run prints a JSON report with rows for every experiment and every bar."""
-        assert bench_freeze.main(["--smoke", "--json", "--workers", "1"]) == 0
+        """A smoke run prints a JSON report with rows for every experiment, bar and scenario."""
+        assert bench_freeze.main(["--smoke", "--json", "--workers", "1", "--check"]) == 0
         report = json.loads(capsys.readouterr().out)
-        assert set(report) == {"meta", "errors", "hetero", "latency", "bars"}
+        assert set(report) == {"meta", "errors", "hetero", "latency", "bars", "scenarios", "failed"}
         assert report["meta"]["mode"] == "smoke"
         for kind in ("errors", "hetero", "latency"):
             assert report[kind]
@@ -71,16 +72,42 @@ class TestBenchFreeze:
         assert {"errors only (default)", "both tests", "latency only"} <= {
             check["configuration"] for check in report["bars"]
         }
+        # A smoke run has too few runs to judge a bar: --check passes.
+        assert not any(check["judged"] for check in report["bars"])
+        assert report["failed"] == []
+        # The public-API scenarios: a row per cell, with runs, and their checks.
+        scenarios = report["scenarios"]
+        cells = scenarios["cells"]
+        assert {row["scenario"] for row in cells} == {
+            "late onset", "canary", "outage", "pooled", "percent edit"
+        }  # fmt: skip
+        assert all(row["runs"] > 0 and row["mean_reports"] > 0 for row in cells)
+        healthy = [row for row in cells if row["variant"] == "healthy"]
+        assert len(healthy) == 7
+        assert all({"freeze_rate", "freeze_upper95", "rollback_rate"} <= set(row)
+                   for row in healthy)  # fmt: skip
+        assert {c["scenario"] for c in scenarios["checks"]} == {
+            "late onset", "canary", "outage", "healthy"
+        }  # fmt: skip
+        assert len(scenarios["comparisons"]) == 7
+        assert not any(check["judged"] for check in scenarios["checks"])
 
     def test_smoke_run_prints_markdown_tables(
-        self, bench_freeze: ModuleType, capsys: pytest.CaptureFixture[str]
+        self,
+        bench_freeze: ModuleType,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        assert bench_freeze.main(["--smoke", "--workers", "1"]) == 0
-        out = capsys.readouterr().out
+        """The tables; ``--check`` exits 1 and names the judged bars that fail."""
+        monkeypatch.setattr(bench_freeze, "failed_bars", lambda *_: ["bar 9, made up: a bar"])
+        assert bench_freeze.main(["--smoke", "--workers", "1", "--check"]) == 1
+        captured = capsys.readouterr()
+        out = captured.out
         assert out.startswith("# Auto-freeze benchmark")
-        for title in ("## Bar 1", "## Bars 2 and 3", "## Bar 4", "## Summary"):
+        for title in ("## Bar 1", "## Bars 2 and 3", "## Bar 4", "## Scenarios", "## Summary"):
             assert title in out
         assert "|---|" in out
+        assert "bar 9, made up: a bar" in captured.err
 
 
 @pytest.fixture(name="bench_stores")

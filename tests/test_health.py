@@ -59,7 +59,7 @@ def by_hand(events: int) -> float:
 
     starts = [math.ceil(4 * (2 ** (b / 32) - 1)) for b in range(1, 16 * 32 + 1)]
     blocks = sum(mean_factor(max(0, events - start)) for start in starts)
-    return 0.5 * mean_factor(events) + 0.45 / len(starts) * blocks + 0.05
+    return 0.7 * mean_factor(events) + 0.25 / len(starts) * blocks + 0.05
 
 
 class TestErrorEvents:
@@ -324,7 +324,7 @@ class TestVerdict:
         """Freeze once E reaches ``1/(alpha_freeze * part)`` and ``min_events`` treatment events.
 
         Without a latency test the error test gets all of alpha: the bar is 1/0.2 = 5,
-        reached after 6 treatment events at 50 %, but the verdict waits for the 8th.
+        reached after 5 treatment events at 50 %, but the verdict waits for the 8th.
         """
         gate = Gate(alpha_freeze=0.2, min_events=8)
         bar = log_bar(0.2, 1.0)
@@ -336,7 +336,7 @@ class TestVerdict:
                 reached_at = i
             expected = "freeze" if i >= 8 and test.log_e() >= bar else None
             assert gate.health.verdict().action == expected
-        assert reached_at == 6  # E = 7.2 (4.6 after 5): before min_events
+        assert reached_at == 5  # E = 6.0 (3.9 after 4): before min_events
         assert gate.health.verdict() == Verdict(Action.FREEZE, "errors")
 
     @pytest.mark.parametrize(
@@ -353,7 +353,7 @@ class TestVerdict:
         ``1/0.001 = 1000``) alone, ``1/(0.05 * 0.5) = 40`` (and 2000) beside a latency test.
 
         ``E`` by hand, from the documentation of the sequential test: after ``i`` treatment
-        events at 50 % in one stage visit, half the budget bet from the first event, 0.45
+        events at 50 % in one stage visit, 0.7 of the budget bet from the first event, 0.25
         spread over the blocks (block ``b`` from event ``ceil(4 (2**(b/32) - 1))`` on, its
         weight held as it is until then) and 0.05 kept.
         """
