@@ -136,6 +136,7 @@ KINDS = ("errors", "hetero", "latency")
 SOURCES = (
     "_health.py",
     "_sequential.py",
+    "_sample_ratio.py",
     "_latency.py",
     "_seen.py",
     "_outcomes.py",

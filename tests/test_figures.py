@@ -30,7 +30,7 @@ class TestFigures:
         page = (FIGURES.parent / "auto-freeze.md").read_text()
         svg = (FIGURES / "late-regression.svg").read_text()
         assert "figures/late-regression.svg" in page
-        assert "frozen after 45,500 requests" in svg
+        assert "frozen after 49,500 requests" in svg
         assert "would freeze after 68,000" in svg
-        assert "froze after 45,500 requests of the regression" in page
+        assert "froze after 49,500 requests of the regression" in page
         assert "needed 68,000" in page

@@ -59,7 +59,7 @@ def by_hand(events: int) -> float:
 
     starts = [math.ceil(4 * (2 ** (b / 32) - 1)) for b in range(1, 16 * 32 + 1)]
     blocks = sum(mean_factor(max(0, events - start)) for start in starts)
-    return 0.7 * mean_factor(events) + 0.25 / len(starts) * blocks + 0.05
+    return 0.9 * mean_factor(events) + 0.08 / len(starts) * blocks + 0.02
 
 
 class TestErrorEvents:
@@ -336,7 +336,7 @@ class TestVerdict:
                 reached_at = i
             expected = "freeze" if i >= 8 and test.log_e() >= bar else None
             assert gate.health.verdict().action == expected
-        assert reached_at == 5  # E = 6.0 (3.9 after 4): before min_events
+        assert reached_at == 5  # E = 7.4 (4.7 after 4): before min_events
         assert gate.health.verdict() == Verdict(Action.FREEZE, "errors")
 
     @pytest.mark.parametrize(
@@ -353,9 +353,9 @@ class TestVerdict:
         ``1/0.001 = 1000``) alone, ``1/(0.05 * 0.5) = 40`` (and 2000) beside a latency test.
 
         ``E`` by hand, from the documentation of the sequential test: after ``i`` treatment
-        events at 50 % in one stage visit, 0.7 of the budget bet from the first event, 0.25
+        events at 50 % in one stage visit, 0.9 of the budget bet from the first event, 0.08
         spread over the blocks (block ``b`` from event ``ceil(4 (2**(b/32) - 1))`` on, its
-        weight held as it is until then) and 0.05 kept.
+        weight held as it is until then) and 0.02 kept.
         """
         gate = Gate(**knobs)
         steps = []

@@ -376,8 +376,8 @@ class TestPooledEvidence:
         treated = [unit for unit in units() if one.enabled("co", unit)][:12]
         assert [two.enabled("co", unit) for unit in treated] == [True] * 12
         # At 50 % and no control errors, the gate freezes at the 8th treatment error event at
-        # the soonest (E = 15.8 after 7, 26.3 after 8, counted one by one; fewer flushes only
-        # lower it) and rolls back past 14 (E at most 228 after 12, however flushed):
+        # the soonest (E = 19.9 after 7, 33.3 after 8, counted one by one; fewer flushes only
+        # lower it) and rolls back past 14 (E at most 291 after 12, however flushed):
         # neither side alone, with 7 each, reaches it; together, with 12, they freeze.
         seen_by_one, seen_by_two = treated[:7], treated[5:]
         for unit in seen_by_one:

@@ -342,7 +342,7 @@ def counted(counts: dict[str, int], prefix: str) -> int:
 class TestPooledEvidence:
     def test_processes_pool_their_errors_into_one_freeze(self, tmp_path: Path) -> None:
         """Errors seen by three processes freeze the rollout on evidence none had alone."""
-        # A freeze needs 8 errors on the new path (E = 26 after 8, 16 after 7, with none on
+        # A freeze needs 8 errors on the new path (E = 33 after 8, 19.9 after 7, with none on
         # the old, counted one by one; fewer flushes only lower it): more than any one child
         # reports (6 at most), so the evidence that froze it was pooled.
         seen = run_children(tmp_path, p_new=0.5, p_old=0.02, limit=3000, cap=6, pause=0.002)

@@ -29,8 +29,8 @@ Which block an event falls in depends only on how many events came before it, ne
 their arms, so every start point is a stopping time of the events' arrival. ``E`` is then a
 nonnegative supermartingale under every healthy ``r``, starting at 1, and by Ville's
 inequality ``P(E ever >= 1/alpha) <= alpha``, however often it is looked at. The price: a
-regression from the start needs ``E`` about 1.4 times as high from its first start point
-(70 % of the budget), a few more events; in exchange, one after ``n`` healthy events is
+regression from the start needs ``E`` about 1.1 times as high from its first start point
+(90 % of the budget), hardly an event more; in exchange, one after ``n`` healthy events is
 not held back by what those events said.
 
 Events only add to running sums per start point, which every process can rebuild from
@@ -59,9 +59,9 @@ __all__ = [
 GRID: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 """The alternatives of the mixture, as multiples of ``r0``."""
 
-START_PART = 0.7
+START_PART = 0.9
 """Of the budget unspent when a stage visit begins, the part bet from its first event."""
-BLOCKS_PART = 0.25
+BLOCKS_PART = 0.08
 """Of the budget unspent when a stage visit begins, the part spread over its blocks."""
 BLOCKS_PER_DOUBLING = 32
 """Start points per doubling of a visit's events."""
