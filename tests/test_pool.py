@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from stagedroll import Action, MemoryStore, Rollouts, SQLiteStore, Status
 from stagedroll import Health as HealthPolicy
 from stagedroll import _pool as pool
-from stagedroll._health import AGREE_AFTER, Health, Verdict
+from stagedroll._health import AGREE_AFTER, MAX_SHARES, Health, Verdict
 from stagedroll._outcomes import Outcomes
 from stagedroll._pool import Batch, Outbox, Totals, Unsure, flush
 from stagedroll._sequential import MixtureTest, block_of
@@ -361,6 +361,35 @@ class TestPooledHealth:
         assert arms.control.units_seen() == 38
         assert health.verdict().action is Action.ROLLBACK  # 15 of 16 events at a share of 25 %
 
+    def test_a_share_a_float_cannot_tell_from_one_is_ignored(self) -> None:
+        """A counter at a share so close to 1 that the alternatives round to it (written behind
+        stagedroll's back) is left out: the flush neither raises nor loses the rest."""
+        health, _ = self.pooled(0.25)
+        events = {"errors.t@0.9999999999999999#0": 1, "errors.c@0.9999999999999999#0": 1,
+                  "errors.t@0.25#0": 15, "errors.c@0.25#0": 1}  # fmt: skip
+        assert health.absorb(Totals(1, 0, ((0, events),), 0, 0)) == ()
+        assert (health.errors.events_treatment, health.errors.events_control) == (15, 1)
+        assert health.verdict().action is Action.ROLLBACK
+
+    def test_junk_counters_do_not_crowd_out_the_evidence(self) -> None:
+        """However many counters of other names a visit holds, the gate's own are all read."""
+        health, _ = self.pooled(0.25)
+        events = {f"a{i:06d}": 1 for i in range(20_000)}
+        events.update({"errors.t@0.25#0": 15, "errors.c@0.25#0": 1, "errors.t@0.25#99999": 1})
+        health.absorb(Totals(1, 0, ((0, events),), 0, 0))
+        assert (health.errors.events_treatment, health.errors.events_control) == (16, 1)
+        assert health.verdict().action is Action.ROLLBACK
+
+    def test_shares_past_the_bound_keep_those_with_the_most_events(self) -> None:
+        """A visit with counters at more than ``MAX_SHARES`` shares is judged on the shares
+        with the most events (a bound on a flush's work)."""
+        health, _ = self.pooled(0.25)
+        events = {f"errors.c@{(i + 1) / 1000!r}#0": 1 for i in range(MAX_SHARES + 10)}
+        events["errors.t@0.25#0"] = 15
+        health.absorb(Totals(1, 0, ((0, events),), 0, 0))
+        assert health.errors.events_treatment == 15
+        assert health.errors.events_control == MAX_SHARES - 1
+
     def test_absorb_matches_the_counts_each_at_its_share_and_block(self) -> None:
         """The tests are the e-process of the counters parsed apart: every share and block of
         every visit, whatever the share in force."""
@@ -539,6 +568,21 @@ class TestDisagreement:
         for _ in range(AGREE_AFTER):
             health.absorb(growing("0.2", 11, **strong))
         assert health.verdict() == Verdict(Action.ROLLBACK, "errors")
+
+    def test_a_flush_in_flight_during_a_reload_counts_for_the_new_gate(self) -> None:
+        """A flush that ends on the gate a reload just replaced updates the comparison the new
+        gate goes on with: its own events at the old share are nobody else's."""
+        old, _ = TestPooledHealth().pooled(0.2)
+        old.absorb(growing("0.2", 10))
+        new = Health(HealthPolicy(min_events=3))
+        new.outbox = Outbox()
+        new.outbox.visit(1, 0)
+        new.inherit(old)  # the reload: a percent edit from 20 % to 5 %
+        new.set_share(0.05)
+        landed = growing("0.2", 12)  # the flush in flight ends on the old gate
+        old.absorb(Totals(landed.epoch, landed.stage, landed.visits, 0, 0, own={"0.2": 2}))
+        assert new.absorb(growing("0.2", 12)) == ()
+        assert others(new) == ()
 
     def test_a_new_visit_or_epoch_forgets_the_disagreement(self) -> None:
         """A stage change and an operator's resume start the comparison afresh."""

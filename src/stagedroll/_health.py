@@ -41,7 +41,10 @@ __all__ = ["Health", "HealthReport", "Verdict"]
 
 AGREE_AFTER = 3
 """Flushes without growth at another share after which the processes are taken to agree."""
-_MAX_COUNTERS = 16384  # counters of one visit read at most (a store holds what it is given)
+_SHARE_MIN = 1e-7
+MAX_SHARES = 64
+"""Shares of one visit's counters judged at most (those with the most events); a store
+holds what it is given, and this bounds the work of a flush."""
 _STRIDE = 32  # of a folded batch of control latencies, every 32nd teaches the threshold...
 _FULL_SAMPLE = 4096  # ...once this many have
 
@@ -147,22 +150,39 @@ class _ArmView:
         return isinstance(key, str) and self.prefix + key in self.seen
 
 
+class _Agreement:
+    """Whether the processes pooling a stage visit count at one share (see Health.absorb)."""
+
+    __slots__ = ("activity", "others", "recent", "told")
+
+    def __init__(self) -> None:
+        self.others: tuple[float, ...] = ()
+        """Shares at which other processes count in this stage visit."""
+        self.activity: dict[str, int] | None = None
+        """Per share, the sum of the visit's counters at the last flush (``None``: none yet)."""
+        self.recent: dict[str, int] = {}
+        """Per share other than this process's: flushes since its counters last grew."""
+        self.told = False
+        """Whether the disagreement in force was returned to be logged."""
+
+    def forget(self) -> None:
+        """A new stage visit or epoch: compare afresh."""
+        self.others, self.activity, self.recent, self.told = (), None, {}, False
+
+
 class Health:
     """The health gate of one rollout; call its methods with the rollout's lock held."""
 
     __slots__ = (
-        "_activity",
+        "_agreement",
         "_arms",
         "_frozen_units",
-        "_recent",
-        "_told",
         "error_units",
         "errors",
         "log_freeze",
         "log_rollback",
         "log_sample_ratio",
         "min_events",
-        "others",
         "outbox",
         "paired",
         "sample_ratio_fired",
@@ -203,13 +223,12 @@ class Health:
         The tests then count only the pooled totals (see :meth:`absorb`), never a local
         event on its own, and no event makes a step due on the caller's thread.
         """
-        self.others: tuple[float, ...] = ()
+        self._agreement = _Agreement()
+
+    @property
+    def others(self) -> tuple[float, ...]:
         """Shares at which other processes count in this stage visit (see :meth:`absorb`)."""
-        self._activity: dict[str, int] | None = None
-        """Per share, the sum of the visit's counters at the last flush (``None``: none yet)."""
-        self._recent: dict[str, int] = {}
-        """Per share other than this process's: flushes since its counters last grew."""
-        self._told = False  # the disagreement in force was returned to be logged
+        return self._agreement.others
 
     def inherit(self, old: Health) -> None:
         """Keep ``old``'s evidence: the policy changed, but not its health settings.
@@ -223,8 +242,7 @@ class Health:
         self.threshold = old.threshold
         if self.outbox is not None and old.outbox is not None:
             self.outbox = old.outbox
-            self.others, self._activity, self._recent = old.others, old._activity, old._recent
-            self._told = old._told
+            self._agreement = old._agreement  # shared: a flush in flight updates it too
 
     def track(self, control: ArmCounts, treatment: ArmCounts) -> None:
         """Make ``control`` and ``treatment`` the arms of the stage visit now in force."""
@@ -250,7 +268,7 @@ class Health:
         self._forget_shares()
 
     def _forget_shares(self) -> None:
-        self.others, self._activity, self._recent, self._told = (), None, {}, False
+        self._agreement.forget()
 
     def reset(self) -> None:
         """Start a new epoch of evidence (an operator resumed the rollout)."""
@@ -351,7 +369,7 @@ class Health:
         if outbox is None or (totals.epoch, totals.stage) != (outbox.batch.epoch,
                                                                outbox.batch.stage):  # fmt: skip
             return ()
-        counters = [dict(list(events.items())[:_MAX_COUNTERS]) for _, events in totals.visits]
+        counters = [events for _, events in totals.visits]
         for test, kind in ((self.errors, "errors"), (self.slow, "slow")):
             visits = [_entries(events, kind) for events in counters]
             test.set_counts(visits)
@@ -378,9 +396,10 @@ class Health:
             if _share_of(share) is not None:
                 activity[share] = activity.get(share, 0) + n
         mine = share_text(self.errors.share)
-        before = self._activity
-        self._activity = activity
-        recent = {share: n + 1 for share, n in self._recent.items() if n + 1 < AGREE_AFTER}
+        state = self._agreement
+        before = state.activity
+        state.activity = activity
+        recent = {share: n + 1 for share, n in state.recent.items() if n + 1 < AGREE_AFTER}
         grew = []
         for share, n in activity.items():
             if share == mine or n <= 0:
@@ -391,13 +410,13 @@ class Health:
                 recent[share] = 0
                 grew.append(share)
         recent.pop(mine, None)
-        self._recent = recent
-        self.others = tuple(sorted(float(share) for share in recent))
-        if not self.others:
-            self._told = False
-        elif grew and not self._told:
-            self._told = True
-            return self.others
+        state.recent = recent
+        state.others = tuple(sorted(float(share) for share in recent))
+        if not state.others:
+            state.told = False
+        elif grew and not state.told:
+            state.told = True
+            return state.others
         return ()
 
     def _current(self, counts: ArmCounts) -> bool:
@@ -463,12 +482,17 @@ class Health:
 
 
 def _share_of(text: str) -> float | None:
-    """The share a counter name spells, if it is one (strictly between 0 and 1)."""
+    """The share a counter name spells, if it is one a policy can give.
+
+    A policy's percents have at most four decimals, so its shares lie within
+    [1e-6, 1 - 1e-6]; a name outside was written behind stagedroll's back, and nearer 0 or 1
+    a float could not tell the alternatives from the share anyway.
+    """
     try:
         share = float(text)
     except ValueError:
         return None
-    return share if 0.0 < share < 1.0 else None
+    return share if _SHARE_MIN <= share <= 1.0 - _SHARE_MIN else None
 
 
 def _entries(counters: Mapping[str, int], kind: str) -> list[tuple[float, int, int, int]]:
@@ -487,9 +511,15 @@ def _entries(counters: Mapping[str, int], kind: str) -> list[tuple[float, int, i
         share = _share_of(text)
         if share is None:
             continue
-        block = int(number) if len(number) < 6 else BLOCKS + 1
+        block = min(int(number), BLOCKS + 1) if len(number) < 6 else BLOCKS + 1
         cell = cells.setdefault((share, block), [0, 0])
         cell[0 if head.endswith(".t") else 1] += n
+    events: dict[float, int] = {}
+    for (share, _), (t, c) in cells.items():
+        events[share] = events.get(share, 0) + t + c
+    if len(events) > MAX_SHARES:  # only a store written behind stagedroll's back gets here
+        kept = set(sorted(events, key=lambda share: (-events[share], share))[:MAX_SHARES])
+        cells = {cell: n for cell, n in cells.items() if cell[0] in kept}
     return [(share, block, t, c) for (share, block), (t, c) in cells.items()]
 
 

@@ -153,11 +153,17 @@ class MixtureTest:
         self._x_t = self._x_c = 0
 
     def _factors(self, share: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """The log-likelihood ratios of a treatment and of a control event at ``share``."""
+        """The log-likelihood ratios of a treatment and of a control event at ``share``.
+
+        None (events ignored) at a share of 0 or 1, or so close to either that a float
+        cannot tell the alternatives apart from it (no policy's percent comes that close).
+        """
         if not 0.0 < share < 1.0:
             return (), ()
         rho0 = event_share(self.r0, share)
         rhos = [event_share(r, share) for r in self.ratios]
+        if not 0.0 < rho0 < 1.0 or not all(0.0 < rho < 1.0 for rho in rhos):
+            return (), ()
         return (
             tuple(math.log(rho / rho0) for rho in rhos),
             tuple(math.log((1.0 - rho) / (1.0 - rho0)) for rho in rhos),
