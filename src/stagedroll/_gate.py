@@ -144,7 +144,7 @@ def waiting_for(owner: Rollouts, rollout: Rollout, health: HealthReport) -> str 
         return "an operator: killed in this process by $STAGEDROLL_KILL"
     if rollout._plan.mode != "stages":
         return None
-    if status is Status.FROZEN and health.enabled and health.shares_elsewhere:
+    if status in (Status.RUNNING, Status.FROZEN) and health.enabled and health.shares_elsewhere:
         return _disagreement(health)
     if status is Status.FROZEN:
         return "an operator: frozen (unfreeze to resume); a rollback if the evidence grows"
@@ -152,8 +152,6 @@ def waiting_for(owner: Rollouts, rollout: Rollout, health: HealthReport) -> str 
         return "an operator: rolled back (unfreeze or advance to resume)"
     if status is not Status.RUNNING:
         return None
-    if health.enabled and health.shares_elsewhere:
-        return _disagreement(health)
     if health.enabled and not health.sample_ratio_ok:
         return "an operator: the sample ratio is off (check bucketing and reporting)"
     return advance_due(owner, rollout) or "the next outcome: an advance is due"
@@ -162,9 +160,8 @@ def waiting_for(owner: Rollouts, rollout: Rollout, health: HealthReport) -> str 
 def _disagreement(health: HealthReport) -> str:
     elsewhere = ", ".join(f"{share * 100:g}%" for share in health.shares_elsewhere)
     return (
-        f"the fleet to agree on the policy: this process tests the new path at"
-        f" {health.share * 100:g}%,"
-        f" others at {elsewhere} (a policy change rolling out?)"
+        f"the fleet to agree on the policy: this process tests the new path at "
+        f"{health.share * 100:g}%, others at {elsewhere} (a policy change rolling out?)"
     )
 
 
