@@ -13,6 +13,15 @@ import redis
 from hypothesis import settings
 
 from servers import DEFAULT_REDIS_URL, RedisServer, reachable, redis_unavailable, unique_prefix
+from stagedroll import Health as HealthPolicy
+from stagedroll import HealthReport, MemoryStore
+from stagedroll._failures import Failures
+from stagedroll._health import Health
+from stagedroll._hooks import Hooks
+from stagedroll._outcomes import ArmCounts, Arms, Outcomes
+from stagedroll._pool import Outbox
+from stagedroll._router import Router
+from stagedroll._runtime import Runtime
 
 pytest_plugins = ["pytester"]
 
@@ -114,3 +123,68 @@ def _redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         raise
     with server:
         yield server
+
+
+class Gate:
+    """A health gate with the arms of one stage visit, at a share, as a rollout sets it up.
+
+    The counters and the gate are wired as a rollout's handle wires them, on a router with
+    no ``Rollouts``: the router records into the counters and feeds the gate.
+    """
+
+    def __init__(
+        self,
+        share: float = 0.5,
+        *,
+        paired: bool = False,
+        outbox: Outbox | None = None,
+        **knobs: Any,
+    ) -> None:
+        failures = Failures()
+        runtime = Runtime(MemoryStore(), lambda: 0.0, failures, Hooks(failures))
+        self.router = Router("r", runtime)
+        self.health = Health(HealthPolicy(**knobs), paired=paired)
+        self.health.outbox = outbox
+        self.router.health = self.health
+        self.outcomes = self.router.outcomes = Outcomes(
+            lock=self.router.lock, on_visit=self.health.track
+        )
+        self.steps = 0
+        self.router.step = self._due
+        self.arms: Arms = self.outcomes.arms(0)
+        self.share = share
+        self.health.set_share(share)
+
+    def _due(self) -> None:
+        self.steps += 1
+
+    def record(
+        self,
+        arm: ArmCounts,
+        error: bool,
+        latency_s: float | None,
+        *,
+        key: str | None,
+        event: bool = True,
+    ) -> bool:
+        """Record one outcome through the router; return whether a step became due."""
+        before = self.steps
+        self.router.record(arm, key, error=error, latency_s=latency_s, event=event)
+        return self.steps > before
+
+    def error(self, unit: str | None, *, treatment: bool) -> bool:
+        """Record a failed call of ``unit`` in an arm; return whether a step may be due."""
+        arm = self.arms.treatment if treatment else self.arms.control
+        return self.record(arm, True, None, key=unit)
+
+    def ok(self, unit: str | None, *, treatment: bool, latency_s: float | None = None) -> bool:
+        """Record a successful call of ``unit`` in an arm; return whether a step may be due."""
+        arm = self.arms.treatment if treatment else self.arms.control
+        return self.record(arm, False, latency_s, key=unit)
+
+    def report(self) -> HealthReport:
+        """The report of the gate now."""
+        with self.outcomes.lock:
+            for counts in self.arms:
+                counts.fold()
+            return self.health.report(self.arms.control, self.arms.treatment, self.share)

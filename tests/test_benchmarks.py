@@ -36,8 +36,9 @@ class TestBenchDecide:
         targeted = {
             "Rollout.enabled",
             "Rollouts.enabled",
+            "Rollouts.decide (3 rules)",
             "record an outcome",
-            "guarded call, health on",
+            "guard overhead, health on",
             "guard overhead, health off",
         }
         assert set(results) >= {"floor", "guard overhead, health on", *targeted}

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from conftest import EVIDENCE_KEYS
 from stagedroll import Policy, bucket, threshold
+from stagedroll._rollout import default_actor
 from stagedroll.cli import _offline as offline
 from stagedroll.cli import main
-from stagedroll.cli._main import default_actor
 from stagedroll.cli._render import EscapingWriter, printable
 from stagedroll.testing import simulate
 

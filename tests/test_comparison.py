@@ -1,4 +1,4 @@
-"""Tests of the judge shared by shadows and migrations (stagedroll.patterns._comparison)."""
+"""Tests of the judge shared by shadows and migrations (stagedroll._comparison)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from stagedroll._comparison import Comparison, short_repr
 from stagedroll._failures import Failures
 from stagedroll.patterns import ComparisonStats, Mismatch
-from stagedroll.patterns._comparison import Comparison, short_repr
 
 
 def judge(**options: Any) -> Comparison:

@@ -1,13 +1,121 @@
-"""Tests for the health gate's steps: their reasons in words (the steps themselves are
-tested through ``Rollouts`` in ``test_rollouts.py``)."""
+"""Tests for the health gate's steps: a pure function of the plan, the view, the verdict,
+the clock and the evidence (built here without ``Rollouts``), and their reasons in words."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import pytest
 
 from conftest import plain_policy
-from stagedroll import Rollouts
-from stagedroll._gate import AUTOMATIC, _breach, _duration
+from stagedroll import Action, HealthReport, Rollouts, Status, load_policy
+from stagedroll._gate import Step, _breach, _duration, advance_due, step, waiting_for
+from stagedroll._health import DISABLED, Verdict
+from stagedroll._outcomes import Outcomes
+from stagedroll._plan import Plan, View, compile_policy
+from stagedroll._state import AUTOMATIC, RolloutState
+
+HEALTHY = Verdict(None)
+SOUND = dataclasses.replace(DISABLED, enabled=True, share=0.05)
+
+
+def plan_of(**rollout: Any) -> Plan:
+    """The plan of rollout ``r`` with three stages (1 %, 5 %, 25 %), for no environment."""
+    stages = [
+        {"name": "canary", "percent": 1, "bake": "1h", "min_units": 10},
+        {"name": "early", "percent": 5},
+        {"name": "wide", "percent": 25},
+    ]
+    policy = load_policy({"rollouts": {"r": {"stages": stages, **rollout}}})
+    return compile_policy(policy, None)["r"]
+
+
+def view_of(plan: Plan, stage: int = 0, status: Status = Status.RUNNING, *, units: int = 0) -> View:
+    """The view of ``plan`` at ``stage`` since t=1000, with ``units`` seen on the new path."""
+    state = RolloutState(stage, status, since=1000.0, version=3, epoch=1, history="h")
+    outcomes = Outcomes()
+    view = plan.view(state, outcomes)
+    view.treatment.count_units()
+    for i in range(units):
+        view.treatment.units.add(f"u{i}")
+        view.treatment.unit_count += 1
+    return view
+
+
+class TestStep:
+    def test_an_advance_waits_for_the_bake_time_and_the_units(self) -> None:
+        """Auto advance: nothing before the bake time, nor before ``min_units``; then one."""
+        plan = plan_of(advance="auto")
+        asked: list[int] = []
+
+        def report() -> HealthReport:
+            asked.append(1)
+            return SOUND
+
+        assert step(plan, view_of(plan, units=10), HEALTHY, 1000.0 + 3599, report) is None
+        assert step(plan, view_of(plan, units=9), HEALTHY, 1000.0 + 3600, report) is None
+        assert asked == []  # the evidence is not asked for while no step is due
+        due = step(plan, view_of(plan, units=10), HEALTHY, 1000.0 + 3600, report)
+        assert isinstance(due, Step)
+        assert due.action is Action.ADVANCE
+        assert due.reason.startswith("healthy: baked 1h")
+        assert due.evidence == SOUND.evidence()
+
+    def test_a_fired_test_freezes_then_rolls_back(self) -> None:
+        """A freeze verdict freezes a running stage; a frozen one only rolls back."""
+        plan = plan_of()
+        freeze, rollback = Verdict(Action.FREEZE, "errors"), Verdict(Action.ROLLBACK, "errors")
+        running, frozen = view_of(plan), view_of(plan, status=Status.FROZEN)
+        made = step(plan, running, freeze, 0.0, lambda: SOUND)
+        assert made is not None
+        assert made.action is Action.FREEZE
+        assert made.reason.startswith("errors: E ")
+        assert step(plan, frozen, freeze, 0.0, lambda: SOUND) is None
+        made = step(plan, frozen, rollback, 0.0, lambda: SOUND)
+        assert made is not None
+        assert made.action is Action.ROLLBACK
+
+    @pytest.mark.parametrize(
+        "why",
+        ["unknown state", "stopped", "killed here", "fleet disagrees", "sample ratio off"],
+    )
+    def test_no_step(self, why: str) -> None:
+        """No automatic step for an unknown state, a stopped rollout, one killed in this
+        process, while processes disagree on the share, nor an advance on a bad ratio."""
+        plan = plan_of(advance="auto")
+        view = view_of(plan, units=10)
+        report = SOUND
+        verdict = Verdict(Action.FREEZE, "errors")
+        if why == "unknown state":
+            view = plan.view(RolloutState(0, Status.RUNNING, 0.0, version=0), Outcomes())
+        elif why == "stopped":
+            view = view_of(plan, status=Status.KILLED)
+        elif why == "killed here":
+            plan.killed = True
+        elif why == "fleet disagrees":
+            report = dataclasses.replace(SOUND, shares_elsewhere=(0.2,))
+        else:
+            report, verdict = dataclasses.replace(SOUND, sample_ratio_ok=False), HEALTHY
+        assert step(plan, view, verdict, 10_000.0, lambda: report) is None
+
+    def test_what_an_advance_waits_for(self) -> None:
+        """``advance_due`` says what is missing, in words."""
+        plan = plan_of(advance="auto")
+        assert advance_due(plan, view_of(plan), 1000.0) == "bake time: 1h left"
+        assert advance_due(plan, view_of(plan, units=3), 5000.0) == "units on the new path: 3 of 10"
+        assert advance_due(plan, view_of(plan, 2), 0.0) == (
+            "an operator: the last stage is reached (complete the rollout)"
+        )
+        assert advance_due(plan_of(), view_of(plan_of()), 0.0) == "an operator: advance is manual"
+
+    def test_waiting_for_an_operator_after_a_freeze(self) -> None:
+        """``waiting_for`` reads the status first."""
+        plan = plan_of()
+        frozen = view_of(plan, status=Status.FROZEN)
+        assert waiting_for(plan, frozen, SOUND, 0.0) == (
+            "an operator: frozen (unfreeze to resume); a rollback if the evidence grows"
+        )
 
 
 class TestDuration:

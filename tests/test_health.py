@@ -8,42 +8,12 @@ from typing import Any
 
 import pytest
 
-from conftest import EVIDENCE_KEYS
-from stagedroll import Action, HealthReport, MemoryStore, Rollouts
+from conftest import EVIDENCE_KEYS, Gate
+from stagedroll import Action, MemoryStore, Rollouts
 from stagedroll import Health as HealthPolicy
 from stagedroll._health import DISABLED, Health, Verdict
-from stagedroll._outcomes import UNIT_CAP, Arms, Outcomes
+from stagedroll._outcomes import UNIT_CAP
 from stagedroll._sample_ratio import sample_ratio_log_e
-
-
-class Gate:
-    """A health gate with the arms of one stage visit, at a share, as a rollout sets it up."""
-
-    def __init__(self, share: float = 0.5, *, paired: bool = False, **knobs: Any) -> None:
-        self.health = Health(HealthPolicy(**knobs), paired=paired)
-        self.outcomes = Outcomes(self.health)
-        self.arms: Arms = self.outcomes.arms(0)
-        self.share = share
-        self.health.set_share(share)
-
-    def error(self, unit: str | None, *, treatment: bool) -> bool:
-        """Record a failed call of ``unit`` in an arm; return whether a step may be due."""
-        arm = self.arms.treatment if treatment else self.arms.control
-        return self.outcomes.record(arm, True, None, key=unit)
-
-    def ok(self, unit: str | None, *, treatment: bool, latency_s: float | None = None) -> bool:
-        """Record a successful call of ``unit`` in an arm; return whether a step may be due."""
-        arm = self.arms.treatment if treatment else self.arms.control
-        if latency_s is None:
-            return self.outcomes.record(arm, False, None, key=unit)
-        return self.outcomes.success(arm, latency_s, unit)
-
-    def report(self) -> HealthReport:
-        """The report of the gate now."""
-        with self.outcomes.lock:
-            for counts in self.arms:
-                counts.fold()
-            return self.health.report(self.arms.control, self.arms.treatment, self.share)
 
 
 def log_bar(alpha: float, part: float) -> float:
@@ -135,7 +105,7 @@ class TestPairedEvents:
     def test_an_error_without_an_event(self) -> None:
         """``event=False`` counts the error, and the test does not see it."""
         gate = Gate(paired=True)
-        gate.outcomes.record(gate.arms.treatment, True, None, key="u1", event=False)
+        gate.record(gate.arms.treatment, True, None, key="u1", event=False)
         report = gate.report()
         assert gate.arms.treatment.errors == 1
         assert report.error_events_treatment == 0
@@ -149,7 +119,7 @@ class TestStaleArms:
         old = gate.arms
         gate.outcomes.enter(1, leaving=0)
         gate.health.set_share(0.5)
-        gate.outcomes.record(old.treatment, True, None, key="late")
+        gate.record(old.treatment, True, None, key="late")
         assert gate.health.errors.events_treatment == 0
         assert "late" not in gate.health.error_units
 
@@ -305,13 +275,13 @@ class TestUnits:
         assert (old.treatment.counting, old.treatment.units) == (False, set())
         assert old.treatment.units_seen() == 1  # the count stays readable
         assert new.treatment.counting is True
-        assert gate.outcomes.record(old.control, False, None, key="late") is False
+        assert gate.record(old.control, False, None, key="late") is False
         assert old.control.units == set()
 
     def test_units_of_targeted_arms_are_not_counted(self) -> None:
         """Calls routed by targeting are no part of the comparison."""
         gate = Gate()
-        assert gate.outcomes.record(gate.arms.targeted_on, True, None, key=None) is False
+        assert gate.record(gate.arms.targeted_on, True, None, key=None) is False
         assert gate.health.errors.events_treatment == 0
 
 

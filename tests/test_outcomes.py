@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from stagedroll import ArmStats, MemoryStore, Rollouts
-from stagedroll._outcomes import ArmCounts, Arms, Outcomes
+from stagedroll._outcomes import UNTIMED, ArmCounts, Arms, Outcomes
 
 
 @pytest.fixture(name="outcomes")
@@ -290,3 +290,43 @@ class TestRolloutOutcomes:
         assert status.control.errors + status.treatment.errors == 1
         control, treatment, _ = rollouts["a"].outcomes.stats(0)
         assert control.calls + treatment.calls == 10
+
+
+class TestUntimed:
+    def test_untimed_calls_count_but_do_not_move_the_mean(self, arms: Arms) -> None:
+        """A guard's untimed call (one of an arm no latency test watches) is a call, and no
+        latency: the mean is that of the timed calls, folded or pending."""
+        arm = arms.control
+        arm.pending.extend([0.2, UNTIMED, UNTIMED, 0.4])
+        pending = arm.stats()
+        assert (pending.calls, pending.timed) == (4, 2)
+        assert pending.mean_latency_s == pytest.approx(0.3)
+        assert arm.fold() == [0.2, UNTIMED, UNTIMED, 0.4]
+        assert arm.stats() == pending
+        assert (arm.calls, arm.latency_n) == (4, 2)
+        assert arm.latency_s == pytest.approx(0.6)
+
+
+class TestNoGate:
+    def test_counters_tell_a_listener_of_each_new_visit(self) -> None:
+        """The counters know nothing of the gate: a listener is told of the compared arms of
+        every new stage visit, and recording only counts."""
+        visits: list[tuple[ArmCounts, ArmCounts]] = []
+        outcomes = Outcomes(on_visit=lambda control, treatment: visits.append((control, treatment)))
+        first = outcomes.arms(0)
+        second = outcomes.enter(0, leaving=0)
+        assert visits == [(first.control, first.treatment), (second.control, second.treatment)]
+        outcomes.record(second.treatment, True, 0.5)
+        assert outcomes.stats(0)[1] == ArmStats(calls=1, errors=1, mean_latency_s=0.5, timed=1)
+
+
+class TestTargetedTimed:
+    def test_targeted_stats_count_the_timed_calls_of_both_arms(self, outcomes: Outcomes) -> None:
+        """The targeted stats sum both targeted arms, their timed calls included."""
+        arms = outcomes.arms(0)
+        outcomes.record(arms.targeted_on, False, 0.2)
+        outcomes.record(arms.targeted_off, False, None)
+        arms.targeted_off.pending.extend([0.4, UNTIMED])
+        targeted = outcomes.stats(0)[2]
+        assert (targeted.calls, targeted.timed) == (4, 2)
+        assert targeted.mean_latency_s == pytest.approx(0.3)

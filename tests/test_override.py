@@ -35,7 +35,7 @@ class TestOverride:
             assert (decision.enabled, decision.reason) == (True, Reason.OVERRIDE)
             assert rollouts.decide("checkout", None).reason is Reason.OVERRIDE
         assert not any(in_cohort(rollouts))
-        assert rollouts["checkout"]._view.plain  # the fast path is back
+        assert rollouts["checkout"]._router.view.plain  # the fast path is back
 
     def test_off_for_given_units(self) -> None:
         """Forced off for some units; the others keep their bucket's answer."""
@@ -116,7 +116,7 @@ class TestOverride:
             assert after.enabled("checkout", "user-1")
         assert not before.enabled("checkout", "user-1")
         assert not after.enabled("checkout", "user-1")
-        assert after["checkout"]._view.plain
+        assert after["checkout"]._router.view.plain
 
     def test_one_rollouts_only(self, rollouts: Rollouts) -> None:
         """An override of one Rollouts leaves another with the same policy alone."""
@@ -172,7 +172,7 @@ class TestOverride:
             await asyncio.create_task(forcing.__aexit__(None, None, None))
 
         asyncio.run(main())
-        assert rollouts["checkout"]._view.plain
+        assert rollouts["checkout"]._router.view.plain
         assert not rollouts.enabled("checkout", "user-1")
 
     def test_blocks_left_out_of_order(self, rollouts: Rollouts) -> None:
@@ -186,7 +186,7 @@ class TestOverride:
         assert rollouts.enabled("checkout", "user-2")
         inner.__exit__(None, None, None)
         assert not rollouts.enabled("checkout", "user-2")
-        assert rollouts["checkout"]._view.plain
+        assert rollouts["checkout"]._router.view.plain
 
     def test_generator_functions_are_refused(self, rollouts: Rollouts) -> None:
         """A decorated generator would run after the override ended: refused."""

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import Gate
 from stagedroll import Action, MemoryStore, Rollouts, SQLiteStore, Status
 from stagedroll import Health as HealthPolicy
 from stagedroll import _pool as pool
 from stagedroll._health import AGREE_AFTER, MAX_SHARES, Health, Verdict
-from stagedroll._outcomes import Outcomes
 from stagedroll._pool import Batch, Outbox, Totals, Unsure, flush
 from stagedroll._sequential import MixtureTest, block_of
 from stagedroll.stores._digest import digest, rollout_key, token
@@ -326,22 +326,19 @@ class TestSetCounts:
 
 
 class TestPooledHealth:
-    def pooled(self, share: float = 0.25) -> tuple[Health, Outcomes]:
-        health = Health(HealthPolicy(min_events=3))
-        health.outbox = Outbox()
-        health.outbox.visit(1, 0)
-        outcomes = Outcomes(health)
-        outcomes.arms(0)
-        health.set_share(share)
-        return health, outcomes
+    def pooled(self, share: float = 0.25) -> tuple[Health, Gate]:
+        outbox = Outbox()
+        outbox.visit(1, 0)
+        gate = Gate(share, outbox=outbox, min_events=3)
+        return gate.health, gate
 
     def test_events_are_queued_not_counted(self) -> None:
         """With an outbox, a first error goes to the queue at the share in force; the local
         test does not move."""
-        health, outcomes = self.pooled()
-        arms = outcomes.arms(0)
-        due = outcomes.record(arms.treatment, True, None, key="u1")
-        outcomes.record(arms.treatment, True, None, key="u1")  # not a first error
+        health, gate = self.pooled()
+        arms = gate.outcomes.arms(0)
+        due = gate.record(arms.treatment, True, None, key="u1")
+        gate.record(arms.treatment, True, None, key="u1")  # not a first error
         assert due is False
         assert health.errors.events_treatment == 0
         assert health.outbox is not None
@@ -350,8 +347,8 @@ class TestPooledHealth:
 
     def test_absorb_sets_the_tests_and_units(self) -> None:
         """The fleet's totals of the visit in force become the tests' counts."""
-        health, outcomes = self.pooled()
-        arms = outcomes.arms(0)
+        health, gate = self.pooled()
+        arms = gate.outcomes.arms(0)
         events = {"errors.t@0.25#0": 15, "errors.c@0.25#0": 1, "slow.t@0.25#0": 2,
                   "units.t@0.25": 40, "units.c@0.25": 38}  # fmt: skip
         assert health.absorb(Totals(1, 0, ((0, events),), 40, 38)) == ()

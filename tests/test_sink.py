@@ -93,7 +93,7 @@ class TestRecordingSink:
         sink.detach()
         new(UNITS[0])
         assert len(sink.outcomes) == len(UNITS)
-        assert rollouts["checkout"]._view.plain
+        assert rollouts["checkout"]._router.view.plain
         status = rollouts.status("checkout")
         assert status.treatment.calls + status.control.calls == len(UNITS) + 1
         assert status.treatment.units + status.control.units == len(UNITS)

@@ -244,3 +244,15 @@ class TestWithoutHypothesis:
         monkeypatch.setitem(sys.modules, "hypothesis", None)
         with pytest.raises(ImportError, match=r"pip install 'stagedroll\[testing\]'"):
             importlib.import_module("stagedroll.testing.strategies")
+
+
+class TestBounds:
+    def test_the_strategies_bounds_are_the_librarys(self) -> None:
+        """The toolkit keeps its own copy of the policy's limits (it imports public names
+        only): they are the library's."""
+        from stagedroll._bucketing import MAX_PERCENT_DECIMALS
+        from stagedroll._policy import UNIT_CAP
+        from stagedroll.testing import strategies
+
+        assert strategies._MAX_PERCENT_DECIMALS == MAX_PERCENT_DECIMALS
+        assert strategies._UNIT_CAP == UNIT_CAP

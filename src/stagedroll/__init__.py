@@ -11,7 +11,7 @@ from ._decision import Decision, Reason
 from ._guard import Tracking
 from ._health import HealthReport
 from ._hooks import TransitionEvent
-from ._outcomes import ArmStats
+from ._outcomes import ArmStats, Outcome
 from ._policy import (
     Health,
     Policy,
@@ -26,7 +26,8 @@ from ._policy import (
 )
 from ._rollout import Rollout
 from ._rollouts import Rollouts
-from ._state import Action, RolloutState, RolloutStatus, Status, Transition
+from ._state import Action, RolloutState, Status, Transition
+from ._status import RolloutStatus, Snapshot, StageInfo
 from ._version import __version__
 from .exceptions import (
     PolicyError,
@@ -44,6 +45,7 @@ __all__ = [
     "Health",
     "HealthReport",
     "MemoryStore",
+    "Outcome",
     "Policy",
     "PolicyError",
     "Reason",
@@ -56,7 +58,9 @@ __all__ = [
     "Rule",
     "SQLiteStore",
     "Segment",
+    "Snapshot",
     "Stage",
+    "StageInfo",
     "StagedrollError",
     "Status",
     "Store",

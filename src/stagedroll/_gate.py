@@ -1,112 +1,69 @@
-"""The health gate's steps: when a rollout freezes, rolls back or advances by itself.
+"""The gate's steps: when a rollout freezes, rolls back or advances by itself.
 
-:class:`~._health.Health` says what the evidence shows; this module turns it into
-transitions of a :class:`~._rollouts.Rollouts`: it reads the verdict and the clock, checks
-the sample ratio before an advance, and writes the step by compare-and-set against the
-state it judged. It also says, for ``status()``, what the next automatic step waits for.
+:class:`~._health.Health` weighs the evidence; this module decides what to do with it. Its
+functions are pure: :func:`step` takes the plan, the view in force, the gate's verdict, the
+clock's reading and the evidence, and returns the :class:`Step` to take (or ``None``);
+the rollout's handle applies it by compare-and-set against the state it judged. It also
+says, for ``status()``, what the next automatic step waits for.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from ._health import DISABLED, HealthReport
-from ._state import Action, Status, Transition
-from .exceptions import TransitionError
+from ._health import HealthReport, Verdict
+from ._plan import Plan, View
+from ._state import Action, Evidence, Status
 
-if TYPE_CHECKING:
-    from ._rollout import Rollout
-    from ._rollouts import Rollouts
-
-__all__ = ["AUTOMATIC", "advance_due", "report", "step", "waiting_for"]
-
-AUTOMATIC = "stagedroll"
-"""The actor of the transitions that the health gate makes."""
-_RETRY_AFTER_S = 1.0  # after a failed automatic step, wait this long before the next try
+__all__ = ["Step", "advance_due", "step", "waiting_for"]
 
 
-def report(owner: Rollouts, rollout: Rollout) -> HealthReport:
-    """The health evidence of ``rollout`` in its current stage visit."""
-    health = rollout.health
-    if health is None:
-        return DISABLED
-    view = rollout._view
-    share = rollout._share(view)
-    outcomes = rollout.outcomes
-    with outcomes.lock:
-        for counts in view.arms:
-            outcomes.fold_locked(counts)
-        fired = health.sample_ratio_fired
-        found = health.report(view.control, view.treatment, share)
-    if not found.sample_ratio_ok and not fired:
-        owner.failures.record("health.sample_ratio_mismatch", rollout=rollout.name,
-                              stage=view.stage_name, share=share,
-                              units_treatment=found.units_treatment,
-                              units_control=found.units_control)  # fmt: skip
-    return found
+@dataclass(frozen=True, slots=True)
+class Step:
+    """An automatic transition to make, why, and the evidence it was judged on."""
+
+    action: Action
+    reason: str
+    evidence: Evidence
 
 
-def step(owner: Rollouts, rollout: Rollout) -> Transition | None:
-    """Make the automatic transition that the evidence and the clock call for, if any.
+def step(
+    plan: Plan, view: View, verdict: Verdict, now: float, report: Callable[[], HealthReport]
+) -> Step | None:
+    """The automatic transition that the evidence and the clock call for, if any.
 
-    Rollback or freeze when a test fires; advance when ``advance = "auto"``, the stage's
-    bake time has passed since the state began, its ``min_units`` were seen on the new
-    path, and the sample ratio is sound. The transition is a compare-and-set against the
-    state that was judged, so two processes never both take it. Never raises: a lost race
-    is no error, and a failing store is logged, counted and retried a second later.
+    Rollback or freeze when a test fires (``verdict``); advance when ``advance = "auto"``,
+    the stage's bake time has passed since the state began, its ``min_units`` were seen on
+    the new path, and the sample ratio is sound. ``report`` gives the evidence; it is
+    asked only when a step is due. Nothing while processes sharing the store disagree on
+    the share (a policy change rolling out), nor for an unknown state, a stopped rollout,
+    or one killed in this process (``$STAGEDROLL_KILL``).
     """
-    health = rollout.health
-    view = rollout._view
     state = view.state
-    if (
-        health is None
-        or not state.version
-        or state.status not in (Status.RUNNING, Status.FROZEN)
-        or rollout._plan.killed
-    ):
-        return None  # no gate, an unknown state, stopped, or killed here ($STAGEDROLL_KILL)
-    with rollout.outcomes.lock:
-        verdict = health.verdict()
+    if not state.version or state.status not in (Status.RUNNING, Status.FROZEN) or plan.killed:
+        return None
     action = verdict.action
     if action is Action.FREEZE and state.status is not Status.RUNNING:
         action = None  # already frozen: only a rollback can follow
-    if action is None and state.status is Status.RUNNING and advance_due(owner, rollout) is None:
+    if action is None and state.status is Status.RUNNING and advance_due(plan, view, now) is None:
         action = Action.ADVANCE
     if action is None:
         return None
-    now = owner.clock()
-    if now < rollout._retry_at:
-        return None
-    found = report(owner, rollout)
+    found = report()
     if found.shares_elsewhere:
         return None  # processes disagree on the share: logged and counted when they began
     if action is Action.ADVANCE:
         if not found.sample_ratio_ok:
             return None  # logged and counted once, when it fired
-        reason = _advance_reason(rollout, found)
+        reason = _advance_reason(plan, view, found)
     else:
         reason = _breach(verdict.test, found, freeze=action is Action.FREEZE)
-    try:
-        return owner._transition(rollout.name, action, reason, AUTOMATIC, expected=state,
-                                 evidence=found.evidence())  # fmt: skip
-    except TransitionError:
-        # Another process or thread moved first (the compare-and-set refused ours), or
-        # the state no longer allows the step: follow the store, do nothing more.
-        with contextlib.suppress(Exception):
-            owner._load(rollout.name)
-        return None
-    except Exception as exc:
-        rollout._retry_at = now + _RETRY_AFTER_S
-        owner.failures.record("health.transition_failed", exc, rollout=rollout.name,
-                              action=str(action))  # fmt: skip
-        return None
+    return Step(action, reason, found.evidence())
 
 
-def advance_due(owner: Rollouts, rollout: Rollout) -> str | None:
+def advance_due(plan: Plan, view: View, now: float) -> str | None:
     """``None`` when an automatic advance is due, else what it waits for."""
-    view = rollout._view
-    plan = rollout._plan
     if plan.policy.advance != "auto":
         return "an operator: advance is manual"
     if view.stage >= plan.last_stage:
@@ -115,7 +72,7 @@ def advance_due(owner: Rollouts, rollout: Rollout) -> str | None:
         return None  # resumed at 0 % after a rollback: back to the first stage
     stage = plan.policy.stages[view.stage]
     if stage.bake is not None:
-        left = view.state.since + stage.bake - owner.clock()
+        left = view.state.since + stage.bake - now
         if left > 0:
             return f"bake time: {_duration(left)} left"
     seen = view.treatment.units_seen()
@@ -124,8 +81,8 @@ def advance_due(owner: Rollouts, rollout: Rollout) -> str | None:
     return None
 
 
-def _advance_reason(rollout: Rollout, report: HealthReport) -> str:
-    stage = rollout._plan.policy.stages[rollout._view.stage] if rollout._view.stage >= 0 else None
+def _advance_reason(plan: Plan, view: View, report: HealthReport) -> str:
+    stage = plan.policy.stages[view.stage] if view.stage >= 0 else None
     parts: list[str] = []
     if stage is not None and stage.bake is not None:
         parts.append(f"baked {_duration(stage.bake)}")
@@ -135,14 +92,14 @@ def _advance_reason(rollout: Rollout, report: HealthReport) -> str:
     return "healthy: " + ", ".join(parts)
 
 
-def waiting_for(owner: Rollouts, rollout: Rollout, health: HealthReport) -> str | None:
+def waiting_for(plan: Plan, view: View, health: HealthReport, now: float) -> str | None:
     """What the next automatic step waits for, in words (``None``: nothing automatic)."""
-    status = rollout._view.state.status
-    if rollout._plan.removed:
+    status = view.state.status
+    if plan.removed:
         return "the policy: this rollout is no longer in it (every call takes the old path)"
-    if rollout._plan.killed:
+    if plan.killed:
         return "an operator: killed in this process by $STAGEDROLL_KILL"
-    if rollout._plan.mode != "stages":
+    if plan.mode != "stages":
         return None
     if status in (Status.RUNNING, Status.FROZEN) and health.enabled and health.shares_elsewhere:
         return _disagreement(health)
@@ -154,7 +111,7 @@ def waiting_for(owner: Rollouts, rollout: Rollout, health: HealthReport) -> str 
         return None
     if health.enabled and not health.sample_ratio_ok:
         return "an operator: the sample ratio is off (check bucketing and reporting)"
-    return advance_due(owner, rollout) or "the next outcome: an advance is due"
+    return advance_due(plan, view, now) or "the next outcome: an advance is due"
 
 
 def _disagreement(health: HealthReport) -> str:

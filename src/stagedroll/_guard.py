@@ -14,17 +14,15 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import mmh3
 
 from ._decision import Decision
-from ._outcomes import ArmCounts
+from ._outcomes import UNTIMED, ArmCounts
+from ._router import Router
 
-if TYPE_CHECKING:
-    from ._rollout import Rollout
-
-__all__ = ["Tracking", "guard"]
+__all__ = ["Tracking", "check_routing", "guard", "is_async", "router_of"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,8 +33,8 @@ Route = Callable[[tuple[Any, ...], dict[str, Any]], tuple[ArmCounts, str | None]
 Record = Callable[..., None]
 
 
-def _router(
-    rollout: Rollout,
+def router_of(
+    router: Router,
     unit: Callable[..., object] | None,
     attributes: Callable[..., Mapping[str, object]] | None,
 ) -> Route:
@@ -44,14 +42,10 @@ def _router(
 
     The function never raises: a failure sends the call to the old path.
     """
-
-    def failed(exc: Exception) -> tuple[ArmCounts, str | None]:
-        return _routing_failed(rollout, exc), None
-
     if unit is None:
 
         def by_request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ArmCounts, None]:
-            return rollout._sample(), None
+            return router.sample(), None
 
         return by_request
 
@@ -59,9 +53,9 @@ def _router(
 
         def by_unit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ArmCounts, str | None]:
             try:
-                return rollout._route(unit(*args, **kwargs))
+                return router.route(unit(*args, **kwargs))
             except Exception as exc:
-                return failed(exc)
+                return router.routing_failed(exc), None
 
         return by_unit
 
@@ -69,14 +63,14 @@ def _router(
         args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[ArmCounts, str | None]:
         try:
-            return rollout._route(unit(*args, **kwargs), attributes(*args, **kwargs))
+            return router.route(unit(*args, **kwargs), attributes(*args, **kwargs))
         except Exception as exc:
-            return failed(exc)
+            return router.routing_failed(exc), None
 
     return by_unit_and_attributes
 
 
-def _is_async(fn: Callable[..., object]) -> bool:
+def is_async(fn: Callable[..., object]) -> bool:
     """Whether calling ``fn`` gives a coroutine (``async def``, or an async ``__call__``)."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - the method itself is what we inspect
@@ -96,38 +90,29 @@ def check_routing(unit: object, attributes: object) -> None:
         )
 
 
-def _routing_failed(rollout: Rollout, exc: Exception) -> ArmCounts:
-    """Count and log a failure to route a call; send the call to the old path."""
-    rollout._owner.failures.record("guard.routing_failed", exc, rollout=rollout.name)
-    return rollout._observed(rollout._view.arms.targeted_off)
-
-
 def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the hot path
-    rollout: Rollout,
+    router: Router,
     *,
     fallback: Callable[P, R],
     unit: Callable[P, object] | None,
     attributes: Callable[P, Mapping[str, object]] | None = None,
     reraise: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Build the decorator of :meth:`Rollouts.guard` for ``rollout``."""
+    """Build the decorator of :meth:`Rollouts.guard` over ``router``."""
     if not callable(fallback):
         raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
     check_routing(unit, attributes)
-    rollout._serves(None, "a guard")
-    route = _router(rollout, unit, attributes)
-    record = rollout._record
-    note = rollout._note
-    fold = rollout._fold
+    route = router_of(router, unit, attributes)
+    record, note, fold, clock, hash_ = router.record, router.note, router.fold, perf_counter, _hash
 
     def decorate(new: Callable[P, R]) -> Callable[P, R]:
-        is_async = _is_async(new)
-        if is_async != _is_async(fallback):
+        new_async = is_async(new)
+        if new_async != is_async(fallback):
             raise TypeError(
                 f"{new.__qualname__} and its fallback {getattr(fallback, '__qualname__', fallback)}"
                 " must both be async or both be sync"
             )
-        if is_async:
+        if new_async:
             wrapper = _async_wrapper(
                 cast("Callable[..., Awaitable[Any]]", new),
                 cast("Callable[..., Awaitable[Any]]", fallback),
@@ -142,45 +127,53 @@ def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the 
         @functools.wraps(new)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
             if inline:
-                # The router and Rollout._route's fast path, inlined: this is the caller's
-                # hot path, and each Python call saved is worth half the hash.
+                # Router.route's fast path, inlined: this is the caller's hot path, and each
+                # Python call saved is worth half the hash (tests pin it at the boundary).
                 try:
-                    key = unit(*args, **kwargs)  # type: ignore[misc]  # not None when inline
-                    v = rollout._view
+                    key = unit(*args, **kwargs) if kwargs else unit(*args)  # type: ignore[misc,call-arg]
+                    v = router.view
                     if v.plain and key.__class__ is str and key.isascii():
-                        hashed = _hash(v.prefix + key, 0, False)
+                        hashed = hash_(v.prefix + key, 0, False)
                         arm = v.treatment if hashed < v.threshold else v.control
                     else:
-                        arm, key = rollout._route(key)
+                        arm, key = router.route(key)
                 except Exception as exc:
-                    arm, key = _routing_failed(rollout, exc), None
+                    arm, key = router.routing_failed(exc), None
             else:
                 arm, key = route(args, kwargs)
-            start = perf_counter()
+            # One call in 16 is timed on an arm no latency test watches (the clock costs a
+            # fifth of the overhead); the others are counted, as UNTIMED.
+            pending = arm.pending
+            timed = arm.timed or not len(pending) & 15
+            start = clock() if timed else 0.0
             if arm.enabled:
                 try:
-                    result = new(*args, **kwargs)
+                    result = new(*args, **kwargs) if kwargs else new(*args)  # type: ignore[call-arg]
                 except Exception:
-                    record(arm, key, error=True, latency_s=perf_counter() - start,
+                    record(arm, key, error=True, latency_s=clock() - start if timed else None,
                            fallback=not reraise)  # fmt: skip
                     if reraise:
                         raise
                     return fallback(*args, **kwargs)
             else:
                 try:
-                    result = fallback(*args, **kwargs)
+                    result = fallback(*args, **kwargs) if kwargs else fallback(*args)  # type: ignore[call-arg]
                 except Exception:
-                    record(arm, key, error=True, latency_s=perf_counter() - start)
+                    record(arm, key, error=True, latency_s=clock() - start if timed else None)
                     raise
-            # Outcomes.success, inlined: a lock-free append, folded in batches, unless the
-            # call is slow or its unit new to the stage (the health test sees those at once).
-            elapsed = perf_counter() - start
-            pending = arm.pending
-            pending.append(elapsed)
-            if (elapsed > arm.slow_at and key not in arm.slow_seen) or (
-                arm.counting and key not in arm.units
-            ):
-                note(arm, key, elapsed)
+            # Router.record's success, inlined: a lock-free append, folded in batches, unless
+            # the call is slow or its unit new to the stage (the gate sees those at once).
+            if timed:
+                elapsed = clock() - start
+                pending.append(elapsed)
+                if (elapsed > arm.slow_at and key not in arm.slow_seen) or (
+                    arm.counting and key not in arm.units
+                ):
+                    note(arm, key, elapsed)
+            else:
+                pending.append(UNTIMED)
+                if arm.counting and key not in arm.units:
+                    note(arm, key, 0.0)
             if len(pending) >= arm.fold_at:
                 fold(arm)
             return result
@@ -231,12 +224,10 @@ class Tracking:
     interrupts) is not counted.
     """
 
-    __slots__ = ("_arm", "_key", "_rollout", "_start", "decision")
+    __slots__ = ("_arm", "_key", "_record", "_start", "decision")
 
-    def __init__(
-        self, rollout: Rollout, decision: Decision, arm: ArmCounts, key: str | None
-    ) -> None:
-        self._rollout = rollout
+    def __init__(self, record: Record, decision: Decision, arm: ArmCounts, key: str | None) -> None:
+        self._record = record
         self._arm = arm
         self._key = key
         self._start = 0.0
@@ -255,7 +246,7 @@ class Tracking:
         if exc_type is not None and not issubclass(exc_type, Exception):
             return  # cancelled or interrupted: the outcome is unknown
         latency = perf_counter() - self._start
-        self._rollout._record(self._arm, self._key, error=exc_type is not None, latency_s=latency)
+        self._record(self._arm, self._key, error=exc_type is not None, latency_s=latency)
 
     async def __aenter__(self) -> Decision:
         return self.__enter__()

@@ -188,6 +188,7 @@ class Health:
         "sample_ratio_fired",
         "slow",
         "slow_units",
+        "tests_latency",
         "threshold",
         "timed",
     )
@@ -203,6 +204,8 @@ class Health:
             self.threshold = SlowThreshold()  # learnt from the old path's calls
         else:
             self.threshold = SlowThreshold(math.inf)  # latency is not tested: nothing is slow
+        self.tests_latency = policy.latency_slo_ms is not None or policy.latency_p95
+        """Whether a latency test watches the compared arms (their every call is timed)."""
         parts = (1.0 - policy.latency_part, policy.latency_part)
         self.log_freeze = tuple(_log_threshold(policy.alpha_freeze, p) for p in parts)
         self.log_rollback = tuple(_log_threshold(policy.alpha_rollback, p) for p in parts)
@@ -245,7 +248,14 @@ class Health:
             self._agreement = old._agreement  # shared: a flush in flight updates it too
 
     def track(self, control: ArmCounts, treatment: ArmCounts) -> None:
-        """Make ``control`` and ``treatment`` the arms of the stage visit now in force."""
+        """Make ``control`` and ``treatment`` the arms of the stage visit now in force.
+
+        They count their distinct units from now on, and carry the marks the hot path
+        reads to tell a call the gate must see (the slow-call threshold, the units seen).
+        """
+        control.count_units()
+        treatment.count_units()
+        control.timed = treatment.timed = self.tests_latency
         self._arms = (control, treatment)
         self._frozen_units = None
         self.sample_ratio_fired = False

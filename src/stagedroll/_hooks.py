@@ -23,7 +23,7 @@ from typing import Any, TypeAlias
 
 from ._failures import Failures, contained
 from ._forksafe import register
-from ._state import Action, Status, Transition
+from ._state import AUTOMATIC, Action, Status, Transition
 
 __all__ = ["Hook", "Hooks", "TransitionEvent"]
 
@@ -52,7 +52,7 @@ class TransitionEvent:
     @property
     def automatic(self) -> bool:
         """Whether the health gate made it (rather than an operator)."""
-        return self.actor == "stagedroll"
+        return self.actor == AUTOMATIC
 
     @classmethod
     def of(cls, transition: Transition, names: tuple[str | None, str | None]) -> TransitionEvent:

@@ -5,23 +5,22 @@ The counters are per stage visit, so a new stage starts from zero.
 
 The common outcome, a fast success of a unit already seen in this stage, is recorded
 without a lock: its latency is appended to the arm's ``pending`` list (an atomic operation)
-and folded into the counters under the lock, in batches (at most :data:`FOLD_AT`) or when
-the counters are read. Everything the health test needs to see at once (errors, slow calls,
-a unit's first call in the stage) takes the lock and goes through :class:`~._health.Health`.
+and folded into the counters under the lock, in batches (at most :data:`FOLD_AT`). The
+counters know nothing of the health gate: an arm only carries the marks the gate set on it
+(``slow_at``, ``slow_seen``, ``counting`` and ``units``) so that the hot path can tell,
+without a lock, that a call is one the gate must see; the rollout's router then shows it.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Container
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 from ._forksafe import register
-
-if TYPE_CHECKING:
-    from ._health import Health
+from ._policy import UNIT_CAP
 
 __all__ = [
     "FOLD_AT",
@@ -38,12 +37,13 @@ __all__ = [
 FOLD_AT = 1024
 """Pending latencies an arm holds at most before they are folded into its counters."""
 _FIRST_FOLD = 16  # the first batches are small, so the latency threshold is learnt early
-_CHECK_EVERY = 64  # outcomes recorded under the lock between two looks at the clock
+UNTIMED = -1.0
+"""A pending entry of a successful call that was counted but not timed (no latency < 0)."""
+TIME_EVERY = 16
+"""An arm no latency test watches has one guarded call in this many timed (the clock costs
+a guard a fifth of its overhead); its mean latency is estimated from those."""
 
 _NOTHING: frozenset[object] = frozenset()
-
-UNIT_CAP = 50_000
-"""Distinct units an arm remembers per stage visit (for ``min_units`` and the sample ratio)."""
 
 
 class ArmCounts:
@@ -70,6 +70,7 @@ class ArmCounts:
         "pooled_units",
         "slow_at",
         "slow_seen",
+        "timed",
         "tracked",
         "unit_count",
         "units",
@@ -84,7 +85,12 @@ class ArmCounts:
         self.latency_n = 0
         self.latency_s = 0.0
         self.pending: list[float] = []
+        """Latencies of successful calls not folded yet; :data:`UNTIMED` for a call counted
+        but not timed."""
         self.fold_at = _FIRST_FOLD
+        self.timed = False
+        """Whether a guard times every call (a latency test watches the arm); else one call
+        in :data:`TIME_EVERY`, which the mean latency is estimated from."""
         self.slow_at = math.inf
         """Latency (s) above which a call is slow; ``inf`` when the arm is not tested."""
         self.slow_seen: Container[object] = _NOTHING
@@ -108,9 +114,10 @@ class ArmCounts:
         batch = pending[:n]
         # Deleting the first n leaves whatever other threads appended meanwhile.
         del pending[:n]
+        untimed = batch.count(UNTIMED)
         self.calls += n
-        self.latency_n += n
-        self.latency_s += sum(batch)
+        self.latency_n += n - untimed
+        self.latency_s += sum(batch) - untimed * UNTIMED
         if self.fold_at < FOLD_AT:
             self.fold_at = min(FOLD_AT, self.fold_at * 2)
         return batch
@@ -151,14 +158,16 @@ class ArmCounts:
     def stats(self) -> ArmStats:
         """A frozen copy for reading (pending latencies included)."""
         pending = self.pending[:]
-        latency_n = self.latency_n + len(pending)
-        latency_s = self.latency_s + sum(pending)
+        untimed = pending.count(UNTIMED)
+        latency_n = self.latency_n + len(pending) - untimed
+        latency_s = self.latency_s + sum(pending) - untimed * UNTIMED
         return ArmStats(
             calls=self.calls + len(pending),
             errors=self.errors,
             fallbacks=self.fallbacks,
             mean_latency_s=latency_s / latency_n if latency_n else None,
             units=self.units_seen(),
+            timed=latency_n,
         )
 
 
@@ -182,16 +191,16 @@ class Outcome:
 
 
 class Sink(Protocol):
-    """What a rollout tells of every outcome while it is watched."""
+    """What a rollout tells of every outcome while it is watched (see ``Rollout.on_outcome``)."""
 
-    def add(self, outcome: Outcome) -> None: ...
+    def __call__(self, outcome: Outcome, /) -> object: ...
 
 
 class ObservedArm(ArmCounts):
     """A stand-in for an arm whose rollout a recording sink watches (tests only).
 
     It shares the arm's pending latencies, and makes every successful guarded call look
-    slow, so that each one reaches :meth:`~._rollout.Rollout._note`, which tells the sinks
+    slow, so that each one reaches :meth:`~._router.Router.note`, which tells the sinks
     and passes the call on to :attr:`real`. The health test is not fooled: it judges on its
     own threshold.
     """
@@ -203,6 +212,7 @@ class ObservedArm(ArmCounts):
         self.enabled = real.enabled
         self.compared = real.compared
         self.slow_at = -math.inf
+        self.timed = True
         self.slow_seen = _NOTHING
         self.counting = False
         self.units = set()
@@ -232,6 +242,10 @@ class ArmStats:
 
     Counted on the compared arms of a rollout with a health gate only (else 0).
     """
+    timed: int = field(default=0, compare=False)
+    """Calls whose latency was measured, which ``mean_latency_s`` is the mean of: every
+    call on an arm a latency test watches, else one sync guarded call in 16 (and every
+    call of async guards, ``track``, ``report``, shadows and migrations)."""
 
     @property
     def error_rate(self) -> float | None:
@@ -257,21 +271,44 @@ def _new_arms() -> Arms:
     )
 
 
+def _sum(a: ArmStats, b: ArmStats) -> ArmStats:
+    """The stats of two arms together (the targeted calls of both paths)."""
+    timed = a.timed + b.timed
+    total = (a.mean_latency_s or 0.0) * a.timed + (b.mean_latency_s or 0.0) * b.timed
+    return ArmStats(
+        calls=a.calls + b.calls,
+        errors=a.errors + b.errors,
+        fallbacks=a.fallbacks + b.fallbacks,
+        mean_latency_s=total / timed if timed else None,
+        timed=timed,
+    )
+
+
 class Outcomes:
-    """The outcome sink of one rollout: per stage, its :class:`Arms`."""
+    """The outcome counters of one rollout: per stage, its :class:`Arms`.
 
-    __slots__ = ("__weakref__", "_arms", "health", "lock")
+    ``lock`` guards the counters (the rollout's router passes its own, which the gate shares);
+    ``on_visit`` is told of the compared arms of every new stage visit (the gate marks them).
+    """
 
-    def __init__(self, health: Health | None = None) -> None:
-        self.lock = threading.Lock()
+    __slots__ = ("__weakref__", "_arms", "_own_lock", "lock", "on_visit")
+
+    def __init__(
+        self,
+        *,
+        lock: threading.Lock | None = None,
+        on_visit: Callable[[ArmCounts, ArmCounts], None] | None = None,
+    ) -> None:
+        self._own_lock = lock is None
+        self.lock = threading.Lock() if lock is None else lock
         self._arms: dict[int, Arms] = {}
-        self.health = health
-        """The health test fed by the compared arms, or ``None`` (counting only)."""
+        self.on_visit = on_visit
         register(self)
 
     def _after_fork(self) -> None:
-        """In a forked child: a fresh lock, and counts of this process only."""
-        self.lock = threading.Lock()
+        """In a forked child: counts of this process only (and a fresh lock if its own)."""
+        if self._own_lock:
+            self.lock = threading.Lock()
         for arms in self._arms.values():
             for counts in arms:
                 counts.reset()
@@ -302,101 +339,36 @@ class Outcomes:
 
     def _new_arms(self) -> Arms:
         arms = _new_arms()
-        if self.health is not None:
-            arms.control.count_units()
-            arms.treatment.count_units()
-            self.health.track(arms.control, arms.treatment)
+        if self.on_visit is not None:
+            self.on_visit(arms.control, arms.treatment)
         return arms
 
-    def success(self, counts: ArmCounts, latency_s: float, key: str | None = None) -> bool:
-        """Record a successful call; return whether an automatic step may be due.
-
-        The latency is appended without a lock and folded in batches. A call that may be an
-        event of the health test (the first slow call of its unit, the unit's first call in
-        the stage) also goes to :meth:`note`. The guards inline this method.
-        """
-        pending = counts.pending
-        pending.append(latency_s)
-        due = False
-        if (latency_s > counts.slow_at and key not in counts.slow_seen) or (
-            counts.counting and key not in counts.units
-        ):
-            due = self.note(counts, key, latency_s)
-        if len(pending) >= counts.fold_at:
-            due = self.fold(counts) or due
-        return due
-
-    def note(self, counts: ArmCounts, key: str | None, latency_s: float) -> bool:
-        """Show a successful call (already counted) to the health test; see :meth:`success`."""
-        with self.lock:
-            health = self.health
-            if health is None or not counts.compared:
-                return False
-            return health.note(counts, key, latency_s)
-
-    def fold(self, counts: ArmCounts) -> bool:
-        """Fold ``counts``'s pending latencies; return whether a step may be due."""
-        with self.lock:
-            return self.fold_locked(counts)
-
-    def fold_locked(self, counts: ArmCounts) -> bool:
-        """:meth:`fold`, with the lock already held; every fold goes through here.
-
-        The folded latencies of the control arm teach the slow-call threshold.
-        """
-        batch = counts.fold()
-        health = self.health
-        if health is None or not counts.compared:
-            return False
-        if batch and not counts.enabled:
-            health.learn(batch)
-        return health.timed  # only the clock can have made a step due meanwhile
+    def add(
+        self, counts: ArmCounts, error: bool, latency_s: float | None, fallback: bool = False
+    ) -> None:
+        """Count one call's outcome in ``counts``; hold :attr:`lock`."""
+        counts.calls += 1
+        if error:
+            counts.errors += 1
+        if fallback:
+            counts.fallbacks += 1
+        if latency_s is not None:
+            counts.latency_n += 1
+            counts.latency_s += latency_s
 
     def record(
-        self,
-        counts: ArmCounts,
-        error: bool,
-        latency_s: float | None,
-        fallback: bool = False,
-        key: str | None = None,
-        *,
-        event: bool = True,
-    ) -> bool:
-        """Add one call's outcome to ``counts``; return whether an automatic step may be due.
-
-        ``key`` is the call's unit as text (``None`` for a call without one, bucketed per
-        request), which the health test needs for first events and new units. An error with
-        ``event=False`` is counted, not shown to the test as an event.
-        """
+        self, counts: ArmCounts, error: bool, latency_s: float | None, fallback: bool = False
+    ) -> None:
+        """:meth:`add`, under the lock."""
         with self.lock:
-            counts.calls += 1
-            if error:
-                counts.errors += 1
-            if fallback:
-                counts.fallbacks += 1
-            if latency_s is not None:
-                counts.latency_n += 1
-                counts.latency_s += latency_s
-            health = self.health
-            if health is None or not counts.compared:
-                return False
-            due = health.observe(counts, key, error=error and event)
-            if counts.calls % _CHECK_EVERY == 0:  # no fold on this path: look at the clock
-                due = due or health.timed
-            return due
+            self.add(counts, error, latency_s, fallback)
 
     def stats(self, stage: int) -> tuple[ArmStats, ArmStats, ArmStats]:
-        """Frozen stats of ``stage``: control, treatment, and the targeted calls of both paths."""
+        """Frozen stats of ``stage``: control, treatment, and the targeted calls of both paths.
+
+        Pending latencies are included, not folded (the gate learns from the folds).
+        """
         arms = self.arms(stage)
         with self.lock:
-            for counts in arms:
-                self.fold_locked(counts)
-            off, on = arms.targeted_off, arms.targeted_on
-            timed = off.latency_n + on.latency_n
-            targeted = ArmStats(
-                calls=off.calls + on.calls,
-                errors=off.errors + on.errors,
-                fallbacks=off.fallbacks + on.fallbacks,
-                mean_latency_s=(off.latency_s + on.latency_s) / timed if timed else None,
-            )
-            return arms.control.stats(), arms.treatment.stats(), targeted
+            off, on = arms.targeted_off.stats(), arms.targeted_on.stats()
+            return arms.control.stats(), arms.treatment.stats(), _sum(off, on)

@@ -1,5 +1,9 @@
 """Forced decisions: the machinery behind :func:`stagedroll.testing.override`.
 
+This module holds all of stagedroll's process-global test state, and nothing else does:
+the overrides active in each context, the handles that may be forced, and the count of
+overrides of every ``Rollouts`` per rollout name.
+
 An override forces the decisions of one rollout (of one :class:`~stagedroll.Rollouts`, or
 of every one) for all units or for given units, in the current context only: the active
 overrides live in a :class:`~contextvars.ContextVar`, so each thread and each asyncio task
@@ -16,20 +20,27 @@ import weakref
 from collections import Counter
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._rollout import Rollout
-    from ._rollouts import Rollouts
+__all__ = ["Force", "Forceable", "activate", "deactivate", "forced", "track"]
 
-__all__ = ["Force", "activate", "deactivate", "forced", "track"]
+
+class Forceable(Protocol):
+    """A rollout's handle, as overrides see it: its name, and a way off the fast path."""
+
+    @property
+    def name(self) -> str: ...
+
+    def _force(self, step: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Force:
-    """One active override: rollout ``name`` of ``owner`` (``None``: of every ``Rollouts``)."""
+    """One active override: rollout ``name`` of handle ``target`` (``None``: of every one)."""
 
-    owner: Rollouts | None
+    target: Forceable | None
+    """The handle forced (one ``Rollouts``' rollout), or ``None`` for every handle named
+    ``name``."""
     name: str
     enabled: bool
     units: frozenset[str] | None
@@ -38,7 +49,7 @@ class Force:
 
 _ACTIVE: ContextVar[tuple[Force, ...]] = ContextVar("stagedroll_overrides", default=())
 _lock = threading.Lock()
-_rollouts: weakref.WeakSet[Rollout] = weakref.WeakSet()
+_handles: weakref.WeakSet[Forceable] = weakref.WeakSet()
 
 
 def _renew_lock() -> None:  # in a forked child: the parent's threads are gone
@@ -51,22 +62,22 @@ if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows onl
 _everywhere: Counter[str] = Counter()  # active overrides of every Rollouts, by rollout name
 
 
-def track(rollout: Rollout) -> bool:
-    """Know ``rollout`` from now on; say whether an override of every ``Rollouts`` applies."""
+def track(handle: Forceable) -> bool:
+    """Know ``handle`` from now on; say whether an override of every ``Rollouts`` applies."""
     with _lock:
-        _rollouts.add(rollout)
-        return _everywhere[rollout.name] > 0
+        _handles.add(handle)
+        return _everywhere[handle.name] > 0
 
 
-def forced(rollout: Rollout, key: str | None) -> bool | None:
-    """The decision forced for unit ``key`` of ``rollout`` in this context, or ``None``.
+def forced(handle: object, name: str, key: str | None) -> bool | None:
+    """The decision forced for unit ``key`` of rollout ``name`` of ``handle``, or ``None``.
 
-    The innermost override that matches wins.
+    In this context; the innermost override that matches wins.
     """
     for force in reversed(_ACTIVE.get()):
         if (
-            force.name == rollout.name
-            and (force.owner is None or force.owner is rollout._owner)
+            force.name == name
+            and (force.target is None or force.target is handle)
             and (force.units is None or key in force.units)
         ):
             return force.enabled
@@ -99,11 +110,10 @@ def deactivate(force: Force) -> None:
 def _count(force: Force, step: int) -> None:
     """Tell the rollouts concerned that one more (or one fewer) override is active."""
     with _lock:
-        if force.owner is None:
+        if force.target is None:
             _everywhere[force.name] += step
-            targets = [r for r in _rollouts if r.name == force.name]
+            targets = [h for h in _handles if h.name == force.name]
         else:
-            target = force.owner._rollouts.get(force.name)
-            targets = [target] if target is not None else []
-    for rollout in targets:
-        rollout._force(step)
+            targets = [force.target]
+    for handle in targets:
+        handle._force(step)

@@ -14,16 +14,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._bucketing import hash_key, threshold, unit_key
-from ._decision import Decision, Reason
+from ._decision import Decision, Reason, decision
 from ._outcomes import ArmCounts, Outcomes
 from ._policy import Policy, RolloutPolicy
 from ._state import RolloutState, Status
-from ._targeting import Predicate, compile_rule, compile_segment
+from ._targeting import Predicate
 
 __all__ = ["Mode", "Plan", "StagePlan", "View", "compile_policy"]
 
 Mode = Literal["stages", "fixed", "off"]
 _random_bucket = random.getrandbits
+IN_COHORT, OUT_OF_COHORT = Reason.IN_COHORT, Reason.OUT_OF_COHORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,14 @@ class Plan:
         """The index of the final stage."""
         return len(self.stages) - 1
 
+    def stage_name(self, stage: int) -> str | None:
+        """The name of stage ``stage``.
+
+        ``None`` for ``-1`` (before the first); the last stage's for one past it (a policy
+        that lost stages holds at its last).
+        """
+        return self.stages[min(stage, self.last_stage)].name if stage >= 0 else None
+
     def retired(self) -> Plan:
         """A copy of this plan for a rollout that a reloaded policy no longer has (:attr:`removed`).
 
@@ -124,6 +133,7 @@ class View:
         "control",
         "denied",
         "deny",
+        "mode",
         "no_unit",
         "percent",
         "plain",
@@ -140,6 +150,7 @@ class View:
 
     def __init__(self, plan: Plan, state: RolloutState, outcomes: Outcomes) -> None:
         self.rollout = plan.name
+        self.mode = plan.mode
         self.state = state
         self.prefix = plan.prefix
         self.bucket_by = plan.bucket_by
@@ -226,10 +237,9 @@ class View:
         settled = self.settle(key, attributes)
         if isinstance(settled, Decision):
             return settled
-        stage, percent = self.stage_name, self.percent
-        if settled < self.threshold:
-            return Decision(self.rollout, True, Reason.IN_COHORT, stage, percent, settled)
-        return Decision(self.rollout, False, Reason.OUT_OF_COHORT, stage, percent, settled)
+        enabled = settled < self.threshold
+        reason = IN_COHORT if enabled else OUT_OF_COHORT
+        return decision((self.rollout, enabled, reason, self.stage_name, self.percent, settled))
 
     def enabled(self, key: str | None, attributes: Mapping[str, object] | None) -> bool:
         """Whether the new path is on, without building a :class:`Decision`."""
@@ -270,10 +280,5 @@ class View:
 
 def compile_policy(policy: Policy, environment: str | None) -> dict[str, Plan]:
     """Compile every rollout of ``policy`` for ``environment``."""
-    segments = {
-        name: compile_segment(
-            [compile_rule(r.attribute, r.op, r.value) for r in segment.rules], match=segment.match
-        )
-        for name, segment in policy.segments.items()
-    }
+    segments = {name: segment.predicate() for name, segment in policy.segments.items()}
     return {name: Plan(name, r, segments, environment) for name, r in policy.rollouts.items()}

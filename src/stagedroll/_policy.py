@@ -41,13 +41,13 @@ from ._document import (
     parse_document,
     read_document,
 )
-from ._outcomes import UNIT_CAP
-from ._targeting import Operator, semver_key
+from ._targeting import Operator, Predicate, compile_rule, compile_segment, semver_key
 from .exceptions import PolicyError, PolicyProblem
 
 __all__ = [
     "MAX_DURATION_DAYS",
     "MIGRATION_STAGES",
+    "UNIT_CAP",
     "EnvironmentSetting",
     "Health",
     "Policy",
@@ -62,6 +62,9 @@ __all__ = [
     "policy_from_bytes",
     "policy_from_dict",
 ]
+
+UNIT_CAP = 50_000
+"""Distinct units an arm remembers per stage visit (for ``min_units`` and the sample ratio)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -304,6 +307,16 @@ class Segment(_Model):
     description: StrictStr = ""
     match: Literal["all", "any"] = "all"
     rules: Annotated[tuple[Rule, ...], Field(min_length=1)]
+
+    def predicate(self) -> Predicate:
+        """The segment as a function of a unit's attributes (compiled once per call)."""
+        return compile_segment(
+            [compile_rule(r.attribute, r.op, r.value) for r in self.rules], match=self.match
+        )
+
+    def matches(self, attributes: Mapping[str, object]) -> bool:
+        """Whether a unit with ``attributes`` is in the segment (as a decision matches it)."""
+        return bool(self.predicate()(attributes))
 
 
 class Stage(_Model):

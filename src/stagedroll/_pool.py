@@ -4,7 +4,7 @@ With a store shared by processes (SQLite, Redis), a process does not judge its o
 outcomes alone: n processes judging apart would each risk a false freeze at ``alpha``, n
 times ``alpha`` together. Instead each process queues its events (first errors and first
 slow calls of units, new units per arm) in an :class:`Outbox`, and the store's background
-refresh flushes them with :func:`flush`:
+refresh flushes them with :func:`flush` (through :func:`~._exchange.exchange`):
 
 - every unit's first event is deduplicated in the store's exact set of the epoch
   (``add_units``): it counts once however many processes saw it; events of calls without
@@ -54,16 +54,12 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
+from .stores import Store
 from .stores._digest import digest, rollout_key, token
 
-if TYPE_CHECKING:
-    from ._rollout import Rollout
-    from ._rollouts import Rollouts
-    from .stores import Store
-
-__all__ = ["MAX_QUEUED", "Batch", "Outbox", "Totals", "Unsure", "exchange", "flush"]
+__all__ = ["MAX_QUEUED", "Batch", "Outbox", "Totals", "Unsure", "flush"]
 
 MAX_QUEUED = 100_000
 """Events and units an outbox holds at most (while the store is down); more are dropped."""
@@ -359,38 +355,3 @@ def flush(store: Store, rollout: str, batch: Batch, history: str = "") -> Totals
 def _count(counts: dict[str, int], name: str, n: int) -> None:
     if n:
         counts[name] = counts.get(name, 0) + n
-
-
-def exchange(owner: Rollouts, rollout: Rollout) -> None:
-    """Flush ``rollout``'s queued events and take the fleet's totals; never raises.
-
-    A failed flush is requeued (the store may be down) and counted (``store.flush_failed``);
-    one that ended unsure requeues its units only.
-    """
-    health = rollout.health
-    if health is None or health.outbox is None or not rollout.state.version:
-        return  # no gate, or no state to judge by (unknown, or unreadable: kept for later)
-    outbox = health.outbox
-    lock = rollout.outcomes.lock
-    with outbox.flushing:
-        with lock:
-            batch = outbox.take(health.errors.share)
-            dropped, outbox.dropped = outbox.dropped, 0
-        if dropped:
-            owner.failures.record("store.outcomes_dropped", rollout=rollout.name,
-                                  dropped=dropped)  # fmt: skip
-        try:
-            totals = flush(owner.store, rollout.name, batch, rollout.state.history)
-        except Exception as exc:
-            with lock:
-                outbox.give_back(batch, events=not isinstance(exc, Unsure))
-            owner.failures.record("store.flush_failed", exc, rollout=rollout.name)
-            return
-        if totals.refused:
-            owner.failures.record("store.units_refused", rollout=rollout.name,
-                                  refused=totals.refused)  # fmt: skip
-        with lock:
-            others = health.absorb(totals)
-        if others:
-            owner.failures.record("health.share_mismatch", rollout=rollout.name,
-                                  share=batch.share, elsewhere=list(others))  # fmt: skip

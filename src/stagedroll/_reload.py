@@ -14,9 +14,8 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ._document import format_of, max_policy_bytes, read_document
 from ._failures import Failures, log
@@ -24,11 +23,7 @@ from ._forksafe import register
 from ._policy import Policy, policy_from_bytes
 from .exceptions import PolicyError
 
-if TYPE_CHECKING:
-    from ._rollout import Rollout
-    from ._rollouts import Rollouts
-
-__all__ = ["PolicyFile", "apply_changes", "kill_list"]
+__all__ = ["PolicyFile", "kill_list"]
 
 
 def kill_list() -> frozenset[str]:
@@ -153,82 +148,3 @@ class PolicyFile:
         """The new policy could not be applied (e.g. it drops this process's environment)."""
         self._refuse(error, digest=self._digest)
         self._digest = ""  # look again at the next change
-
-
-def apply_changes(owner: Rollouts, file: PolicyFile) -> None:
-    """Swap in the policy of ``file`` if it changed and validates; never raises.
-
-    Every name keeps one handle for the life of ``owner``, so the guards, shadows and
-    migrations built on it follow whatever a reload does. Rollouts that stay are re-planned
-    in place. Those the file no longer has keep their handle with a retired plan (every call
-    takes the old path; transitions and ``status`` still reach the store); they are listed
-    in ``owner.removed`` and logged with what was built on them and their state. A rollout
-    that comes back is re-planned on its old handle. New ones start now with an in-process
-    store; with a store shared by processes they serve 0 % until the store's refresh starts
-    them (a caller's call does no store I/O).
-    """
-    from ._rollout import Rollout  # noqa: PLC0415 - _rollout imports what imports this
-    from ._transitions import unknown_state  # noqa: PLC0415
-
-    def apply(policy: Policy) -> None:
-        try:
-            policy.check_environment(owner.environment)
-            _check_patterns(owner._rollouts, policy)
-            plans = owner._compile(policy)
-        except Exception as exc:
-            file.applied(str(exc))
-            return
-        handles = dict(owner._rollouts)
-        for name, plan in plans.items():
-            current = handles.get(name)
-            if current is not None:
-                current._replan(plan)
-                if name in owner.removed:
-                    owner.removed.remove(name)
-                    log("info", "policy.rollout_restored", rollout=name, path=str(file.path))
-            elif owner._pooled:
-                owner._unstarted.add(name)
-                handles[name] = Rollout(owner, plan, unknown_state(owner.clock()))
-            else:
-                handles[name] = Rollout(owner, plan, owner._start(name, policy))
-        # The handles first, then the policy (which names the rollouts): a reader that lists
-        # the rollouts of either policy finds a handle for each name.
-        owner._rollouts = handles
-        owner.policy = policy
-        log("info", "policy.reloaded", path=str(file.path), rollouts=sorted(policy.rollouts))
-        for name, handle in handles.items():
-            if name in plans or handle._plan.removed:
-                continue
-            handle._replan(handle._plan.retired())
-            owner.removed.append(name)
-            state = handle.state
-            log("warning", "policy.rollout_removed", rollout=name, path=str(file.path),
-                guards=handle._bound, stage=state.stage, status=str(state.status),
-                version=state.version, serving="the old path for every call; the stored "
-                "state stays, and kill, freeze and status still reach it")  # fmt: skip
-
-    file.check(apply)
-
-
-def _check_patterns(handles: Mapping[str, Rollout], new: Policy) -> None:
-    """Refuse a policy that changes the ``pattern`` of a rollout this process serves.
-
-    The code built on a rollout (a shadow, a migration, a guard) records its calls for
-    that pattern: another one would judge them at the wrong share. Removing such a rollout
-    is refused too: a migration that lost its plan would fall back to its old store, which
-    has missed the writes since ``live``. The handles are compared, not the last policy: a
-    rollout that a reload removed and the next one brings back is the same handle.
-    """
-    for name, handle in handles.items():
-        before = handle.policy
-        after = new.rollouts.get(name)
-        if after is None and before.pattern is not None and not handle._plan.removed:
-            raise ValueError(
-                f"rollouts.{name}: cannot remove a rollout with pattern = {before.pattern!r} "
-                "from a running process (restart it with the new policy)"
-            )
-        if after is not None and before.pattern != after.pattern:
-            raise ValueError(
-                f"rollouts.{name}.pattern: cannot change from {before.pattern!r} to "
-                f"{after.pattern!r} in a running process (restart it with the new policy)"
-            )

@@ -1,67 +1,60 @@
-"""``Rollout``: the handle of one rollout, and the fast path of every decision."""
+"""``Rollout``: the handle of one rollout: its decisions, its state and its transitions.
+
+A handle owns a :class:`~._router.Router` (the per-call work that guards, shadows and
+migrations share) and everything that changes what the router serves: the plan (a reload
+replaces it), the state (adopted from the store, or written by a compare-and-set
+transition), and the health gate's automatic steps (:func:`~._gate.step` says which; the
+handle applies it). It receives the small :class:`~._runtime.Runtime` context, never the
+``Rollouts`` facade.
+"""
 
 from __future__ import annotations
 
-import math
+import contextlib
 import threading
+import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import mmh3
 
+from . import _gate as gate
 from . import _override as override
-from ._bucketing import unit_key
 from ._decision import Decision, Reason
+from ._exchange import exchange
+from ._failures import log
 from ._forksafe import register
 from ._guard import Tracking, guard
-from ._health import Health
-from ._outcomes import ArmCounts, ObservedArm, Outcome, Outcomes, Sink
+from ._health import DISABLED, Health, HealthReport
+from ._hooks import TransitionEvent
+from ._outcomes import Outcome, Outcomes
 from ._plan import Plan, View
 from ._policy import RolloutPolicy
 from ._pool import Outbox
-from ._state import RolloutState, RolloutStatus, Transition, newer
+from ._router import Router
+from ._runtime import Runtime
+from ._state import AUTOMATIC, NO_EVIDENCE, Action, Evidence, RolloutState, Transition, newer
+from ._status import RolloutStatus, StageInfo
+from ._transitions import EVENTS, initial_state, next_state, unknown_state, verb
+from .exceptions import StoreError, TransitionError
 
-if TYPE_CHECKING:
-    from ._rollouts import Rollouts
-
-__all__ = ["Rollout"]
+__all__ = ["Rollout", "default_actor"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _hash = mmh3.hash
+_RETRY_AFTER_S = 1.0  # after a failed automatic step, wait this long before the next try
 
 
-def _is_latency(value: object) -> bool:
-    if value.__class__ is float:  # the common case, a perf_counter difference
-        return 0.0 <= value < math.inf  # NaN fails both comparisons
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
+def default_actor() -> str:
+    """The operating-system user: the actor of a transition when none is named."""
+    import getpass  # noqa: PLC0415 - only transitions without an actor need it
+
     try:
-        return math.isfinite(value) and value >= 0
-    except Exception:  # an int past float's range, a subclass whose comparisons raise
-        return False
-
-
-def _shown(value: object) -> str:
-    """A bad latency, for the log: no user ``__repr__`` runs, and no huge number is printed."""
-    if value.__class__ is float or value.__class__ is bool:
-        return repr(value)
-    if value.__class__ is int:
-        bits = int.bit_length(value)
-        return repr(value) if bits <= 64 else f"<int of {bits} bits>"
-    return f"<{type(value).__name__}>"
-
-
-def _key(unit: object, attributes: object) -> str | None:
-    """Check a call's arguments; return the unit as text. Wrong types raise TypeError."""
-    if (
-        attributes is not None
-        and attributes.__class__ is not dict
-        and not isinstance(attributes, Mapping)
-    ):
-        raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
-    return unit if unit is None or unit.__class__ is str else unit_key(unit)
+        return getpass.getuser()
+    except Exception:  # no user database entry (containers): still say something
+        return "unknown"
 
 
 class Rollout:
@@ -77,122 +70,49 @@ class Rollout:
     __slots__ = (
         "__weakref__",
         "_bound",
-        "_forced",
-        "_inline",
         "_lock",
-        "_owner",
         "_plan",
         "_retry_at",
-        "_sinks",
-        "_view",
-        "health",
+        "_router",
+        "_runtime",
+        "_started",
+        "_unreadable",
         "name",
-        "outcomes",
     )
 
-    def __init__(self, owner: Rollouts, plan: Plan, state: RolloutState) -> None:
-        self._owner = owner
+    def __init__(self, runtime: Runtime, plan: Plan, *, start: bool = True) -> None:
+        """Bind ``plan``, and load its state from the store.
+
+        With ``start=False``, later (:meth:`_restart`), serving the old path meanwhile.
+        """
+        self._runtime = runtime
         self._plan = plan
         self.name = plan.name
-        self.health: Health | None = None
-        """The health gate, or ``None`` (disabled, or the environment does not follow stages)."""
-        self.outcomes = Outcomes()
-        self._configure(plan, state)
-        self._inline = not owner._pooled
-        """Whether automatic steps are taken on the caller's thread (else the store's)."""
         self._lock = threading.Lock()  # serializes view changes; decisions never take it
         self._retry_at = 0.0  # after a failed automatic step, not before this clock time
-        self._forced = 0  # overrides active anywhere (stagedroll.testing): off the fast path
-        self._sinks: tuple[Sink, ...] = ()  # recording sinks (stagedroll.testing): likewise
         self._bound = 0  # guards, shadows and migrations built on this handle
-        self._view: View = plan.view(state, self.outcomes)
+        self._started = False
+        self._unreadable = False  # serving the old path: the stored state is corrupt
+        router = self._router = Router(plan.name, runtime)
+        router.handle = self
+        if not runtime.shared:
+            router.step = self._step
+        state = self._start() if start else unknown_state(runtime.clock())
+        self._configure(plan, state)
+        router.view = self._make_view(state)
         if override.track(self):
             self._force(+1)
-        self._set_share(self._view)
+        self._set_share(router.view)
         register(self)
-
-    def _configure(self, plan: Plan, state: RolloutState, old: Plan | None = None) -> None:
-        """The health gate and the outcome counters of ``plan``, new.
-
-        With ``old`` (a reload), the evidence of the epoch carries over when the health
-        settings and the pattern did not change (a percent edit, a new bake time).
-        """
-        tested = plan.mode == "stages" and plan.policy.health.enabled and not plan.removed
-        paired = plan.policy.pattern is not None  # a shadow, a migration: both arms per call
-        before = self.health
-        self.health = Health(plan.policy.health, paired=paired) if tested else None
-        if self.health is not None:
-            self.health.timed = plan.policy.advance == "auto"
-            if self._owner._pooled:
-                self.health.outbox = Outbox()
-                self.health.outbox.visit(state.epoch, min(state.stage, plan.last_stage))
-            if (
-                before is not None
-                and old is not None
-                and before.paired == paired
-                and old.policy.health == plan.policy.health
-            ):
-                with self.outcomes.lock:  # the old counters' lock: no event half-counted
-                    self.health.inherit(before)
-        self.outcomes = Outcomes(self.health)
-
-    def _replan(self, plan: Plan) -> None:
-        """Follow a reloaded policy: the state stays; a changed rollout counts afresh."""
-        with self._lock:
-            old, self._plan = self._plan, plan
-            if (
-                plan.policy != old.policy
-                or plan.killed != old.killed
-                or plan.mode != old.mode
-                or plan.removed != old.removed
-            ):
-                self._configure(plan, self._view.state, old)
-            self._view = self._make_view(self._view.state)
-            self._set_share(self._view)
-
-    def _force(self, step: int) -> None:
-        """One more (``+1``) or one fewer (``-1``) override is active: leave the fast path."""
-        with self._lock:
-            self._forced += step
-            self._view = self._make_view(self._view.state)
-
-    def _make_view(self, state: RolloutState) -> View:
-        view = self._plan.view(state, self.outcomes)
-        if self._forced or self._sinks:
-            view.plain = False  # the slow path asks for overrides, and feeds the sinks
-        return view
-
-    def _watch(self, sink: Sink, *, stop: bool = False) -> None:
-        """Tell ``sink`` of every outcome from now on (``stop``: no more)."""
-        with self._lock:
-            sinks = [s for s in self._sinks if s is not sink]
-            self._sinks = tuple(sinks if stop else [*sinks, sink])
-            self._view = self._make_view(self._view.state)
-
-    def _observed(self, arm: ArmCounts) -> ArmCounts:
-        """``arm``, or its stand-in that reports every outcome when sinks watch."""
-        return ObservedArm(arm) if self._sinks else arm
-
-    def _tell(
-        self,
-        arm: ObservedArm,
-        key: str | None,
-        error: bool,
-        latency_s: float | None,
-        fallback: bool = False,
-    ) -> None:
-        outcome = Outcome(self.name, key, arm.enabled, error, fallback, latency_s, arm.compared)
-        for sink in self._sinks:
-            sink.add(outcome)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        if self.health is not None:
-            self.health.after_fork()
 
     def __repr__(self) -> str:
-        v = self._view
+        v = self._router.view
         return f"<Rollout {self.name!r} stage={v.stage_name!r} {v.percent:g}% {v.state.status}>"
+
+    # -- what it is ----------------------------------------------------------------------------
 
     @property
     def policy(self) -> RolloutPolicy:
@@ -202,26 +122,31 @@ class Rollout:
     @property
     def state(self) -> RolloutState:
         """The state the decisions currently follow."""
-        return self._view.state
+        return self._router.view.state
 
-    # -- decisions ---------------------------------------------------------------------------
+    @property
+    def health(self) -> Health | None:
+        """The health gate, or ``None`` (disabled, or the environment does not follow stages)."""
+        return self._router.health
+
+    @property
+    def outcomes(self) -> Outcomes:
+        """The outcome counters of the current plan, per stage visit."""
+        return self._router.outcomes
+
+    @property
+    def in_policy(self) -> bool:
+        """Whether the policy in force has this rollout (``False``: a reload removed it)."""
+        return not self._plan.removed
+
+    # -- decisions -----------------------------------------------------------------------------
 
     def enabled(self, unit: object, attributes: Mapping[str, object] | None = None) -> bool:
         """Return whether the new path is on for ``unit``; see :meth:`decide`."""
-        v = self._view
+        v = self._router.view
         if v.plain and unit.__class__ is str and unit.isascii():
             return _hash(v.prefix + unit, 0, False) < v.threshold
-        attributes = self._attributes(attributes)
-        key = _key(unit, attributes)
-        if self._forced:
-            enabled = override.forced(self, key)
-            if enabled is not None:
-                return enabled
-        try:
-            return v.enabled(key, attributes)
-        except Exception as exc:
-            self._failed(exc)
-            return False
+        return self._router.enabled(unit, attributes)
 
     def decide(self, unit: object, attributes: Mapping[str, object] | None = None) -> Decision:
         """Return the decision for ``unit`` (``str``, ``int``, ``UUID`` or ``None``) and why.
@@ -231,76 +156,16 @@ class Rollout:
         or ``attributes`` of the wrong type (a bug at the call site); any failure inside
         stagedroll gives ``enabled=False`` with reason ``ERROR`` instead of raising.
         """
-        return self._decide(self._view, unit, attributes)
-
-    def _decide(self, v: View, unit: object, attributes: Mapping[str, object] | None) -> Decision:
-        attributes = self._attributes(attributes)
-        key = _key(unit, attributes)
-        if self._forced:
-            enabled = override.forced(self, key)
-            if enabled is not None:
-                return Decision(self.name, enabled, Reason.OVERRIDE, v.stage_name, v.percent)
-        try:
-            return v.evaluate(key, attributes)
-        except Exception as exc:
-            self._failed(exc)
-            return Decision(self.name, False, Reason.ERROR)
-
-    def _route(
-        self, unit: object, attributes: Mapping[str, object] | None = None
-    ) -> tuple[ArmCounts, str | None]:
-        """Return the counters of the arm that ``unit`` takes, and its bucketing key.
-
-        ``arm.enabled`` says whether that is the new path; the key is ``None`` for a unit
-        routed by targeting (not compared).
-        """
-        v = self._view
-        if v.plain and unit.__class__ is str and unit.isascii():
-            arm = v.treatment if _hash(v.prefix + unit, 0, False) < v.threshold else v.control
-            return arm, unit
-        attributes = self._attributes(attributes)
-        key = _key(unit, attributes)
-        if self._forced:
-            enabled = override.forced(self, key)
-            if enabled is not None:  # like an allow or deny list: not compared
-                arm = v.arms.targeted_on if enabled else v.arms.targeted_off
-                return (self._observed(arm), key) if self._sinks else (arm, None)
-        try:
-            arm, bucketed = v.route(key, attributes)
-        except Exception as exc:
-            self._failed(exc)
-            return self._observed(v.arms.targeted_off), key if self._sinks else None
-        if self._sinks:  # a sink is told of the unit of a targeted call too
-            return self._observed(arm), bucketed if bucketed is not None else key
-        return arm, bucketed
-
-    def _sample(self) -> ArmCounts:
-        """Route one call without a unit (per-request bucketing)."""
-        v = self._view
-        if not (self._forced or self._sinks):
-            return v.sample()
-        if self._forced:
-            enabled = override.forced(self, None)
-            if enabled is not None:
-                return self._observed(v.arms.targeted_on if enabled else v.arms.targeted_off)
-        return self._observed(v.sample())
-
-    def _attributes(self, attributes: object) -> Any:
-        """The call's attributes over the ``Rollouts``' context (the call's win).
-
-        Typed loosely on purpose: a caller may pass anything, which ``_key`` then refuses.
-        """
-        context = self._owner.context
-        if not context:
-            return attributes
-        if attributes is None:
-            return context
-        if not isinstance(attributes, Mapping):
-            return attributes  # _key refuses it, with its own message
-        return {**context, **attributes}
-
-    def _failed(self, exc: Exception) -> None:
-        self._owner.failures.record("decision.failed", exc, rollout=self.name)
+        router = self._router
+        v = router.view
+        if unit.__class__ is str and attributes.__class__ is dict and router.plain:
+            # Router.decide's common case (a text unit, attributes as a dict), one call less.
+            try:
+                return v.evaluate(unit, attributes)
+            except Exception as exc:
+                router.failed(exc)
+                return Decision(self.name, False, Reason.ERROR)
+        return router.decide(v, unit, attributes)
 
     # -- guards and outcomes -------------------------------------------------------------------
 
@@ -313,14 +178,18 @@ class Rollout:
         reraise: bool = False,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate the new path; see :meth:`Rollouts.guard`."""
-        return guard(self, fallback=fallback, unit=unit, attributes=attributes, reraise=reraise)
+        decorate = guard(self._router, fallback=fallback, unit=unit, attributes=attributes,
+                         reraise=reraise)  # fmt: skip  # checks the arguments first
+        self._serves(None, "a guard")
+        return decorate
 
     def track(self, unit: object, attributes: Mapping[str, object] | None = None) -> Tracking:
         """Decide for ``unit``, record the outcome of the block; see :meth:`Rollouts.track`."""
-        v = self._view  # decide and record on one view, even if a transition comes between
-        decision = self._decide(v, unit, attributes)
-        key = v.key_of(unit, self._attributes(attributes))
-        return Tracking(self, decision, self._observed(v.arm(decision)), key)
+        router = self._router
+        v = router.view  # decide and record on one view, even if a transition comes between
+        decision = router.decide(v, unit, attributes)
+        key = router.key_of(v, unit, attributes)
+        return Tracking(router.record, decision, router.observed(v.arm(decision)), key)
 
     def report(
         self,
@@ -331,100 +200,382 @@ class Rollout:
         attributes: Mapping[str, object] | None = None,
     ) -> Decision:
         """Record one outcome for ``unit`` on the arm it is decided into; return that decision."""
-        v = self._view
-        decision = self._decide(v, unit, attributes)
-        arm = self._observed(v.arm(decision))
-        key = v.key_of(unit, self._attributes(attributes))
-        self._record(arm, key, error=error, latency_s=latency_s)
+        router = self._router
+        v = router.view
+        decision = router.decide(v, unit, attributes)
+        arm = router.observed(v.arm(decision))
+        router.record(arm, router.key_of(v, unit, attributes), error=error, latency_s=latency_s)
         return decision
 
-    def _record(
-        self,
-        arm: ArmCounts,
-        key: str | None,
-        *,
-        error: bool,
-        latency_s: float | None,
-        fallback: bool = False,
-        event: bool = True,
-    ) -> None:
-        """Add one outcome of unit ``key`` to ``arm``; never raises (failures are logged).
+    def on_outcome(self, listener: Callable[[Outcome], object]) -> Callable[[], None]:
+        """Call ``listener`` with every :class:`Outcome` recorded from now on; return a stop.
 
-        A latency that is not a finite, non-negative number of seconds is dropped, counted
-        and logged (``outcome.bad_latency``); the outcome itself is kept. When the outcome
-        may make an automatic step due (a treatment event, a new unit), the step is checked.
-        ``event=False`` counts an error without showing it to the test as an event (a
-        paired call whose two sides both failed tells nothing about which is worse).
+        For tests and tools that must see each call (``stagedroll.testing.RecordingSink``):
+        a watched rollout leaves the decision fast path. A metrics exporter reads the
+        counters of :meth:`status` instead, which cost the calls nothing. The listener runs
+        on the caller's thread and must not raise (what it raises reaches the caller).
         """
-        if latency_s is not None and not _is_latency(latency_s):
-            self._owner.failures.record("outcome.bad_latency", rollout=self.name,
-                                        latency=_shown(latency_s))  # fmt: skip
-            latency_s = None
-        if arm.__class__ is ObservedArm:
-            observed = arm
-            self._tell(observed, key, error, latency_s, fallback)
-            arm = observed.real
-            key = key if arm.compared else None
-        if error or fallback or latency_s is None:
-            self._count(self.outcomes.record, arm, error, latency_s, fallback, key, event=event)
-        else:
-            self._count(self.outcomes.success, arm, latency_s, key)
+        if not callable(listener):
+            raise TypeError(f"an outcome listener must be callable, not {type(listener).__name__}")
+        router = self._router
+        with self._lock:
+            router.sinks = (*router.sinks, listener)
+            router.view = self._make_view(router.view.state)
 
-    def _note(self, arm: ArmCounts, key: str | None, latency_s: float) -> None:
-        """Show the health test a successful guarded call that may be an event; never raises."""
-        if arm.__class__ is ObservedArm:  # every success of a watched rollout comes here
-            observed = arm
-            self._tell(observed, key, False, latency_s)
-            arm = observed.real
-            key = key if arm.compared else None
-        self._count(self.outcomes.note, arm, key, latency_s)
+        def stop() -> None:
+            with self._lock:
+                sinks = list(router.sinks)
+                if listener in sinks:
+                    sinks.remove(listener)
+                router.sinks = tuple(sinks)
+                router.view = self._make_view(router.view.state)
 
-    def _fold(self, arm: ArmCounts) -> None:
-        """Fold ``arm``'s pending latencies (the guard's batch is full); check automatic steps."""
-        if arm.__class__ is ObservedArm:
-            arm = arm.real
-        owner = self._owner
-        if owner._chores:  # a guarded call's batch: the policy file, the store's thread
-            owner._tend()
-        self._count(self.outcomes.fold, arm)
+        return stop
 
-    def _count(self, count: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
-        """Call ``count(...)``, an :class:`Outcomes` method; take the step it makes due."""
+    # -- operations ----------------------------------------------------------------------------
+
+    def _transition(
+        self,
+        action: Action,
+        reason: str,
+        actor: str | None,
+        *,
+        expected: RolloutState | None = None,
+        evidence: Evidence | None = None,
+    ) -> Transition:
+        """Apply ``action`` to the state in the store (or to ``expected``), by compare-and-set.
+
+        Raises :class:`TransitionError` when the action does not apply to that state, or when
+        another writer changed it between our read and our write (the action is then not
+        retried: ``advance`` twice would skip a stage), and :class:`StoreError` when the store
+        fails. The history entry carries the health evidence of the moment.
+        """
+        runtime, name = self._runtime, self.name
+        who = actor if actor is not None else default_actor()
+        current = expected if expected is not None else self._load()
+        if current is None:  # never started: the store was down when this process started
+            current = self._start()
+            if not current.version:
+                raise StoreError(f"the store failed to start {name!r}; see store.load_failed")
+            self._adopt(current)
+        if evidence is None:
+            evidence = self._report().evidence() if self.health is not None else NO_EVIDENCE
+        now = runtime.clock()
+        new = next_state(name, action, current, last_stage=self._plan.last_stage, now=now,
+                         reason=reason, actor=who)  # fmt: skip
+        entry = Transition(
+            rollout=name,
+            action=action,
+            from_stage=current.stage,
+            to_stage=new.stage,
+            from_status=current.status,
+            to_status=new.status,
+            version=new.version,
+            at=now,
+            reason=reason,
+            actor=who,
+            evidence=evidence,
+        )
         try:
-            due = count(*args, **kwargs)
-        except Exception as exc:  # pragma: no cover - defensive: counting must not break calls
-            self._owner.failures.record("outcome.failed", exc, rollout=self.name)
-            return
-        if due and self._inline:
-            self._step()
-
-    def _step(self) -> None:
-        """Take the automatic step that is due, if any; never raises."""
-        try:
-            self._owner._auto_step(self)
-        except Exception as exc:  # pragma: no cover - _auto_step catches what it expects
-            self._owner.failures.record("health.step_failed", exc, rollout=self.name)
-
-    # -- operations ------------------------------------------------------------------------------
-
-    def status(self) -> RolloutStatus:
-        """Where the rollout stands; see :meth:`Rollouts.status`."""
-        return self._owner.status(self.name)
+            committed = runtime.store.compare_and_set(name, current.version, new, entry)
+        except Exception as exc:
+            raise StoreError(f"the store failed to {verb(action)} {name!r}: {exc}") from exc
+        if not committed:
+            latest = self._load() or current
+            raise TransitionError(
+                f"cannot {verb(action)} {name!r}: it changed meanwhile (now stage {latest.stage}, "
+                f"{latest.status}, by {latest.actor or 'unknown'}); not applied"
+            )
+        self._adopt(new)  # the store's listeners did it too, unless it has none
+        log("info", EVENTS[action], rollout=name, stage=self._router.view.stage_name,
+            from_stage=current.stage, to_stage=new.stage, status=str(new.status),
+            reason=reason, actor=who, evidence=dict(evidence))  # fmt: skip
+        if len(runtime.hooks):
+            names = (self._plan.stage_name(current.stage), self._plan.stage_name(new.stage))
+            runtime.hooks.fire(TransitionEvent.of(entry, names))
+        return entry
 
     def history(self, limit: int | None = None) -> list[Transition]:
-        """The rollout's transitions, newest first."""
-        return self._owner.history(self.name, limit=limit)
+        """The rollout's transitions, newest first (at most ``limit``)."""
+        try:
+            return self._runtime.store.history(self.name, limit)
+        except Exception as exc:
+            raise StoreError(
+                f"the store failed to read the history of {self.name!r}: {exc}"
+            ) from exc
 
-    def _suspend(self, state: RolloutState) -> None:
-        """Serve ``state`` (version 0: the old path) whatever the state in force.
+    # -- what it does and waits for ------------------------------------------------------------
 
-        For a stored state that cannot be read: any state read from the store afterwards
-        (version 1 or more) replaces it, through :meth:`_adopt`.
+    def status(self, *, fresh: bool = True) -> RolloutStatus:
+        """Where the rollout stands, with its stages, counters and gate evidence.
+
+        ``fresh`` (the default) reads the state from the store first and pools the
+        evidence (a store shared by processes), and may raise :class:`StoreError`; with
+        ``fresh=False`` nothing is read or written: it is what this process serves now
+        (kept current by the store's refresh thread), cheap enough for a metrics scrape,
+        and it never raises.
         """
+        runtime = self._runtime
+        if fresh:
+            runtime.reload()
+            self._restart()
+            self._load()
+            self._pool()
+        router, plan = self._router, self._plan
+        view = router.view
+        state = view.state
+        control, treatment, targeted = router.outcomes.stats(view.stage)
+        health = self._report()
+        last = plan.last_stage
+        return RolloutStatus(
+            rollout=self.name,
+            environment=runtime.environment,
+            mode=plan.mode,
+            stage=view.stage,
+            stage_name=view.stage_name,
+            percent=view.constant.percent if view.constant is not None else view.percent,
+            status=state.status,
+            since=state.since,
+            version=state.version,
+            reason=state.reason,
+            actor=state.actor,
+            control=control,
+            treatment=treatment,
+            targeted=targeted,
+            next_stage=plan.stages[view.stage + 1].name if view.stage < last else None,
+            internal_errors=runtime.failures.count(),
+            health=health,
+            waiting_for=gate.waiting_for(plan, view, health, runtime.clock()),
+            pending_policy=runtime.file.error if runtime.file is not None else None,
+            in_policy=not plan.removed,
+            stages=tuple(
+                StageInfo(s.name, s.percent, s.bake, s.min_units, tuple(s.segments))
+                for s in plan.policy.stages
+            ),
+            killed_here=plan.killed,
+        )
+
+    def _report(self) -> HealthReport:
+        """The gate's evidence in the current stage visit (every latency folded first)."""
+        router = self._router
+        health = router.health
+        if health is None:
+            return DISABLED
+        view = router.view
+        share = self._share(view)
+        with router.lock:
+            router.fold_all(view)
+            fired = health.sample_ratio_fired
+            found = health.report(view.control, view.treatment, share)
+        if not found.sample_ratio_ok and not fired:
+            self._runtime.failures.record("health.sample_ratio_mismatch", rollout=self.name,
+                                          stage=view.stage_name, share=share,
+                                          units_treatment=found.units_treatment,
+                                          units_control=found.units_control)  # fmt: skip
+        return found
+
+    # -- the store -----------------------------------------------------------------------------
+
+    def _start(self) -> RolloutState:
+        """Load the state; record the rollout's start if the store has never seen it.
+
+        When the store fails, the rollout serves 0 % (the stable path) until the store
+        answers: the store's background refresh, ``tick``, ``status`` or a transition tries
+        again.
+        """
+        runtime, name = self._runtime, self.name
+        try:
+            state = runtime.store.load(name)
+            if state is None:
+                first = initial_state(runtime.clock())
+                started = RolloutState(stage=0, status=first.status, since=first.since,
+                                       version=1, actor=AUTOMATIC, epoch=1,
+                                       history=uuid.uuid4().hex)  # fmt: skip
+                entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
+                                   started.since, actor=AUTOMATIC)  # fmt: skip
+                if runtime.store.compare_and_set(name, 0, started, entry):
+                    log("info", EVENTS[Action.START], rollout=name, stage=self._plan.stage_name(0))
+                    state = started
+                else:
+                    state = runtime.store.load(name)  # another process started it first
+            if state is None:
+                raise RuntimeError("the state vanished from the store after it was written")
+        except Exception as exc:
+            # Serve the stable path until the store answers; never fail the host.
+            corrupt = isinstance(exc, ValueError)  # the store answered, with a state it refuses
+            runtime.failures.record("store.state_unreadable" if corrupt else "store.load_failed",
+                                    exc, rollout=name)  # fmt: skip
+            self._started = False
+            return unknown_state(runtime.clock())
+        self._started = True
+        return state
+
+    def _restart(self) -> None:
+        """Start the rollout if the store could not give its state before; never raises."""
+        if not self._started and not self._plan.removed:
+            state = self._start()
+            if state.version:
+                self._adopt(state)
+
+    def _load(self) -> RolloutState | None:
+        """Read the state from the store and follow it; raise :class:`StoreError` on failure."""
+        name = self.name
+        try:
+            state = self._runtime.store.load(name)
+        except ValueError as exc:  # the store answered with a state it cannot read
+            raise StoreError(
+                f"{exc}; {name!r} serves the old path until it is repaired (delete the stored "
+                "state to restore it from its history)"
+            ) from exc
+        except Exception as exc:
+            raise StoreError(f"the store failed to load {name!r}: {exc}") from exc
+        if state is not None:
+            self._adopt(state)
+        return state
+
+    def _pool(self) -> None:
+        """Flush the queued events to the store, and take the fleet's totals; never raises."""
+        router = self._router
+        if router.health is not None:
+            exchange(self._runtime.store, self._runtime.failures, rollout=self.name,
+                     state=self.state, health=router.health, lock=router.lock)  # fmt: skip
+
+    def _follow_unreadable(self, why: str | None) -> None:
+        """Serve the old path while the stored state is corrupt; never raises.
+
+        ``why`` is the store's reason when its last refresh could not read the state (see
+        ``SharedStore.unreadable``), ``None`` when it could. The last good state is not
+        served: whoever wrote the store behind stagedroll's back may have meant a kill. Once
+        the state reads again (repaired, or restored from its history), it is loaded.
+        """
+        name = self.name
+        if why is not None and not self._unreadable:
+            self._unreadable = True
+            state = unknown_state(self._runtime.clock(), reason="state unreadable: " + why)
+            with self._lock:
+                view = self._make_view(state)
+                self._set_share(view)
+                self._router.view = view
+            log("error", "rollout.state_unreadable", rollout=name, error=why,
+                serving="the old path until the stored state is repaired")  # fmt: skip
+        elif why is None and self._unreadable:
+            self._unreadable = False
+            with contextlib.suppress(StoreError):
+                self._load()
+            log("info", "rollout.state_readable", rollout=name,
+                stage=self._router.view.stage_name)  # fmt: skip
+
+    def _tick(self) -> Transition | None:
+        """Start if need be, pool the evidence, and take the automatic step due; never raises."""
+        self._restart()
+        self._pool()
+        return self._auto_step()
+
+    # -- the health gate's steps ---------------------------------------------------------------
+
+    def _step(self) -> None:
+        """Take the automatic step an outcome may have made due (on the caller's thread)."""
+        self._auto_step()
+
+    def _auto_step(self) -> Transition | None:
+        """Take the automatic step that the gate calls for, if any; never raises.
+
+        The transition is a compare-and-set against the state that was judged, so two
+        processes never both take it. A lost race is no error, and a failing store is
+        logged, counted and retried a second later.
+        """
+        router = self._router
+        health = router.health
+        if health is None:
+            return None
+        view = router.view
+        now = self._runtime.clock()
+        if now < self._retry_at:
+            return None
+        with router.lock:
+            verdict = health.verdict()
+        step = gate.step(self._plan, view, verdict, now, self._report)
+        if step is None:
+            return None
+        try:
+            return self._transition(step.action, step.reason, AUTOMATIC, expected=view.state,
+                                    evidence=step.evidence)  # fmt: skip
+        except TransitionError:
+            # Another process or thread moved first (the compare-and-set refused ours), or
+            # the state no longer allows the step: follow the store, do nothing more.
+            with contextlib.suppress(Exception):
+                self._load()
+            return None
+        except Exception as exc:
+            self._retry_at = now + _RETRY_AFTER_S
+            self._runtime.failures.record("health.transition_failed", exc, rollout=self.name,
+                                          action=str(step.action))  # fmt: skip
+            return None
+
+    # -- following plans and states ------------------------------------------------------------
+
+    def _configure(self, plan: Plan, state: RolloutState, old: Plan | None = None) -> None:
+        """The health gate and the outcome counters of ``plan``, new.
+
+        With ``old`` (a reload), the evidence of the epoch carries over when the health
+        settings and the pattern did not change (a percent edit, a new bake time).
+        """
+        router = self._router
+        tested = plan.mode == "stages" and plan.policy.health.enabled and not plan.removed
+        paired = plan.policy.pattern is not None  # a shadow, a migration: both arms per call
+        before = router.health
+        health = Health(plan.policy.health, paired=paired) if tested else None
+        if health is not None:
+            health.timed = plan.policy.advance == "auto"
+            if self._runtime.shared:
+                health.outbox = Outbox()
+                health.outbox.visit(state.epoch, min(state.stage, plan.last_stage))
+        with router.lock:  # no event half-counted across the swap
+            if (
+                health is not None
+                and before is not None
+                and old is not None
+                and before.paired == paired
+                and old.policy.health == plan.policy.health
+            ):
+                health.inherit(before)
+            router.health = health
+            on_visit = health.track if health is not None else None
+            router.outcomes = Outcomes(lock=router.lock, on_visit=on_visit)
+
+    def _replan(self, plan: Plan) -> None:
+        """Follow a reloaded policy: the state stays; a changed rollout counts afresh."""
         with self._lock:
-            view = self._make_view(state)
+            old, self._plan = self._plan, plan
+            if (
+                plan.policy != old.policy
+                or plan.killed != old.killed
+                or plan.mode != old.mode
+                or plan.removed != old.removed
+            ):
+                self._configure(plan, self._router.view.state, old)
+            view = self._make_view(self._router.view.state)
             self._set_share(view)
-            self._view = view
+            self._router.view = view
+
+    def _retire(self) -> None:
+        """The policy no longer has this rollout: every call takes the old path."""
+        self._replan(self._plan.retired())
+
+    def _force(self, step: int) -> None:
+        """One more (``+1``) or one fewer (``-1``) override is active: leave the fast path."""
+        router = self._router
+        with self._lock:
+            router.forced += step
+            router.plain = not router.forced and not self._runtime.context
+            router.view = self._make_view(router.view.state)
+
+    def _make_view(self, state: RolloutState) -> View:
+        router = self._router
+        view = self._plan.view(state, router.outcomes)
+        if router.forced or router.sinks:
+            view.plain = False  # the slow path asks for overrides, and feeds the sinks
+        return view
 
     def _adopt(self, state: RolloutState) -> None:
         """Follow ``state`` if it is newer than the one in force.
@@ -433,31 +584,34 @@ class Rollout:
         counters afresh: a stage visited again (after a rollback) is judged on its new
         traffic only.
         """
+        router = self._router
         with self._lock:  # two adopters must not let an older state overwrite a newer one
-            current = self._view.state
-            if newer(state, current):
-                if state.stage != current.stage:
-                    last = self._plan.last_stage
-                    self.outcomes.enter(min(state.stage, last), leaving=self._view.stage)
-                view = self._make_view(state)
-                if self.health is not None:
-                    with self.outcomes.lock:
-                        if state.epoch != current.epoch:
-                            self.health.reset()  # a new epoch of evidence
-                        elif state.stage != current.stage:
-                            self.health.visit()  # a new stage visit: new start points
-                        if self.health.outbox is not None:
-                            stage = min(state.stage, self._plan.last_stage)
-                            self.health.outbox.visit(state.epoch, stage)
-                self._set_share(view)
-                self._view = view
+            current = router.view.state
+            if not newer(state, current):
+                return
+            if state.stage != current.stage:
+                last = self._plan.last_stage
+                router.outcomes.enter(min(state.stage, last), leaving=router.view.stage)
+            view = self._make_view(state)
+            health = router.health
+            if health is not None:
+                with router.lock:
+                    if state.epoch != current.epoch:
+                        health.reset()  # a new epoch of evidence
+                    elif state.stage != current.stage:
+                        health.visit()  # a new stage visit: new start points
+                    if health.outbox is not None:
+                        health.outbox.visit(state.epoch, min(state.stage, self._plan.last_stage))
+            self._set_share(view)
+            router.view = view
 
     def _set_share(self, view: View) -> None:
         """Give the health test the treatment's share under ``view``."""
-        if self.health is not None:
+        router = self._router
+        if router.health is not None:
             share = self._share(view)
-            with self.outcomes.lock:
-                self.health.set_share(share)
+            with router.lock:
+                router.health.set_share(share)
 
     def _share(self, view: View) -> float:
         """The treatment's share of the compared exposure under ``view``.
@@ -470,15 +624,16 @@ class Rollout:
             return 0.0
         return 0.5 if self._plan.policy.pattern is not None else view.percent / 100
 
-    def _serves(self, pattern: str | None, use: str) -> None:
-        """Raise :class:`ValueError` unless the policy says the rollout serves ``pattern``.
+    def _serves(self, pattern: str | None, use: str) -> Router:
+        """Return the router, for a guard, a shadow or a migration of ``pattern``.
 
+        Raises :class:`ValueError` unless the policy says the rollout serves ``pattern``;
         ``use`` names the API being set up, for the message.
         """
         declared = self._plan.policy.pattern
         if declared == pattern:
             self._bound += 1
-            return
+            return self._router
         if declared is None:
             raise ValueError(
                 f'rollout {self.name!r} is not a {pattern}: add pattern = "{pattern}" to its '

@@ -11,44 +11,31 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import getpass
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-import mmh3
-
-from . import _gate as gate
+from ._comparison import Comparison, Mismatch
 from ._decision import Decision, Reason
-from ._failures import Failures, log
-from ._health import HealthReport
-from ._hooks import Hook, Hooks, TransitionEvent
+from ._failures import Failures, contained, log
+from ._guard import Tracking
+from ._hooks import Hook, Hooks
+from ._migration import Migration, Phase
 from ._plan import Plan, compile_policy
 from ._policy import Policy, load_policy
-from ._pool import exchange
-from ._reload import PolicyFile, apply_changes, kill_list
-from ._rollout import Rollout
-from ._state import (
-    NO_EVIDENCE,
-    Action,
-    Evidence,
-    RolloutState,
-    RolloutStatus,
-    Transition,
-)
-from ._transitions import EVENTS, initial_state, next_state, unknown_state, verb
-from .exceptions import StoreError, TransitionError, UnknownRolloutError
-from .patterns import Migration, Mismatch, Phase, Shadow, migration, shadow, switch
+from ._reload import PolicyFile, kill_list
+from ._rollout import Rollout, default_actor
+from ._runtime import Runtime
+from ._shadow import Shadow
+from ._state import Action, RolloutState, Transition
+from ._status import RolloutStatus, Snapshot
+from .exceptions import StoreError, UnknownRolloutError
 from .stores import MemoryStore, Store, SyncingStore, store_from_url
 
-if TYPE_CHECKING:
-    from ._guard import Tracking
-
-__all__ = ["Rollouts"]
+__all__ = ["Rollouts", "default_actor"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,17 +44,11 @@ RR = TypeVar("RR")
 WP = ParamSpec("WP")
 WR = TypeVar("WR")
 
-_hash = mmh3.hash
+ChangeListener = Callable[[str, RolloutState], object]
+"""Told of every new state of a rollout this process follows: its name, and the state."""
+
 _MAX_UNKNOWN_NAMES = 1024
 _SUPERVISE_EVERY_S = 1.0  # how often callers' calls check that the store's thread runs
-
-
-def default_actor() -> str:
-    """The operating-system user: the actor of a transition when none is named."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no user database entry (containers): still say something
-        return "unknown"
 
 
 class Rollouts:
@@ -101,12 +82,12 @@ class Rollouts:
         """Attributes of every decision made here (the call's own attributes win), such as
         ``{"host": socket.gethostname()}`` for a rollout that buckets on the host."""
         self.failures = Failures()
-        self._file: PolicyFile | None = None
+        file: PolicyFile | None = None
         if reload_interval is not None:
             if not isinstance(policy, str | os.PathLike):
                 raise TypeError("reload_interval needs a policy file (a path), not a mapping")
-            self._file = PolicyFile(policy, reload_interval, self.failures)
-        self.policy: Policy = self._file.policy if self._file is not None else load_policy(policy)
+            file = PolicyFile(policy, reload_interval, self.failures)
+        self.policy: Policy = file.policy if file is not None else load_policy(policy)
         if environment is None:
             environment = os.environ.get("STAGEDROLL_ENV")
         environment = environment or None  # an empty name names no environment
@@ -125,18 +106,28 @@ class Rollouts:
             for hook in [on_transition] if callable(on_transition) else on_transition:
                 self.hooks.add(hook)
         self._unknown: set[str] = set()
-        self._unstarted: set[str] = set()  # rollouts whose state the store could not give
-        self._unreadable: set[str] = set()  # serving the old path: their stored state is corrupt
-        self._pooled = isinstance(store, SyncingStore)
-        self._chores = self._pooled or self._file is not None  # see _tend
+        self._changes: list[ChangeListener] = []
+        shared = isinstance(store, SyncingStore)
+        self._runtime = Runtime(
+            store=store,
+            clock=self.clock,
+            failures=self.failures,
+            hooks=self.hooks,
+            environment=environment,
+            context=self.context,
+            shared=shared,
+            file=file,
+            chores=shared or file is not None,
+            tend=self._tend,
+            reload=self._reload,
+        )
         self._supervise_at = 0.0
         self.removed: list[str] = []
         """Rollouts that a reloaded policy no longer has: their handles (and the guards built
         on them) take the old path for every call, and their stored state stays."""
         self._rollouts: dict[str, Rollout] = {}  # one handle per name, for life
         self._rollouts = {
-            name: Rollout(self, plan, self._start(name))
-            for name, plan in self._compile(self.policy).items()
+            name: Rollout(self._runtime, plan) for name, plan in self._compile(self.policy).items()
         }
         self.store.watch(self._on_state)
         if isinstance(store, SyncingStore):
@@ -187,8 +178,56 @@ class Rollouts:
 
     def _reload(self) -> None:
         """Apply the policy file if it changed and validates; never raises."""
-        if self._file is not None and self._file.due():
-            apply_changes(self, self._file)
+        file = self._runtime.file
+        if file is not None and file.due():
+            file.check(self._apply)
+
+    def _apply(self, policy: Policy) -> None:
+        """Swap in ``policy`` (the file changed, and validates); never raises.
+
+        Every name keeps one handle for the life of this instance, so the guards, shadows
+        and migrations built on it follow whatever a reload does. Rollouts that stay are
+        re-planned in place. Those the file no longer has keep their handle with a retired
+        plan (every call takes the old path; transitions and ``status`` still reach the
+        store); they are listed in :attr:`removed` and logged with what was built on them and
+        their state. A rollout that comes back is re-planned on its old handle. New ones
+        start now with an in-process store; with a store shared by processes they serve 0 %
+        until the store's refresh starts them (a caller's call does no store I/O).
+        """
+        file = self._runtime.file
+        assert file is not None
+        try:
+            policy.check_environment(self.environment)
+            _check_patterns(self._rollouts, policy)
+            plans = self._compile(policy)
+        except Exception as exc:
+            file.applied(str(exc))
+            return
+        handles = dict(self._rollouts)
+        for name, plan in plans.items():
+            current = handles.get(name)
+            if current is not None:
+                current._replan(plan)
+                if name in self.removed:
+                    self.removed.remove(name)
+                    log("info", "policy.rollout_restored", rollout=name, path=str(file.path))
+            else:
+                handles[name] = Rollout(self._runtime, plan, start=not self._runtime.shared)
+        # The handles first, then the policy (which names the rollouts): a reader that lists
+        # the rollouts of either policy finds a handle for each name.
+        self._rollouts = handles
+        self.policy = policy
+        log("info", "policy.reloaded", path=str(file.path), rollouts=sorted(policy.rollouts))
+        for name, handle in handles.items():
+            if name in plans or not handle.in_policy:
+                continue
+            handle._retire()
+            self.removed.append(name)
+            state = handle.state
+            log("warning", "policy.rollout_removed", rollout=name, path=str(file.path),
+                guards=handle._bound, stage=state.stage, status=str(state.status),
+                version=state.version, serving="the old path for every call; the stored "
+                "state stays, and kill, freeze and status still reach it")  # fmt: skip
 
     def _tend(self) -> None:
         """The chores that a caller's call does now and then; never raises.
@@ -200,7 +239,7 @@ class Rollouts:
         never reach the store still sees kills. While the store is down, its refresh backs
         off: the call then reloads the file itself (the operator's lever in an outage).
         """
-        if not self._pooled:
+        if not self._runtime.shared:
             self._reload()
             return
         now = time.monotonic()
@@ -243,41 +282,19 @@ class Rollouts:
     def __repr__(self) -> str:
         return f"<Rollouts {sorted(self)} environment={self.environment!r}>"
 
-    def _start(self, name: str, policy: Policy | None = None) -> RolloutState:
-        """Load a rollout's state; record its start if the store has never seen it.
+    def on_change(self, listener: ChangeListener) -> ChangeListener:
+        """Call ``listener(name, state)`` whenever a rollout of this instance takes a new state.
 
-        When the store fails, the rollout serves 0 % (the stable path) until the store
-        answers: the store's background refresh, ``tick``, ``status`` or a transition tries
-        again. ``policy`` is the one a reload is applying (it names the first stage in the
-        log), by default the one in force.
+        From any process: a transition made here, or one another process made that the
+        store reports (a store shared by processes, at its refresh). Usable as a decorator.
+        The listener runs on the thread that saw the change (the caller's, or the store's
+        refresh thread), after the change is in force; one that raises is logged and counted
+        (``hook.failed``) and changes nothing.
         """
-        try:
-            state = self.store.load(name)
-            if state is None:
-                first = initial_state(self.clock())
-                started = RolloutState(stage=0, status=first.status, since=first.since,
-                                       version=1, actor="stagedroll", epoch=1,
-                                       history=uuid.uuid4().hex)  # fmt: skip
-                entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
-                                   started.since, actor="stagedroll")  # fmt: skip
-                if self.store.compare_and_set(name, 0, started, entry):
-                    known = (policy or self.policy).rollouts.get(name)  # None: removed
-                    stage = known.stages[0].name if known is not None else None
-                    log("info", EVENTS[Action.START], rollout=name, stage=stage)
-                    state = started
-                else:
-                    state = self.store.load(name)  # another process started it first
-            if state is None:
-                raise RuntimeError("the state vanished from the store after it was written")
-        except Exception as exc:
-            # Serve the stable path until the store answers; never fail the host.
-            corrupt = isinstance(exc, ValueError)  # the store answered, with a state it refuses
-            self.failures.record("store.state_unreadable" if corrupt else "store.load_failed",
-                                 exc, rollout=name)  # fmt: skip
-            self._unstarted.add(name)
-            return unknown_state(self.clock())
-        self._unstarted.discard(name)
-        return state
+        if not callable(listener):
+            raise TypeError(f"a change listener must be callable, not {type(listener).__name__}")
+        self._changes.append(listener)
+        return listener
 
     def _sync(self) -> None:
         """The store's background refresh: start, pool the evidence, take the steps due.
@@ -290,48 +307,29 @@ class Rollouts:
             if getattr(self.store, "closed", False):
                 return  # closed meanwhile (by a hook, or another thread)
             try:
-                self._follow_unreadable(rollout, unreadable.get(rollout.name))
-                self._restart(rollout)
-                self._pool(rollout)
-                self._auto_step(rollout)
+                rollout._follow_unreadable(unreadable.get(rollout.name))
+                rollout._tick()
             except Exception as exc:  # pragma: no cover - each step catches what it expects
                 self.failures.record("store.sync_failed", exc, rollout=rollout.name)
 
-    def _follow_unreadable(self, rollout: Rollout, why: str | None) -> None:
-        """Serve the old path for ``rollout`` while its stored state is corrupt; never raises.
-
-        ``why`` is the store's reason when its last refresh could not read the state (see
-        ``SharedStore.unreadable``), ``None`` when it could. The last good state is not
-        served: whoever wrote the store behind stagedroll's back may have meant a kill. Once
-        the state reads again (repaired, or restored from its history), it is loaded.
-        """
-        name = rollout.name
-        if why is not None and name not in self._unreadable:
-            self._unreadable.add(name)
-            rollout._suspend(unknown_state(self.clock(), reason="state unreadable: " + why))
-            log("error", "rollout.state_unreadable", rollout=name, error=why,
-                serving="the old path until the stored state is repaired")  # fmt: skip
-        elif why is None and name in self._unreadable:
-            self._unreadable.discard(name)
-            with contextlib.suppress(StoreError):
-                self._load(name)
-            log("info", "rollout.state_readable", rollout=name, stage=rollout._view.stage_name)
-
-    def _restart(self, rollout: Rollout) -> None:
-        """Start ``rollout`` if the store could not give its state before; never raises."""
-        if rollout.name in self._unstarted and not rollout._plan.removed:
-            state = self._start(rollout.name)
-            if state.version:
-                rollout._adopt(state)
-
-    def _pool(self, rollout: Rollout) -> None:
-        """Flush ``rollout``'s queued events to the store, and take the fleet's totals."""
-        exchange(self, rollout)
-
     def _on_state(self, name: str, state: RolloutState) -> None:
         rollout = self._rollouts.get(name)
-        if rollout is not None:
-            rollout._adopt(state)
+        if rollout is None:
+            return
+        before = rollout.state
+        rollout._adopt(state)
+        if self._changes and rollout.state is state and state is not before:
+            for listener in list(self._changes):
+                self._tell_change(listener, name, state)
+
+    def _tell_change(self, listener: ChangeListener, name: str, state: RolloutState) -> None:
+        """Call one change listener; what it raises is logged and counted, not raised."""
+        try:
+            listener(name, state)
+        except BaseException as exc:
+            if not contained(exc):
+                raise
+            self.failures.record("hook.failed", exc, rollout=name, hook="on_change")
 
     # -- lookup ------------------------------------------------------------------------------------
 
@@ -375,10 +373,6 @@ class Rollouts:
         if rollout is None:
             self._missing(name)
             return False
-        # Rollout.enabled's fast path, inlined: this is the hottest call of the library.
-        v = rollout._view
-        if v.plain and unit.__class__ is str and unit.isascii():
-            return _hash(v.prefix + unit, 0, False) < v.threshold
         return rollout.enabled(unit, attributes)
 
     def decide(
@@ -388,7 +382,7 @@ class Rollouts:
 
         An unknown name gives ``enabled=False`` with reason ``UNKNOWN_ROLLOUT``, logged once.
         """
-        if self._chores:
+        if self._runtime.chores:
             self._tend()
         rollout = self._rollouts.get(name)
         if rollout is None:
@@ -428,9 +422,22 @@ class Rollouts:
         attributes: Callable[P, Mapping[str, object]] | None = None,
         reraise: bool = False,
     ) -> Callable[P, R]:
-        """A blue-green switch over rollout ``name``; see :func:`stagedroll.patterns.switch`."""
-        return switch(self, name, blue=blue, green=green, unit=unit, attributes=attributes,
-                      reraise=reraise)  # fmt: skip
+        """A callable that sends each call to ``green`` or ``blue`` by rollout ``name``'s stage.
+
+        Stages such as 0 → 10 → 50 → 100 % move units from blue to green, a unit that is on
+        green stays there as the share grows, and ``rollback`` or ``kill`` cuts back at once:
+        the next call of every unit the stage no longer covers goes to blue. Each call's
+        outcome is recorded on its arm, so the health gate compares green with blue. When
+        green raises, blue answers (the error is recorded), unless ``reraise=True``.
+        ``unit`` and ``attributes`` take the call's arguments, as for a guard; ``unit=None``
+        buckets each call afresh. Sync and ``async def`` (both alike). Raises
+        :class:`UnknownRolloutError` for an unknown name.
+
+        It is a guard with green as the new path and blue as its fallback (:meth:`guard`),
+        named for the pattern; also :func:`stagedroll.patterns.switch`.
+        """
+        return self.guard(name, fallback=blue, unit=unit, attributes=attributes,
+                          reraise=reraise)(green)  # fmt: skip
 
     def shadow(
         self,
@@ -448,13 +455,37 @@ class Rollouts:
         max_pending: int = 64,
         timeout: float | None = None,
     ) -> Shadow[P, R]:
-        """A dark launch of ``candidate`` over rollout ``name``, to decorate the old path with.
+        """A dark launch of ``candidate`` over rollout ``name``: a decorator of the old path.
 
-        See :func:`stagedroll.patterns.shadow`.
+        The decorated function (the old path) runs on every call and its result, or its
+        exception, is what the caller gets. For a unit in the rollout's cohort the candidate
+        also runs, with the same arguments, and its result is compared with the old one:
+        ``compare(old, new)`` (default ``==``) says whether they match, and
+        ``ignore(old, new)`` accepts a known difference. The candidate can never change the
+        caller's result, and never raises into the caller.
+
+        Where the candidate runs: sync code runs it inline after the old path (the caller
+        waits for it), or on ``executor`` (a :class:`concurrent.futures.Executor` that the
+        caller owns); async code runs it as a task of the running loop, stopped after
+        ``timeout`` seconds when given (the health test then holds the old path to the same
+        timeout, so that the pair stays fair). At most ``max_pending`` runs are in flight;
+        beyond, the candidate is skipped (counted). The old path's outcome is recorded on
+        the control arm and the candidate's on treatment, a mismatch counting as an error, so
+        the health gate freezes (or rolls back) the stage when the candidate errs or
+        disagrees more than the old path errs. Mismatches and candidate errors are kept (the
+        latest ``samples``, each result passed through ``redact``, by default a short
+        ``repr``) and passed to ``on_mismatch``. ``unit`` and ``attributes`` take the
+        function's arguments, as for a guard. The rollout's policy says
+        ``pattern = "shadow"``. Raises :class:`UnknownRolloutError` for an unknown name, and
+        :class:`ValueError` for a rollout whose policy does not say ``pattern = "shadow"``.
+        Also :func:`stagedroll.patterns.shadow`.
         """
-        return shadow(self, name, candidate=candidate, unit=unit, attributes=attributes,
-                      compare=compare, ignore=ignore, redact=redact, samples=samples,
-                      on_mismatch=on_mismatch, executor=executor, max_pending=max_pending,
+        rollout = self[name]
+        comparison = self._comparison("shadow", name=name, compare=compare, ignore=ignore,
+                                      redact=redact, samples=samples,
+                                      on_mismatch=on_mismatch)  # fmt: skip
+        return Shadow(rollout, candidate=candidate, unit=unit, attributes=attributes,
+                      comparison=comparison, executor=executor, max_pending=max_pending,
                       timeout=timeout)  # fmt: skip
 
     def migration(
@@ -472,14 +503,43 @@ class Rollouts:
         on_mismatch: Callable[[Mismatch], object] | None = None,
         default: Phase | str = Phase.OFF,
     ) -> Migration[RP, RR, WP, WR]:
-        """An expand/contract migration over rollout ``name``, whose stages are its phases.
+        """An expand/contract migration over rollout ``name``, whose stages are the six phases.
 
-        See :func:`stagedroll.patterns.migration`.
+        The rollout's policy says ``pattern = "migration"``, which makes its stages ``off``,
+        ``dual_write``, ``shadow_read``, ``live``, ``rampdown`` and ``complete``, in this
+        order (their percents do not split the units: each phase applies to every unit),
+        advanced by hand. ``compare(old, new)`` (default ``==``) judges the compared reads,
+        ``ignore(old, new)`` accepts a known difference; mismatches and the new store's
+        errors are kept (the latest ``samples``, results passed through ``redact``) and
+        passed to ``on_mismatch``. ``default`` is the phase served while the rollout's state
+        is unknown (the store unreachable since the process started): set it to the phase
+        the migration has reached. The two reads must be both sync or both async, and
+        likewise the two writes. Raises :class:`UnknownRolloutError` for an unknown name and
+        :class:`ValueError` for a rollout whose policy does not say
+        ``pattern = "migration"``. Also :func:`stagedroll.patterns.migration`.
         """
-        return migration(self, name, old_read=old_read, new_read=new_read,
-                         old_write=old_write, new_write=new_write, compare=compare,
-                         ignore=ignore, redact=redact, samples=samples,
-                         on_mismatch=on_mismatch, default=default)  # fmt: skip
+        rollout = self[name]
+        comparison = self._comparison("migration", name=name, compare=compare, ignore=ignore,
+                                      redact=redact, samples=samples,
+                                      on_mismatch=on_mismatch)  # fmt: skip
+        return Migration(rollout, old_read=old_read, new_read=new_read, old_write=old_write,
+                         new_write=new_write, comparison=comparison, default=default)  # fmt: skip
+
+    def _comparison(
+        self,
+        pattern: str,
+        *,
+        name: str,
+        compare: Callable[[Any, Any], object] | None,
+        ignore: Callable[[Any, Any], object] | None,
+        redact: Callable[[Any], object] | None,
+        samples: int,
+        on_mismatch: Callable[[Mismatch], object] | None,
+    ) -> Comparison:
+        """The judge of a shadow's or a migration's two sides (the options they share)."""
+        return Comparison(pattern, name, self.failures, compare=compare, ignore=ignore,
+                          redact=redact, samples=samples, on_mismatch=on_mismatch,
+                          clock=self.clock)  # fmt: skip
 
     def track(
         self, name: str, unit: object, attributes: Mapping[str, object] | None = None
@@ -489,7 +549,7 @@ class Rollouts:
         The block receives the :class:`Decision`; an exception leaving it counts as an error
         (and propagates). Raises :class:`UnknownRolloutError` for an unknown name.
         """
-        if self._chores:
+        if self._runtime.chores:
             self._tend()
         return self[name].track(unit, attributes)
 
@@ -507,7 +567,7 @@ class Rollouts:
         The outcome goes to the arm ``unit`` is decided into; that decision is returned. An
         unknown name records nothing and returns an ``UNKNOWN_ROLLOUT`` decision.
         """
-        if self._chores:
+        if self._runtime.chores:
             self._tend()
         rollout = self._rollouts.get(name)
         if rollout is None:
@@ -519,105 +579,27 @@ class Rollouts:
 
     def advance(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
         """Move rollout ``name`` to its next stage."""
-        return self._transition(name, Action.ADVANCE, reason, actor)
+        return self[name]._transition(Action.ADVANCE, reason, actor)
 
     def freeze(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
         """Hold rollout ``name`` at its stage: it keeps serving it, and does not advance."""
-        return self._transition(name, Action.FREEZE, reason, actor)
+        return self[name]._transition(Action.FREEZE, reason, actor)
 
     def unfreeze(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
         """Resume rollout ``name`` at its stage after a freeze, rollback or kill."""
-        return self._transition(name, Action.UNFREEZE, reason, actor)
+        return self[name]._transition(Action.UNFREEZE, reason, actor)
 
     def rollback(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
         """Move rollout ``name`` back one stage (to 0 % from the first stage)."""
-        return self._transition(name, Action.ROLLBACK, reason, actor)
+        return self[name]._transition(Action.ROLLBACK, reason, actor)
 
     def kill(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
         """Turn the new path of rollout ``name`` off for everyone, now (the kill switch)."""
-        return self._transition(name, Action.KILL, reason, actor)
+        return self[name]._transition(Action.KILL, reason, actor)
 
     def complete(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
         """Turn the new path of rollout ``name`` on for everyone, for good."""
-        return self._transition(name, Action.COMPLETE, reason, actor)
-
-    def _transition(
-        self,
-        name: str,
-        action: Action,
-        reason: str,
-        actor: str | None,
-        *,
-        expected: RolloutState | None = None,
-        evidence: Evidence | None = None,
-    ) -> Transition:
-        """Apply ``action`` to the state in the store (or to ``expected``), by compare-and-set.
-
-        Raises :class:`TransitionError` when the action does not apply to that state, or when
-        another writer changed it between our read and our write (the action is then not
-        retried: ``advance`` twice would skip a stage), and :class:`StoreError` when the store
-        fails. The history entry carries the health evidence of the moment.
-        """
-        rollout = self[name]
-        who = actor if actor is not None else default_actor()
-        current = expected if expected is not None else self._load(name)
-        if current is None:  # never started: the store was down when this process started
-            current = self._start(name)
-            if not current.version:
-                raise StoreError(f"the store failed to start {name!r}; see store.load_failed")
-            rollout._adopt(current)
-        if evidence is None:
-            evidence = self._health(rollout).evidence() if rollout.health else NO_EVIDENCE
-        now = self.clock()
-        new = next_state(name, action, current, last_stage=rollout._plan.last_stage,
-                         now=now, reason=reason, actor=who)  # fmt: skip
-        entry = Transition(
-            rollout=name,
-            action=action,
-            from_stage=current.stage,
-            to_stage=new.stage,
-            from_status=current.status,
-            to_status=new.status,
-            version=new.version,
-            at=now,
-            reason=reason,
-            actor=who,
-            evidence=evidence,
-        )
-        try:
-            committed = self.store.compare_and_set(name, current.version, new, entry)
-        except Exception as exc:
-            raise StoreError(f"the store failed to {verb(action)} {name!r}: {exc}") from exc
-        if not committed:
-            latest = self._load(name) or current
-            raise TransitionError(
-                f"cannot {verb(action)} {name!r}: it changed meanwhile (now stage {latest.stage}, "
-                f"{latest.status}, by {latest.actor or 'unknown'}); not applied"
-            )
-        rollout._adopt(new)  # the store's listeners did it too, unless it has none
-        log("info", EVENTS[action], rollout=name, stage=rollout._view.stage_name,
-            from_stage=current.stage, to_stage=new.stage, status=str(new.status),
-            reason=reason, actor=who, evidence=dict(evidence))  # fmt: skip
-        if len(self.hooks):
-            names = (self._stage_name(rollout, current.stage),
-                     self._stage_name(rollout, new.stage))  # fmt: skip
-            self.hooks.fire(TransitionEvent.of(entry, names))
-        return entry
-
-    @staticmethod
-    def _stage_name(rollout: Rollout, stage: int) -> str | None:
-        stages = rollout._plan.stages
-        return stages[min(stage, len(stages) - 1)].name if stage >= 0 else None
-
-    # -- the health gate ---------------------------------------------------------------------------
-
-    def _health(self, rollout: Rollout) -> HealthReport:
-        """The health evidence of ``rollout`` in its current stage visit."""
-        return gate.report(self, rollout)
-
-    def _auto_step(self, rollout: Rollout) -> Transition | None:
-        """Take the automatic step that is due for ``rollout``, if any; never raises."""
-        return gate.step(self, rollout)
+        return self[name]._transition(Action.COMPLETE, reason, actor)
 
     def tick(self) -> list[Transition]:
         """Take every automatic step that is due now; return the transitions made.
@@ -628,70 +610,67 @@ class Rollouts:
         self._reload()
         made = []
         for rollout in list(self._rollouts.values()):
-            self._restart(rollout)
+            rollout._restart()
             with contextlib.suppress(StoreError):
-                self._load(rollout.name)
-            self._pool(rollout)
-            transition = self._auto_step(rollout)
+                rollout._load()
+            transition = rollout._tick()
             if transition is not None:
                 made.append(transition)
         return made
 
-    def _load(self, name: str) -> RolloutState | None:
-        try:
-            state = self.store.load(name)
-        except ValueError as exc:  # the store answered with a state it cannot read
-            raise StoreError(
-                f"{exc}; {name!r} serves the old path until it is repaired (delete the stored "
-                "state to restore it from its history)"
-            ) from exc
-        except Exception as exc:
-            raise StoreError(f"the store failed to load {name!r}: {exc}") from exc
-        rollout = self._rollouts.get(name)  # a reload may have removed it meanwhile
-        if state is not None and rollout is not None:
-            rollout._adopt(state)
-        return state
+    # -- the read model --------------------------------------------------------------------------
 
     def status(self, name: str) -> RolloutStatus:
-        """Where rollout ``name`` stands, read afresh from the store, with its evidence."""
+        """Where rollout ``name`` stands, read afresh from the store, with its evidence.
+
+        See :meth:`Rollout.status`; raises :class:`StoreError` when the store fails.
+        """
         self._reload()
-        rollout = self[name]
-        self._restart(rollout)
-        self._load(name)
-        self._pool(rollout)
-        view = rollout._view
-        state = view.state
-        control, treatment, targeted = rollout.outcomes.stats(view.stage)
-        health = self._health(rollout)
-        last = rollout._plan.last_stage
-        following = rollout._plan.stages[view.stage + 1].name if view.stage < last else None
-        return RolloutStatus(
-            rollout=name,
+        return self[name].status()
+
+    def snapshot(self) -> Snapshot:
+        """Every rollout as this process serves it now, with no store I/O; never raises.
+
+        One :class:`RolloutStatus` per rollout (those a reload removed included), the
+        internal failures by kind, and a policy file that does not validate. With a store
+        shared by processes, its refresh thread keeps the states and the pooled evidence
+        current, so a metrics exporter or a dashboard can read this at every scrape.
+        """
+        self._reload()
+        rollouts = {name: rollout.status(fresh=False) for name, rollout in self._rollouts.items()}
+        file = self._runtime.file
+        return Snapshot(
             environment=self.environment,
-            mode=rollout._plan.mode,
-            stage=view.stage,
-            stage_name=view.stage_name,
-            percent=view.constant.percent if view.constant is not None else view.percent,
-            status=state.status,
-            since=state.since,
-            version=state.version,
-            reason=state.reason,
-            actor=state.actor,
-            control=control,
-            treatment=treatment,
-            targeted=targeted,
-            next_stage=following,
-            internal_errors=self.failures.count(),
-            health=health,
-            waiting_for=gate.waiting_for(self, rollout, health),
-            pending_policy=self._file.error if self._file is not None else None,
-            in_policy=not rollout._plan.removed,
+            at=self.clock(),
+            rollouts=MappingProxyType(rollouts),
+            failures=MappingProxyType(self.failures.counts()),
+            pending_policy=file.error if file is not None else None,
         )
 
     def history(self, name: str, limit: int | None = None) -> list[Transition]:
         """The transitions of rollout ``name``, newest first (at most ``limit``)."""
-        self[name]
-        try:
-            return self.store.history(name, limit)
-        except Exception as exc:
-            raise StoreError(f"the store failed to read the history of {name!r}: {exc}") from exc
+        return self[name].history(limit)
+
+
+def _check_patterns(handles: Mapping[str, Rollout], new: Policy) -> None:
+    """Refuse a policy that changes the ``pattern`` of a rollout this process serves.
+
+    The code built on a rollout (a shadow, a migration, a guard) records its calls for
+    that pattern: another one would judge them at the wrong share. Removing such a rollout
+    is refused too: a migration that lost its plan would fall back to its old store, which
+    has missed the writes since ``live``. The handles are compared, not the last policy: a
+    rollout that a reload removed and the next one brings back is the same handle.
+    """
+    for name, handle in handles.items():
+        before = handle.policy
+        after = new.rollouts.get(name)
+        if after is None and before.pattern is not None and handle.in_policy:
+            raise ValueError(
+                f"rollouts.{name}: cannot remove a rollout with pattern = {before.pattern!r} "
+                "from a running process (restart it with the new policy)"
+            )
+        if after is not None and before.pattern != after.pattern:
+            raise ValueError(
+                f"rollouts.{name}.pattern: cannot change from {before.pattern!r} to "
+                f"{after.pattern!r} in a running process (restart it with the new policy)"
+            )

@@ -6,18 +6,12 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
-
-from ._outcomes import ArmStats
-
-if TYPE_CHECKING:
-    from ._health import HealthReport
 
 __all__ = [
+    "AUTOMATIC",
     "NO_EVIDENCE",
     "Action",
     "RolloutState",
-    "RolloutStatus",
     "Status",
     "Transition",
     "newer",
@@ -26,6 +20,10 @@ __all__ = [
 
 Evidence = Mapping[str, float | int | str | None]
 NO_EVIDENCE: Evidence = MappingProxyType({})
+
+AUTOMATIC = "stagedroll"
+"""The actor of the transitions that stagedroll makes itself: a rollout's start, the health
+gate's steps, a state restored from its history."""
 
 
 class Status(str, enum.Enum):
@@ -59,6 +57,11 @@ class Action(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @property
+    def verb(self) -> str:
+        """The action as a verb in a sentence (``roll back``, not ``rollback``)."""
+        return "roll back" if self is Action.ROLLBACK else self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,43 +138,3 @@ class Transition:
     reason: str = ""
     actor: str = ""
     evidence: Evidence = field(default_factory=lambda: NO_EVIDENCE)
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutStatus:
-    """Where a rollout stands, as :meth:`Rollouts.status` reports it.
-
-    ``percent`` is the share in force in this process's environment (``mode`` says whether
-    it follows the stages, is fixed by the environment, or is off there). ``control`` and
-    ``treatment`` count the outcomes this process recorded during the current stage.
-    """
-
-    rollout: str
-    environment: str | None
-    mode: str
-    stage: int
-    stage_name: str | None
-    percent: float
-    status: Status
-    since: float
-    version: int
-    reason: str
-    actor: str
-    control: ArmStats
-    treatment: ArmStats
-    targeted: ArmStats
-    """Calls routed by targeting, status or environment rather than the bucket (not compared)."""
-    next_stage: str | None
-    """The name of the stage that ``advance`` leads to, ``None`` at the last stage."""
-    internal_errors: int
-    """Failures inside stagedroll in this process so far, all rollouts (``Rollouts.failures``)."""
-    health: HealthReport
-    """The evidence of the health gate: e-values, ratio estimates, events, units."""
-    waiting_for: str | None
-    """What the next automatic step waits for, in words; ``None`` when none can come."""
-    pending_policy: str | None = None
-    """Why the changed policy file is not applied (it does not validate); ``None`` when the
-    file in force is the newest (or the policy does not come from a reloaded file)."""
-    in_policy: bool = True
-    """``False`` for a rollout that a reloaded policy no longer has: every call takes the old
-    path, and its stored state stays (see :attr:`Rollouts.removed`)."""

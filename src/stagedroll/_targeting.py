@@ -84,18 +84,12 @@ def _comparable(left: object, right: object) -> bool:
 
 def compile_rule(attribute: str, op: str, value: Any) -> Predicate:
     """Return a predicate for one rule. ``value`` has been validated for ``op`` already."""
+    if op in ("eq", "ne", "in", "not_in"):
+        return _membership(attribute, op, value)
     check: Callable[[object], bool]
-    if op == "eq":
-        check = lambda a: a == value  # noqa: E731 - one-line predicates read best as lambdas
-    elif op == "ne":
-        check = lambda a: a != value  # noqa: E731
-    elif op in ("in", "not_in"):
-        choices = frozenset(value)
-        wanted = op == "in"
-        check = lambda a: (a in choices) is wanted  # noqa: E731
-    elif op in _ORDER:
+    if op in _ORDER:
         compare = _ORDER[op]
-        check = lambda a: _comparable(a, value) and compare(a, value)  # noqa: E731
+        check = lambda a: _comparable(a, value) and compare(a, value)  # noqa: E731 - one line
     elif op == "prefix":
         check = lambda a: isinstance(a, str) and a.startswith(value)  # noqa: E731
     elif op == "suffix":
@@ -125,6 +119,39 @@ def compile_rule(attribute: str, op: str, value: Any) -> Predicate:
             return False
 
     return predicate
+
+
+def _membership(attribute: str, op: str, value: Any) -> Predicate:
+    """The predicate of an ``eq``, ``ne``, ``in`` or ``not_in`` rule, in one call.
+
+    The commonest rules, on the decision path: no inner function to call. A missing
+    attribute matches none of them; an odd one (unhashable, a raising ``__eq__``) neither.
+    """
+    if op in ("in", "not_in"):
+        choices, wanted = frozenset(value), op == "in"
+
+        def member(attributes: Attributes) -> bool:
+            found = attributes.get(attribute, _MISSING)
+            if found is _MISSING:
+                return False
+            try:
+                return (found in choices) is wanted
+            except Exception:
+                return False
+
+        return member
+    equal = op == "eq"
+
+    def compared(attributes: Attributes) -> bool:
+        found = attributes.get(attribute, _MISSING)
+        if found is _MISSING:
+            return False
+        try:
+            return bool(found == value) if equal else bool(found != value)
+        except Exception:
+            return False
+
+    return compared
 
 
 def compile_segment(rules: Collection[Predicate], *, match: Literal["all", "any"]) -> Predicate:

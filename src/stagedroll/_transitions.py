@@ -38,7 +38,7 @@ _ALLOWED_FROM: dict[Action, frozenset[Status]] = {
 
 def verb(action: Action) -> str:
     """The action as a verb in a sentence (``roll back``, not ``rollback``)."""
-    return "roll back" if action is Action.ROLLBACK else action.value
+    return action.verb
 
 
 _LEADS_TO: dict[Action, Status] = {

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
-from .._bucketing import SPACE, hash_key
-from .._rollouts import Rollouts
-from .._state import Action, RolloutStatus, Status
-from .._targeting import Predicate, compile_rule, compile_segment
-from .._transitions import verb
+from .. import Action, Rollouts, RolloutStatus, Status, bucket, threshold
 from ..exceptions import StoreError, TransitionError
-from ._main import FINDING, OK, USAGE, CliError, Context, default_actor
+from ._main import FINDING, OK, USAGE, CliError, Context
 from ._render import (
     dump,
     evidence_text,
@@ -25,6 +23,8 @@ from ._render import (
 )
 
 __all__ = ["explain", "history", "status", "tick", "transition"]
+
+_SPACE = 2**32  # the hash space: buckets are integers in [0, 2**32)
 
 # The status an action leads to, where doing it twice is what "already" means.
 _ALREADY = {
@@ -121,7 +121,7 @@ def _refusal(rollouts: Rollouts, name: str, action: Action, error: TransitionErr
     state = rollouts[name].state  # the refused transition read it afresh from the store
     if _ALREADY.get(action) is state.status:
         return (
-            f"cannot {verb(action)} {name!r}: it is already {state.status} "
+            f"cannot {action.verb} {name!r}: it is already {state.status} "
             f"(since {iso(state.since)}, by {state.actor or 'unknown'}); nothing changed"
         )
     return str(error)
@@ -132,7 +132,6 @@ def transition(ctx: Context) -> int:
     rollouts = ctx.rollouts()
     name, action = ctx.args.name, Action(ctx.args.command)
     policy = rollouts[name].policy  # an unknown name: a usage error before anything is tried
-    actor = ctx.args.actor or default_actor()
     operation = {
         Action.ADVANCE: rollouts.advance,
         Action.FREEZE: rollouts.freeze,
@@ -142,7 +141,7 @@ def transition(ctx: Context) -> int:
         Action.COMPLETE: rollouts.complete,
     }[action]
     try:
-        entry = operation(name, reason=ctx.args.reason, actor=actor)
+        entry = operation(name, reason=ctx.args.reason, actor=ctx.args.actor or None)
     except TransitionError as exc:
         raise CliError(_refusal(rollouts, name, action, exc), FINDING) from None
     if ctx.json:
@@ -217,26 +216,51 @@ def _attributes(pairs: list[str]) -> dict[str, object] | None:
     return found
 
 
-def _segments(rollouts: Rollouts, name: str) -> list[tuple[str, Predicate]]:
+def _percent(rollouts: Rollouts, name: str, status: RolloutStatus) -> float:
+    """The percent of the stage (or environment setting) the rollout is at, killed or not."""
+    setting = rollouts[name].policy.environments.get(f"{rollouts.environment}")
+    if status.mode == "fixed" and isinstance(setting, int | float):
+        return setting
+    if status.mode == "off" or status.stage < 0:
+        return 0.0
+    return status.stages[status.stage].percent
+
+
+def _segments(rollouts: Rollouts, status: RolloutStatus) -> list[str]:
     """The segments in force at the rollout's stage (its own and the earlier stages')."""
-    rollout = rollouts[name]
-    view, policy = rollout._view, rollout.policy
-    if rollout._plan.mode != "stages" or view.stage < 0:
+    if status.mode != "stages" or status.stage < 0:
         return []
     names: list[str] = []
-    for stage in policy.stages[: view.stage + 1]:
+    for stage in status.stages[: status.stage + 1]:
         names.extend(s for s in stage.segments if s not in names)
-    segments = rollouts.policy.segments
-    return [
-        (
-            s,
-            compile_segment(
-                [compile_rule(r.attribute, r.op, r.value) for r in segments[s].rules],
-                match=segments[s].match,
-            ),
-        )
-        for s in names
-    ]
+    return names
+
+
+def _key_text(value: object) -> str | None:
+    """A ``bucket_by`` attribute's value as the text it is bucketed on; ``None``: no unit.
+
+    A str, an int (not a bool) or a UUID; anything else counts as no unit, as in ``decide``.
+    """
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return int.__repr__(value)
+        except ValueError:  # more digits than Python writes as text
+            return None
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return None
+
+
+def _key_of(
+    bucket_by: str | None, unit: str, attributes: Mapping[str, object] | None
+) -> str | None:
+    """The text that a unit is bucketed on (its id, or the ``bucket_by`` attribute)."""
+    if bucket_by is None:
+        return unit
+    raw = attributes.get(bucket_by) if attributes is not None else None
+    return _key_text(raw) if raw is not None else None
 
 
 class _Steps(list[dict[str, Any]]):
@@ -253,81 +277,88 @@ class _Steps(list[dict[str, Any]]):
         self.append({"step": kind, "outcome": outcome, "detail": detail, **extra})
 
 
-def _before_unit(steps: _Steps, rollouts: Rollouts, name: str) -> None:
+def _before_unit(
+    steps: _Steps, rollouts: Rollouts, name: str, status: RolloutStatus, percent: float
+) -> None:
     """Steps 1 and 2: the environment, and the status."""
-    rollout = rollouts[name]
-    plan, view, env = rollout._plan, rollout._view, rollouts.environment
-    if plan.mode == "off":
+    env = rollouts.environment
+    if status.mode == "off":
         steps.add("environment", f"the rollout is off in environment {env!r}", False)
-    elif plan.mode == "fixed":
-        steps.add("environment", f"environment {env!r} fixes the percent at {view.percent:g} %")
+    elif status.mode == "fixed":
+        steps.add("environment", f"environment {env!r} fixes the percent at {percent:g} %")
     else:
         where = f"environment {env!r}" if env is not None else "no environment named"
         steps.add("environment", f"follows the stages ({where})")
-    status = view.state.status
-    if plan.killed:
+    if status.killed_here:
         steps.add("status", "killed in this process by $STAGEDROLL_KILL: off for everyone", False)
-    elif status is Status.KILLED:
+    elif status.status is Status.KILLED:
         steps.add("status", "killed: off for everyone", False)
-    elif status is Status.COMPLETE:
+    elif status.status is Status.COMPLETE:
         steps.add("status", "complete: on for everyone", True)
     else:
-        if plan.mode != "stages":
+        if status.mode != "stages":
             at = f"at environment {env!r}"
-        elif view.stage < 0:
+        elif status.stage < 0:
             at = "before the first stage"
         else:
-            at = f"at stage {stage_label(rollout.policy, view.stage)}"
-        steps.add("status", f"{status} {at} ({view.percent:g} %)")
+            at = f"at stage {stage_label(rollouts[name].policy, status.stage)}"
+        steps.add("status", f"{status.status} {at} ({percent:g} %)")
 
 
 def _steps(
-    rollouts: Rollouts, name: str, unit: str, attributes: dict[str, object] | None
+    rollouts: Rollouts,
+    name: str,
+    status: RolloutStatus,
+    unit: str,
+    attributes: dict[str, object] | None,
 ) -> list[dict[str, Any]]:
     """Every step of the evaluation order, each with what it found and what it settled."""
     steps = _Steps()
-    _before_unit(steps, rollouts, name)
-    rollout = rollouts[name]
-    plan, view = rollout._plan, rollout._view
-    key = view.key_of(unit, attributes)
-    if plan.bucket_by is not None:
+    percent = _percent(rollouts, name, status)
+    _before_unit(steps, rollouts, name, status, percent)
+    policy = rollouts[name].policy
+    key = _key_of(policy.bucket_by, unit, attributes)
+    if policy.bucket_by is not None:
         found = f"{key!r}" if key is not None else "missing, or not a str, int or UUID"
-        detail = f"bucketed by attribute {plan.bucket_by!r}: {found}"
+        detail = f"bucketed by attribute {policy.bucket_by!r}: {found}"
     else:
         detail = f"unit {key!r}"
     steps.add("unit", detail, False if key is None else None, key=key)
 
-    for kind, listing, enabled in (("deny", plan.deny, False), ("allow", plan.allow, True)):
+    deny, allow = set(policy.targeting.deny), set(policy.targeting.allow)
+    for kind, listing, enabled in (("deny", deny, False), ("allow", allow, True)):
         listed = key is not None and key in listing
         count = f"{len(listing)} unit{'s' if len(listing) != 1 else ''}"
         detail = f"{'on' if listed else 'not on'} the {kind} list ({count})"
         steps.add(kind, detail, enabled if listed else None)
 
-    segments = _segments(rollouts, name)
+    segments = _segments(rollouts, status)
+    known = rollouts.policy.segments
     matches = [
-        {"name": s, "match": attributes is not None and bool(match(attributes))}
-        for s, match in segments
+        {"name": s, "match": attributes is not None and known[s].matches(attributes)}
+        for s in segments
     ]
     if not segments:
         detail = "no segment in force at this stage"
     elif attributes is None:
-        detail = f"no attributes given (--attr): none of {', '.join(s for s, _ in segments)} match"
+        detail = f"no attributes given (--attr): none of {', '.join(segments)} match"
     else:
         detail = "; ".join(f"{m['name']}: {'match' if m['match'] else 'no match'}" for m in matches)
     steps.add(
         "segments", detail, True if any(m["match"] for m in matches) else None, segments=matches
     )
 
+    limit, salt = threshold(percent), policy.salt_or(name)
     if key is None:
-        steps.add("bucket", "no unit to bucket", None, bucket=None, threshold=view.threshold)
+        steps.add("bucket", "no unit to bucket", None, bucket=None, threshold=limit)
     else:
-        value = hash_key(plan.prefix + key)
-        inside = value < view.threshold
+        value = bucket(salt, key)
+        inside = value < limit
         detail = (
-            f"bucket {value} ({value / SPACE:.4%} of the space) {'<' if inside else '>='} "
-            f"threshold {view.threshold} ({view.percent:g} %), salt {plan.prefix[:-1]!r}"
+            f"bucket {value} ({value / _SPACE:.4%} of the space) {'<' if inside else '>='} "
+            f"threshold {limit} ({percent:g} %), salt {salt!r}"
         )
-        steps.add("bucket", detail, inside, bucket=value, threshold=view.threshold)
+        steps.add("bucket", detail, inside, bucket=value, threshold=limit)
     return steps
 
 
@@ -336,11 +367,11 @@ def explain(ctx: Context) -> int:
     rollouts = ctx.rollouts()
     name, unit = ctx.args.name, ctx.args.unit
     attributes = _attributes(ctx.args.attr)
-    rollouts.status(name)  # the state afresh from the store (and a store that is down, told)
+    status = rollouts.status(name)  # afresh from the store (and a store that is down, told)
     decision = rollouts.decide(name, unit, attributes)
-    steps = _steps(rollouts, name, unit, attributes)
+    steps = _steps(rollouts, name, status, unit, attributes)
     if ctx.json:
-        bucket = next(s for s in steps if s["step"] == "bucket")
+        last = next(s for s in steps if s["step"] == "bucket")
         dump(
             {
                 "rollout": name,
@@ -351,8 +382,8 @@ def explain(ctx: Context) -> int:
                 "reason": str(decision.reason),
                 "stage": decision.stage,
                 "percent": decision.percent,
-                "bucket": bucket["bucket"],
-                "threshold": bucket["threshold"],
+                "bucket": last["bucket"],
+                "threshold": last["threshold"],
                 "steps": steps,
             },
             ctx.out,

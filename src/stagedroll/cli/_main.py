@@ -15,10 +15,8 @@ from typing import TextIO
 
 import structlog
 
+from .. import Policy, Rollouts, __version__, parse_policy
 from .._document import decode, format_of, max_policy_bytes, read_document
-from .._policy import Policy, parse_policy
-from .._rollouts import Rollouts, default_actor
-from .._version import __version__
 from ..exceptions import (
     MissingExtraError,
     PolicyError,
@@ -29,7 +27,7 @@ from ..exceptions import (
 from ..stores import Store, store_from_url
 from ._render import escaping, printable
 
-__all__ = ["CliError", "Context", "default_actor", "main", "read_text"]
+__all__ = ["CliError", "Context", "main", "read_text"]
 
 OK, FINDING, USAGE, STORE_DOWN, INTERNAL = 0, 1, 2, 3, 70
 ACTIONS = ("advance", "freeze", "unfreeze", "rollback", "kill", "complete")

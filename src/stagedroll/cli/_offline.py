@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import Policy, parse_policy
 from .._document import format_of
-from .._policy import Policy, parse_policy
 from ..exceptions import MissingExtraError, PolicyError, PolicyProblem
-from ..testing._simulate import Simulation, simulate
+from ..testing import Simulation, simulate
 from ._lines import line_of, locate
 from ._main import FINDING, OK, USAGE, CliError, Context, read_text
 from ._render import dump, printable
@@ -152,7 +152,7 @@ def _units(ctx: Context) -> list[str]:
 def _simulation_object(sim: Simulation, plot: str | None) -> dict[str, Any]:
     rollouts = []
     for rollout in sim.values():
-        leaks = rollout._leaks  # per stage after the first: units of the previous one left out
+        left_out = rollout.left_out  # per stage after the first
         stages = [
             {
                 "name": cohort.name,
@@ -160,7 +160,7 @@ def _simulation_object(sim: Simulation, plot: str | None) -> dict[str, Any]:
                 "count": cohort.count,
                 "fraction": cohort.fraction,
                 "expected": cohort.expected,
-                "contains_previous": None if i == 0 else not leaks[i - 1],
+                "contains_previous": None if i == 0 else not left_out[i - 1],
             }
             for i, cohort in enumerate(rollout.stages)
         ]

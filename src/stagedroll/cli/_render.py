@@ -16,8 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TextIO, cast
 
-from .._policy import RolloutPolicy
-from .._state import RolloutStatus, Transition
+from .. import RolloutPolicy, RolloutStatus, Transition
 
 __all__ = [
     "EscapingWriter",

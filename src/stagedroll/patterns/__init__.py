@@ -4,13 +4,18 @@
 - :func:`shadow`: the dark launch (:class:`Shadow`).
 - :func:`migration`: the expand/contract migration (:class:`Migration`, :class:`Phase`).
 
-Each is also a method of :class:`~stagedroll.Rollouts` (``rollouts.shadow(...)``).
+Each function is the :class:`~stagedroll.Rollouts` method of the same name, called with the
+``Rollouts`` first: ``shadow(rollouts, "name", ...)`` is ``rollouts.shadow("name", ...)``.
 """
 
-from ._comparison import ComparisonStats, Mismatch
-from ._migration import Migration, Phase, migration
-from ._shadow import Shadow, shadow
-from ._switch import switch
+from .._comparison import ComparisonStats, Mismatch
+from .._migration import Migration, Phase
+from .._rollouts import Rollouts as _Rollouts
+from .._shadow import Shadow
+
+switch = _Rollouts.switch
+shadow = _Rollouts.shadow
+migration = _Rollouts.migration
 
 __all__ = [
     "ComparisonStats",

@@ -25,12 +25,12 @@ from collections.abc import Callable, Iterable, Mapping
 
 from .._failures import Failures, contained, log
 from .._forksafe import register
-from .._state import Action, RolloutState, Transition, newer, restorable
+from .._state import AUTOMATIC, Action, RolloutState, Transition, newer, restorable
 from ._codec import check_state, load_state, load_transition
 from ._listeners import Listeners
 from ._protocol import StateListener
 
-RESTORER = "stagedroll"
+RESTORER = AUTOMATIC
 """The actor of a state restored after the store lost it."""
 
 __all__ = ["SharedStore"]
@@ -61,10 +61,10 @@ def _same_version(field: object, version: int) -> bool:
 class _Thread:
     """The daemon thread that runs ``owner._cycle()`` every ``interval`` seconds."""
 
-    __slots__ = ("__weakref__", "_lock", "_owner", "_thread", "_wake", "interval", "name", "pid")
+    __slots__ = ("__weakref__", "_lock", "_store", "_thread", "_wake", "interval", "name", "pid")
 
     def __init__(self, owner: SharedStore, name: str, interval: float) -> None:
-        self._owner = weakref.ref(owner)
+        self._store = weakref.ref(owner)
         self.name = name
         self.interval = interval
         self._wake = threading.Event()
@@ -106,7 +106,7 @@ class _Thread:
                 self._thread.start()
             except Exception as exc:  # RuntimeError: can't start new thread; tried again later
                 error = exc
-        owner = self._owner()
+        owner = self._store()
         if (died or error is not None) and owner is not None:
             _record(owner.failures, "store.thread_died", error, store=repr(owner),
                     running=error is None)  # fmt: skip
@@ -130,7 +130,7 @@ class _Thread:
             wake = self._wake
             wake.wait(delay)
             wake.clear()
-            owner = self._owner()
+            owner = self._store()
             if owner is None or self._thread is not me:
                 return  # the store is gone or closed, or this is a stale thread
             try:

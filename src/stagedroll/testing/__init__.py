@@ -6,7 +6,7 @@
 - :class:`FakeClock`: a clock that moves only when told to, to drive bake times.
 """
 
-from .._outcomes import Outcome
+from .. import Outcome
 from ._clock import FakeClock
 from ._override import Override, override
 from ._simulate import RolloutSimulation, Simulation, StageCohort, simulate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 
-from .._policy import parse_duration
+from .. import parse_duration
 
 __all__ = ["FakeClock"]
 

@@ -6,13 +6,11 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
-from .._bucketing import unit_key
+from .. import Rollouts
 from .._override import Force, activate, deactivate
-
-if TYPE_CHECKING:
-    from .._rollouts import Rollouts
+from ._simulate import unit_text
 
 __all__ = ["Override", "override"]
 
@@ -35,7 +33,7 @@ class Override:
     def __repr__(self) -> str:
         f = self._force
         units = "all units" if f.units is None else f"{len(f.units)} units"
-        where = "every Rollouts" if f.owner is None else repr(f.owner)
+        where = "every Rollouts" if f.target is None else repr(f.target)
         return f"<override {f.name!r} {'on' if f.enabled else 'off'} for {units} of {where}>"
 
     def __enter__(self) -> Override:
@@ -114,11 +112,11 @@ def override(
     Raises :class:`~stagedroll.UnknownRolloutError` for a name that ``rollouts`` does not
     have, and :class:`TypeError` for a unit of the wrong type.
     """
-    if rollouts is not None:
-        rollouts[name]  # an unknown name raises UnknownRolloutError now, not in the test
+    # An unknown name raises UnknownRolloutError now, not in the test.
+    target = rollouts[name] if rollouts is not None else None
     keys = None if units is None else frozenset(_key(unit) for unit in units)
-    return Override(Force(rollouts, name, bool(enabled), keys))
+    return Override(Force(target, name, bool(enabled), keys))
 
 
 def _key(unit: object) -> str:
-    return unit if isinstance(unit, str) else unit_key(unit)
+    return unit if isinstance(unit, str) else unit_text(unit)

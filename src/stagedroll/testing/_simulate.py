@@ -18,21 +18,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import mmh3
 
-from .._bucketing import hash_key, unit_key
-from .._plan import Mode, Plan, StagePlan, compile_policy
-from .._policy import Policy, load_policy
-from .._rollouts import Rollouts
-from .._targeting import Predicate
+from .. import Policy, RolloutPolicy, Rollouts, bucket, load_policy, threshold
 
-__all__ = ["RolloutSimulation", "Simulation", "StageCohort", "simulate"]
+__all__ = ["RolloutSimulation", "Simulation", "StageCohort", "simulate", "unit_text"]
 
 Unit = str | int | uuid.UUID
 Attrs = Mapping[str, object]
 Attributes = Callable[[object], Attrs | None]
+Predicate = Callable[[Attrs], bool]
+Mode = Literal["stages", "fixed", "off"]
 
 _hash = mmh3.hash
 _EXAMPLES = 3  # units named in the message of a failed nesting check
@@ -54,6 +52,86 @@ class StageCohort:
     """The fraction the percent promises: ``percent / 100``."""
 
 
+def unit_text(unit: object) -> str:
+    """The text of ``unit`` as :func:`stagedroll.bucket` hashes it (``42`` and ``"42"`` alike).
+
+    Raises ``bucket``'s :class:`TypeError` for anything but a ``str``, ``int`` or
+    :class:`uuid.UUID`.
+    """
+    if isinstance(unit, str):
+        return str.__str__(unit)
+    if isinstance(unit, uuid.UUID):
+        return str(unit)
+    if isinstance(unit, int) and not isinstance(unit, bool):
+        try:
+            return int.__repr__(unit)
+        except ValueError:  # more digits than Python writes as text: bucket says so below
+            pass
+    bucket("", unit)  # raises its TypeError, which says why this is not a unit
+    raise TypeError(f"{unit!r} is not a unit")  # not reached
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """A stage as ``decide`` runs it: its threshold, and the segments in force.
+
+    A stage's segments are its own and those of the earlier stages.
+    """
+
+    name: str
+    percent: float
+    threshold: int
+    segments: tuple[Predicate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One rollout of the policy as it runs in the simulated environment."""
+
+    mode: Mode
+    stages: tuple[_Stage, ...]
+    """Its stages; where the environment fixes a percent or turns it off, the one setting."""
+    salt: str
+    bucket_by: str | None
+    allow: frozenset[str]
+    deny: frozenset[str]
+
+
+def _plan(
+    name: str, rollout: RolloutPolicy, segments: Mapping[str, Predicate], environment: str | None
+) -> _Plan:
+    """Rollout ``name`` as ``Rollouts`` runs it in ``environment``."""
+    setting = rollout.environments.get(environment) if environment is not None else None
+    if environment is not None and rollout.environments and setting is None:
+        setting = "off"  # environments listed, this one not: the new path stays off here
+    mode: Mode
+    if setting is None or setting == "stages":
+        mode, stages = "stages", _stages(rollout, segments)
+    elif setting == "off":
+        mode, stages = "off", (_Stage(f"{environment}", 0.0, 0),)
+    else:
+        mode, stages = "fixed", (_Stage(f"{environment}", setting, threshold(setting)),)
+    targeting = rollout.targeting
+    return _Plan(
+        mode=mode,
+        stages=stages,
+        salt=rollout.salt_or(name),
+        bucket_by=rollout.bucket_by,
+        allow=frozenset(targeting.allow),
+        deny=frozenset(targeting.deny),
+    )
+
+
+def _stages(rollout: RolloutPolicy, segments: Mapping[str, Predicate]) -> tuple[_Stage, ...]:
+    """The rollout's stages; a segment stays in once included, as units do as the percent grows."""
+    stages = []
+    included: list[Predicate] = []
+    for stage in rollout.stages:
+        included.extend(segments[s] for s in stage.segments if segments[s] not in included)
+        stages.append(_Stage(stage.name, stage.percent, threshold(stage.percent), tuple(included)))
+    return tuple(stages)
+
+
 class _Population:
     """The simulated units, their keys as text, and (lazily) where each key first occurs."""
 
@@ -62,7 +140,7 @@ class _Population:
     def __init__(self, units: Iterable[Unit]) -> None:
         self.objects: list[object] = list(units)
         try:
-            self.keys: list[str] = [u if u.__class__ is str else unit_key(u) for u in self.objects]
+            self.keys: list[str] = [u if u.__class__ is str else unit_text(u) for u in self.objects]
         except TypeError as exc:
             position = next(i for i, u in enumerate(self.objects) if not _is_unit(u))
             raise TypeError(f"units[{position}]: {exc}") from None
@@ -70,7 +148,7 @@ class _Population:
 
     def position(self, unit: object) -> int:
         """The index of ``unit`` among the simulated units; ``KeyError`` if it is not one."""
-        key = unit_key(unit)
+        key = unit_text(unit)
         if self._positions is None:
             n = len(self.keys)
             # Built backwards, so that a unit given twice maps to its first occurrence.
@@ -83,7 +161,7 @@ class _Population:
 
 def _is_unit(unit: object) -> bool:
     try:
-        unit_key(unit)
+        unit_text(unit)
     except TypeError:
         return False
     return True
@@ -97,7 +175,7 @@ class RolloutSimulation:
     it turns the rollout off, a single empty cohort named after it (``mode`` says which).
     """
 
-    __slots__ = ("_leaks", "_masks", "_population", "mode", "name", "stages")
+    __slots__ = ("_masks", "_population", "left_out", "mode", "name", "stages")
 
     def __init__(
         self,
@@ -107,7 +185,7 @@ class RolloutSimulation:
         stages: tuple[StageCohort, ...],
         population: _Population,
         masks: Sequence[int],
-        leaks: tuple[int, ...],
+        left_out: tuple[int, ...],
     ) -> None:
         self.name = name
         self.mode: Mode = mode
@@ -115,22 +193,24 @@ class RolloutSimulation:
         self.stages = stages
         self._population = population
         self._masks = masks
-        self._leaks = leaks  # per stage after the first: units of the previous cohort not in it
+        self.left_out = left_out
+        """For each stage after the first, how many units of the previous stage's cohort its
+        cohort leaves out (all ``0`` when the cohorts are nested)."""
 
     @property
     def nested(self) -> bool:
         """Whether each stage's cohort contains the previous stage's cohort."""
-        return not any(self._leaks)
+        return not any(self.left_out)
 
     def check(self) -> None:
         """Raise :class:`AssertionError` unless each stage's cohort contains the previous one."""
-        problems = self._problems()
+        problems = self._nesting_problems()
         if problems:
             raise AssertionError("; ".join(problems))
 
-    def _problems(self) -> list[str]:
+    def _nesting_problems(self) -> list[str]:
         problems = []
-        for i, leaks in enumerate(self._leaks):
+        for i, leaks in enumerate(self.left_out):
             if not leaks:
                 continue
             before, after = self.stages[i], self.stages[i + 1]
@@ -220,7 +300,7 @@ class Simulation(Mapping[str, RolloutSimulation]):
 
         A stage's cohort must contain the previous stage's cohort.
         """
-        problems = [p for rollout in self.rollouts.values() for p in rollout._problems()]
+        problems = [p for rollout in self.rollouts.values() for p in rollout._nesting_problems()]
         if problems:
             raise AssertionError("; ".join(problems))
 
@@ -230,7 +310,7 @@ class Simulation(Mapping[str, RolloutSimulation]):
         rows = [header]
         for rollout in self.rollouts.values():
             for i, cohort in enumerate(rollout.stages):
-                nested = "-" if i == 0 else ("no" if rollout._leaks[i - 1] else "yes")
+                nested = "-" if i == 0 else ("no" if rollout.left_out[i - 1] else "yes")
                 rows.append(
                     (
                         rollout.name,
@@ -297,15 +377,19 @@ def simulate(
     environment = environment or None  # an empty name names no environment, as in Rollouts
     document.check_environment(environment)
     population = _Population(units)
-    plans = compile_policy(document, environment)
+    segments = {name: segment.predicate() for name, segment in document.segments.items()}
+    plans = {
+        name: _plan(name, rollout, segments, environment)
+        for name, rollout in document.rollouts.items()
+    }
     found = None
     if attributes is not None and any(_reads_attributes(p) for p in plans.values()):
         found = _attributes(attributes, population)
     total = len(population.keys)
     rollouts = {}
     for name, plan in plans.items():
-        stages = _stage_plans(plan, environment)
-        masks = _masks(plan, stages, population.keys, found)
+        stages = plan.stages
+        masks = _masks(plan, population.keys, found)
         histogram = Counter(masks)  # stage sets are few: counts and nesting are read off them
         cohorts = tuple(
             StageCohort(
@@ -317,17 +401,22 @@ def simulate(
             )
             for i, stage in enumerate(stages)
         )
-        leaks = tuple(
+        left_out = tuple(
             sum(n for mask, n in histogram.items() if mask >> i & 1 and not mask >> (i + 1) & 1)
             for i in range(len(stages) - 1)
         )
         rollouts[name] = RolloutSimulation(
-            name, mode=plan.mode, stages=cohorts, population=population, masks=masks, leaks=leaks
+            name,
+            mode=plan.mode,
+            stages=cohorts,
+            population=population,
+            masks=masks,
+            left_out=left_out,
         )
     return Simulation(total, rollouts, environment)
 
 
-def _reads_attributes(plan: Plan) -> bool:
+def _reads_attributes(plan: _Plan) -> bool:
     """Whether the rollout's decisions here read attributes (``bucket_by`` or segments)."""
     if plan.mode == "off":
         return False
@@ -348,28 +437,15 @@ def _attributes(attributes: Attributes, population: _Population) -> list[Attrs |
     return found
 
 
-def _stage_plans(plan: Plan, environment: str | None) -> tuple[StagePlan, ...]:
-    """The stages a rollout runs through here: its own, or the environment's one setting."""
-    if plan.mode == "fixed" and plan.fixed is not None:
-        return (plan.fixed,)
-    if plan.mode == "off":
-        return (StagePlan(f"{environment}", 0.0, 0, ()),)
-    return plan.stages
-
-
-def _masks(
-    plan: Plan,
-    stages: tuple[StagePlan, ...],
-    keys: list[str],
-    attributes: list[Attrs | None] | None,
-) -> Sequence[int]:
+def _masks(plan: _Plan, keys: list[str], attributes: list[Attrs | None] | None) -> Sequence[int]:
     """For each unit, the set of stages whose cohort holds it: bit ``i`` for stage ``i``."""
+    stages = plan.stages
     count = len(stages)
     if plan.mode == "off":
         return bytes(len(keys))
     full = (1 << count) - 1
     thresholds = [stage.threshold for stage in stages]
-    prefix = plan.prefix
+    salt = plan.salt
     bucket_mask: Callable[[int], int]
     if all(a <= b for a, b in pairwise(thresholds)):
         # The stages from the first whose threshold exceeds the bucket on: one bisection.
@@ -385,9 +461,20 @@ def _masks(
             and not any(stage.segments for stage in stages)
         )
         if plain:  # the common case, inlined: one hash and one bisection per unit
+            # bucket(salt, key) is MurmurHash3 (seed 0, unsigned) of "salt:key": called
+            # directly on an ASCII key, the UTF-8 of which is the text itself.
+            prefix = salt + ":"
+            ascii_salt = prefix.isascii()
             masks = [
-                table[bisect_right(thresholds, _hash(k, 0, False) if k.isascii() else hash_key(k))]
-                for k in (prefix + key for key in keys)
+                table[
+                    bisect_right(
+                        thresholds,
+                        _hash(prefix + key, 0, False)
+                        if ascii_salt and key.isascii()
+                        else bucket(salt, key),
+                    )
+                ]
+                for key in keys
             ]
             return _pack(masks, count)
     else:  # only a policy built without validation has stages whose percents go down
@@ -395,17 +482,17 @@ def _masks(
         def bucket_mask(h: int) -> int:
             return sum(1 << i for i, t in enumerate(thresholds) if h < t)
 
-    return _pack(_targeted_masks(plan, stages, keys, attributes, bucket_mask), count)
+    return _pack(_targeted_masks(plan, keys, attributes, bucket_mask), count)
 
 
 def _targeted_masks(
-    plan: Plan,
-    stages: tuple[StagePlan, ...],
+    plan: _Plan,
     keys: list[str],
     attributes: list[Attrs | None] | None,
     bucket_mask: Callable[[int], int],
 ) -> list[int]:
     """The slow path, in ``decide``'s order: no unit, deny, allow, segments, bucket."""
+    stages = plan.stages
     full = (1 << len(stages)) - 1
     # Each segment predicate with the stages that include it (segments stay in once included).
     including: dict[Predicate, int] = {}
@@ -413,7 +500,7 @@ def _targeted_masks(
         for segment in stage.segments:
             including[segment] = including.get(segment, 0) | 1 << i
     segments = list(including.items())
-    prefix, allow, deny, bucket_by = plan.prefix, plan.allow, plan.deny, plan.bucket_by
+    salt, allow, deny, bucket_by = plan.salt, plan.allow, plan.deny, plan.bucket_by
     masks = []
     for index, unit in enumerate(keys):
         found = attributes[index] if attributes is not None else None
@@ -432,7 +519,7 @@ def _targeted_masks(
                 if stages_in & ~mask and segment(found):
                     mask |= stages_in
         if mask != full:
-            mask |= bucket_mask(hash_key(prefix + key))
+            mask |= bucket_mask(bucket(salt, key))
         masks.append(mask)
     return masks
 
@@ -443,7 +530,7 @@ def _attribute_key(attributes: Attrs | None, name: str) -> str | None:
     if raw is None:
         return None
     try:
-        return unit_key(raw)
+        return unit_text(raw)
     except TypeError:
         return None  # an attribute of the wrong type counts as no unit
 

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from .._hooks import TransitionEvent
-from .._outcomes import Outcome
-
-if TYPE_CHECKING:
-    from .._rollouts import Rollouts
+from .. import Outcome, Rollouts, TransitionEvent
 
 __all__ = ["RecordingSink"]
 
@@ -37,8 +32,9 @@ class RecordingSink:
         self._lock = threading.Lock()
         self._rollouts = rollouts
         self._names = list(rollouts) if names is None else [rollouts[n].name for n in names]
-        for name in self._names:
-            rollouts[name]._watch(self)
+        self._stops: list[Callable[[], None]] = [
+            rollouts[name].on_outcome(self.add) for name in self._names
+        ]
         rollouts.hooks.add(self._transition)
 
     def __repr__(self) -> str:
@@ -57,8 +53,9 @@ class RecordingSink:
 
     def detach(self) -> None:
         """Stop recording; what was recorded stays readable."""
-        for name in self._names:
-            self._rollouts[name]._watch(self, stop=True)
+        stops, self._stops = self._stops, []
+        for stop in stops:
+            stop()
         self._rollouts.hooks.remove(self._transition)
 
     def add(self, outcome: Outcome) -> None:

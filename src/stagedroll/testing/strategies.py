@@ -24,13 +24,14 @@ except ImportError:
         name="hypothesis",
     ) from None
 
-from .._bucketing import MAX_PERCENT_DECIMALS
-from .._outcomes import UNIT_CAP
-
 __all__ = ["percents", "policies", "stages", "unit_ids"]
 
+# The limits of the policy format (docs/policy.md), which drawn policies keep to or break.
+_MAX_PERCENT_DECIMALS = 4  # a stage's percent has at most four decimals
+_UNIT_CAP = 50_000  # the highest min_units
+
 _Doc = dict[str, Any]
-_STEPS: int = 10**MAX_PERCENT_DECIMALS  # a percent is a whole number of these steps
+_STEPS: int = 10**_MAX_PERCENT_DECIMALS  # a percent is a whole number of these steps
 _NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"  # the policy's name rule, unanchored
 _names = st.from_regex(re.compile(_NAME_PATTERN), fullmatch=True)
 _texts = st.text(max_size=30)  # text a policy can hold: no lone surrogates
@@ -91,7 +92,7 @@ def _stages(draw: st.DrawFn, min_size: int, max_size: int, segments: Sequence[st
         if draw(st.booleans()):
             stage["bake"] = draw(_durations)
         if step > 0 and draw(st.booleans()):
-            stage["min_units"] = draw(st.integers(0, UNIT_CAP))
+            stage["min_units"] = draw(st.integers(0, _UNIT_CAP))
         if bool(segments) and draw(st.booleans()):
             stage["segments"] = draw(st.lists(st.sampled_from(segments), unique=True))
         drawn.append(stage)
@@ -353,8 +354,8 @@ def _bad_stage_field(draw: st.DrawFn, doc: _Doc) -> str:
     elif stage["percent"] == 0 and draw(st.booleans()):
         stage["min_units"] = 1  # only bucketed units count, so it needs a percent above 0
     else:
-        stage["min_units"] = draw(st.sampled_from([-1, 1.5, "5", True, UNIT_CAP + 1]))
-        if stage["min_units"] == UNIT_CAP + 1 and stage["percent"] == 0:
+        stage["min_units"] = draw(st.sampled_from([-1, 1.5, "5", True, _UNIT_CAP + 1]))
+        if stage["min_units"] == _UNIT_CAP + 1 and stage["percent"] == 0:
             stage["min_units"] = -1  # else a second problem: a minimum at 0 %
     return f"rollouts.{name}.stages[{i}].{field}"
 

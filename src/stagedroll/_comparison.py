@@ -16,14 +16,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._forksafe import register
+from ._failures import Failures
+from ._forksafe import register
 
-if TYPE_CHECKING:
-    from .._failures import Failures
-
-__all__ = ["NOT_RUN", "Comparison", "ComparisonStats", "Mismatch"]
+__all__ = ["NOT_RUN", "Compared", "Comparison", "ComparisonStats", "Mismatch"]
 
 NOT_RUN: Any = object()
 """A side that gave no result (it raised, or did not run): ``None`` in a :class:`Mismatch`."""
@@ -284,3 +282,23 @@ class Comparison:
             self._compared = self._matched = self._mismatched = self._ignored = 0
             self._new_errors = self._old_errors = self._skipped = self._user_failures = 0
             self._delta_s = 0.0
+
+
+class Compared:
+    """What a shadow and a migration show of their comparisons (held in ``_comparison``)."""
+
+    _comparison: Comparison
+
+    @property
+    def stats(self) -> ComparisonStats:
+        """The counters: compared, matched, mismatched, each side's errors, skipped runs."""
+        return self._comparison.stats()
+
+    @property
+    def mismatches(self) -> list[Mismatch]:
+        """The latest mismatches and new-side errors (at most ``samples``), oldest first."""
+        return self._comparison.samples()
+
+    def clear(self) -> None:
+        """Forget the counters and the samples (the rollout's health evidence stays)."""
+        self._comparison.clear()

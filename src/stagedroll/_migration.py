@@ -29,20 +29,17 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, cast
+from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, cast
 
-from .._decision import Reason
-from .._guard import _is_async
-from .._policy import MIGRATION_STAGES
-from ._comparison import NOT_RUN, Comparison, ComparisonStats, Mismatch
+from ._comparison import NOT_RUN, Compared, Comparison
+from ._decision import Reason
+from ._guard import is_async
+from ._outcomes import ArmCounts
+from ._plan import View
+from ._policy import MIGRATION_STAGES
+from ._rollout import Rollout
 
-if TYPE_CHECKING:
-    from .._outcomes import ArmCounts
-    from .._plan import View
-    from .._rollout import Rollout
-    from .._rollouts import Rollouts
-
-__all__ = ["Migration", "Phase", "migration"]
+__all__ = ["Migration", "Phase"]
 
 RP = ParamSpec("RP")
 RR = TypeVar("RR")
@@ -122,7 +119,7 @@ class _Call(NamedTuple):
     key: str | None
 
 
-class Migration(Generic[RP, RR, WP, WR]):
+class Migration(Compared, Generic[RP, RR, WP, WR]):
     """An expand/contract migration over one rollout whose six stages are the phases.
 
     Made by :meth:`Rollouts.migration <stagedroll.Rollouts.migration>`. Call
@@ -145,13 +142,13 @@ class Migration(Generic[RP, RR, WP, WR]):
                           ("old_write", old_write), ("new_write", new_write)):  # fmt: skip
             if not callable(fn):
                 raise TypeError(f"{label} must be callable, not {type(fn).__name__}")
-        self._async_read = _is_async(old_read)
-        self._async_write = _is_async(old_write)
-        if _is_async(new_read) != self._async_read:
+        self._async_read = is_async(old_read)
+        self._async_write = is_async(old_write)
+        if is_async(new_read) != self._async_read:
             raise TypeError("old_read and new_read must both be async or both be sync")
-        if _is_async(new_write) != self._async_write:
+        if is_async(new_write) != self._async_write:
             raise TypeError("old_write and new_write must both be async or both be sync")
-        rollout._serves("migration", "rollouts.migration(...)")  # six phases, by hand
+        self._router = rollout._serves("migration", "rollouts.migration(...)")  # six phases
         try:
             self._default = Phase(default)
         except ValueError:
@@ -176,26 +173,11 @@ class Migration(Generic[RP, RR, WP, WR]):
         """The phase in force in this process (see :meth:`_resolve` for how it is read)."""
         return self._now()[1]
 
-    @property
-    def stats(self) -> ComparisonStats:
-        """The comparisons' counters: compared reads, mismatches, each side's errors."""
-        return self._comparison.stats()
-
-    @property
-    def mismatches(self) -> list[Mismatch]:
-        """The latest mismatches and new-side errors (at most ``samples``), oldest first."""
-        return self._comparison.samples()
-
-    def clear(self) -> None:
-        """Forget the counters and the samples (the rollout's health evidence stays)."""
-        self._comparison.clear()
-
     def _now(self) -> tuple[View, Phase]:
         """The view in force and its phase (worked out once per view); never raises."""
-        owner = self.rollout._owner
-        if owner._chores:  # now and then: the policy file, the store's thread
-            owner._tend()
-        v = self.rollout._view
+        router = self._router
+        router.tend()  # now and then: the policy file, the store's thread
+        v = router.view
         seen = self._seen
         if seen is not None and seen[0] is v:
             return seen
@@ -212,7 +194,7 @@ class Migration(Generic[RP, RR, WP, WR]):
         the writes since, so the kill is refused (``migration.kill_refused``) and the new
         store keeps serving.
         """
-        rollout = self.rollout
+        rollout, failures = self.rollout, self._router.runtime.failures
         try:
             phase = self._staged(v)
             constant = v.constant
@@ -220,11 +202,10 @@ class Migration(Generic[RP, RR, WP, WR]):
                 if constant.enabled:
                     phase = Phase.COMPLETE
                 elif constant.reason is Reason.KILLED and phase is Phase.COMPLETE:
-                    rollout._owner.failures.record("migration.kill_refused", rollout=rollout.name)
+                    failures.record("migration.kill_refused", rollout=rollout.name)
                 else:
                     phase = Phase.OFF
         except Exception as exc:  # pragma: no cover - defensive: hold the last phase
-            failures = rollout._owner.failures
             failures.record("migration.phase_failed", exc, rollout=rollout.name,
                             stage=v.stage_name, holding=self._last.value)  # fmt: skip
             return self._last
@@ -239,10 +220,9 @@ class Migration(Generic[RP, RR, WP, WR]):
         unreachable since the start). The policy's checks make every stage name a phase
         (``pattern = "migration"``, which a reload cannot change).
         """
-        plan = self.rollout._plan
-        if plan.mode == "off":
+        if v.mode == "off":
             return Phase.OFF
-        if plan.mode == "fixed":
+        if v.mode == "fixed":
             return Phase.COMPLETE if v.percent >= 100 else Phase.OFF
         if v.stage_name is None:
             return Phase.OFF if v.state.version else self._default
@@ -250,12 +230,12 @@ class Migration(Generic[RP, RR, WP, WR]):
 
     def _call(self, v: View, phase: Phase, unit: object) -> _Call:
         """A read from both stores: its arms and its unit as text."""
-        observed = self.rollout._observed
+        observed = self._router.observed
         return _Call(phase, observed(v.control), observed(v.treatment), self._key(v, unit))
 
     def _key(self, v: View, unit: object) -> str | None:
         """The unit as text (the samples name it); ``None`` for one that has no text."""
-        return v.key_of(unit, self.rollout._attributes(None))
+        return self._router.key_of(v, unit, None)
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -314,7 +294,7 @@ class Migration(Generic[RP, RR, WP, WR]):
 
     def _settle_read(self, call: _Call, old: _Side, new: _Side) -> Any:
         """Record both sides of a compared read, compare them, and answer the caller."""
-        record, comparison = self.rollout._record, self._comparison
+        record, comparison = self._router.record, self._comparison
         both = not (old.ok or new.ok)  # both failed: no event, it tells nothing of either
         record(call.control, call.key, error=not old.ok, latency_s=old.seconds, event=not both)
         if new.ok and old.ok:
@@ -429,41 +409,4 @@ class Migration(Generic[RP, RR, WP, WR]):
             elif task.exception() is None:
                 self._settle_write(phase, key, task.result())
         except Exception as exc:  # pragma: no cover - recording never raises
-            self.rollout._owner.failures.record("migration.failed", exc, rollout=self.rollout.name)
-
-
-def migration(
-    rollouts: Rollouts,
-    name: str,
-    *,
-    old_read: Callable[RP, RR],
-    new_read: Callable[RP, RR],
-    old_write: Callable[WP, WR],
-    new_write: Callable[WP, WR],
-    compare: Callable[[Any, Any], object] | None = None,
-    ignore: Callable[[Any, Any], object] | None = None,
-    redact: Callable[[Any], object] | None = None,
-    samples: int = 100,
-    on_mismatch: Callable[[Mismatch], object] | None = None,
-    default: Phase | str = Phase.OFF,
-) -> Migration[RP, RR, WP, WR]:
-    """An expand/contract migration over rollout ``name``, whose stages are the six phases.
-
-    The rollout's policy says ``pattern = "migration"``, which makes its stages ``off``,
-    ``dual_write``, ``shadow_read``, ``live``, ``rampdown`` and ``complete``, in this order
-    (their percents do not split the units: each phase applies to every unit), advanced
-    by hand. ``compare(old, new)`` (default ``==``) judges the
-    compared reads, ``ignore(old, new)`` accepts a known difference; mismatches and the new
-    store's errors are kept (the latest ``samples``, results passed through ``redact``) and
-    passed to ``on_mismatch``. ``default`` is the phase served while the rollout's state is
-    unknown (the store unreachable since the process started): set it to the phase the
-    migration has reached. The two reads must be both sync or both async, and likewise the
-    two writes. Raises :class:`~stagedroll.UnknownRolloutError` for an unknown name and
-    :class:`ValueError` for a rollout whose policy does not say ``pattern = "migration"``.
-    """
-    rollout = rollouts[name]
-    comparison = Comparison("migration", name, rollouts.failures, compare=compare,
-                            ignore=ignore, redact=redact, samples=samples,
-                            on_mismatch=on_mismatch, clock=rollouts.clock)  # fmt: skip
-    return Migration(rollout, old_read=old_read, new_read=new_read, old_write=old_write,
-                     new_write=new_write, comparison=comparison, default=default)  # fmt: skip
+            self._router.runtime.failures.record("migration.failed", exc, rollout=self.rollout.name)

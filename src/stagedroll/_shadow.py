@@ -20,20 +20,17 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, cast
+from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, cast
 
 import mmh3
 
-from .._forksafe import register
-from .._guard import _is_async, _routing_failed, check_routing
-from .._outcomes import ArmCounts, ObservedArm
-from ._comparison import NOT_RUN, Comparison, ComparisonStats, Mismatch
+from ._comparison import NOT_RUN, Compared, Comparison
+from ._forksafe import register
+from ._guard import check_routing, is_async
+from ._outcomes import ArmCounts
+from ._rollout import Rollout
 
-if TYPE_CHECKING:
-    from .._rollout import Rollout
-    from .._rollouts import Rollouts
-
-__all__ = ["Shadow", "shadow"]
+__all__ = ["Shadow"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,7 +54,7 @@ class _Cohort(NamedTuple):
     ok: bool
 
 
-class Shadow(Generic[P, R]):
+class Shadow(Compared, Generic[P, R]):
     """A dark launch over one rollout: a decorator of the old path, and what it found.
 
     Made by :meth:`Rollouts.shadow <stagedroll.Rollouts.shadow>`; decorate the old path with
@@ -82,14 +79,14 @@ class Shadow(Generic[P, R]):
         check_routing(unit, attributes)
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be a whole number >= 1, not {max_pending!r}")
-        self._async = _is_async(candidate)
+        self._async = is_async(candidate)
         if self._async and executor is not None:
             raise TypeError("executor is for sync code: an async candidate runs as a task")
         if not self._async and timeout is not None:
             raise TypeError("timeout is for async code: a sync candidate cannot be stopped")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
-        rollout._serves("shadow", "rollouts.shadow(...)")
+        self._router = rollout._serves("shadow", "rollouts.shadow(...)")
         self.rollout = rollout
         self.candidate = candidate
         self._unit = unit
@@ -114,21 +111,11 @@ class Shadow(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Shadow {self.rollout.name!r} candidate={self.candidate!r}>"
 
+    def _failure(self, event: str, exc: BaseException | None = None, **fields: object) -> None:
+        """Count and log a failure of the shadow itself (never the caller's)."""
+        self._router.runtime.failures.record(event, exc, **fields)
+
     # -- what it found ---------------------------------------------------------------------------
-
-    @property
-    def stats(self) -> ComparisonStats:
-        """The counters: compared, matched, mismatched, candidate errors, skipped runs."""
-        return self._comparison.stats()
-
-    @property
-    def mismatches(self) -> list[Mismatch]:
-        """The latest mismatches and candidate errors (at most ``samples``), oldest first."""
-        return self._comparison.samples()
-
-    def clear(self) -> None:
-        """Forget the counters and the samples (the rollout's health evidence stays)."""
-        self._comparison.clear()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the candidate runs submitted to the executor; return whether all ended."""
@@ -151,7 +138,7 @@ class Shadow(Generic[P, R]):
 
     def __call__(self, primary: Callable[P, R]) -> Callable[P, R]:
         """Shadow ``primary``, the old path: the caller keeps getting its results."""
-        if _is_async(primary) != self._async:
+        if is_async(primary) != self._async:
             raise TypeError(
                 f"{getattr(primary, '__qualname__', primary)} and its candidate "
                 f"{getattr(self.candidate, '__qualname__', self.candidate)} must both be async "
@@ -163,31 +150,34 @@ class Shadow(Generic[P, R]):
         return self._sync_wrapper(primary)
 
     def _sync_wrapper(self, primary: Callable[P, R]) -> Callable[P, R]:
-        rollout, unit, route = self.rollout, self._unit, self._route
-        inline = unit is not None and self._attributes is None
-        run, owner = self._run, rollout._owner
+        router, unit, route, run = self._router, self._unit, self._route, self._run
+        runtime, inline, hash_ = (
+            router.runtime,
+            unit is not None and self._attributes is None,
+            _hash,
+        )
 
         @functools.wraps(primary)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            pair: Pair | None = None
-            if inline:
-                # The fast path of the cohort test, inlined as in a guard: a unit outside
-                # the cohort pays one hash and runs the old path, nothing more.
+            pair: Pair | None
+            v = router.view
+            if inline and v.plain:
+                # Router.route's fast path, inlined as in a guard: a unit outside the cohort
+                # pays one hash and runs the old path, nothing more.
                 try:
-                    key = unit(*args, **kwargs)  # type: ignore[misc]  # not None when inline
-                    v = rollout._view
-                    if v.plain and key.__class__ is str and key.isascii():
-                        if _hash(v.prefix + key, 0, False) < v.threshold:
-                            pair = v.control, v.treatment, key
+                    key = unit(*args, **kwargs) if kwargs else unit(*args)  # type: ignore[misc,call-arg]
+                    if key.__class__ is str and key.isascii():
+                        inside = hash_(v.prefix + key, 0, False) < v.threshold
+                        pair = (v.control, v.treatment, key) if inside else None
                     else:
-                        pair = self._pair(*rollout._route(key))
+                        pair = self._pair(*router.route(key))
                 except Exception as exc:
-                    pair = self._pair(_routing_failed(rollout, exc), None)
+                    pair = self._pair(router.routing_failed(exc), None)
             else:
                 pair = route(args, kwargs)
-            if pair is None:
-                if owner._chores:  # now and then: the policy file, the store's thread
-                    owner._tend()
+            if pair is None:  # outside the cohort: the old path, nothing recorded
+                if runtime.chores:  # now and then: the policy file, the store's thread
+                    runtime.tend()
                 return primary(*args, **kwargs)
             start = perf_counter()
             try:
@@ -203,14 +193,13 @@ class Shadow(Generic[P, R]):
     def _async_wrapper(
         self, primary: Callable[..., Awaitable[Any]]
     ) -> Callable[..., Awaitable[Any]]:
-        route, spawn, owner = self._route, self._spawn, self.rollout._owner
+        route, spawn, tend = self._route, self._spawn, self._router.tend
 
         @functools.wraps(primary)
         async def call(*args: Any, **kwargs: Any) -> Any:
             pair = route(args, kwargs)
             if pair is None:
-                if owner._chores:
-                    owner._tend()
+                tend()
                 return await primary(*args, **kwargs)
             start = perf_counter()
             try:
@@ -227,30 +216,22 @@ class Shadow(Generic[P, R]):
 
     def _route(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pair | None:
         """The arms of a call whose unit is in the cohort, or ``None``; never raises."""
-        rollout, unit, attributes = self.rollout, self._unit, self._attributes
+        router, unit, attributes = self._router, self._unit, self._attributes
         try:
             if unit is None:
-                return self._pair(rollout._sample(), None)
-            if attributes is None:
-                return self._pair(*rollout._route(unit(*args, **kwargs)))
-            return self._pair(*rollout._route(unit(*args, **kwargs), attributes(*args, **kwargs)))
+                arm, key = router.sample(), None
+            elif attributes is None:
+                arm, key = router.route(unit(*args, **kwargs))
+            else:
+                arm, key = router.route(unit(*args, **kwargs), attributes(*args, **kwargs))
         except Exception as exc:
-            return self._pair(_routing_failed(rollout, exc), None)
+            arm, key = router.routing_failed(exc), None
+        return self._pair(arm, key)
 
     def _pair(self, arm: ArmCounts, key: str | None) -> Pair | None:
-        """The control arm that goes with ``arm``, when ``arm`` is on the new path."""
-        if not arm.enabled:
-            return None
-        rollout = self.rollout
-        real = arm.real if isinstance(arm, ObservedArm) else arm
-        arms = rollout._view.arms
-        if real is arms.treatment:
-            control = arms.control
-        elif real is arms.targeted_on:
-            control = arms.targeted_off
-        else:
-            return None  # a transition came between: this call is not shadowed
-        return rollout._observed(control), arm, key
+        """The arms of a cohort call routed to ``arm``, or ``None`` (not on the new path)."""
+        control = self._router.control_of(arm)
+        return None if control is None else (control, arm, key)
 
     # -- the candidate -----------------------------------------------------------------------------
 
@@ -270,7 +251,7 @@ class Shadow(Generic[P, R]):
                 self._futures.add(future)
                 future.add_done_callback(self._future_done)
         except Exception as exc:
-            self.rollout._owner.failures.record("shadow.failed", exc, rollout=self.rollout.name)
+            self._failure("shadow.failed", exc, rollout=self.rollout.name)
 
     def _try(self, call: _Cohort) -> None:
         """Run the candidate and record the call; never raises."""
@@ -288,7 +269,7 @@ class Shadow(Generic[P, R]):
                 return
             self._settle(call, new, perf_counter() - start, failed=False)
         except Exception as exc:  # pragma: no cover - recording never raises
-            self.rollout._owner.failures.record("shadow.failed", exc, rollout=self.rollout.name)
+            self._failure("shadow.failed", exc, rollout=self.rollout.name)
 
     async def _atry(self, call: _Cohort) -> None:
         """:meth:`_try` for an async candidate; a cancelled run records nothing."""
@@ -304,7 +285,7 @@ class Shadow(Generic[P, R]):
                 return
             self._settle(call, new, perf_counter() - start, failed=False)
         except Exception as exc:  # pragma: no cover - recording never raises
-            self.rollout._owner.failures.record("shadow.failed", exc, rollout=self.rollout.name)
+            self._failure("shadow.failed", exc, rollout=self.rollout.name)
 
     def _snapshot(self, call: _Cohort) -> _Cohort:
         """``call`` with a deep copy of the old result, for a comparison made later.
@@ -319,7 +300,7 @@ class Shadow(Generic[P, R]):
         try:
             return call._replace(old=copy.deepcopy(call.old))
         except Exception as exc:
-            self.rollout._owner.failures.record("shadow.snapshot_failed", exc,
+            self._failure("shadow.snapshot_failed", exc,
                                                 rollout=self.rollout.name)  # fmt: skip
             return call
 
@@ -329,7 +310,7 @@ class Shadow(Generic[P, R]):
         if callable(close):
             close()  # no "never awaited" warning
         self._comparison.skip()
-        self.rollout._owner.failures.record(
+        self._failure(
             "shadow.candidate_awaitable", rollout=self.rollout.name,
             hint="the candidate returned an awaitable: make both functions async def",
         )  # fmt: skip
@@ -342,10 +323,8 @@ class Shadow(Generic[P, R]):
         failed, both errors are counted but neither is an event of the health test: such a
         call says nothing about which side is worse.
         """
-        owner = self.rollout._owner
-        if owner._chores:  # now and then: the policy file, the store's thread
-            owner._tend()
-        record, comparison = self.rollout._record, self._comparison
+        self._router.tend()  # now and then: the policy file, the store's thread
+        record, comparison = self._router.record, self._comparison
         # With a timeout, the old path is held to it too, for the test: a fair pair.
         old_failed = not call.ok or (self._timeout is not None and call.old_s > self._timeout)
         if failed:
@@ -375,7 +354,7 @@ class Shadow(Generic[P, R]):
                 self._tasks.add(task)
             task.add_done_callback(self._task_done)
         except Exception as exc:
-            self.rollout._owner.failures.record("shadow.failed", exc, rollout=self.rollout.name)
+            self._failure("shadow.failed", exc, rollout=self.rollout.name)
 
     def _reserve(self) -> bool:
         """Take one of the ``max_pending`` places of a candidate run; count a skip if none."""
@@ -410,7 +389,7 @@ class Shadow(Generic[P, R]):
         failure = None if future.cancelled() else future.exception()
         if future.cancelled() or failure is not None:
             self._comparison.skip()
-            self.rollout._owner.failures.record("shadow.failed", failure,
+            self._failure("shadow.failed", failure,
                                                 rollout=self.rollout.name)  # fmt: skip
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -421,52 +400,3 @@ class Shadow(Generic[P, R]):
             self._pending -= 1
         if not task.cancelled():
             task.exception()  # retrieved: _atry catches what the candidate raises
-
-
-def shadow(
-    rollouts: Rollouts,
-    name: str,
-    *,
-    candidate: Callable[P, R],
-    unit: Callable[P, object] | None,
-    attributes: Callable[P, Mapping[str, object]] | None = None,
-    compare: Callable[[Any, Any], object] | None = None,
-    ignore: Callable[[Any, Any], object] | None = None,
-    redact: Callable[[Any], object] | None = None,
-    samples: int = 100,
-    on_mismatch: Callable[[Mismatch], object] | None = None,
-    executor: concurrent.futures.Executor | None = None,
-    max_pending: int = 64,
-    timeout: float | None = None,
-) -> Shadow[P, R]:
-    """A dark launch of ``candidate`` over rollout ``name``: a decorator of the old path.
-
-    The decorated function (the old path) runs on every call and its result, or its
-    exception, is what the caller gets. For a unit in the rollout's cohort the candidate
-    also runs, with the same arguments, and its result is compared with the old one:
-    ``compare(old, new)`` (default ``==``) says whether they match, and ``ignore(old, new)``
-    accepts a known difference. The candidate can never change the caller's result, and
-    never raises into the caller.
-
-    Where the candidate runs: sync code runs it inline after the old path (the caller
-    waits for it), or on ``executor`` (a :class:`concurrent.futures.Executor` that the
-    caller owns); async code runs it as a task of the running loop, stopped after
-    ``timeout`` seconds when given (the health test then holds the old path to the same
-    timeout, so that the pair stays fair). At most ``max_pending`` runs are in flight;
-    beyond, the candidate is skipped (counted). The old path's outcome is recorded on the control
-    arm and the candidate's on treatment, a mismatch counting as an error, so the health
-    gate freezes (or rolls back) the stage when the candidate errs or disagrees more than
-    the old path errs. Mismatches and candidate errors are kept (the latest ``samples``,
-    each result passed through ``redact``, by default a short ``repr``) and passed to
-    ``on_mismatch``. ``unit`` and ``attributes`` take the function's arguments, as for a
-    guard. The rollout's policy says ``pattern = "shadow"``. Raises
-    :class:`~stagedroll.UnknownRolloutError` for an unknown name, and :class:`ValueError`
-    for a rollout whose policy does not say ``pattern = "shadow"``.
-    """
-    rollout = rollouts[name]
-    comparison = Comparison("shadow", name, rollouts.failures, compare=compare, ignore=ignore,
-                            redact=redact, samples=samples, on_mismatch=on_mismatch,
-                            clock=rollouts.clock)  # fmt: skip
-    return Shadow(rollout, candidate=candidate, unit=unit, attributes=attributes,
-                  comparison=comparison, executor=executor, max_pending=max_pending,
-                  timeout=timeout)  # fmt: skip
