@@ -1,6 +1,6 @@
 """Outcome accounting: what each arm of each stage did (calls, errors, latency, units).
 
-Every guarded call, ``track`` block and ``report`` ends here, through one sink per rollout.
+Every guarded call, ``track`` block and ``report`` ends here, through the rollout's router.
 The counters are per stage visit, so a new stage starts from zero.
 
 The common outcome, a fast success of a unit already seen in this stage, is recorded

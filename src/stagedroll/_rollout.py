@@ -578,17 +578,26 @@ class Rollout:
         return view
 
     def _adopt(self, state: RolloutState) -> None:
-        """Follow ``state`` if it is newer than the one in force.
+        """Follow ``state`` if it is newer than the one in force; then tell ``Runtime.changed``.
 
-        Newer: see :func:`~._state.newer`. Moving to another stage starts that stage's
-        counters afresh: a stage visited again (after a rollback) is judged on its new
-        traffic only.
+        Newer: see :func:`~._state.newer`. Every state that comes into force comes through
+        here (a transition, a store's listener or refresh, a read by ``status`` or ``tick``),
+        so each is told once, outside the locks.
+        """
+        if self._follow(state):
+            self._runtime.changed(self.name, state)
+
+    def _follow(self, state: RolloutState) -> bool:
+        """Serve ``state`` if it is newer; return whether it is now in force.
+
+        Moving to another stage starts that stage's counters afresh: a stage visited again
+        (after a rollback) is judged on its new traffic only.
         """
         router = self._router
         with self._lock:  # two adopters must not let an older state overwrite a newer one
             current = router.view.state
             if not newer(state, current):
-                return
+                return False
             if state.stage != current.stage:
                 last = self._plan.last_stage
                 router.outcomes.enter(min(state.stage, last), leaving=router.view.stage)
@@ -604,6 +613,7 @@ class Rollout:
                         health.outbox.visit(state.epoch, min(state.stage, self._plan.last_stage))
             self._set_share(view)
             router.view = view
+        return True
 
     def _set_share(self, view: View) -> None:
         """Give the health test the treatment's share under ``view``."""

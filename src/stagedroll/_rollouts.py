@@ -120,6 +120,7 @@ class Rollouts:
             chores=shared or file is not None,
             tend=self._tend,
             reload=self._reload,
+            changed=self._changed,
         )
         self._supervise_at = 0.0
         self.removed: list[str] = []
@@ -285,8 +286,9 @@ class Rollouts:
     def on_change(self, listener: ChangeListener) -> ChangeListener:
         """Call ``listener(name, state)`` whenever a rollout of this instance takes a new state.
 
-        From any process: a transition made here, or one another process made that the
-        store reports (a store shared by processes, at its refresh). Usable as a decorator.
+        From any process, once per state: a transition made here, or one another process
+        made, at the first read that sees it (the store's refresh, ``status``, ``tick``).
+        Usable as a decorator.
         The listener runs on the thread that saw the change (the caller's, or the store's
         refresh thread), after the change is in force; one that raises is logged and counted
         (``hook.failed``) and changes nothing.
@@ -314,13 +316,13 @@ class Rollouts:
 
     def _on_state(self, name: str, state: RolloutState) -> None:
         rollout = self._rollouts.get(name)
-        if rollout is None:
-            return
-        before = rollout.state
-        rollout._adopt(state)
-        if self._changes and rollout.state is state and state is not before:
-            for listener in list(self._changes):
-                self._tell_change(listener, name, state)
+        if rollout is not None:
+            rollout._adopt(state)
+
+    def _changed(self, name: str, state: RolloutState) -> None:
+        """A rollout's new state is in force: tell the change listeners; never raises."""
+        for listener in list(self._changes):
+            self._tell_change(listener, name, state)
 
     def _tell_change(self, listener: ChangeListener, name: str, state: RolloutState) -> None:
         """Call one change listener; what it raises is logged and counted, not raised."""
@@ -629,14 +631,13 @@ class Rollouts:
         return self[name].status()
 
     def snapshot(self) -> Snapshot:
-        """Every rollout as this process serves it now, with no store I/O; never raises.
+        """Every rollout as this process serves it now, with no I/O; never raises.
 
         One :class:`RolloutStatus` per rollout (those a reload removed included), the
         internal failures by kind, and a policy file that does not validate. With a store
         shared by processes, its refresh thread keeps the states and the pooled evidence
         current, so a metrics exporter or a dashboard can read this at every scrape.
         """
-        self._reload()
         rollouts = {name: rollout.status(fresh=False) for name, rollout in self._rollouts.items()}
         file = self._runtime.file
         return Snapshot(

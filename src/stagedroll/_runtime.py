@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ._failures import Failures
 from ._hooks import Hooks
 from ._reload import PolicyFile
+from ._state import RolloutState
 from .stores import Store
 
 __all__ = ["Runtime"]
@@ -23,6 +24,10 @@ __all__ = ["Runtime"]
 
 def _nothing() -> None:
     """A chore with nothing to do."""
+
+
+def _unwatched(name: str, state: RolloutState) -> None:
+    """Nobody listens to changes of state."""
 
 
 @dataclass(slots=True, eq=False)
@@ -48,3 +53,5 @@ class Runtime:
     """The chores a caller's call does now and then (never raises)."""
     reload: Callable[[], None] = _nothing
     """Apply the policy file if it changed (``status`` and ``tick``; never raises)."""
+    changed: Callable[[str, RolloutState], None] = _unwatched
+    """Told ``(name, state)`` of every state that comes into force (never raises)."""
