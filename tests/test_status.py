@@ -114,3 +114,25 @@ class TestOnChange:
         rollouts.advance("checkout", actor="alice")
         assert rollouts.status("checkout").stage == 1
         assert rollouts.failures.count("hook.failed") == 1
+
+
+class TestOnOutcome:
+    def test_a_listener_that_raises_never_reaches_the_call(self) -> None:
+        """An outcome listener that raises (``SystemExit`` too) is counted; guarded calls,
+        ``report`` and ``track`` go on, and the listeners after it are still told."""
+        rollouts = Rollouts(plain_policy(100))
+        told: list[str | None] = []
+
+        def bad(outcome: object) -> None:
+            raise SystemExit(3)
+
+        rollout = rollouts["checkout"]
+        rollout.on_outcome(bad)
+        rollout.on_outcome(lambda outcome: told.append(outcome.unit))
+        guarded = rollouts.guard("checkout", fallback=lambda u: "old", unit=lambda u: u)
+        assert guarded(lambda u: "new")("u1") == "new"
+        rollouts.report("checkout", "u2", error=True)
+        with rollouts.track("checkout", "u3"):
+            pass
+        assert told == ["u1", "u2", "u3"]
+        assert rollouts.failures.count("hook.failed") == 3

@@ -213,7 +213,8 @@ class Rollout:
         For tests and tools that must see each call (``stagedroll.testing.RecordingSink``):
         a watched rollout leaves the decision fast path. A metrics exporter reads the
         counters of :meth:`status` instead, which cost the calls nothing. The listener runs
-        on the caller's thread and must not raise (what it raises reaches the caller).
+        on the caller's thread; one that raises is logged and counted (``hook.failed``), and
+        the call goes on.
         """
         if not callable(listener):
             raise TypeError(f"an outcome listener must be callable, not {type(listener).__name__}")

@@ -26,6 +26,7 @@ import mmh3
 from . import _override as override
 from ._bucketing import unit_key
 from ._decision import Decision, Reason
+from ._failures import contained
 from ._forksafe import register
 from ._health import Health
 from ._outcomes import ArmCounts, ObservedArm, Outcome, Outcomes, Sink
@@ -370,4 +371,13 @@ class Router:
     ) -> None:
         outcome = Outcome(self.name, key, arm.enabled, error, fallback, latency_s, arm.compared)
         for sink in self.sinks:
+            self._tell_one(sink, outcome)
+
+    def _tell_one(self, sink: Sink, outcome: Outcome) -> None:
+        """Tell one outcome listener; what it raises is logged and counted, not raised."""
+        try:
             sink(outcome)
+        except BaseException as exc:
+            if not contained(exc):
+                raise
+            self.runtime.failures.record("hook.failed", exc, rollout=self.name, hook="on_outcome")
