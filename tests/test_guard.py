@@ -1303,3 +1303,117 @@ class TestThreads:
         assert full.failures.count("guard.routing_failed") == total
         assert full.status("checkout").targeted.calls == total
         assert len([e for e in logs if e["event"] == "guard.routing_failed"]) == 1
+
+
+class TestOneFunctionOnBothSides:
+    def test_the_new_paths_error_falls_back_even_to_itself(self) -> None:
+        """With one function as the new path and the fallback, a new-path error is still
+        answered by the fallback (it is the arm that says which path ran, not the function)."""
+        rollouts = Rollouts({"rollouts": {"r": {"stages": [{"name": "all", "percent": 100}]}}})
+        calls: list[str] = []
+
+        def flaky(unit: str) -> str:
+            calls.append(unit)
+            if len(calls) == 1:
+                raise ValueError("first call fails")
+            return "ok"
+
+        guarded = rollouts.guard("r", fallback=flaky, unit=lambda unit: unit)(flaky)
+        assert guarded("u1") == "ok"
+        assert calls == ["u1", "u1"]
+        assert rollouts.status("r").treatment.fallbacks == 1
+
+
+def _everyone() -> Rollouts:
+    return Rollouts({"rollouts": {"r": {"stages": [{"name": "all", "percent": 100}]}}})
+
+
+class TestCompiledWrapper:
+    """The sync wrapper is compiled with the guarded function's own parameters when they are
+    plain; every other signature takes ``*args, **kwargs``. Either way, calls behave alike."""
+
+    def test_parameters_named_like_the_wrappers_own_names(self) -> None:
+        """Parameters called ``key``, ``arm``, ``len``, ``str``, ``args`` shadow nothing."""
+        rollouts: Any = _everyone()  # the calls below are dynamic on purpose
+
+        def new(key: str, arm: int, len: int, str: int, args: int) -> tuple[Any, ...]:
+            return ("new", key, arm, len, str, args)
+
+        def old(key: str, arm: int, len: int, str: int, args: int) -> tuple[Any, ...]:
+            return ("old", key, arm, len, str, args)
+
+        guarded = rollouts.guard("r", fallback=old, unit=lambda key, *rest: key)(new)
+        assert guarded("u1", 1, 2, 3, 4) == ("new", "u1", 1, 2, 3, 4)
+        assert guarded(key="u1", arm=1, len=2, str=3, args=4) == ("new", "u1", 1, 2, 3, 4)
+
+    @pytest.mark.parametrize("shape", ["positional-only", "default", "star-args", "keyword-only"])
+    def test_every_signature_forwards_what_the_caller_passed(self, shape: str) -> None:
+        """Positional-only parameters, defaults, ``*args`` and keyword-only parameters reach
+        the unit callable and both paths as the caller passed them."""
+        rollouts: Any = _everyone()  # the calls below are dynamic on purpose
+        seen: list[tuple[Any, ...]] = []
+        if shape == "positional-only":
+
+            def new(a: str, b: int, /) -> Any:
+                return ("new", a, b)
+
+            call: Callable[[], Any] = lambda: guarded("u1", 2)  # noqa: E731
+            expected: Any = ("new", "u1", 2)
+        elif shape == "default":
+
+            def new(a: str, b: int = 7) -> Any:  # type: ignore[misc]
+                return ("new", a, b)
+
+            call = lambda: guarded("u1")  # noqa: E731
+            expected = ("new", "u1", 7)
+        elif shape == "star-args":
+
+            def new(a: str, *more: int) -> Any:  # type: ignore[misc]
+                return ("new", a, more)
+
+            call = lambda: guarded("u1", 2, 3)  # noqa: E731
+            expected = ("new", "u1", (2, 3))
+        else:
+
+            def new(a: str, *, b: int) -> Any:  # type: ignore[misc]
+                return ("new", a, b)
+
+            call = lambda: guarded("u1", b=2)  # noqa: E731
+            expected = ("new", "u1", 2)
+
+        def unit(*args: Any, **kwargs: Any) -> object:
+            seen.append((args, kwargs))
+            return args[0]
+
+        guarded = rollouts.guard("r", fallback=new, unit=unit)(new)
+        assert call() == expected
+        assert seen[0][0][0] == "u1"
+        with pytest.raises(TypeError):
+            guarded()  # a call the function refuses is refused by the guard too
+
+    def test_a_unit_callable_that_takes_keywords_only(self) -> None:
+        """A unit callable that cannot take the arguments positionally keeps them as passed."""
+        rollouts: Any = _everyone()  # the calls below are dynamic on purpose
+        guarded = rollouts.guard("r", fallback=lambda order: "old", unit=lambda *, order: order)(
+            lambda order: "new"
+        )
+        assert guarded(order="u1") == "new"
+
+    def test_a_method_and_the_wrapped_functions_identity(self) -> None:
+        """A method is guarded like a function, and the wrapper looks like what it wraps."""
+        rollouts: Any = _everyone()  # the calls below are dynamic on purpose
+
+        class Checkout:
+            def total(self, user: str) -> str:
+                """The new total."""
+                return "new " + user
+
+            def old_total(self, user: str) -> str:
+                return "old " + user
+
+            guarded = rollouts.guard("r", fallback=old_total, unit=lambda self, user: user)(total)
+
+        assert Checkout().guarded("u1") == "new u1"
+        assert Checkout.guarded.__name__ == "total"
+        assert Checkout.guarded.__doc__ == "The new total."
+        assert inspect.signature(Checkout.guarded) == inspect.signature(Checkout.total)

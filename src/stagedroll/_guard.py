@@ -1,10 +1,12 @@
 """Guards: route each call to the new or the old path, and record its outcome.
 
-One routing core (:func:`_router`) serves the sync and the async wrapper, which differ only
-by ``await``; the sync wrapper inlines the common case (a unit, no attributes, a rollout
-only the bucket decides) because it sits on the caller's hot path. Exceptions of the user's
-functions keep their type and traceback; failures of stagedroll itself send the call to the
-old path.
+A router (:class:`~._router.Router`, through :func:`router_of`) routes the calls of the
+async wrapper. The sync wrapper sits on the caller's hot path: it inlines the common case
+(a unit, no attributes, a rollout only the bucket decides) and the recording of a success,
+and it is compiled for each guarded function with that function's own parameters when they
+are plain (see :data:`_SYNC`), since forwarding ``*args, **kwargs`` costs more than a third
+of a guard's overhead. Exceptions of the user's functions keep their type and traceback;
+failures of stagedroll itself send the call to the old path.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def check_routing(unit: object, attributes: object) -> None:
         )
 
 
-def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the hot path
+def guard(
     router: Router,
     *,
     fallback: Callable[P, R],
@@ -103,7 +105,7 @@ def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the 
         raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
     check_routing(unit, attributes)
     route = router_of(router, unit, attributes)
-    record, note, fold, clock, hash_ = router.record, router.note, router.fold, perf_counter, _hash
+    record = router.record
 
     def decorate(new: Callable[P, R]) -> Callable[P, R]:
         new_async = is_async(new)
@@ -122,65 +124,127 @@ def guard(  # noqa: PLR0915 - the sync wrapper is inlined on purpose: it is the 
             )
             return cast("Callable[P, R]", wrapper)
 
-        inline = unit is not None and attributes is None
-
-        @functools.wraps(new)
-        def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            if inline:
-                # Router.route's fast path, inlined: this is the caller's hot path, and each
-                # Python call saved is worth half the hash (tests pin it at the boundary).
-                try:
-                    key = unit(*args, **kwargs) if kwargs else unit(*args)  # type: ignore[misc,call-arg]
-                    v = router.view
-                    if v.plain and key.__class__ is str and key.isascii():
-                        hashed = hash_(v.prefix + key, 0, False)
-                        arm = v.treatment if hashed < v.threshold else v.control
-                    else:
-                        arm, key = router.route(key)
-                except Exception as exc:
-                    arm, key = router.routing_failed(exc), None
-            else:
-                arm, key = route(args, kwargs)
-            # One call in 16 is timed on an arm no latency test watches (the clock costs a
-            # fifth of the overhead); the others are counted, as UNTIMED.
-            pending = arm.pending
-            timed = arm.timed or not len(pending) & 15
-            start = clock() if timed else 0.0
-            if arm.enabled:
-                try:
-                    result = new(*args, **kwargs) if kwargs else new(*args)  # type: ignore[call-arg]
-                except Exception:
-                    record(arm, key, error=True, latency_s=clock() - start if timed else None,
-                           fallback=not reraise)  # fmt: skip
-                    if reraise:
-                        raise
-                    return fallback(*args, **kwargs)
-            else:
-                try:
-                    result = fallback(*args, **kwargs) if kwargs else fallback(*args)  # type: ignore[call-arg]
-                except Exception:
-                    record(arm, key, error=True, latency_s=clock() - start if timed else None)
-                    raise
-            # Router.record's success, inlined: a lock-free append, folded in batches, unless
-            # the call is slow or its unit new to the stage (the gate sees those at once).
-            if timed:
-                elapsed = clock() - start
-                pending.append(elapsed)
-                if (elapsed > arm.slow_at and key not in arm.slow_seen) or (
-                    arm.counting and key not in arm.units
-                ):
-                    note(arm, key, elapsed)
-            else:
-                pending.append(UNTIMED)
-                if arm.counting and key not in arm.units:
-                    note(arm, key, 0.0)
-            if len(pending) >= arm.fold_at:
-                fold(arm)
-            return result
-
-        return call
+        wrapper = _sync_wrapper(router, new, fallback, unit if attributes is None else None,
+                                route=route, reraise=reraise)  # fmt: skip
+        return cast("Callable[P, R]", functools.wraps(new)(wrapper))
 
     return decorate
+
+
+# The sync wrapper, the caller's hot path. It is compiled for each guarded function with
+# that function's own parameters when they are plain (positional, no defaults): forwarding
+# ``*args, **kwargs`` costs a guard more than a third of its overhead. {route} is the
+# inlined fast path of Router.route when a unit callable alone routes, else the router.
+# Every name it uses but the parameters starts with ``_sd_`` (a parameter that does is left
+# to the generic wrapper), so no parameter can shadow one.
+_SYNC = """
+def _sd_call({params}):
+    {route}
+    _sd_pending = _sd_arm.pending
+    # One call in 16 is timed on an arm no latency test watches (the clock costs a third
+    # of the overhead); the others are counted, as UNTIMED.
+    _sd_timed = _sd_arm.timed or not _sd_len(_sd_pending) & 15
+    _sd_treated = _sd_arm.enabled
+    _sd_start = _sd_clock() if _sd_timed else 0.0
+    try:
+        _sd_result = _sd_new({args}) if _sd_treated else _sd_fallback({args})
+    except _sd_Exception:
+        _sd_latency = _sd_clock() - _sd_start if _sd_timed else None
+        if not _sd_treated:  # the old path's own error: the caller's to see
+            _sd_record(_sd_arm, _sd_key, error=True, latency_s=_sd_latency)
+            raise
+        _sd_record(_sd_arm, _sd_key, error=True, latency_s=_sd_latency, fallback=not _sd_reraise)
+        if _sd_reraise:
+            raise
+        return _sd_fallback({args})
+    # Router.record's success, inlined: a lock-free append, folded in batches, unless the
+    # call is slow or its unit new to the stage (the gate sees those at once).
+    if _sd_timed:
+        _sd_elapsed = _sd_clock() - _sd_start
+        _sd_pending.append(_sd_elapsed)
+        if (_sd_elapsed > _sd_arm.slow_at and _sd_key not in _sd_arm.slow_seen) or (
+            _sd_arm.counting and _sd_key not in _sd_arm.units
+        ):
+            _sd_note(_sd_arm, _sd_key, _sd_elapsed)
+    else:
+        _sd_pending.append(_sd_UNTIMED)
+        if _sd_arm.counting and _sd_key not in _sd_arm.units:
+            _sd_note(_sd_arm, _sd_key, 0.0)
+    if _sd_len(_sd_pending) >= _sd_arm.fold_at:
+        _sd_fold(_sd_arm)
+    return _sd_result
+"""
+_BY_UNIT = """try:
+        _sd_key = _sd_unit({args})
+        _sd_v = _sd_router.view
+        if _sd_v.plain and _sd_key.__class__ is _sd_str and _sd_key.isascii():
+            _sd_hashed = _sd_hash(_sd_v.prefix + _sd_key, 0, False)
+            _sd_arm = _sd_v.treatment if _sd_hashed < _sd_v.threshold else _sd_v.control
+        else:
+            _sd_arm, _sd_key = _sd_router.route(_sd_key)
+    except _sd_Exception as _sd_exc:
+        _sd_arm, _sd_key = _sd_router.routing_failed(_sd_exc), None"""
+_BY_ROUTER = "_sd_arm, _sd_key = _sd_route(args, kwargs)"
+_GENERIC = "*args, **kwargs"
+
+
+def _plain_parameters(fn: Callable[..., object], *others: Callable[..., object]) -> str | None:
+    """``fn``'s parameters as source, when they are plain; else ``None``.
+
+    Plain: positional, without defaults, and every one of ``others`` takes them positionally.
+    """
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+        for other in others:
+            inspect.signature(other).bind(*parameters)
+    except (TypeError, ValueError):  # no signature (some builtins), or not bindable
+        return None
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(
+        p.kind not in plain or p.default is not p.empty or p.name.startswith("_sd_")
+        for p in parameters
+    ):
+        return None
+    names = [p.name for p in parameters]
+    only = sum(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in parameters)
+    return ", ".join([*names[:only], *(["/"] if only else []), *names[only:]])
+
+
+def _sync_wrapper(
+    router: Router,
+    new: Callable[..., Any],
+    fallback: Callable[..., Any],
+    unit: Callable[..., object] | None,
+    *,
+    route: Route,
+    reraise: bool,
+) -> Callable[..., Any]:
+    """The sync wrapper of ``new`` (see :data:`_SYNC`); ``unit`` routes alone when given."""
+    params = _plain_parameters(new, fallback, unit) if unit is not None else None
+    params = params or _GENERIC
+    args = params.replace("/", "").replace(", ,", ",").strip(", ") if params != _GENERIC else params
+    routing = _BY_UNIT.format(args=args) if unit is not None else _BY_ROUTER
+    namespace: dict[str, Any] = {
+        "_sd_router": router,
+        "_sd_unit": unit,
+        "_sd_new": new,
+        "_sd_fallback": fallback,
+        "_sd_route": route,
+        "_sd_record": router.record,
+        "_sd_note": router.note,
+        "_sd_fold": router.fold,
+        "_sd_clock": perf_counter,
+        "_sd_hash": _hash,
+        "_sd_reraise": reraise,
+        "_sd_UNTIMED": UNTIMED,
+        "_sd_len": len,
+        "_sd_str": str,
+        "_sd_Exception": Exception,
+    }
+    source = _SYNC.format(params=params, args=args, route=routing)
+    exec(compile(source, f"<stagedroll guard of {router.name}>", "exec"), namespace)
+    wrapper: Callable[..., Any] = namespace["_sd_call"]
+    return wrapper
 
 
 def _async_wrapper(

@@ -41,7 +41,7 @@ UNTIMED = -1.0
 """A pending entry of a successful call that was counted but not timed (no latency < 0)."""
 TIME_EVERY = 16
 """An arm no latency test watches has one guarded call in this many timed (the clock costs
-a guard a fifth of its overhead); its mean latency is estimated from those."""
+a guard a third of its overhead); its mean latency is estimated from those."""
 
 _NOTHING: frozenset[object] = frozenset()
 
