@@ -6,7 +6,7 @@ path, and state that every process of a service shares.
 
 from __future__ import annotations
 
-from ._bucketing import bucket, threshold
+from ._bucketing import bucket, threshold, unit_key
 from ._decision import Decision, Reason
 from ._guard import Tracking
 from ._health import HealthReport
@@ -78,4 +78,5 @@ __all__ = [
     "parse_duration",
     "parse_policy",
     "threshold",
+    "unit_key",
 ]

@@ -35,7 +35,7 @@ from ._router import Router
 from ._runtime import Runtime
 from ._state import AUTOMATIC, NO_EVIDENCE, Action, Evidence, RolloutState, Transition, newer
 from ._status import RolloutStatus, StageInfo
-from ._transitions import EVENTS, initial_state, next_state, unknown_state, verb
+from ._transitions import EVENTS, initial_state, next_state, unknown_state
 from .exceptions import StoreError, TransitionError
 
 __all__ = ["Rollout", "default_actor"]
@@ -280,11 +280,11 @@ class Rollout:
         try:
             committed = runtime.store.compare_and_set(name, current.version, new, entry)
         except Exception as exc:
-            raise StoreError(f"the store failed to {verb(action)} {name!r}: {exc}") from exc
+            raise StoreError(f"the store failed to {action.verb} {name!r}: {exc}") from exc
         if not committed:
             latest = self._load() or current
             raise TransitionError(
-                f"cannot {verb(action)} {name!r}: it changed meanwhile (now stage {latest.stage}, "
+                f"cannot {action.verb} {name!r}: it changed meanwhile (now stage {latest.stage}, "
                 f"{latest.status}, by {latest.actor or 'unknown'}); not applied"
             )
         self._adopt(new)  # the store's listeners did it too, unless it has none

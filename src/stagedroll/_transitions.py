@@ -11,7 +11,7 @@ import uuid
 from ._state import Action, RolloutState, Status
 from .exceptions import TransitionError
 
-__all__ = ["EVENTS", "initial_state", "next_state", "unknown_state", "verb"]
+__all__ = ["EVENTS", "initial_state", "next_state", "unknown_state"]
 
 EVENTS: dict[Action, str] = {
     Action.START: "rollout.started",
@@ -34,11 +34,6 @@ _ALLOWED_FROM: dict[Action, frozenset[Status]] = {
     Action.KILL: frozenset({Status.RUNNING, Status.FROZEN, Status.ROLLED_BACK, Status.COMPLETE}),
     Action.COMPLETE: frozenset({Status.RUNNING, Status.FROZEN, Status.ROLLED_BACK, Status.KILLED}),
 }
-
-
-def verb(action: Action) -> str:
-    """The action as a verb in a sentence (``roll back``, not ``rollback``)."""
-    return action.verb
 
 
 _LEADS_TO: dict[Action, Status] = {
@@ -84,8 +79,8 @@ def next_state(
         raise TransitionError("a rollout is started by the store, not by a transition")
     if state.status not in _ALLOWED_FROM[action]:
         if _LEADS_TO.get(action) is state.status:  # doing it twice: say so, not "unfreeze it"
-            raise TransitionError(f"cannot {verb(action)} {name!r}: it is already {state.status}")
-        raise TransitionError(f"cannot {verb(action)} {name!r}: {_WHY_NOT[state.status]}")
+            raise TransitionError(f"cannot {action.verb} {name!r}: it is already {state.status}")
+        raise TransitionError(f"cannot {action.verb} {name!r}: {_WHY_NOT[state.status]}")
     stage, status = state.stage, Status.RUNNING
     if action is Action.ADVANCE:
         if stage >= last_stage:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .. import Action, Rollouts, RolloutStatus, Status, bucket, threshold
+from .. import Action, Rollouts, RolloutStatus, Status, bucket, threshold, unit_key
 from ..exceptions import StoreError, TransitionError
 from ._main import FINDING, OK, USAGE, CliError, Context
 from ._render import (
@@ -241,16 +240,10 @@ def _key_text(value: object) -> str | None:
 
     A str, an int (not a bool) or a UUID; anything else counts as no unit, as in ``decide``.
     """
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return int.__repr__(value)
-        except ValueError:  # more digits than Python writes as text
-            return None
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return None
+    try:
+        return unit_key(value)
+    except TypeError:
+        return None
 
 
 def _key_of(

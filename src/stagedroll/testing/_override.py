@@ -8,9 +8,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from .. import Rollouts
+from .. import Rollouts, unit_key
 from .._override import Force, activate, deactivate
-from ._simulate import unit_text
 
 __all__ = ["Override", "override"]
 
@@ -114,9 +113,5 @@ def override(
     """
     # An unknown name raises UnknownRolloutError now, not in the test.
     target = rollouts[name] if rollouts is not None else None
-    keys = None if units is None else frozenset(_key(unit) for unit in units)
+    keys = None if units is None else frozenset(unit_key(unit) for unit in units)
     return Override(Force(target, name, bool(enabled), keys))
-
-
-def _key(unit: object) -> str:
-    return unit if isinstance(unit, str) else unit_text(unit)

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import mmh3
 
-from .. import Policy, RolloutPolicy, Rollouts, bucket, load_policy, threshold
+from .. import Policy, RolloutPolicy, Rollouts, bucket, load_policy, threshold, unit_key
 
-__all__ = ["RolloutSimulation", "Simulation", "StageCohort", "simulate", "unit_text"]
+__all__ = ["RolloutSimulation", "Simulation", "StageCohort", "simulate"]
 
 Unit = str | int | uuid.UUID
 Attrs = Mapping[str, object]
@@ -50,25 +50,6 @@ class StageCohort:
     """``count`` over the number of simulated units (0.0 when there are none)."""
     expected: float
     """The fraction the percent promises: ``percent / 100``."""
-
-
-def unit_text(unit: object) -> str:
-    """The text of ``unit`` as :func:`stagedroll.bucket` hashes it (``42`` and ``"42"`` alike).
-
-    Raises ``bucket``'s :class:`TypeError` for anything but a ``str``, ``int`` or
-    :class:`uuid.UUID`.
-    """
-    if isinstance(unit, str):
-        return str.__str__(unit)
-    if isinstance(unit, uuid.UUID):
-        return str(unit)
-    if isinstance(unit, int) and not isinstance(unit, bool):
-        try:
-            return int.__repr__(unit)
-        except ValueError:  # more digits than Python writes as text: bucket says so below
-            pass
-    bucket("", unit)  # raises its TypeError, which says why this is not a unit
-    raise TypeError(f"{unit!r} is not a unit")  # not reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +121,7 @@ class _Population:
     def __init__(self, units: Iterable[Unit]) -> None:
         self.objects: list[object] = list(units)
         try:
-            self.keys: list[str] = [u if u.__class__ is str else unit_text(u) for u in self.objects]
+            self.keys: list[str] = [u if u.__class__ is str else unit_key(u) for u in self.objects]
         except TypeError as exc:
             position = next(i for i, u in enumerate(self.objects) if not _is_unit(u))
             raise TypeError(f"units[{position}]: {exc}") from None
@@ -148,7 +129,7 @@ class _Population:
 
     def position(self, unit: object) -> int:
         """The index of ``unit`` among the simulated units; ``KeyError`` if it is not one."""
-        key = unit_text(unit)
+        key = unit_key(unit)
         if self._positions is None:
             n = len(self.keys)
             # Built backwards, so that a unit given twice maps to its first occurrence.
@@ -161,7 +142,7 @@ class _Population:
 
 def _is_unit(unit: object) -> bool:
     try:
-        unit_text(unit)
+        unit_key(unit)
     except TypeError:
         return False
     return True
@@ -530,7 +511,7 @@ def _attribute_key(attributes: Attrs | None, name: str) -> str | None:
     if raw is None:
         return None
     try:
-        return unit_text(raw)
+        return unit_key(raw)
     except TypeError:
         return None  # an attribute of the wrong type counts as no unit
 
