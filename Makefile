@@ -1,9 +1,11 @@
-# The two commands of a fresh machine: `make test` and `make demo`. Each creates .venv,
-# installs the project with its development tools, and runs.
+# The two commands of a fresh machine: `make test` and `make demo`. Each creates .venv and runs:
+# `make test` installs the project with its development tools, the demos only the project and
+# its dependencies (or use the development install, when there is one).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo
 
 .PHONY: test lint typecheck pytest demo demo-cohorts demo-migration bench bench-stores bench-patterns coverage clean
 
@@ -12,6 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
 	$(BIN)/python -m pip install --quiet --editable . --group dev
 	touch $(STAMP)
+
+# The demos need only the project: no development tools, and no pip upgrade (for --group).
+$(DEMO_STAMP): pyproject.toml
+	if [ ! $(STAMP) -nt pyproject.toml ]; then \
+		$(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet --editable . ; \
+	fi
+	touch $(DEMO_STAMP)
 
 test: lint typecheck pytest
 
@@ -29,13 +38,13 @@ coverage: $(STAMP)
 	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m coverage report
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/service.py
 
-demo-cohorts: $(STAMP)
+demo-cohorts: $(DEMO_STAMP)
 	$(BIN)/python examples/cohorts.py
 
-demo-migration: $(STAMP)
+demo-migration: $(DEMO_STAMP)
 	$(BIN)/python examples/migration.py
 
 bench: $(STAMP)

@@ -5,7 +5,7 @@ Loads ``rollouts.toml`` (next to this file), walks every rollout through its sta
 The table shows each cohort's size, how its users got in (bucket or targeting), and checks
 that it contains the previous stage's cohort: a user who has the new path keeps it.
 
-    .venv/bin/python examples/cohorts.py        (or: make demo)
+    .venv/bin/python examples/cohorts.py        (or: make demo-cohorts)
 """
 
 from __future__ import annotations

@@ -8,8 +8,11 @@ library, on a simulated clock of 40 requests per second:
 - ``new-checkout`` fails 3 times as often as the old path: the health gate freezes it, then
   rolls it back, while every caller still gets an answer (the old path takes over).
 
-The timeline shows each transition as it happens, and every simulated hour the state of
-both rollouts: stage and share, calls and errors per arm, and the e-value ``E``.
+The timeline shows each transition as it happens, the first exception of each new path
+(as stagedroll logs it, ``rollout.new_path_error``), and every simulated hour the state of
+both rollouts: stage and share, errors and calls per arm, the e-value ``E`` and what comes
+next. An hourly row whose rollout changed in nothing but its counts since the row before
+is left out; the last hour shows every rollout.
 
     .venv/bin/python examples/service.py        (or: make demo)
 """
@@ -59,18 +62,46 @@ class Clock:
         return self.now
 
 
+class Failed(Exception):
+    """A simulated failure of a request."""
+
+
 def stamp(seconds: float) -> str:
     elapsed = int(seconds - START)
     return f"{elapsed // 3600:02d}:{elapsed % 3600 // 60:02d}"
+
+
+ROW = "{:<6} {:<13} {:<7} {:>5} {:<11} {:>13} {:>13} {:>9}  {}"
+HEADER = ROW.format("time", "rollout", "stage", "share", "status", "old err/calls",
+                    "new err/calls", "E errors", "next")  # fmt: skip
+
+
+def timeline(clock: Clock) -> structlog.typing.Processor:
+    """A structlog processor that shows an event as one timeline line, without traceback."""
+
+    def show(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        if "error_type" in event:  # rollout.new_path_error
+            what = f"{event['error_type']}: {event['error']} (at most one a minute per type)"
+        else:
+            what = ", ".join(f"{key} {value}" for key, value in event.items()
+                             if key not in ("event", "logger", "rollout", "exc_info"))  # fmt: skip
+        print(f"{stamp(clock.now)}  {event.get('rollout', ''):<13} logged {event['event']}: {what}")
+        raise structlog.DropEvent
+
+    return show
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hours", type=int, default=HOURS, help="simulated hours (default 12)")
     hours = parser.parse_args().hours
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     rng = random.Random(SEED)
     clock = Clock()
+    # stagedroll's error events (the new paths' exceptions) as timeline lines; no info ones.
+    structlog.configure(
+        processors=[timeline(clock)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+    )
 
     def on_transition(event: TransitionEvent) -> None:
         who = "auto" if event.automatic else event.actor
@@ -81,9 +112,6 @@ def main() -> None:
 
     rollouts = Rollouts(POLICY, store=MemoryStore(), clock=clock, on_transition=on_transition)
     failure_rate = {"new-search": OLD_ERROR_RATE, "new-checkout": 3 * OLD_ERROR_RATE}
-
-    class Failed(Exception):
-        """A simulated failure of a request."""
 
     def old_path(user: str, name: str) -> str:
         if rng.random() < OLD_ERROR_RATE:
@@ -110,6 +138,8 @@ def main() -> None:
 
     print(f"{USERS:,} users, {RATE} requests/s, {hours} simulated hours; the old path fails "
           f"{OLD_ERROR_RATE:.0%}; new-checkout's new path {3 * OLD_ERROR_RATE:.0%}\n")  # fmt: skip
+    print(HEADER)
+    shown: dict[str, tuple[object, ...]] = {}  # each rollout's last row, but for its counts
     started = time.perf_counter()
     for hour in range(hours):
         for _ in range(3600 * RATE // 256):
@@ -121,15 +151,17 @@ def main() -> None:
                     answered += 1
                 except Failed:
                     failed += 1  # the old path failed too: the user saw an error
-        print(f"{stamp(clock.now)}  --- after hour {hour + 1}")
         for name in POLICY["rollouts"]:
             status = rollouts.status(name)
-            health = status.health
-            print(f"       {name:<13} {status.stage_name or '0 %':<7} {status.percent:>5g} % "
-                  f"{status.status!s:<11} control {status.control.errors:>4}/"
-                  f"{status.control.calls:<6} new {status.treatment.errors:>4}/"
-                  f"{status.treatment.calls:<6} E errors {health.e_errors:<9.3g} "
-                  f"next: {status.waiting_for}")  # fmt: skip
+            e_errors = f"{status.health.e_errors:.3g}"
+            row = (status.stage_name or "0 %", f"{status.percent:g} %", str(status.status),
+                   e_errors, status.waiting_for)  # fmt: skip
+            if row == shown.get(name) and hour < hours - 1:
+                continue  # nothing but the counts changed: left out
+            shown[name] = row
+            old, new = status.control, status.treatment
+            print(ROW.format(stamp(clock.now), name, *row[:3], f"{old.errors}/{old.calls}",
+                             f"{new.errors}/{new.calls}", *row[3:]))  # fmt: skip
     seconds = time.perf_counter() - started
     print(f"\n{answered + failed:,} requests in {seconds:.1f} s of real time; "
           f"{failed:,} answered with an error (the old path's own failures)")  # fmt: skip

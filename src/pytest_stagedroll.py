@@ -25,6 +25,13 @@ The marker, on a test, a class or a module (the closest one wins, setting by set
 ``policy`` is a mapping in the policy file's shape, a :class:`stagedroll.Policy`, or the
 path of a TOML, JSON or YAML file (relative to pytest's rootdir).
 
+New paths that raise: in a session, a guard re-raises the new path's exception (after
+recording it) instead of answering from its fallback, so a test sees the bug that
+production would hide. ``--stagedroll-on-error fallback`` (or the ini option
+``stagedroll_on_error = fallback``) keeps the fallback, ``policy`` follows the policy's
+``on_error``; :func:`stagedroll.testing.on_error` changes it for a block, and a guard's
+own ``reraise=`` always wins.
+
 Options, to run a whole suite with some new paths forced on or off:
 
 - ``--stagedroll-policy FILE``: the default policy of ``stagedroll_rollouts`` (relative to
@@ -70,6 +77,13 @@ _MARKER = (
     "({name: True or False}) and the environment of the stagedroll_rollouts fixture."
 )
 _MARKER_KEYWORDS = frozenset({"policy", "force", "environment"})
+_ON_ERROR = ("raise", "fallback", "policy")
+_ON_ERROR_BEFORE = pytest.StashKey[str | None]()
+
+on_error: str | None = None
+"""The session's ``stagedroll_on_error``: what a guard does with a new path's exception
+(``"raise"``, ``"fallback"``, or ``"policy"``). stagedroll reads it from this module when
+a new path raises, so that this plugin imports nothing of stagedroll."""
 
 
 class _Settings:
@@ -138,6 +152,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="force rollout NAME on or off in every Rollouts for the whole session "
         "(repeatable; NAME '*' means every rollout of --stagedroll-policy)",
     )
+    group.addoption(
+        "--stagedroll-on-error",
+        choices=_ON_ERROR,
+        default=None,
+        help="what guards do with an exception of the new path in this session: raise it "
+        "(the default: a test sees the bug), fall back, or follow the policy",
+    )
+    parser.addini(
+        "stagedroll_on_error",
+        help="the default --stagedroll-on-error: raise (default), fallback or policy",
+        type="string",
+        default="raise",
+    )
     parser.addini(
         "stagedroll_policy",
         help="the default --stagedroll-policy, relative to the ini file",
@@ -149,6 +176,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Register the marker; read the options, loading the default policy if one is named."""
     config.addinivalue_line("markers", _MARKER)
+    global on_error  # noqa: PLW0603 - read by stagedroll when a new path raises
+    mode = config.getoption("stagedroll_on_error") or config.getini("stagedroll_on_error")
+    if mode not in _ON_ERROR:
+        raise pytest.UsageError(
+            f"stagedroll_on_error: {mode!r} is not one of {', '.join(_ON_ERROR)}"
+        )
+    config.stash[_ON_ERROR_BEFORE] = on_error  # an inner session (pytester) gives it back
+    on_error = mode
     settings = _Settings()
     config.stash[_SETTINGS] = settings
     for name, on in config.getoption("stagedroll_force"):
@@ -223,6 +258,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Leave the forces entered at the start of the session."""
     session.config.stash[_SETTINGS].session.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Give ``on_error`` back (to the policy, or to an outer session) once it is over."""
+    global on_error  # noqa: PLW0603 - see pytest_configure
+    on_error = config.stash.get(_ON_ERROR_BEFORE, None)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
-"""docs/cli.md's transcript is a real run: each of its commands prints what the page shows.
+"""docs/cli.md's and docs/operations.md's transcripts are real runs: each command prints what
+the page shows.
 
-The page's ```console blocks are one shell session. A line starting with ``$ `` is a
+Each page's ```console blocks are one shell session. A line starting with ``$ `` is a
 command; the lines after it, up to the next command or the end of the block, are its
 output (stdout and stderr, in the order they were written). A block fenced as
-```toml file=NAME is written to NAME when the session reaches it. The session runs in an
-empty directory holding examples/rollouts.toml as rollouts.toml, with no ``STAGEDROLL_*``
-variable set but those the page exports.
+```toml file=NAME is written to NAME when the session reaches it, and a runnable ```python
+block (one that tests/test_docs.py runs too) is run there, in one namespace per page. The
+session runs in an empty directory holding examples/rollouts.toml as rollouts.toml, with no
+``STAGEDROLL_*`` variable set but those the page exports; the pages write that directory as
+``/srv/rollouts``.
 
 The commands understood are ``stagedroll ...`` and ``python -m stagedroll ...`` (both run
 ``stagedroll.cli.main`` in this process), a trailing ``| head -n N`` (on stdout),
@@ -13,7 +16,7 @@ The commands understood are ``stagedroll ...`` and ``python -m stagedroll ...`` 
 by ``echo $?``, so that the page shows every failure. Times and durations differ from run
 to run: both sides have them replaced by placeholders before they are compared.
 
-To rewrite the outputs of the page from a fresh run (the commands are kept)::
+To rewrite the outputs of the pages from a fresh run (the commands are kept)::
 
     .venv/bin/python tests/test_cli_docs.py --write
 """
@@ -38,8 +41,11 @@ from stagedroll.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "cli.md"
+PAGES = (PAGE, ROOT / "docs" / "operations.md")
 EXAMPLE = ROOT / "examples" / "rollouts.toml"
 PAGE_ID = PAGE.relative_to(ROOT).as_posix()
+SESSION_DIR = "/srv/rollouts"
+"""The session's directory as the pages write it (the run's own is replaced by it)."""
 
 FENCE = re.compile(
     r"^```(?P<lang>[\w+-]*)(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
@@ -50,7 +56,7 @@ WRITE_HINT = "regenerate the outputs with: .venv/bin/python tests/test_cli_docs.
 # What differs between two runs of the same session, and its placeholder.
 VOLATILE = [
     (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"), "<time>"),  # since, at, TIME columns
-    (re.compile(r'("(?:since|at)": )-?[0-9][0-9.eE+-]*'), r"\1<time>"),  # the JSON clock
+    (re.compile(r'("(?:since|at|first_seen|last_seen)": )-?[0-9][0-9.eE+-]*'), r"\1<time>"),
     (re.compile(r"(bake time: )[0-9dhms]+( left)"), r"\1<duration>\2"),  # waiting for
 ]
 
@@ -92,14 +98,28 @@ class File:
     content: str
 
 
-def parse(text: str) -> list[Transcript | File]:
-    """The transcripts and files of a page, in order."""
-    found: list[Transcript | File] = []
+@dataclass(frozen=True)
+class Script:
+    """A runnable ```python block: run when the session reaches it."""
+
+    code: str
+    line: int
+
+
+Item = Transcript | File | Script
+
+
+def parse(text: str) -> list[Item]:
+    """The transcripts, files and scripts of a page, in order."""
+    found: list[Item] = []
     for match in FENCE.finditer(text):
         first = text.count("\n", 0, match.start("code")) + 1
         files = [w[len("file=") :] for w in match["info"].split() if w.startswith("file=")]
         if files:
             found.append(File(files[0], match["code"]))
+        skip = {"no-run", "norun", "skip"} & set(match["info"].replace(",", " ").split())
+        if match["lang"] == "python" and not skip:
+            found.append(Script(match["code"], first))
         if match["lang"] != "console":
             continue
         commands: list[Command] = []
@@ -142,9 +162,14 @@ def _stagedroll(argv: list[str], head: int | None) -> tuple[str, int]:
     with contextlib.redirect_stdout(terminal.out), contextlib.redirect_stderr(terminal.err):
         code = main(argv)
     if head is None:
-        return "".join(terminal.both), code
-    kept = "".join(terminal.out.getvalue().splitlines(keepends=True)[:head])
-    return kept + terminal.err.getvalue(), code
+        printed = "".join(terminal.both)
+    else:
+        kept = "".join(terminal.out.getvalue().splitlines(keepends=True)[:head])
+        printed = kept + terminal.err.getvalue()
+    here = str(Path.cwd())
+    for name in {here, os.path.realpath(here)}:
+        printed = printed.replace(name, SESSION_DIR)
+    return printed, code
 
 
 def execute(text: str, last: int, setenv: Callable[[str, str], None]) -> tuple[str, int]:
@@ -171,27 +196,34 @@ def execute(text: str, last: int, setenv: Callable[[str, str], None]) -> tuple[s
     raise ValueError(f"not a command this test runs: {text!r}")
 
 
-def run(page: list[Transcript | File], setenv: Callable[[str, str], None]) -> list[list[str]]:
+def run(
+    page: list[Item], setenv: Callable[[str, str], None], source: Path = PAGE
+) -> list[list[str]]:
     """Run the page's session in the current directory: each transcript's outputs, in order."""
     outputs: list[list[str]] = []
     code = 0
     failed: Command | None = None
+    namespace: dict[str, object] = {"__name__": f"docs.{source.stem}"}
+    page_id = source.relative_to(ROOT).as_posix()
     for item in page:
         if isinstance(item, File):
             Path(item.name).write_text(item.content, encoding="utf-8")
+            continue
+        if isinstance(item, Script):
+            exec(compile("\n" * (item.line - 1) + item.code, str(source), "exec"), namespace)
             continue
         outputs.append([])
         for command in item.commands:
             if failed is not None and command.text.strip() != "echo $?":
                 raise AssertionError(
-                    f"{PAGE_ID}:{failed.line}: '$ {failed.text}' exited {code}: "
+                    f"{page_id}:{failed.line}: '$ {failed.text}' exited {code}: "
                     "show it with '$ echo $?' on the next line"
                 )
             output, code = execute(command.text, code, setenv)
             failed = command if code != 0 else None
             outputs[-1].append(output)
     if failed is not None:
-        raise AssertionError(f"{PAGE_ID}:{failed.line}: '$ {failed.text}' exited {code}")
+        raise AssertionError(f"{page_id}:{failed.line}: '$ {failed.text}' exited {code}")
     return outputs
 
 
@@ -205,7 +237,7 @@ def same(printed: str, shown: str) -> bool:
     return normalize(printed).rstrip("\n") == normalize(shown).rstrip("\n")
 
 
-def render(text: str, page: list[Transcript | File], outputs: list[list[str]]) -> str:
+def render(text: str, page: list[Item], outputs: list[list[str]]) -> str:
     """``text`` with the output of each command replaced by ``outputs``.
 
     An output that differs from the page's only in its times is kept as the page has it,
@@ -242,13 +274,14 @@ def _session_here() -> Iterator[Path]:
 
 
 def write() -> None:
-    """Rewrite the outputs of docs/cli.md from a fresh run of its session."""
-    text = PAGE.read_text(encoding="utf-8")
-    page = parse(text)
-    with _session_here() as directory:
-        prepare(directory)
-        outputs = run(page, os.environ.__setitem__)
-    PAGE.write_text(render(text, page, outputs), encoding="utf-8")
+    """Rewrite the outputs of each page from a fresh run of its session."""
+    for source in PAGES:
+        text = source.read_text(encoding="utf-8")
+        page = parse(text)
+        with _session_here() as directory:
+            prepare(directory)
+            outputs = run(page, os.environ.__setitem__, source)
+        source.write_text(render(text, page, outputs), encoding="utf-8")
 
 
 class TestCliDocs:
@@ -263,13 +296,15 @@ class TestCliDocs:
         prepare(tmp_path)
         return monkeypatch.setenv
 
-    def test_transcript(self, session: Callable[[str, str], None]) -> None:
+    @pytest.mark.parametrize("source", PAGES, ids=lambda p: p.name)
+    def test_transcript(self, session: Callable[[str, str], None], source: Path) -> None:
         """Every command of the page prints what the page shows, times and durations aside."""
-        page = parse(PAGE.read_text(encoding="utf-8"))
-        outputs = run(page, session)
+        page = parse(source.read_text(encoding="utf-8"))
+        outputs = run(page, session, source)
         transcripts = [item for item in page if isinstance(item, Transcript)]
+        page_id = source.relative_to(ROOT).as_posix()
         differ = [
-            f"{PAGE_ID}:{command.line}: $ {command.text}\n"
+            f"{page_id}:{command.line}: $ {command.text}\n"
             f"--- the page shows\n{command.shown}--- the run printed\n{output}"
             for transcript, found in zip(transcripts, outputs, strict=True)
             for command, output in zip(transcript.commands, found, strict=True)
@@ -282,9 +317,17 @@ class TestCliDocs:
         page = parse(PAGE.read_text(encoding="utf-8"))
         commands = [c.text for item in page if isinstance(item, Transcript) for c in item.commands]
         ran = {shlex.split(c)[1] for c in commands if c.startswith("stagedroll ")}
-        assert {"validate", "status", "advance", "freeze", "unfreeze", "history", "explain",
-                "simulate", "schema", "tick"} <= ran  # fmt: skip
+        assert {"validate", "status", "list", "advance", "freeze", "unfreeze", "rollback", "kill",
+                "history", "explain", "simulate", "schema", "tick"} <= ran  # fmt: skip
         assert any(c.startswith("python -m stagedroll ") for c in commands)
+
+    def test_runbook_runs_the_commands(self) -> None:
+        """The on-call runbook finds, explains, kills, rolls back and checks, for real."""
+        page = parse(PAGES[1].read_text(encoding="utf-8"))
+        commands = [c.text for item in page if isinstance(item, Transcript) for c in item.commands]
+        ran = {shlex.split(c)[1] for c in commands if c.startswith("stagedroll ")}
+        assert {"list", "status", "history", "kill", "rollback", "explain"} <= ran
+        assert any(isinstance(item, Script) for item in page)
 
     def test_normalize(self) -> None:
         """Times and durations become placeholders; everything else is kept."""

@@ -11,19 +11,36 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stagedroll import Action, RolloutState, Status, Transition
+from stagedroll import Action, RecentError, RolloutState, Status, Transition
+from stagedroll._state import MAX_ERROR_MESSAGE, MAX_ERROR_TYPE
 from stagedroll.stores._codec import (
+    MAX_ARM,
+    MAX_COUNT,
+    MAX_ERRORS,
     MAX_READ_VERSION,
     MAX_STAGE,
+    MAX_STAGE_NAME,
+    MAX_STAGES,
     MAX_VERSION,
+    dump_error,
     dump_state,
     dump_transition,
+    load_error,
     load_state,
     load_transition,
+    merge_errors,
 )
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 evidence_values = st.one_of(st.none(), st.integers(), finite, st.text())
+ladders = st.lists(
+    st.tuples(
+        st.text(min_size=1, max_size=MAX_STAGE_NAME),
+        st.floats(min_value=0, max_value=100) | st.integers(min_value=0, max_value=100),
+    ),
+    max_size=6,
+).map(tuple)
+"""Stage ladders a state may carry: any text as names, any percent from 0 to 100."""
 
 states = st.integers(min_value=1, max_value=MAX_READ_VERSION).flatmap(
     lambda version: st.builds(
@@ -36,6 +53,7 @@ states = st.integers(min_value=1, max_value=MAX_READ_VERSION).flatmap(
         actor=st.text(),
         epoch=st.integers(min_value=0, max_value=version),
         history=st.text(max_size=64),
+        stages=ladders,
     )
 )
 
@@ -217,6 +235,7 @@ state_fields = st.fixed_dictionaries(
         "actor": json_values,
         "epoch": json_values,
         "history": json_values,
+        "stages": json_values,
     },
 )
 """Objects with a state's fields, each any JSON value or missing."""
@@ -348,3 +367,292 @@ class TestVersionRoom:
         text = json.dumps({"stage": 0, "status": "running", "since": 1.0, "version": 2**52 + 1})
         with pytest.raises(ValueError, match="no room"):
             load_state(text)
+
+
+# -- the stage ladder ----------------------------------------------------------------------------
+
+LADDER = (("canary", 1.0), ("half", 50.0), ("all", 100.0))
+LADDERED = RolloutState(1, Status.RUNNING, 12.5, 3, epoch=1, history="h", stages=LADDER)
+
+
+def with_stages(stages: object) -> str:
+    """A stored state of ``LADDERED``'s fields whose ``stages`` field is ``stages`` as JSON."""
+    data = json.loads(dump_state(LADDERED))
+    data["stages"] = stages
+    return json.dumps(data)
+
+
+class TestStages:
+    def test_round_trip(self) -> None:
+        """A ladder is stored as a JSON list of [name, percent] and loads back as tuples."""
+        text = dump_state(LADDERED)
+        assert json.loads(text)["stages"] == [["canary", 1.0], ["half", 50.0], ["all", 100.0]]
+        loaded = load_state(text)
+        assert loaded == LADDERED
+        assert all(type(p) is float for _, p in loaded.stages)
+
+    def test_a_state_from_before_the_ladder_loads_with_none(self) -> None:
+        """A stored state without the field (written by an earlier version) has stages ()."""
+        data = json.loads(dump_state(LADDERED))
+        del data["stages"]
+        assert load_state(json.dumps(data)).stages == ()
+        assert load_state(json.dumps({**data, "stages": None})).stages == ()
+
+    def test_the_largest_ladder_round_trips(self) -> None:
+        """1000 stages of 128-character names, percents 0 and 100 included, are legal."""
+        names = [f"{i:04d}" + "é" * (MAX_STAGE_NAME - 4) for i in range(MAX_STAGES)]
+        ladder = tuple((n, 100 * i / (MAX_STAGES - 1)) for i, n in enumerate(names))
+        state = RolloutState(0, Status.RUNNING, 1.0, 1, stages=ladder)
+        assert load_state(dump_state(state)) == state
+
+    @pytest.mark.parametrize(
+        "stages",
+        [
+            "canary",
+            {"canary": 1},
+            5,
+            True,
+            [["canary"]],
+            [["canary", 1, 2]],
+            ["canary", 1],
+            [[1, 1]],
+            [["", 1]],
+            [["x" * (MAX_STAGE_NAME + 1), 1]],
+            [[None, 1]],
+            [["canary", -0.5]],
+            [["canary", 100.5]],
+            [["canary", "1"]],
+            [["canary", True]],
+            [["canary", None]],
+            [["canary", 10**400]],
+            [["canary", 1], ["half", "NaN"]],
+            [["s", 1]] * (MAX_STAGES + 1),
+            json.loads(nested(500)),
+        ],
+    )
+    def test_a_malformed_ladder_loads_as_none(self, stages: object) -> None:
+        """A ladder malformed, out of range or too long loads as (): the state stays readable."""
+        loaded = load_state(with_stages(stages))
+        assert loaded.stages == ()
+        assert loaded == RolloutState(1, Status.RUNNING, 12.5, 3, epoch=1, history="h")
+
+    @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+    def test_a_non_finite_percent_loads_as_none(self, bad: float) -> None:
+        """NaN and infinities (which Python's json writes and reads) make the ladder ()."""
+        assert load_state(with_stages([["canary", bad]])).stages == ()
+
+    @pytest.mark.parametrize(
+        ("stages", "message"),
+        [
+            ((("s", 1.0),) * (MAX_STAGES + 1), "1001 stages (at most 1000)"),
+            ((("", 1.0),), "stages[0] name must be text of 1 to 128 characters"),
+            ((("x" * 129, 1.0),), "stages[0] name must be text of 1 to 128"),
+            (((5, 1.0),), "stages[0] name must be text"),
+            ((("s", -0.1),), "stages[0] percent must be a finite number from 0 to 100"),
+            ((("s", 1.0), ("t", 100.5)), "stages[1] percent"),
+            ((("s", math.nan),), "stages[0] percent"),
+            ((("s", math.inf),), "stages[0] percent"),
+            ((("s", True),), "stages[0] percent"),
+            ((("s", "50"),), "stages[0] percent"),
+            ((("s", 10**400),), "stages[0] percent"),
+            ((("s", 1.0, 2),), "stages[0] must be a pair"),
+            ((["s", 1.0],), "stages[0] must be a pair"),
+            ([("s", 1.0)], "stages must be a tuple"),
+        ],
+    )
+    def test_a_ladder_out_of_range_is_not_written(self, stages: object, message: str) -> None:
+        """dump_state refuses a ladder out of bounds with a ValueError naming the field."""
+        state = RolloutState(0, Status.RUNNING, 1.0, 1, stages=stages)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=re.escape(message)):
+            dump_state(state)
+
+    def test_hostile_names_round_trip(self) -> None:
+        """Control characters, lone surrogates, HTML, SQL and key syntax are names like any."""
+        names = ["\x1b[2J", "\r\n", "\ud800", "<script>", "'; DROP TABLE x", "*:{}", "nul\x00"]
+        state = RolloutState(0, Status.RUNNING, 1.0, 1, stages=tuple((n, 1.0) for n in names))
+        text = dump_state(state)
+        assert text.isascii()
+        assert load_state(text) == state
+
+
+# -- recent errors -------------------------------------------------------------------------------
+
+errors = st.builds(
+    RecentError,
+    arm=st.text(min_size=1, max_size=MAX_ARM),
+    type=st.text(max_size=MAX_ERROR_TYPE + 20),
+    message=st.text(max_size=MAX_ERROR_MESSAGE + 20),
+    first_seen=finite,
+    last_seen=finite,
+    count=st.integers(min_value=1, max_value=MAX_COUNT),
+)
+
+ERROR = RecentError("treatment", "IndexError", "discount tier out of range", 10.0, 12.5, 3)
+
+
+def cut(error: RecentError) -> RecentError:
+    """``error`` as stores keep it: type and message cut to their caps."""
+    return RecentError(
+        error.arm,
+        error.type[:MAX_ERROR_TYPE],
+        error.message[:MAX_ERROR_MESSAGE],
+        error.first_seen,
+        error.last_seen,
+        error.count,
+    )
+
+
+class TestErrorCodec:
+    @given(errors)
+    def test_round_trip(self, error: RecentError) -> None:
+        """An error loads back as dumped, its type and message cut to their caps."""
+        loaded = load_error(dump_error(error))
+        assert loaded == cut(error)
+        assert type(loaded.first_seen) is float
+        assert type(loaded.last_seen) is float
+
+    def test_bytes_load_too(self) -> None:
+        """An error read as bytes (Redis) loads like text."""
+        assert load_error(dump_error(ERROR).encode()) == ERROR
+
+    def test_long_type_and_message_are_cut_on_dump_and_on_load(self) -> None:
+        """A type or message past its cap is cut when written, and when read."""
+        long = RecentError("treatment", "T" * 1000, "m" * 10_000, 1.0, 2.0)
+        stored = json.loads(dump_error(long))
+        assert len(stored["type"]) == MAX_ERROR_TYPE
+        assert len(stored["message"]) == MAX_ERROR_MESSAGE
+        written_elsewhere = json.dumps({**stored, "type": "T" * 1000, "message": "m" * 10_000})
+        loaded = load_error(written_elsewhere)
+        assert (len(loaded.type), len(loaded.message)) == (MAX_ERROR_TYPE, MAX_ERROR_MESSAGE)
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            ({"count": 0}, "count must be an integer from 1 to 2**53"),
+            ({"count": MAX_COUNT + 1}, "count must be an integer"),
+            ({"count": True}, "count must be an integer"),
+            ({"count": 1.0}, "count must be an integer"),
+            ({"first_seen": math.nan}, "first_seen must be a finite number"),
+            ({"last_seen": math.inf}, "last_seen must be a finite number"),
+            ({"last_seen": 10**400}, "last_seen must be a finite number"),
+            ({"first_seen": False}, "first_seen must be a finite number"),
+            ({"arm": ""}, "arm must be text of 1 to 32 characters"),
+            ({"arm": "a" * 33}, "arm must be text"),
+            ({"type": 5}, "type must be text"),
+            ({"message": None}, "message must be text"),
+        ],
+    )
+    def test_an_error_out_of_range_is_refused(
+        self, change: dict[str, object], message: str
+    ) -> None:
+        """dump_error refuses, and load_error rejects, an error with a field out of range."""
+        fields = {
+            "arm": ERROR.arm,
+            "type": ERROR.type,
+            "message": ERROR.message,
+            "first_seen": ERROR.first_seen,
+            "last_seen": ERROR.last_seen,
+            "count": ERROR.count,
+            **change,
+        }
+        with pytest.raises(ValueError, match=re.escape(message)):
+            dump_error(RecentError(**fields))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_error(json.dumps(fields))
+
+    @pytest.mark.parametrize(
+        "text",
+        ["", "{", "[]", "null", '"x"', "{}", '{"arm": "treatment"}', nested(100_000), b"\xff"],
+    )
+    def test_malformed_text_is_a_value_error(self, text: str | bytes) -> None:
+        """Text that is not a recent error raises ValueError."""
+        with pytest.raises(ValueError):  # noqa: PT011 - the message is the input's
+            load_error(text)
+
+    @given(json_values)
+    def test_any_json_value(self, value: object) -> None:
+        """Any JSON value loads as a recent error or raises ValueError, nothing else."""
+        with contextlib.suppress(ValueError):
+            load_error(json.dumps(value))
+
+    @given(
+        st.fixed_dictionaries(
+            {},
+            optional=dict.fromkeys(
+                ("arm", "type", "message", "first_seen", "last_seen", "count"), json_values
+            ),
+        )
+    )
+    def test_any_field_values(self, data: dict[str, object]) -> None:
+        """An object with any values in an error's fields is a valid error or a ValueError."""
+        try:
+            error = load_error(json.dumps(data))
+        except ValueError:
+            return
+        assert load_error(dump_error(error)) == error
+
+    def test_not_a_recent_error(self) -> None:
+        """dump_error of another object raises ValueError."""
+        with pytest.raises(ValueError, match="must be a RecentError"):
+            dump_error("IndexError")  # type: ignore[arg-type]
+
+
+def seen(arm: str, kind: str, at: float, count: int = 1, message: str = "m") -> RecentError:
+    return RecentError(arm, kind, message, at, at, count)
+
+
+class TestMergeErrors:
+    def test_same_error_merges(self) -> None:
+        """One (arm, type, message): counts add, first_seen the earliest, last_seen the latest."""
+        merged = merge_errors([seen("treatment", "E", 10.0, 2)], [seen("treatment", "E", 5.0)])
+        assert merged == [RecentError("treatment", "E", "m", 5.0, 10.0, 3)]
+
+    def test_distinct_by_arm_type_and_message(self) -> None:
+        """Another arm, type or message is another entry; newest last_seen first."""
+        merged = merge_errors(
+            [],
+            [
+                seen("treatment", "E", 1.0),
+                seen("control", "E", 2.0),
+                seen("treatment", "F", 3.0),
+                seen("treatment", "E", 4.0, message="other"),
+            ],
+        )
+        assert [e.last_seen for e in merged] == [4.0, 3.0, 2.0, 1.0]
+
+    def test_keeps_the_most_recently_seen(self) -> None:
+        """Of more than MAX_ERRORS distinct errors, the least recently seen are dropped."""
+        merged = merge_errors([], [seen("treatment", f"E{i}", float(i)) for i in range(25)])
+        assert len(merged) == MAX_ERRORS
+        assert [e.type for e in merged] == [f"E{i}" for i in range(24, 4, -1)]
+
+    def test_counts_stop_at_the_cap(self) -> None:
+        """Counts that would pass 2**53 stay at it, so the entry stays readable."""
+        merged = merge_errors(
+            [seen("treatment", "E", 1.0, MAX_COUNT)], [seen("treatment", "E", 2.0)]
+        )
+        assert merged[0].count == MAX_COUNT
+        assert load_error(dump_error(merged[0])) == merged[0]
+
+    def test_cut_errors_merge_with_what_is_stored(self) -> None:
+        """A long message merges with the stored entry it was cut to."""
+        long = seen("treatment", "E", 2.0, message="m" * 500)
+        stored = merge_errors([], [long])
+        assert merge_errors(stored, [long])[0].count == 2
+
+    def test_a_malformed_error_merges_nothing(self) -> None:
+        """A malformed new error raises ValueError before anything is merged."""
+        with pytest.raises(ValueError, match="count"):
+            merge_errors([], [seen("treatment", "E", 1.0), seen("treatment", "F", 1.0, 0)])
+
+    @given(st.lists(errors, max_size=10), st.lists(errors, max_size=10))
+    def test_order_does_not_matter_within_the_cap(
+        self, first: list[RecentError], second: list[RecentError]
+    ) -> None:
+        """Within MAX_ERRORS distinct errors, adding in two batches or one, in any order, agrees,
+        and no count is lost."""
+        one = merge_errors([], first + second)
+        assert merge_errors(merge_errors([], first), second) == one
+        assert merge_errors(merge_errors([], second), first) == one
+        total = sum(e.count for e in first + second)
+        assert sum(e.count for e in one) == total or any(e.count == MAX_COUNT for e in one)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -10,6 +11,12 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+HEADER = (
+    "time   rollout       stage   share status      old err/calls new err/calls  E errors  next"
+)
+"""The column headers of the demo's hourly table (examples/service.py)."""
+ROW = re.compile(r"\d\d:\d\d  new-[a-z]+ .* \d+ % [a-z_]+ +\d+/\d+ ")
+"""A row of that table: the time, the rollout, its stage, share, status and counts."""
 
 
 def _run(*args: str) -> str:
@@ -30,6 +37,33 @@ class TestService:
         history = out.split("history of new-checkout (newest first):")[1].splitlines()
         actions = [line.split()[1] for line in history if line.strip()]
         assert actions[:2] == ["rollback", "freeze"]
+        for name in ("new-search", "new-checkout"):  # each new path's exception, shown once
+            logged = f"{name:<13} logged rollout.new_path_error: __main__.Failed: {name} ("
+            assert out.count(logged) == 1
+
+    def test_the_table_has_headers_and_shows_each_line_once(self) -> None:
+        """The hourly table names its columns above its first row; no line repeats the one
+        before it, nor a rollout's row its row before but for the counts (the last hour
+        shows every rollout all the same)."""
+        lines = _run(str(EXAMPLES / "service.py")).splitlines()
+        first = min(i for i, line in enumerate(lines) if line.startswith("00:"))
+        assert HEADER in lines[:first]
+        for before, after in itertools.pairwise(lines):
+            assert not (after.strip() and after == before), after
+        rows = [line for line in lines if ROW.match(line)]
+        assert len(rows) >= 10
+        last = rows[-1][:5]
+        seen: dict[str, str] = {}
+        for row in rows:
+            name, but_counts = row.split()[1], re.sub(r"\d+/\d+", "", row[7:])
+            assert row.startswith(last) or but_counts != seen.get(name), row
+            seen[name] = but_counts
+        assert {row.split()[1] for row in rows if row.startswith(last)} == set(seen)
+        assert set(seen) == {"new-search", "new-checkout"}
+        # At 100 %, new-search changes in nothing but its counts: its first hour there is
+        # shown, and the last hour.
+        at_100 = [row[:5] for row in rows if row.split()[1:3] == ["new-search", "all"]]
+        assert at_100 == ["05:59", last]
 
 
 class TestCohorts:

@@ -4,11 +4,12 @@ a store, a failure counter, a gate with its queue, and a lock are all it takes."
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from stagedroll import Health as HealthPolicy
-from stagedroll import MemoryStore, RolloutState, Status
-from stagedroll._exchange import exchange
+from stagedroll import MemoryStore, RecentError, RolloutState, Status
+from stagedroll._errors import Errors
+from stagedroll._exchange import exchange, share_errors
 from stagedroll._failures import Failures
 from stagedroll._health import Health
 from stagedroll._pool import Outbox
@@ -82,3 +83,33 @@ class TestExchange:
         assert store.read_counts("r", "1.0") == {}
         exchange(store, failures, rollout="r", state=STATE, health=health, lock=lock)
         assert health.errors.events_treatment == 1
+
+
+class ErrorsDownStore(MemoryStore):
+    """A real MemoryStore whose error writes fail while ``down`` is set."""
+
+    down = False
+
+    def add_errors(self, rollout: str, errors: Sequence[RecentError]) -> None:
+        if self.down:
+            raise ConnectionError("down")
+        super().add_errors(rollout, errors)
+
+
+class TestShareErrors:
+    def test_errors_reach_the_store_once_and_survive_a_failed_write(self) -> None:
+        """A failed write is counted and queued again; the next one adds everything, once."""
+        store, failures = ErrorsDownStore(), Failures()
+        errors = Errors("r", lambda: 5.0, lambda: 0.0)
+        errors.note("treatment", IndexError("tier"))
+        store.down = True
+        share_errors(store, failures, rollout="r", errors=errors)
+        assert failures.count("store.errors_failed") == 1
+        assert store.read_errors("r") == []
+        errors.note("treatment", IndexError("tier"))
+        store.down = False
+        share_errors(store, failures, rollout="r", errors=errors)
+        share_errors(store, failures, rollout="r", errors=errors)  # nothing new: no write
+        assert store.read_errors("r") == [
+            RecentError("treatment", "IndexError", "tier", 5.0, 5.0, 2)
+        ]

@@ -109,6 +109,15 @@ class TestStep:
         )
         assert advance_due(plan_of(), view_of(plan_of()), 0.0) == "an operator: advance is manual"
 
+    def test_no_advance_from_zero_percent(self) -> None:
+        """At 0 % (stage -1) running, nothing advances by itself: an operator starts the canary."""
+        plan = plan_of(advance="auto")
+        zero = view_of(plan, -1, units=10)
+        words = "an operator: at 0 % (advance to start the first stage, canary)"
+        assert advance_due(plan, zero, 10_000.0) == words
+        assert waiting_for(plan, zero, SOUND, 10_000.0) == words
+        assert step(plan, zero, HEALTHY, 10_000.0, lambda: SOUND) is None
+
     def test_waiting_for_an_operator_after_a_freeze(self) -> None:
         """``waiting_for`` reads the status first."""
         plan = plan_of()
@@ -167,3 +176,22 @@ class TestBreach:
     def test_the_automatic_actor(self) -> None:
         """Automatic steps are made by the actor ``stagedroll``."""
         assert AUTOMATIC == "stagedroll"
+
+
+class TestFromZero:
+    def test_a_rollout_resumed_at_zero_stays_there(self) -> None:
+        """Rolled back to 0 % and unfrozen, an auto-advancing rollout waits for an operator."""
+        stages = [{"name": "canary", "percent": 10}, {"name": "all", "percent": 100}]
+        rollouts = Rollouts({"rollouts": {"r": {"stages": stages, "advance": "auto"}}})
+        rollouts.rollback("r", actor="alice")
+        rollouts.unfreeze("r", actor="alice")
+        for i in range(50):
+            rollouts.report("r", f"user-{i}", error=False)
+        assert rollouts.tick() == []
+        status = rollouts.status("r")
+        assert (status.stage, str(status.status), status.percent) == (-1, "running", 0.0)
+        assert status.waiting_for == (
+            "an operator: at 0 % (advance to start the first stage, canary)"
+        )
+        rollouts.advance("r", actor="alice")
+        assert rollouts.status("r").stage_name == "canary"

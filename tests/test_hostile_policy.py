@@ -662,19 +662,38 @@ class TestCommandLine:
         assert lines[0].startswith(f"  {path}")
         code, out, err = cli("validate", str(path), "--json")
         assert (code, err) == (1, "")
-        [result] = json.loads(out)
+        [result] = json.loads(out)["files"]
         assert (result["file"], result["ok"], len(result["problems"])) == (str(path), False, 1)
 
     @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "bomb", "deep-json", "binary"])
-    @pytest.mark.parametrize("command", [["status"], ["simulate"], ["tick"], ["history", "r"]])
+    @pytest.mark.parametrize(
+        ("command", "code", "said"),
+        [
+            (["simulate"], 1, "stagedroll: {path}: 1 problem\n"),
+            (["tick"], 2, "stagedroll: tick needs the policy: {path}: "),
+            (["status"], 0, "stagedroll: note: {path}: "),
+            (["history", "r"], 0, "stagedroll: note: {path}: "),
+        ],
+    )
     def test_every_command_refuses_the_file_in_one_message(
-        self, here: Path, kind: str, command: list[str], cli: Callable[..., tuple[int, str, str]]
+        self,
+        *,
+        here: Path,
+        kind: str,
+        command: list[str],
+        code: int,
+        said: str,
+        cli: Callable[..., tuple[int, str, str]],
     ) -> None:
-        """The other commands refuse such a policy with its problem on stderr, exit 1."""
+        """Other commands refuse such a policy in one message; steering goes on from the store."""
         path = HOSTILE_FILES[kind](here)
-        code, out, err = cli(*command, "--policy", str(path))
-        assert (code, out) == (1, "")
-        assert err.startswith(f"stagedroll: {path}: 1 problem\n")
+        store = f"sqlite:///{here / 's.db'}"
+        with Rollouts({"rollouts": {"r": {"stages": [{"name": "a", "percent": 1}]}}}, store=store):
+            pass  # a service started r in the store
+        got, _, err = cli(*command, "--policy", str(path), "--store", store)
+        assert got == code
+        assert err.startswith(said.format(path=path))
+        assert err.count("\n") == (2 if code == 1 else 1)  # simulate: a head, then its problem
         assert "Traceback" not in err
 
     def test_control_characters_in_names_and_paths_are_escaped(
@@ -689,7 +708,7 @@ class TestCommandLine:
         assert "rollouts.\\x1b[2J\\x0d\\x9b\\u202ex: invalid name" in out
         assert "a\\x1b[2J\\x0db.toml: 2 problems" in out
         _, out, _ = cli("validate", str(path), "--json")
-        [result] = json.loads(out)
+        [result] = json.loads(out)["files"]
         assert result["file"] == str(path)
         assert result["problems"][0]["path"] == "rollouts.\x1b[2J\r\x9b\u202ex"
 
@@ -698,11 +717,11 @@ class TestCommandLine:
     ) -> None:
         """A reason that would clear the screen or forge a line is shown as text; JSON keeps it."""
         (here / "p.toml").write_text('[rollouts.r]\nstages = [{ name = "a", percent = 1 }]\n')
-        common = ["--policy", "p.toml", "--store", f"sqlite:///{here / 's.db'}"]
+        common = ["--policy", "p.toml", "--store", f"sqlite:///{here / 's.db'}", "--create"]
         reason, actor = "bad\x1b[2J\rfine\nr: kill at a", "ev\u202elia\x07"
         code, out, _ = cli("freeze", "r", "--reason", reason, "--actor", actor, *common)
         assert code == 0
-        assert out.count("\n") == 1
+        assert out.count("\n") == 2  # what it did, then who and why
         assert "bad\\x1b[2J\\x0dfine\\x0ar: kill at a" in out
         assert "ev\\u202elia\\x07" in out
         for command in (["history", "r"], ["status"], ["status", "r"]):
@@ -710,7 +729,8 @@ class TestCommandLine:
             assert code == 0
             assert not set(out) & {"\x1b", "\r", "\x07", "\u202e"}
         _, out, _ = cli("history", "r", "--json", *common)
-        assert (json.loads(out)[0]["reason"], json.loads(out)[0]["actor"]) == (reason, actor)
+        [last, _] = json.loads(out)["transitions"]
+        assert (last["reason"], last["actor"]) == (reason, actor)
 
     def test_arguments_argparse_refuses_are_escaped(
         self, cli: Callable[..., tuple[int, str, str]]

@@ -215,6 +215,54 @@ def test_from_file(stagedroll_rollouts):
         project.runpytest("--strict-markers").assert_outcomes(passed=1)
 
 
+FAILING_NEW_PATH = """
+import stagedroll
+
+ROLLOUTS = stagedroll.Rollouts(
+    {"rollouts": {"discounts": {"stages": [{"name": "all", "percent": 100}]}}}
+)
+
+
+@ROLLOUTS.guard("discounts", fallback=lambda user: "old", unit=lambda user: user)
+def discount(user):
+    raise IndexError("discount tier out of range")
+
+
+def test_discount():
+    assert discount("u1") == "old"
+"""
+
+
+class TestOnError:
+    def test_a_failing_new_path_fails_the_test_by_default(self, project: pytest.Pytester) -> None:
+        """In a session the new path's exception reaches the test, which production hides."""
+        project.makepyfile(test_discount=FAILING_NEW_PATH)
+        result = project.runpytest()
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*IndexError: discount tier out of range*"])
+
+    @pytest.mark.parametrize(
+        "arguments",
+        [("--stagedroll-on-error", "fallback"), ("--stagedroll-on-error", "policy")],
+    )
+    def test_the_option_keeps_the_fallback(
+        self, project: pytest.Pytester, arguments: tuple[str, ...]
+    ) -> None:
+        """``fallback`` (or ``policy``, whose default is the fallback) answers from the old path."""
+        project.makepyfile(test_discount=FAILING_NEW_PATH)
+        project.runpytest(*arguments).assert_outcomes(passed=1)
+
+    def test_the_ini_option_and_a_bad_value(self, project: pytest.Pytester) -> None:
+        """The ini option sets the default; an unknown value is a usage error."""
+        project.makepyfile(test_discount=FAILING_NEW_PATH)
+        project.makeini("[pytest]\nstagedroll_on_error = fallback\n")
+        project.runpytest().assert_outcomes(passed=1)
+        project.makeini("[pytest]\nstagedroll_on_error = sometimes\n")
+        result = project.runpytest()
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*stagedroll_on_error*sometimes*"])
+
+
 class TestDefaultPolicy:
     def test_policy_option_gives_the_fixture_its_policy(self, project: pytest.Pytester) -> None:
         """``--stagedroll-policy FILE`` is the policy of an unmarked test, named in the header."""

@@ -13,8 +13,17 @@ import structlog
 
 from conftest import plain_policy
 from servers import RedisServer, unique_prefix
-from stagedroll import Action, Rollouts, RolloutState, Status, StoreError, Transition
+from stagedroll import (
+    Action,
+    RecentError,
+    Rollouts,
+    RolloutState,
+    Status,
+    StoreError,
+    Transition,
+)
 from stagedroll.stores import RedisStore, store_from_url
+from stagedroll.stores._codec import dump_error, dump_state
 from stagedroll.stores._digest import digest, member, rollout_key, token
 
 DEADLINE_S = 10.0
@@ -625,3 +634,123 @@ class TestWrongTypes:
         assert store.failures.count("store.restore_failed") == 1
         assert client.exists(state_key) == 0
         assert client.get(history) == "x"
+
+
+def write_state_behind(client: redis.Redis, prefix: str, name: str) -> None:
+    """Write a state as a version from before the registry did: no entry in meta."""
+    client.hset(f"{prefix}:{{{name}}}:state", mapping={"v": "1", "s": dump_state(state(1))})
+
+
+class TestNames:
+    def test_the_registry_is_read_not_the_keyspace(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """With a registry in meta, names() lists what it registers (a state written behind
+        it is not found until a process loads it, which registers it)."""
+        store = make_store(redis_url, prefix=redis_prefix)
+        assert store.compare_and_set("a", 0, state(1), entry(1))
+        write_state_behind(client, redis_prefix, "behind")
+        assert store.names() == ["a"]
+        assert store.load("behind") == state(1)
+        assert client.hexists(f"{redis_prefix}:meta", "rollout:behind")
+        assert store.names() == ["a", "behind"]
+
+    def test_without_a_registry_the_prefix_is_scanned(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A store written only by versions from before the registry is scanned for state
+        keys under its prefix, glob characters read literally; other keys are not rollouts."""
+        prefix, lookalike = f"{redis_prefix}:[a*]?", f"{redis_prefix}:ab"
+        for name in ("old", "x}:{y", "*"):
+            write_state_behind(client, prefix, name)
+        write_state_behind(client, lookalike, "theirs")
+        client.hset(f"{prefix}:{{counted}}:counts:1.0", "calls", 1)
+        store = make_store(redis_url, prefix=prefix)
+        assert store.names() == ["*", "old", "x}:{y"]
+        assert not client.exists(f"{prefix}:meta")  # a read: nothing written
+
+    def test_a_registered_rollout_without_a_state_is_not_listed(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A rollout whose state key was deleted (a lost state) is no longer listed."""
+        store = make_store(redis_url, prefix=redis_prefix)
+        assert store.compare_and_set("a", 0, state(1), entry(1))
+        assert store.compare_and_set("b", 0, state(1), entry(1))
+        client.delete(f"{redis_prefix}:{{a}}:state")
+        assert store.names() == ["b"]
+
+    def test_a_state_key_of_another_type_is_listed(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A corrupt state (a key of another type) is still a rollout the store holds."""
+        store = make_store(redis_url, prefix=redis_prefix)
+        assert store.compare_and_set("a", 0, state(1), entry(1))
+        client.delete(f"{redis_prefix}:{{a}}:state")
+        client.rpush(f"{redis_prefix}:{{a}}:state", "x")
+        assert store.names() == ["a"]
+
+    def test_a_registered_name_that_is_not_utf8_is_skipped(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A field of meta that is not UTF-8 (written behind the store's back) is no rollout."""
+        store = make_store(redis_url, prefix=redis_prefix)
+        assert store.compare_and_set("a", 0, state(1), entry(1))
+        client.hset(f"{redis_prefix}:meta", b"rollout:\xff\xfe", "h")
+        client.hset(f"{redis_prefix}:{{\xff\xfe}}:state".encode("latin-1"), "s", "x")
+        assert store.names() == ["a"]
+
+    def test_a_meta_key_of_another_type_falls_back_to_the_scan(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A meta key that is not a hash does not fail names(): the prefix is scanned."""
+        write_state_behind(client, redis_prefix, "a")
+        client.set(f"{redis_prefix}:meta", "x")
+        assert make_store(redis_url, prefix=redis_prefix).names() == ["a"]
+
+
+ERROR = RecentError("treatment", "IndexError", "discount tier out of range", 1.0, 2.0, 3)
+
+
+class TestRecentErrors:
+    def test_a_hash_that_expires(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """The errors are a hash of JSON entries in the rollout's slot, with a TTL."""
+        store = make_store(redis_url, prefix=redis_prefix, ttl=3600)
+        store.add_errors("r", [ERROR])
+        key = f"{redis_prefix}:{{r}}:errors"
+        assert client.type(key) == "hash"
+        assert list(client.hgetall(key).values()) == [dump_error(ERROR)]
+        assert 0 < client.ttl(key) <= 3600
+
+    def test_malformed_entries_are_skipped_then_dropped(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """Entries that cannot be read are skipped by read_errors, and the next add drops them."""
+        store = make_store(redis_url, prefix=redis_prefix)
+        store.add_errors("r", [ERROR])
+        key = f"{redis_prefix}:{{r}}:errors"
+        negative = json.dumps({**json.loads(dump_error(ERROR)), "count": -1})
+        junk: list[tuple[str, str | bytes]] = [
+            ("a", "not json"), ("b", "[1, 2]"), ("c", '{"arm": "treatment"}'),
+            ("d", b"\xff" * 10), ("e", negative),
+        ]  # fmt: skip
+        for field, value in junk:
+            client.hset(key, field, value)
+        assert store.read_errors("r") == [ERROR]
+        store.add_errors("r", [ERROR])
+        assert store.read_errors("r") == [RecentError(
+            "treatment", "IndexError", "discount tier out of range", 1.0, 2.0, 6)]  # fmt: skip
+        assert client.hlen(key) == 1
+
+    def test_a_key_of_another_type_reads_none_and_is_replaced(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """An errors key that is not a hash reads as no errors; the next add replaces it."""
+        store = make_store(redis_url, prefix=redis_prefix)
+        key = f"{redis_prefix}:{{r}}:errors"
+        client.rpush(key, "x")
+        assert store.read_errors("r") == []
+        store.add_errors("r", [ERROR])
+        assert store.read_errors("r") == [ERROR]
+        assert client.type(key) == "hash"

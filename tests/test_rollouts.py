@@ -135,9 +135,11 @@ class TestConstruction:
         assert history[0].at == 5.0
         started = store.load("checkout")
         assert started is not None
+        ladder = (("employees", 0.0), ("canary", 1.0), ("half", 50.0), ("all", 100.0))
         assert started == RolloutState(
-            0, Status.RUNNING, 5.0, 1, "", "stagedroll", epoch=1, history=started.history
-        )
+            0, Status.RUNNING, 5.0, 1, "", "stagedroll", epoch=1, history=started.history,
+            stages=ladder,
+        )  # fmt: skip
         assert len(started.history) == 32  # a random id, kept by every transition
 
 
@@ -376,8 +378,8 @@ class TestTransitions:
 
     def test_rollback_wording(self, rollouts: Rollouts) -> None:
         """Refusals read as sentences: 'cannot roll back', not 'cannot rollback'."""
-        rollouts.kill("search")
-        with pytest.raises(TransitionError, match="cannot roll back 'search': it was killed"):
+        rollouts.rollback("search")
+        with pytest.raises(TransitionError, match="cannot roll back 'search': it is already at 0"):
             rollouts.rollback("search")
 
     def test_an_older_state_never_replaces_a_newer_one(self, rollouts: Rollouts) -> None:
@@ -1050,3 +1052,27 @@ class TestAdoptOrder:
         rollout._adopt(newer)
         rollout._adopt(RolloutState(0, Status.FROZEN, 400.0, version=2, epoch=1))
         assert rollout.state == newer
+
+
+class TestStoreProtocolCheck:
+    def test_a_store_of_an_earlier_protocol_is_refused_by_name(self) -> None:
+        """A store lacking the newer methods is a clear TypeError, not a silent loss of pooling."""
+
+        class OldSharedStore:
+            refresh_interval = 1.0
+
+            def __getattr__(self, name: str) -> Any:
+                if name in ("names", "add_errors", "read_errors"):
+                    raise AttributeError(name)
+                return getattr(MemoryStore(), name)
+
+            def on_refresh(self, callback: Callable[[], object]) -> None:
+                """Never refreshes."""
+
+        with pytest.raises(TypeError, match="lacks names, add_errors, read_errors "):
+            Rollouts(plain_policy(5), store=OldSharedStore())
+
+    def test_a_policy_of_too_many_stages_is_refused(self) -> None:
+        """Every stored state carries its ladder: a rollout has at most 1,000 stages."""
+        with pytest.raises(PolicyError, match="stages"):
+            Rollouts(plain_policy(*([1.0] * 1_001)))

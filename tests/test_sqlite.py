@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import signal
 import sqlite3
 import stat
@@ -11,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ import pytest
 from conftest import plain_policy
 from stagedroll import (
     Action,
+    NoStoreError,
+    RecentError,
     Rollouts,
     RolloutState,
     SQLiteStore,
@@ -27,11 +30,12 @@ from stagedroll import (
     Transition,
 )
 from stagedroll.stores import store_from_url
+from stagedroll.stores._codec import dump_error
 from stagedroll.stores._digest import digest, rollout_key, token
 from stagedroll.stores._sqlite import SCHEMA_VERSION
 
 POLICY = plain_policy(50, 100, name="x")
-TABLES = {"rollouts", "history", "counts", "digests", "touched", "meta"}
+TABLES = {"rollouts", "history", "counts", "digests", "touched", "meta", "errors"}
 
 
 def state(version: int, stage: int = 0) -> RolloutState:
@@ -821,3 +825,290 @@ class TestModeMustLetTheOwnerWrite:
         -shm files its default mode instead)."""
         with pytest.raises(ValueError, match="owner read and write"):
             SQLiteStore(tmp_path / "state.db", mode=mode)
+
+
+SCHEMA_2 = """
+CREATE TABLE rollouts (name TEXT PRIMARY KEY, version INTEGER NOT NULL, state TEXT NOT NULL);
+CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT NOT NULL,
+                      version INTEGER NOT NULL, entry TEXT NOT NULL);
+CREATE INDEX history_by_rollout ON history (rollout, id);
+CREATE TABLE counts (rollout TEXT NOT NULL, segment TEXT NOT NULL, name TEXT NOT NULL,
+                     value INTEGER NOT NULL, PRIMARY KEY (rollout, segment, name)) WITHOUT ROWID;
+CREATE TABLE digests (rollout TEXT NOT NULL, scope TEXT NOT NULL, digest INTEGER NOT NULL,
+                      PRIMARY KEY (rollout, scope, digest)) WITHOUT ROWID;
+CREATE TABLE touched (rollout TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL,
+                      PRIMARY KEY (rollout, key)) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+PRAGMA user_version = 2;
+"""
+"""The tables of schema 2, without the recent errors."""
+
+STATE_2 = '{"stage":1,"status":"frozen","since":1.0,"version":2,"epoch":1,"history":"h1"}'
+"""A state as schema 2's stagedroll wrote it: without its stage ladder."""
+
+
+def schema_2_file(path: Path) -> None:
+    """A file as the previous version left it: a frozen rollout, its history, its evidence."""
+    db = plain(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(SCHEMA_2)
+    db.execute("INSERT INTO rollouts VALUES ('x', 2, ?)", (STATE_2,))
+    for version in (1, 2):
+        db.execute("INSERT INTO history (rollout, version, entry) VALUES ('x', ?, ?)",
+                   (version, f'{{"rollout":"x","action":"start","from_stage":0,"to_stage":1,'
+                             f'"to_status":"frozen","version":{version},"at":1.0}}'))  # fmt: skip
+    db.execute("INSERT INTO counts VALUES ('x', '1.0', 'errors.t@0.5#0', 4)")
+    db.execute("INSERT INTO digests VALUES ('x', 'first:1/errors', 12345)")
+    db.execute("INSERT INTO touched VALUES ('x', 'counts:1.0', ?)", (time.time(),))
+    db.execute("INSERT INTO meta VALUES ('created', '1.0'), ('rollout:x', 'h1')")
+    db.close()
+
+
+class TestSchema2:
+    def test_upgraded_in_place_without_losing_data(self, path: Path) -> None:
+        """A file of schema 2 without the errors table gets it; its state, history,
+        counters, unit digests and registry are kept, and its state loads with no ladder.
+        Its version stays 2, so processes of the previous release still open it."""
+        schema_2_file(path)
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            assert store.names() == ["x"]
+            assert pragma(path, "user_version") == SCHEMA_VERSION == 2
+            assert tables(path) >= TABLES
+            loaded = store.load("x")
+            assert loaded == RolloutState(1, Status.FROZEN, 1.0, 2, epoch=1, history="h1")
+            assert loaded is not None
+            assert loaded.stages == ()
+            assert [t.version for t in store.history("x")] == [2, 1]
+            assert store.read_counts("x", "1.0") == {"errors.t@0.5#0": 4}
+            db = plain(path)
+            assert db.execute("SELECT digest FROM digests").fetchall() == [(12345,)]
+            assert db.execute("SELECT value FROM meta WHERE key = 'rollout:x'").fetchone() == (
+                "h1",
+            )
+            db.close()
+            assert store.read_errors("x") == []
+            error = RecentError("treatment", "KeyError", "'tier'", 5.0, 6.0, 2)
+            store.add_errors("x", [error])
+            assert store.read_errors("x") == [error]
+            with Rollouts(POLICY, store=store) as rollouts:
+                assert rollouts["x"].state.status is Status.FROZEN
+        finally:
+            store.close()
+
+    def test_two_stores_migrating_at_once_both_work(self, path: Path) -> None:
+        """Two store objects opening a schema 2 file at once migrate it once; both read it."""
+        schema_2_file(path)
+        stores = [SQLiteStore(path, timeout=10.0, refresh_interval=3600) for _ in range(2)]
+        barrier = threading.Barrier(2)
+        found: list[list[str]] = []
+
+        def open_it(store: SQLiteStore) -> None:
+            barrier.wait(10)
+            found.append(store.names())
+
+        threads = [threading.Thread(target=open_it, args=(s,)) for s in stores]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert found == [["x"], ["x"]]
+            assert pragma(path, "user_version") == SCHEMA_VERSION
+        finally:
+            for store in stores:
+                store.close()
+
+
+ERROR = RecentError("treatment", "IndexError", "discount tier out of range", 1.0, 2.0, 3)
+
+
+class TestRecentErrors:
+    def test_malformed_rows_are_skipped_then_dropped(self, path: Path) -> None:
+        """Rows that cannot be read are skipped by read_errors, and the next add drops them."""
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            store.add_errors("r", [ERROR])
+            db = plain(path)
+            for junk in ("not json", "[1]", '{"arm": "treatment"}', 7, b"\xff\xfe", None):
+                db.execute("INSERT INTO errors (rollout, entry) VALUES ('r', ?)",
+                           (junk if junk is not None else "null",))  # fmt: skip
+            db.close()
+            assert store.read_errors("r") == [ERROR]
+            store.add_errors("r", [ERROR])
+            assert store.read_errors("r") == [dataclasses.replace(ERROR, count=6)]
+            db = plain(path)
+            assert db.execute("SELECT entry FROM errors").fetchall() == [
+                (dump_error(dataclasses.replace(ERROR, count=6)),)
+            ]
+            db.close()
+        finally:
+            store.close()
+
+    def test_errors_expire_with_the_counters(self, path: Path) -> None:
+        """A rollout's errors not written for ttl seconds are deleted by expire()."""
+        store = SQLiteStore(path, ttl=100, refresh_interval=3600)
+        try:
+            store.add_errors("old", [ERROR])
+            store.add_errors("new", [ERROR])
+            assert store.expire(now=time.time() + 50) == 0
+            with sqlite3.connect(path) as db:
+                db.execute("UPDATE touched SET at = at - 1000 WHERE rollout = 'old'")
+            assert store.expire() == 1 + 1  # the error row, the touched row
+            assert store.read_errors("old") == []
+            assert store.read_errors("new") == [ERROR]
+        finally:
+            store.close()
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+class TestNames:
+    def test_names_that_are_not_utf8_text_are_left_out(self, path: Path) -> None:
+        """A row whose name is not UTF-8 text (invalid bytes as text, a blob) is left out."""
+        store = SQLiteStore(path, refresh_interval=3600)
+        try:
+            assert store.compare_and_set("a", 0, state(1), entry(1, rollout="a"))
+            db = plain(path)
+            db.execute("INSERT INTO rollouts VALUES (CAST(X'FFFE' AS TEXT), 1, 'x')")
+            db.execute("INSERT INTO rollouts VALUES (X'FFFD', 1, 'x')")
+            db.close()
+            assert store.names() == ["a"]
+        finally:
+            store.close()
+
+
+class TestNoSilentCreation:
+    def test_a_missing_file_is_refused_and_nothing_is_made(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """create=False: a misspelt relative path raises StoreError naming the resolved
+        absolute path and what was expected; no file, -wal, -shm or journal appears."""
+        monkeypatch.chdir(tmp_path)
+        makers: list[Callable[[], object]] = [
+            lambda: SQLiteStore("rolouts.db", create=False),
+            lambda: store_from_url("sqlite:///rolouts.db", create=False),
+        ]
+        for make in makers:
+            with pytest.raises(NoStoreError) as raised:
+                make()
+            message = str(raised.value)
+            assert message.startswith(f"no stagedroll store at {tmp_path / 'rolouts.db'} ")
+            assert "(the file does not exist)" in message
+            assert "expected" in message
+        assert listing(tmp_path) == []
+
+    def test_an_existing_store_opens(self, path: Path) -> None:
+        """create=False opens a store that exists, and works as usual."""
+        with Rollouts(POLICY, store=SQLiteStore(path)) as made:
+            made.freeze("x", actor="alice")
+        store = SQLiteStore(path, create=False, refresh_interval=3600)
+        try:
+            assert store.names() == ["x"]
+            with Rollouts(POLICY, store=store) as rollouts:
+                assert rollouts["x"].state.status is Status.FROZEN
+                rollouts.unfreeze("x", actor="alice")
+        finally:
+            store.close()
+
+    @pytest.mark.parametrize("kind", ["empty", "another application's"])
+    def test_a_file_without_stagedroll_tables_is_refused_untouched(
+        self, path: Path, kind: str
+    ) -> None:
+        """create=False: an empty file, or another application's database, is not made a
+        store: StoreError naming the path, and the file is left as it was."""
+        if kind == "empty":
+            path.touch()
+        else:
+            db = plain(path)
+            db.execute("CREATE TABLE mine (a INTEGER)")
+            db.close()
+        before = path.read_bytes()
+        store = SQLiteStore(path, create=False)
+        try:
+            with pytest.raises(StoreError, match=re.escape(f"no stagedroll store at {path} ")):
+                store.names()
+        finally:
+            store.close()
+        assert path.read_bytes() == before
+        assert listing(path.parent) == [path.name]
+
+    def test_a_file_deleted_under_the_store_is_not_made_again(self, path: Path) -> None:
+        """create=False: the file deleted under a running store is refused at the next use,
+        and the refresh fails (logged and counted) without making a new one."""
+        made = SQLiteStore(path)
+        made.names()  # the file, with its tables
+        made.close()
+        store = SQLiteStore(path, create=False, refresh_interval=3600)
+        try:
+            assert store.load("x") is None
+            for file in files(path):
+                file.unlink(missing_ok=True)
+            with pytest.raises(StoreError, match="the file does not exist"):
+                store.names()
+            assert not store.refresh()
+            assert store.failures.count("store.refresh_failed") == 1
+            assert listing(path.parent) == []
+        finally:
+            store.close()
+
+    def test_create_is_the_default(self, path: Path) -> None:
+        """Without create=False a missing file is created, as before."""
+        store = store_from_url(f"sqlite:///{path}")
+        try:
+            assert store.names() == []
+        finally:
+            store.close()
+        assert path.exists()
+
+
+class TestUnableToOpen:
+    def test_a_missing_directory_names_the_path(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file whose directory is missing: StoreError naming the resolved path and why."""
+        monkeypatch.chdir(tmp_path)
+        store = SQLiteStore("missing/state.db")
+        try:
+            with pytest.raises(StoreError) as raised:
+                store.names()
+        finally:
+            store.close()
+        assert str(raised.value) == (
+            f"cannot open the stagedroll store at {tmp_path / 'missing' / 'state.db'}: "
+            f"its directory {tmp_path / 'missing'} does not exist"
+        )
+
+    @pytest.mark.parametrize("create", [True, False])
+    def test_sqlites_unable_to_open_names_the_path(self, tmp_path: Path, create: bool) -> None:
+        """SQLite's "unable to open database file" (here: a path past its 512 bytes) is a
+        StoreError naming the resolved path."""
+        directory = tmp_path
+        for _ in range(3):
+            directory = directory / ("d" * 200)
+            directory.mkdir()
+        path = directory / "state.db"
+        if not create:
+            path.touch()
+        store = SQLiteStore(path, create=create)
+        try:
+            with pytest.raises(StoreError) as raised:
+                store.names()
+        finally:
+            store.close()
+        message = str(raised.value)
+        assert message.startswith(f"cannot open the stagedroll store at {path}: ")
+        assert "unable to open database file" in message
+
+    def test_a_file_that_is_not_a_database_names_the_path(self, path: Path) -> None:
+        """A file at the path that is not SQLite: StoreError naming the path, file untouched."""
+        path.write_text("rollouts: yes\n" * 100)
+        store = SQLiteStore(path)
+        try:
+            with pytest.raises(StoreError, match=re.escape(f"at {path}: file is not a database")):
+                store.names()
+        finally:
+            store.close()
+        assert path.read_text() == "rollouts: yes\n" * 100

@@ -26,6 +26,7 @@ import structlog
 from stagedroll import (
     Action,
     MemoryStore,
+    RecentError,
     RedisStore,
     RolloutState,
     SQLiteStore,
@@ -235,6 +236,7 @@ class TestCompareAndSet:
             reason="erreurs ↑ 5 % — « rollback » 🚨",
             actor="ops@example.com",
             epoch=1,
+            stages=(("canary", 0.5), ("moitié ✓", 50.0), ("all", 100.0)),
         )
         assert store.compare_and_set("r", 0, first, entry(1))
         loaded = store.load("r")
@@ -451,6 +453,155 @@ class TestCountDistinct:
         assert store.count_distinct("r", "treatment", []) == 2
 
 
+# -- the rollouts a store holds ----------------------------------------------------------------
+
+ODD_NAMES = [
+    "\x1b[2J",
+    "<script>",
+    "'; DROP TABLE rollouts; --",
+    "*",
+    "a:b",
+    "{x}",
+    "é ✓",
+    "x" * 1000,
+]
+"""Rollout names with control characters, HTML, SQL, Redis key and glob syntax, unicode,
+and length (a lone surrogate is no name: neither SQLite nor Redis keys hold one)."""
+
+
+class TestNames:
+    def test_an_empty_store_holds_none(self, store: Store) -> None:
+        """A store that never held a state lists no rollout."""
+        assert store.names() == []
+
+    def test_every_rollout_with_a_state_sorted(self, store: Store) -> None:
+        """names() lists each rollout that has a state once, sorted, odd names included."""
+        for name in ["zeta", "alpha", *ODD_NAMES]:
+            assert store.compare_and_set(name, 0, state(1), entry(1, rollout=name))
+        assert store.compare_and_set("zeta", 1, state(2), entry(2, rollout="zeta"))
+        assert store.names() == sorted(["zeta", "alpha", *ODD_NAMES])
+
+    def test_counters_units_and_errors_alone_are_not_a_rollout(self, store: Store) -> None:
+        """A rollout of which the store keeps only counters, units or errors is not listed."""
+        store.add_counts("counted", "1.0", {"calls": 1})
+        store.add_units("units", "e", ["u"])
+        store.count_distinct("distinct", "t", ["u"])
+        store.add_errors("failing", [RecentError("treatment", "E", "m", 1.0, 1.0)])
+        assert store.names() == []
+        assert store.compare_and_set("real", 0, state(1), entry(1, rollout="real"))
+        assert store.names() == ["real"]
+
+    def test_another_object_lists_what_one_wrote(self, shared: Backend) -> None:
+        """A store object of another process lists the rollouts written through the first."""
+        writer, reader = shared.make(), shared.make()
+        assert writer.compare_and_set("b", 0, state(1), entry(1, rollout="b"))
+        assert writer.compare_and_set("a", 0, state(1), entry(1, rollout="a"))
+        assert reader.names() == ["a", "b"]
+
+
+# -- recent errors ------------------------------------------------------------------------------
+
+
+def error(
+    kind: str = "IndexError", at: float = 10.0, count: int = 1, arm: str = "treatment"
+) -> RecentError:
+    return RecentError(arm, kind, "discount tier out of range", at, at, count)
+
+
+class TestRecentErrors:
+    def test_none_until_added(self, store: Store) -> None:
+        """A rollout without errors reads []; adding none writes nothing."""
+        assert store.read_errors("r") == []
+        store.add_errors("r", [])
+        assert store.read_errors("r") == []
+
+    def test_the_same_error_merges(self, store: Store) -> None:
+        """One (arm, type, message): counts add, first_seen the earliest, last_seen the latest."""
+        store.add_errors("r", [error(at=10.0, count=2)])
+        store.add_errors("r", [error(at=5.0), error(at=20.0, count=3)])
+        assert store.read_errors("r") == [
+            RecentError("treatment", "IndexError", "discount tier out of range", 5.0, 20.0, 6)
+        ]
+
+    def test_distinct_errors_newest_first(self, store: Store) -> None:
+        """Another arm, type or message is another entry; read newest last_seen first."""
+        store.add_errors("r", [error("KeyError", at=1.0), error(at=3.0, arm="control")])
+        store.add_errors("r", [error(at=2.0), error("KeyError", at=0.5)])
+        assert [(e.arm, e.type, e.count) for e in store.read_errors("r")] == [
+            ("control", "IndexError", 1),
+            ("treatment", "IndexError", 1),
+            ("treatment", "KeyError", 2),
+        ]
+
+    def test_at_most_twenty_the_most_recently_seen(self, store: Store) -> None:
+        """Past 20 distinct errors, the least recently seen are evicted."""
+        for i in range(25):
+            store.add_errors("r", [error(f"E{i}", at=float(i))])
+        store.add_errors("r", [error("E5", at=100.0)])  # seen again: the newest now
+        kept = store.read_errors("r")
+        assert len(kept) == 20
+        assert [e.type for e in kept] == ["E5", *[f"E{i}" for i in range(24, 5, -1)]]
+
+    def test_type_and_message_are_cut(self, store: Store) -> None:
+        """A long type and message are kept cut to 128 and 200 characters, and still merge."""
+        long = RecentError("treatment", "T" * 1000, "m" * 5000, 1.0, 2.0)
+        store.add_errors("r", [long])
+        store.add_errors("r", [long])
+        (kept,) = store.read_errors("r")
+        assert (kept.type, kept.message, kept.count) == ("T" * 128, "m" * 200, 2)
+
+    def test_hostile_text_round_trips(self, store: Store) -> None:
+        """Control characters, NUL, lone surrogates, HTML and SQL in a message come back."""
+        odd = ["\x1b[2J\r", "nul\x00", "\ud800", "<script>", "'; DROP TABLE errors; --"]
+        store.add_errors("r", [RecentError("treatment", m, m, 1.0, 1.0) for m in odd])
+        assert sorted(e.message for e in store.read_errors("r")) == sorted(odd)
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            RecentError("treatment", "E", "m", 1.0, 1.0, 0),
+            RecentError("treatment", "E", "m", float("nan"), 1.0),
+            RecentError("treatment", "E", "m", 1.0, float("inf")),
+            RecentError("", "E", "m", 1.0, 1.0),
+            RecentError("treatment", "E", "m", 1.0, 1.0, True),
+        ],
+    )
+    def test_a_malformed_error_writes_nothing(self, store: Store, bad: RecentError) -> None:
+        """A batch with a malformed error raises ValueError and leaves the errors as they were."""
+        store.add_errors("r", [error(at=1.0)])
+        with pytest.raises(ValueError):  # noqa: PT011 - the message names the field
+            store.add_errors("r", [error(at=2.0), bad])
+        assert store.read_errors("r") == [error(at=1.0)]
+
+    def test_rollouts_are_kept_apart(self, store: Store) -> None:
+        """One rollout's errors do not touch another's."""
+        store.add_errors("a", [error(at=1.0)])
+        store.add_errors("b", [error(at=2.0, count=5)])
+        assert store.read_errors("a") == [error(at=1.0)]
+        assert store.read_errors("b") == [error(at=2.0, count=5)]
+
+    def test_racing_threads_lose_no_count(self, store: Store) -> None:
+        """Errors added by 4 threads at once sum exactly."""
+        barrier = threading.Barrier(4)
+
+        def add(i: int) -> None:
+            barrier.wait(DEADLINE_S)
+            for n in range(20):
+                store.add_errors("r", [error(at=float(n)), error(f"E{i}", at=float(n))])
+
+        run_threads(4, add)
+        counts = {e.type: e.count for e in store.read_errors("r")}
+        assert counts == {"IndexError": 80, "E0": 20, "E1": 20, "E2": 20, "E3": 20}
+
+    def test_another_object_reads_them(self, shared: Backend) -> None:
+        """Errors added through one store object are read through another (another process)."""
+        writer, reader = shared.make(), shared.make()
+        writer.add_errors("r", [error(at=1.0)])
+        reader.add_errors("r", [error(at=2.0)])
+        assert writer.read_errors("r") == [RecentError(
+            "treatment", "IndexError", "discount tier out of range", 1.0, 2.0, 2)]  # fmt: skip
+
+
 # -- listeners ----------------------------------------------------------------------------------
 
 
@@ -536,6 +687,9 @@ class TestSyncing:
             RolloutState(-7, Status.RUNNING, 1.0, 1),
             RolloutState(0, Status.RUNNING, float("nan"), 1),
             RolloutState(0, Status.RUNNING, 1.0, 1, epoch=2),
+            RolloutState(0, Status.RUNNING, 1.0, 1, stages=(("s", 101.0),)),
+            RolloutState(0, Status.RUNNING, 1.0, 1, stages=(("", 1.0),)),
+            RolloutState(0, Status.RUNNING, 1.0, 1, stages=(("s", 1.0),) * 1001),
         ],
     )
     def test_a_state_out_of_range_is_not_written(self, shared: Backend, bad: RolloutState) -> None:
@@ -627,6 +781,28 @@ def counts_worker(url: str, index: int, barrier: Any, results: Any) -> None:
     _report(results, index, work)
 
 
+def errors_worker(url: str, index: int, barrier: Any, results: Any) -> None:
+    """Add one shared error and one of its own 25 times; report how many adds it made."""
+
+    def work() -> int:
+        store = store_from_url(url)
+        try:
+            barrier.wait(DEADLINE_S)
+            for n in range(25):
+                store.add_errors(
+                    "r",
+                    [
+                        RecentError("treatment", "Shared", "m", float(n), float(n)),
+                        RecentError("control", f"Own{index}", "m", float(n), float(n), 2),
+                    ],
+                )
+            return 25
+        finally:
+            store.close()
+
+    _report(results, index, work)
+
+
 def run_processes(
     url: str, count: int, worker: Callable[[str, int, Any, Any], None]
 ) -> dict[int, Any]:
@@ -695,3 +871,15 @@ class TestManyProcesses:
         largest = run_processes(shared.url, 4, counts_worker)
         assert store.read_counts("r", "1.0") == {"calls": 200, "errors": 400}
         assert max(largest.values()) == 200
+
+    def test_errors_from_processes_sum_exactly(self, shared: Backend) -> None:
+        """4 processes adding the same error 25 times each lose no count."""
+        store = shared.make()
+        run_processes(shared.url, 4, errors_worker)
+        counts = {(e.arm, e.type): e.count for e in store.read_errors("r")}
+        assert counts == {
+            ("treatment", "Shared"): 100,
+            **{("control", f"Own{i}"): 50 for i in range(4)},
+        }
+        (shared_error,) = [e for e in store.read_errors("r") if e.type == "Shared"]
+        assert (shared_error.first_seen, shared_error.last_seen) == (0.0, 24.0)

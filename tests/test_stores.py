@@ -10,11 +10,13 @@ import pytest
 from stagedroll import (
     Action,
     MemoryStore,
+    RecentError,
     RedisStore,
     RolloutState,
     SQLiteStore,
     Status,
     Store,
+    StoreError,
     Transition,
 )
 from stagedroll.stores import store_from_url
@@ -120,6 +122,22 @@ def _from_url() -> Iterator[list[Store]]:
     yield made
     for store in made:
         store.close()
+
+
+class TestMemoryStoreNamesAndErrors:
+    def test_names_are_a_copy(self, store: MemoryStore) -> None:
+        """names() returns a new list: changing it changes nothing in the store."""
+        assert store.compare_and_set("r", 0, state(1), entry(1))
+        names = store.names()
+        names.append("other")
+        assert store.names() == ["r"]
+
+    def test_errors_are_a_copy(self, store: MemoryStore) -> None:
+        """read_errors() returns a new list: changing it changes nothing in the store."""
+        error = RecentError("treatment", "E", "m", 1.0, 1.0)
+        store.add_errors("r", [error])
+        store.read_errors("r").clear()
+        assert store.read_errors("r") == [error]
 
 
 class TestStoreFromUrl:
@@ -261,6 +279,22 @@ class TestStoreFromUrl:
         elsewhere = RedisStore(redis_url, prefix=redis_prefix + "-other")
         from_url.append(elsewhere)
         assert elsewhere.load("r") is None
+
+    def test_create_false_refuses_a_missing_sqlite_file(self, tmp_path: Path) -> None:
+        """create=False reaches SQLite: a missing file raises StoreError, and is not made."""
+        with pytest.raises(StoreError, match="the file does not exist"):
+            store_from_url(f"sqlite:///{tmp_path}/typo.db?timeout=1", create=False)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_create_false_is_ignored_by_memory_and_redis(
+        self, redis_url: str, redis_prefix: str, from_url: list[Store]
+    ) -> None:
+        """Memory and Redis stores are made with create=False; names() says they are empty."""
+        sep = "&" if "?" in redis_url else "?"
+        for url in ("memory://", f"{redis_url}{sep}prefix={redis_prefix}"):
+            store = store_from_url(url, create=False)
+            from_url.append(store)
+            assert store.names() == []
 
     @pytest.mark.parametrize(
         ("query", "option"),

@@ -414,6 +414,32 @@ class TestBadAndLostStates:
         with pytest.raises(ValueError, match="paused"):
             b.load("bad")
 
+    def test_a_malformed_ladder_is_no_unreadable_state(
+        self, path: Path, pair: tuple[SQLiteStore, SQLiteStore]
+    ) -> None:
+        """A state whose stage ladder is malformed or oversized is followed, its ladder read
+        as (): the ladder is informational, and must not send the rollout to the old path."""
+        a, b = pair
+        heard: list[RolloutState] = []
+        b.watch(lambda name, new: heard.append(new))
+        assert b.load("r") is None
+        ladder = (("canary", 1.0), ("all", 100.0))
+        first = RolloutState(0, Status.RUNNING, 1.0, 1, stages=ladder)
+        assert a.compare_and_set("r", 0, first, entry(1))
+        assert b.refresh()
+        assert heard == [first]
+        huge = json.dumps([["s", 1.0]] * 5000)
+        with sqlite3.connect(path) as db:  # written behind the store's back, at the next version
+            db.execute(
+                "UPDATE rollouts SET version = 2, state = json_set(state, '$.version', 2, "
+                "'$.status', 'frozen', '$.stages', json(?)) WHERE name = 'r'",
+                (huge,),
+            )
+        assert b.refresh()
+        assert heard[-1] == RolloutState(0, Status.FROZEN, 1.0, 2)
+        assert b.failures.count("store.decode_failed") == 0
+        assert b.unreadable == {}
+
     def test_a_lost_state_is_restored_from_what_the_process_knew(self, path: Path) -> None:
         """A rollout the store lost comes back as this process knew it: a kill survives."""
         policy = plain_policy(10, 50)

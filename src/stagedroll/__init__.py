@@ -26,10 +26,12 @@ from ._policy import (
 )
 from ._rollout import Rollout
 from ._rollouts import Rollouts
-from ._state import Action, RolloutState, Status, Transition
+from ._state import Action, RecentError, RolloutState, Status, Transition
 from ._status import RolloutStatus, Snapshot, StageInfo
+from ._steering import Steering
 from ._version import __version__
 from .exceptions import (
+    NoStoreError,
     PolicyError,
     StagedrollError,
     StoreError,
@@ -45,10 +47,12 @@ __all__ = [
     "Health",
     "HealthReport",
     "MemoryStore",
+    "NoStoreError",
     "Outcome",
     "Policy",
     "PolicyError",
     "Reason",
+    "RecentError",
     "RedisStore",
     "Rollout",
     "RolloutPolicy",
@@ -63,6 +67,7 @@ __all__ = [
     "StageInfo",
     "StagedrollError",
     "Status",
+    "Steering",
     "Store",
     "StoreError",
     "SyncingStore",

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
+from ._errors import Errors
 from ._failures import Failures
 from ._health import Health
 from ._pool import Unsure, flush
 from ._state import RolloutState
 from .stores import Store
 
-__all__ = ["exchange"]
+__all__ = ["exchange", "share_errors"]
 
 
 def exchange(
@@ -57,3 +58,19 @@ def exchange(
         if others:
             failures.record("health.share_mismatch", rollout=rollout, share=batch.share,
                             elsewhere=list(others))  # fmt: skip
+
+
+def share_errors(store: Store, failures: Failures, *, rollout: str, errors: Errors) -> None:
+    """Add the exceptions ``errors`` kept since the last call to the store's; never raises.
+
+    A failed write is queued again (the store may be down) and counted
+    (``store.errors_failed``), so every process's recent errors reach ``status`` anywhere.
+    """
+    taken = errors.take()
+    if not taken:
+        return
+    try:
+        store.add_errors(rollout, taken)
+    except Exception as exc:
+        errors.give_back(taken)
+        failures.record("store.errors_failed", exc, rollout=rollout)

@@ -14,9 +14,12 @@ import structlog
 
 from ._forksafe import register
 
-__all__ = ["Failures", "contained", "log"]
+__all__ = ["LOGGER", "Failures", "contained", "log"]
 
-_log = structlog.get_logger("stagedroll")
+LOGGER = "stagedroll"
+"""The logger name of every event: given to the logger factory, and in each event's ``logger``."""
+
+_log = structlog.get_logger(LOGGER)
 
 
 def contained(exc: BaseException) -> bool:
@@ -34,11 +37,13 @@ def contained(exc: BaseException) -> bool:
 def log(level: str, event: str, **fields: object) -> None:
     """Log through structlog; a broken logging setup must not break the host, so never raise.
 
-    A processor that raises anything (``SystemExit`` included) is contained, as a hook is
-    (:func:`contained`).
+    The event carries ``logger="stagedroll"`` whatever the logger factory, so that a service
+    can route or drop stagedroll's events by name with any structlog configuration (the
+    stdlib factory also names its ``logging.Logger`` so). A processor that raises anything
+    (``SystemExit`` included) is contained, as a hook is (:func:`contained`).
     """
     try:
-        getattr(_log, level)(event, **fields)
+        getattr(_log, level)(event, logger=LOGGER, **fields)
     except BaseException as exc:  # nowhere left to report a broken logger
         if not contained(exc):
             raise

@@ -38,7 +38,8 @@ def step(
     the new path, and the sample ratio is sound. ``report`` gives the evidence; it is
     asked only when a step is due. Nothing while processes sharing the store disagree on
     the share (a policy change rolling out), nor for an unknown state, a stopped rollout,
-    or one killed in this process (``$STAGEDROLL_KILL``).
+    or one killed in this process (``$STAGEDROLL_KILL``). Never an advance from 0 % (stage
+    ``-1``, after a rollback from the first stage): only an operator starts the first stage.
     """
     state = view.state
     if not state.version or state.status not in (Status.RUNNING, Status.FROZEN) or plan.killed:
@@ -68,8 +69,8 @@ def advance_due(plan: Plan, view: View, now: float) -> str | None:
         return "an operator: advance is manual"
     if view.stage >= plan.last_stage:
         return "an operator: the last stage is reached (complete the rollout)"
-    if view.stage < 0:
-        return None  # resumed at 0 % after a rollback: back to the first stage
+    if view.stage < 0:  # at 0 % (rolled back, then resumed): only an operator starts again
+        return f"an operator: at 0 % (advance to start the first stage, {plan.stages[0].name})"
     stage = plan.policy.stages[view.stage]
     if stage.bake is not None:
         left = view.state.since + stage.bake - now

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import linecache
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from types import TracebackType
@@ -98,9 +99,16 @@ def guard(
     fallback: Callable[P, R],
     unit: Callable[P, object] | None,
     attributes: Callable[P, Mapping[str, object]] | None = None,
-    reraise: bool = False,
+    reraise: bool | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Build the decorator of :meth:`Rollouts.guard` over ``router``."""
+    """Build the decorator of :meth:`Rollouts.guard` over ``router``.
+
+    ``reraise``: whether the new path's exception propagates (after it is recorded) instead
+    of being answered by the fallback; ``None`` follows ``on_error`` (the policy's setting
+    for the environment, or a test session's).
+    """
+    if reraise is not None and not isinstance(reraise, bool):
+        raise TypeError(f"reraise must be True, False or None, not {type(reraise).__name__}")
     if not callable(fallback):
         raise TypeError(f"fallback must be callable, not {type(fallback).__name__}")
     check_routing(unit, attributes)
@@ -121,6 +129,7 @@ def guard(
                 route=route,
                 record=record,
                 reraise=reraise,
+                reraises=router.reraises,
             )
             return cast("Callable[P, R]", wrapper)
 
@@ -148,14 +157,17 @@ def _sd_call({params}):
     _sd_start = _sd_clock() if _sd_timed else 0.0
     try:
         _sd_result = _sd_new({args}) if _sd_treated else _sd_fallback({args})
-    except _sd_Exception:
+    except _sd_Exception as _sd_error:
         _sd_latency = _sd_clock() - _sd_start if _sd_timed else None
         if not _sd_treated:  # the old path's own error: the caller's to see
-            _sd_record(_sd_arm, _sd_key, error=True, latency_s=_sd_latency)
+            _sd_record(_sd_arm, _sd_key, error=True, latency_s=_sd_latency, exc=_sd_error)
             raise
-        _sd_record(_sd_arm, _sd_key, error=True, latency_s=_sd_latency, fallback=not _sd_reraise)
-        if _sd_reraise:
+        _sd_raise = _sd_router.reraises() if _sd_reraise is None else _sd_reraise
+        _sd_record(_sd_arm, _sd_key, error=True, latency_s=_sd_latency, fallback=not _sd_raise,
+                   exc=_sd_error)
+        if _sd_raise:
             raise
+        del _sd_error  # no reference cycle through the frame while the fallback runs
         return _sd_fallback({args})
     # Router.record's success, inlined: a lock-free append, folded in batches, unless the
     # call is slow or its unit new to the stage (the gate sees those at once).
@@ -217,7 +229,7 @@ def _sync_wrapper(
     unit: Callable[..., object] | None,
     *,
     route: Route,
-    reraise: bool,
+    reraise: bool | None,
 ) -> Callable[..., Any]:
     """The sync wrapper of ``new`` (see :data:`_SYNC`); ``unit`` routes alone when given."""
     params = _plain_parameters(new, fallback, unit) if unit is not None else None
@@ -242,7 +254,10 @@ def _sync_wrapper(
         "_sd_Exception": Exception,
     }
     source = _SYNC.format(params=params, args=args, route=routing)
-    exec(compile(source, f"<stagedroll guard of {router.name}>", "exec"), namespace)
+    filename = f"<stagedroll guard of {router.name}>"
+    # The source, for the tracebacks that pass through the wrapper (the user's own do).
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
     wrapper: Callable[..., Any] = namespace["_sd_call"]
     return wrapper
 
@@ -253,7 +268,8 @@ def _async_wrapper(
     *,
     route: Route,
     record: Record,
-    reraise: bool,
+    reraise: bool | None,
+    reraises: Callable[[], bool],
 ) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(new)
     async def call(*args: Any, **kwargs: Any) -> Any:
@@ -262,17 +278,19 @@ def _async_wrapper(
         if arm.enabled:
             try:
                 result = await new(*args, **kwargs)
-            except Exception:
+            except Exception as exc:
+                raises = reraises() if reraise is None else reraise
                 record(arm, key, error=True, latency_s=perf_counter() - start,
-                       fallback=not reraise)  # fmt: skip
-                if reraise:
+                       fallback=not raises, exc=exc)  # fmt: skip
+                if raises:
                     raise
+                del exc
                 return await fallback(*args, **kwargs)
         else:
             try:
                 result = await fallback(*args, **kwargs)
-            except Exception:
-                record(arm, key, error=True, latency_s=perf_counter() - start)
+            except Exception as exc:
+                record(arm, key, error=True, latency_s=perf_counter() - start, exc=exc)
                 raise
         record(arm, key, error=False, latency_s=perf_counter() - start)
         return result
@@ -310,7 +328,7 @@ class Tracking:
         if exc_type is not None and not issubclass(exc_type, Exception):
             return  # cancelled or interrupted: the outcome is unknown
         latency = perf_counter() - self._start
-        self._record(self._arm, self._key, error=exc_type is not None, latency_s=latency)
+        self._record(self._arm, self._key, error=exc_type is not None, latency_s=latency, exc=exc)
 
     async def __aenter__(self) -> Decision:
         return self.__enter__()

@@ -15,6 +15,7 @@ path (``View.plain`` is off) and asks :func:`forced` on the slow one.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from collections import Counter
@@ -22,7 +23,16 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Force", "Forceable", "activate", "deactivate", "forced", "track"]
+__all__ = [
+    "Force",
+    "Forceable",
+    "activate",
+    "deactivate",
+    "forced",
+    "on_error",
+    "set_on_error",
+    "track",
+]
 
 
 class Forceable(Protocol):
@@ -117,3 +127,34 @@ def _count(force: Force, step: int) -> None:
             targets = [force.target]
     for handle in targets:
         handle._force(step)
+
+
+_on_error: str | None = None
+_MODES = (None, "raise", "fallback", "policy")
+
+
+def set_on_error(mode: str | None) -> str | None:
+    """Set this process's test-session ``on_error``; return the one it replaces.
+
+    ``"raise"`` or ``"fallback"`` decide for every guard over the policy; ``"policy"`` gives
+    the decision back to the policy (over the pytest plugin's default); ``None`` unsets it.
+    """
+    global _on_error
+    if mode not in _MODES:
+        raise ValueError(f'on_error must be "raise", "fallback" or "policy", not {mode!r}')
+    previous, _on_error = _on_error, mode
+    return previous
+
+
+def on_error() -> str | None:
+    """The test session's ``"raise"`` or ``"fallback"``, or ``None`` when the policy decides.
+
+    :func:`set_on_error`'s, else the pytest plugin's (its ``stagedroll_on_error`` option,
+    ``"raise"`` by default). The plugin imports nothing of stagedroll, so this reads its
+    module, which pytest imported, when a guard's new path raised (never on a success).
+    """
+    mode = _on_error
+    if mode is None:
+        plugin = sys.modules.get("pytest_stagedroll")
+        mode = getattr(plugin, "on_error", None) if plugin is not None else None
+    return mode if mode in ("raise", "fallback") else None

@@ -98,6 +98,11 @@ class Plan:
         """The index of the final stage."""
         return len(self.stages) - 1
 
+    @property
+    def ladder(self) -> tuple[tuple[str, float], ...]:
+        """The policy's stages as ``(name, percent)`` pairs: what a stored state carries."""
+        return tuple((s.name, float(s.percent)) for s in self.policy.stages)
+
     def stage_name(self, stage: int) -> str | None:
         """The name of stage ``stage``.
 

@@ -46,10 +46,12 @@ from .exceptions import PolicyError, PolicyProblem
 
 __all__ = [
     "MAX_DURATION_DAYS",
+    "MAX_STAGES",
     "MIGRATION_STAGES",
     "UNIT_CAP",
     "EnvironmentSetting",
     "Health",
+    "OnError",
     "Policy",
     "RolloutPolicy",
     "Rule",
@@ -63,6 +65,8 @@ __all__ = [
     "policy_from_dict",
 ]
 
+MAX_STAGES = 1000
+"""The most stages a rollout may have: each stored state carries its ladder."""
 UNIT_CAP = 50_000
 """Distinct units an arm remembers per stage visit (for ``min_units`` and the sample ratio)."""
 
@@ -392,6 +396,10 @@ class Health(_Model):
         return self
 
 
+OnError = Literal["fallback", "raise"]
+"""What a guard does with an exception of the new path: answer from the fallback, or raise."""
+
+
 class RolloutPolicy(_Model):
     """One rollout: its stages, environments, targeting and health gate."""
 
@@ -403,7 +411,7 @@ class RolloutPolicy(_Model):
     """The paired pattern the rollout serves: ``"shadow"`` (a dark launch) or
     ``"migration"`` (an expand/contract migration, whose stages are the six phases). Both
     sides of each compared call are recorded and tested at a share of one half."""
-    stages: Annotated[tuple[Stage, ...], Field(min_length=1)]
+    stages: Annotated[tuple[Stage, ...], Field(min_length=1, max_length=MAX_STAGES)]
     environments: dict[StrictStr, EnvironmentSetting] = Field(default_factory=dict)
     targeting: Targeting = Targeting()
     health: Health = Health()
@@ -449,6 +457,10 @@ class Policy(_Model):
     environments: tuple[Name, ...] | None = None
     segments: dict[Name, Segment] = Field(default_factory=dict)
     rollouts: dict[Name, RolloutPolicy] = Field(default_factory=dict)
+    on_error: dict[Name, OnError] = Field(default_factory=dict)
+    """What a guard does with an exception of the new path, by environment: answer from the
+    fallback (``"fallback"``, the default for an environment not listed) or raise it after
+    recording it (``"raise"``, for ``dev`` and tests, where a developer must see the bug)."""
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -460,6 +472,13 @@ class Policy(_Model):
             for name, rollout in self.rollouts.items()
             for path, message in _cross_checks(rollout.model_dump(), context)
         ]
+        if self.environments is not None:
+            known = ", ".join(self.environments) or "none"
+            problems += [
+                (f"on_error.{env}", f"unknown environment {env!r} (the policy declares {known})")
+                for env in self.on_error
+                if env not in self.environments
+            ]
         if problems:
             raise _problems(problems)
         return self
@@ -482,10 +501,15 @@ class Policy(_Model):
         known = self.environments
         if known is None:
             used = {env for r in self.rollouts.values() for env in r.environments}
+            used.update(self.on_error)
             known = tuple(sorted(used)) if used else None
         if known is not None and environment not in known:
             message = f"unknown environment {environment!r} (known: {', '.join(known)})"
             raise PolicyError([PolicyProblem("environment", message + _hint(environment, known))])
+
+    def raises_in(self, environment: str | None) -> bool:
+        """Whether ``on_error`` says ``"raise"`` for ``environment``."""
+        return environment is not None and self.on_error.get(environment) == "raise"
 
 
 _HINTED = 128  # the longest name: a longer word, or choice, gets no hint (difflib is quadratic)

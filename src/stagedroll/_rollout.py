@@ -21,7 +21,8 @@ import mmh3
 from . import _gate as gate
 from . import _override as override
 from ._decision import Decision, Reason
-from ._exchange import exchange
+from ._errors import merge
+from ._exchange import exchange, share_errors
 from ._failures import log
 from ._forksafe import register
 from ._guard import Tracking, guard
@@ -33,9 +34,19 @@ from ._policy import RolloutPolicy
 from ._pool import Outbox
 from ._router import Router
 from ._runtime import Runtime
-from ._state import AUTOMATIC, NO_EVIDENCE, Action, Evidence, RolloutState, Transition, newer
+from ._state import (
+    AUTOMATIC,
+    NO_EVIDENCE,
+    Action,
+    Evidence,
+    RecentError,
+    RolloutState,
+    Transition,
+    newer,
+)
 from ._status import RolloutStatus, StageInfo
-from ._transitions import EVENTS, initial_state, next_state, unknown_state
+from ._steering import commit, default_actor, log_transition
+from ._transitions import EVENTS, initial_state, next_state, stage_index, unknown_state
 from .exceptions import StoreError, TransitionError
 
 __all__ = ["Rollout", "default_actor"]
@@ -45,16 +56,6 @@ R = TypeVar("R")
 
 _hash = mmh3.hash
 _RETRY_AFTER_S = 1.0  # after a failed automatic step, wait this long before the next try
-
-
-def default_actor() -> str:
-    """The operating-system user: the actor of a transition when none is named."""
-    import getpass  # noqa: PLC0415 - only transitions without an actor need it
-
-    try:
-        return getpass.getuser()
-    except Exception:  # no user database entry (containers): still say something
-        return "unknown"
 
 
 class Rollout:
@@ -71,6 +72,7 @@ class Rollout:
         "__weakref__",
         "_bound",
         "_lock",
+        "_mine",
         "_plan",
         "_retry_at",
         "_router",
@@ -92,6 +94,7 @@ class Rollout:
         self._retry_at = 0.0  # after a failed automatic step, not before this clock time
         self._bound = 0  # guards, shadows and migrations built on this handle
         self._started = False
+        self._mine: RolloutState | None = None  # the state this handle is committing
         self._unreadable = False  # serving the old path: the stored state is corrupt
         router = self._router = Router(plan.name, runtime)
         router.handle = self
@@ -175,7 +178,7 @@ class Rollout:
         fallback: Callable[P, R],
         unit: Callable[P, object] | None,
         attributes: Callable[P, Mapping[str, object]] | None = None,
-        reraise: bool = False,
+        reraise: bool | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate the new path; see :meth:`Rollouts.guard`."""
         decorate = guard(self._router, fallback=fallback, unit=unit, attributes=attributes,
@@ -243,15 +246,21 @@ class Rollout:
         *,
         expected: RolloutState | None = None,
         evidence: Evidence | None = None,
+        to: str | int | None = None,
     ) -> Transition:
         """Apply ``action`` to the state in the store (or to ``expected``), by compare-and-set.
 
-        Raises :class:`TransitionError` when the action does not apply to that state, or when
-        another writer changed it between our read and our write (the action is then not
-        retried: ``advance`` twice would skip a stage), and :class:`StoreError` when the store
-        fails. The history entry carries the health evidence of the moment.
+        ``to`` (``rollback`` and ``unfreeze`` only) is the stage to go to: a stage name of
+        the plan, or an index (``-1``, or ``"0%"``, is 0 %). The new state carries the plan's
+        stage ladder. Raises :class:`TransitionError` when the action does not apply to that
+        state (or ``to`` names no stage), or when another writer changed it between our read
+        and our write (the action is then not retried: ``advance`` twice would skip a stage),
+        and :class:`StoreError` when the store fails. The history entry carries the health
+        evidence of the moment.
         """
-        runtime, name = self._runtime, self.name
+        runtime, name, plan = self._runtime, self.name, self._plan  # one plan, even mid-reload
+        ladder = plan.ladder
+        target = stage_index(name, action, to, ladder)  # a typo fails before any store I/O
         who = actor if actor is not None else default_actor()
         current = expected if expected is not None else self._load()
         if current is None:  # never started: the store was down when this process started
@@ -262,35 +271,13 @@ class Rollout:
         if evidence is None:
             evidence = self._report().evidence() if self.health is not None else NO_EVIDENCE
         now = runtime.clock()
-        new = next_state(name, action, current, last_stage=self._plan.last_stage, now=now,
-                         reason=reason, actor=who)  # fmt: skip
-        entry = Transition(
-            rollout=name,
-            action=action,
-            from_stage=current.stage,
-            to_stage=new.stage,
-            from_status=current.status,
-            to_status=new.status,
-            version=new.version,
-            at=now,
-            reason=reason,
-            actor=who,
-            evidence=evidence,
-        )
-        try:
-            committed = runtime.store.compare_and_set(name, current.version, new, entry)
-        except Exception as exc:
-            raise StoreError(f"the store failed to {action.verb} {name!r}: {exc}") from exc
-        if not committed:
-            latest = self._load() or current
-            raise TransitionError(
-                f"cannot {action.verb} {name!r}: it changed meanwhile (now stage {latest.stage}, "
-                f"{latest.status}, by {latest.actor or 'unknown'}); not applied"
-            )
+        new = next_state(name, action, current, last_stage=plan.last_stage, now=now,
+                         reason=reason, actor=who, to=target, stages=ladder)  # fmt: skip
+        self._mine = new  # adopted as ours, not logged as another writer's (rollout.changed)
+        entry = commit(runtime.store, name, action, current, new, evidence=evidence,
+                       latest=lambda: self._load() or current)  # fmt: skip
         self._adopt(new)  # the store's listeners did it too, unless it has none
-        log("info", EVENTS[action], rollout=name, stage=self._router.view.stage_name,
-            from_stage=current.stage, to_stage=new.stage, status=str(new.status),
-            reason=reason, actor=who, evidence=dict(evidence))  # fmt: skip
+        log_transition(entry, self._router.view.stage_name)
         if len(runtime.hooks):
             names = (self._plan.stage_name(current.stage), self._plan.stage_name(new.stage))
             runtime.hooks.fire(TransitionEvent.of(entry, names))
@@ -354,7 +341,20 @@ class Rollout:
                 for s in plan.policy.stages
             ),
             killed_here=plan.killed,
+            errors=self._errors(fresh),
         )
+
+    def _errors(self, fresh: bool) -> tuple[RecentError, ...]:
+        """The recent errors: the fleet's (a shared store, read ``fresh``), else this process's."""
+        runtime, local = self._runtime, self._router.errors.recent()
+        if not (fresh and runtime.shared):
+            return local
+        try:
+            stored = runtime.store.read_errors(self.name)
+        except Exception as exc:
+            runtime.failures.record("store.errors_failed", exc, rollout=self.name)
+            return local
+        return merge([*stored, *self._router.errors.pending()]) if stored else local
 
     def _report(self) -> HealthReport:
         """The gate's evidence in the current stage visit (every latency folded first)."""
@@ -391,7 +391,8 @@ class Rollout:
                 first = initial_state(runtime.clock())
                 started = RolloutState(stage=0, status=first.status, since=first.since,
                                        version=1, actor=AUTOMATIC, epoch=1,
-                                       history=uuid.uuid4().hex)  # fmt: skip
+                                       history=uuid.uuid4().hex,
+                                       stages=self._plan.ladder)  # fmt: skip
                 entry = Transition(name, Action.START, 0, 0, None, started.status, 1,
                                    started.since, actor=AUTOMATIC)  # fmt: skip
                 if runtime.store.compare_and_set(name, 0, started, entry):
@@ -436,10 +437,12 @@ class Rollout:
 
     def _pool(self) -> None:
         """Flush the queued events to the store, and take the fleet's totals; never raises."""
-        router = self._router
+        router, runtime = self._router, self._runtime
         if router.health is not None:
-            exchange(self._runtime.store, self._runtime.failures, rollout=self.name,
+            exchange(runtime.store, runtime.failures, rollout=self.name,
                      state=self.state, health=router.health, lock=router.lock)  # fmt: skip
+        if runtime.shared:
+            share_errors(runtime.store, runtime.failures, rollout=self.name, errors=router.errors)
 
     def _follow_unreadable(self, why: str | None) -> None:
         """Serve the old path while the stored state is corrupt; never raises.
@@ -585,8 +588,16 @@ class Rollout:
         here (a transition, a store's listener or refresh, a read by ``status`` or ``tick``),
         so each is told once, outside the locks.
         """
-        if self._follow(state):
-            self._runtime.changed(self.name, state)
+        previous = self._router.view.state
+        if not self._follow(state):
+            return
+        if previous.version and state != self._mine:  # another process's (or Steering's)
+            stage = self._plan.stage_name(state.stage)
+            log("info", "rollout.changed", rollout=self.name, stage=stage,
+                status=str(state.status), version=state.version, actor=state.actor,
+                reason=state.reason, was=str(previous.status), from_stage=previous.stage,
+                to_stage=state.stage)  # fmt: skip
+        self._runtime.changed(self.name, state)
 
     def _follow(self, state: RolloutState) -> bool:
         """Serve ``state`` if it is newer; return whether it is now in force.

@@ -25,13 +25,14 @@ from ._guard import Tracking
 from ._hooks import Hook, Hooks
 from ._migration import Migration, Phase
 from ._plan import Plan, compile_policy
-from ._policy import Policy, load_policy
+from ._policy import OnError, Policy, load_policy
 from ._reload import PolicyFile, kill_list
-from ._rollout import Rollout, default_actor
+from ._rollout import Rollout
 from ._runtime import Runtime
 from ._shadow import Shadow
 from ._state import Action, RolloutState, Transition
 from ._status import RolloutStatus, Snapshot
+from ._steering import default_actor
 from .exceptions import StoreError, UnknownRolloutError
 from .stores import MemoryStore, Store, SyncingStore, store_from_url
 
@@ -64,6 +65,9 @@ class Rollouts:
     changed, checked at most that often by the calls that come; see :meth:`from_file`.
     ``context`` gives attributes to every decision (a canary by host: ``bucket_by =
     "host"`` in the policy, ``context={"host": socket.gethostname()}`` here).
+    ``on_error`` (``"fallback"`` or ``"raise"``) says what a guard does with an exception
+    of the new path, over the policy's ``on_error`` for the environment (default
+    ``"fallback"``); see :meth:`guard`. :meth:`from_env` reads what the CLI reads.
     Rollouts named in ``$STAGEDROLL_KILL`` (comma-separated) are off in this process.
     """
 
@@ -77,7 +81,11 @@ class Rollouts:
         on_transition: Hook | Iterable[Hook] | None = None,
         reload_interval: float | None = None,
         context: Mapping[str, object] | None = None,
+        on_error: OnError | None = None,
     ) -> None:
+        if on_error not in (None, "fallback", "raise"):
+            raise ValueError(f'on_error must be "fallback" or "raise", not {on_error!r}')
+        self._on_error = on_error
         self.context: Mapping[str, object] = MappingProxyType(dict(context or {}))
         """Attributes of every decision made here (the call's own attributes win), such as
         ``{"host": socket.gethostname()}`` for a rollout that buckets on the host."""
@@ -99,6 +107,7 @@ class Rollouts:
             store = MemoryStore()
         elif isinstance(store, str):
             store = store_from_url(store)
+        _check_store(store)
         self.store: Store = store
         self.hooks = Hooks(self.failures)
         """The transition hooks; see :meth:`on_transition`."""
@@ -121,6 +130,7 @@ class Rollouts:
             tend=self._tend,
             reload=self._reload,
             changed=self._changed,
+            raises=self._raises(self.policy),
         )
         self._supervise_at = 0.0
         self.removed: list[str] = []
@@ -145,6 +155,7 @@ class Rollouts:
         on_transition: Hook | Iterable[Hook] | None = None,
         reload_interval: float | None = None,
         context: Mapping[str, object] | None = None,
+        on_error: OnError | None = None,
     ) -> Rollouts:
         """Load the policy at ``path`` (TOML, JSON or YAML) and bind it.
 
@@ -164,7 +175,44 @@ class Rollouts:
         """
         return cls(Path(path), store=store, environment=environment, clock=clock,
                    on_transition=on_transition, reload_interval=reload_interval,
-                   context=context)  # fmt: skip
+                   context=context, on_error=on_error)  # fmt: skip
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        policy: Policy | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        store: Store | str | None = None,
+        environment: str | None = None,
+        clock: Callable[[], float] | None = None,
+        on_transition: Hook | Iterable[Hook] | None = None,
+        reload_interval: float | None = None,
+        context: Mapping[str, object] | None = None,
+        on_error: OnError | None = None,
+    ) -> Rollouts:
+        """Bind the policy and store that the ``stagedroll`` command would use.
+
+        The variables the CLI reads, read the same way: ``$STAGEDROLL_POLICY`` (the policy
+        file), ``$STAGEDROLL_STORE`` (the store URL; unset: an in-process ``memory://``
+        store) and ``$STAGEDROLL_ENV`` (the environment). An argument given here wins over
+        its variable. Raises :class:`ValueError` when neither names a policy.
+        """
+        if policy is None:
+            path = os.environ.get("STAGEDROLL_POLICY")
+            if not path:
+                raise ValueError("no policy: pass policy=... or set STAGEDROLL_POLICY")
+            policy = Path(path)
+        if store is None:
+            store = os.environ.get("STAGEDROLL_STORE") or None
+        return cls(policy, store=store, environment=environment, clock=clock,
+                   on_transition=on_transition, reload_interval=reload_interval,
+                   context=context, on_error=on_error)  # fmt: skip
+
+    def _raises(self, policy: Policy) -> bool:
+        """Whether guards re-raise the new path's exceptions under ``policy``."""
+        if self._on_error is not None:
+            return self._on_error == "raise"
+        return policy.raises_in(self.environment)
 
     def _compile(self, policy: Policy) -> dict[str, Plan]:
         """``policy``'s plans for this environment, with ``$STAGEDROLL_KILL`` applied."""
@@ -218,6 +266,7 @@ class Rollouts:
         # the rollouts of either policy finds a handle for each name.
         self._rollouts = handles
         self.policy = policy
+        self._runtime.raises = self._raises(policy)
         log("info", "policy.reloaded", path=str(file.path), rollouts=sorted(policy.rollouts))
         for name, handle in handles.items():
             if name in plans or not handle.in_policy:
@@ -399,7 +448,7 @@ class Rollouts:
         fallback: Callable[P, R],
         unit: Callable[P, object] | None,
         attributes: Callable[P, Mapping[str, object]] | None = None,
-        reraise: bool = False,
+        reraise: bool | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Decorate the new path of rollout ``name``, with ``fallback`` as the old one.
 
@@ -407,9 +456,13 @@ class Rollouts:
         buckets each call afresh: per-request rollouts). ``attributes`` likewise returns the
         attributes that segments match. Each call runs the new function in treatment and
         ``fallback`` in control, and records its outcome. When the new function raises an
-        ``Exception``, the error is recorded and ``fallback`` answers instead, unless
-        ``reraise=True``. Works on ``async def`` functions too (both sides async). Raises
-        :class:`UnknownRolloutError` at once for an unknown name.
+        ``Exception``, the error is recorded (``status(...).errors``, and the log event
+        ``rollout.new_path_error``) and ``fallback`` answers instead; ``reraise=True`` raises
+        it instead, ``reraise=False`` never does, and ``None`` (the default) follows
+        ``on_error`` (``Rollouts(on_error=...)``, else the policy's ``on_error`` for the
+        environment, else ``"fallback"``; the pytest plugin makes it ``"raise"``). Works on
+        ``async def`` functions too (both sides async). Raises :class:`UnknownRolloutError`
+        at once for an unknown name.
         """
         return self[name].guard(fallback=fallback, unit=unit, attributes=attributes,
                                 reraise=reraise)  # fmt: skip
@@ -422,7 +475,7 @@ class Rollouts:
         green: Callable[P, R],
         unit: Callable[P, object] | None,
         attributes: Callable[P, Mapping[str, object]] | None = None,
-        reraise: bool = False,
+        reraise: bool | None = None,
     ) -> Callable[P, R]:
         """A callable that sends each call to ``green`` or ``blue`` by rollout ``name``'s stage.
 
@@ -430,7 +483,8 @@ class Rollouts:
         green stays there as the share grows, and ``rollback`` or ``kill`` cuts back at once:
         the next call of every unit the stage no longer covers goes to blue. Each call's
         outcome is recorded on its arm, so the health gate compares green with blue. When
-        green raises, blue answers (the error is recorded), unless ``reraise=True``.
+        green raises, blue answers (the error is recorded), unless ``reraise`` (or
+        ``on_error``, as for :meth:`guard`) says to raise it.
         ``unit`` and ``attributes`` take the call's arguments, as for a guard; ``unit=None``
         buckets each call afresh. Sync and ``async def`` (both alike). Raises
         :class:`UnknownRolloutError` for an unknown name.
@@ -587,13 +641,42 @@ class Rollouts:
         """Hold rollout ``name`` at its stage: it keeps serving it, and does not advance."""
         return self[name]._transition(Action.FREEZE, reason, actor)
 
-    def unfreeze(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
-        """Resume rollout ``name`` at its stage after a freeze, rollback or kill."""
-        return self[name]._transition(Action.UNFREEZE, reason, actor)
+    def unfreeze(
+        self,
+        name: str,
+        *,
+        to: str | int | None = None,
+        reason: str = "",
+        actor: str | None = None,
+    ) -> Transition:
+        """Resume rollout ``name`` (``running``) after a freeze, rollback or kill.
 
-    def rollback(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
-        """Move rollout ``name`` back one stage (to 0 % from the first stage)."""
-        return self[name]._transition(Action.ROLLBACK, reason, actor)
+        At its stage, or with ``to`` at that stage or an earlier one: a stage name, or an
+        index (``-1``, or ``"0%"``, is 0 %). A later stage is refused (that is
+        :meth:`advance`). From 0 % the rollout stays there until an operator advances it.
+        Raises :class:`TransitionError` when the rollout is not stopped, or ``to`` names no
+        stage or one past the current.
+        """
+        return self[name]._transition(Action.UNFREEZE, reason, actor, to=to)
+
+    def rollback(
+        self,
+        name: str,
+        *,
+        to: str | int | None = None,
+        reason: str = "",
+        actor: str | None = None,
+    ) -> Transition:
+        """Move rollout ``name`` back, held there (``rolled_back``): it does not advance by itself.
+
+        One stage back by default (to 0 % from the first stage); with ``to``, to an earlier
+        stage: a stage name, or an index (``-1``, or ``"0%"``, is 0 %). A killed rollout can
+        be rolled back too, to an earlier stage or to the killed stage itself, without the
+        new path ever serving more than the stage named. Resume it with :meth:`unfreeze` or
+        :meth:`advance`. Raises :class:`TransitionError` when there is no such stage, or it is
+        not below the current one (a killed rollout's own stage excepted).
+        """
+        return self[name]._transition(Action.ROLLBACK, reason, actor, to=to)
 
     def kill(self, name: str, *, reason: str = "", actor: str | None = None) -> Transition:
         """Turn the new path of rollout ``name`` off for everyone, now (the kill switch)."""
@@ -675,3 +758,22 @@ def _check_patterns(handles: Mapping[str, Rollout], new: Policy) -> None:
                 f"rollouts.{name}.pattern: cannot change from {before.pattern!r} to "
                 f"{after.pattern!r} in a running process (restart it with the new policy)"
             )
+
+
+def _check_store(store: object) -> None:
+    """Raise :class:`TypeError` for a store that lacks methods of the ``Store`` protocol.
+
+    A store written for an earlier protocol would otherwise fail later, or lose its pooling
+    in silence (``SyncingStore`` would not match it).
+    """
+    required = [
+        name for name, value in vars(Store).items() if callable(value) and not name.startswith("_")
+    ]
+    if hasattr(store, "on_refresh"):  # meant to be shared by processes
+        required += ["on_refresh", "refresh_interval"]
+    missing = [name for name in required if not hasattr(store, name)]
+    if missing:
+        raise TypeError(
+            f"{type(store).__name__} is not a stagedroll store: it lacks {', '.join(missing)} "
+            "(see the Store protocol in docs/stores.md)"
+        )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ import mmh3
 from . import _override as override
 from ._bucketing import unit_key
 from ._decision import Decision, Reason
+from ._errors import Errors
 from ._failures import contained
 from ._forksafe import register
 from ._health import Health
@@ -83,6 +85,7 @@ class Router:
 
     __slots__ = (
         "__weakref__",
+        "errors",
         "forced",
         "handle",
         "health",
@@ -102,6 +105,8 @@ class Router:
         self.lock = threading.Lock()
         """The rollout's counting lock: the counters and the gate change under it."""
         self.outcomes = Outcomes(lock=self.lock)
+        self.errors = Errors(name, runtime.clock, time.monotonic)
+        """The recent exceptions of both paths (``status`` shows them; the new path's logged)."""
         self.health: Health | None = None
         """The health gate, or ``None`` (disabled, or the environment does not follow stages)."""
         self.step: Callable[[], None] | None = None
@@ -216,6 +221,11 @@ class Router:
                 return self.observed(v.arms.targeted_on if enabled else v.arms.targeted_off)
         return self.observed(v.sample())
 
+    def reraises(self) -> bool:
+        """Whether a guard that leaves it to the policy re-raises the new path's exception."""
+        forced = override.on_error()
+        return self.runtime.raises if forced is None else forced == "raise"
+
     def routing_failed(self, exc: Exception) -> ArmCounts:
         """Count and log a failure to route a call; send the call to the old path."""
         self.runtime.failures.record("guard.routing_failed", exc, rollout=self.name)
@@ -258,8 +268,12 @@ class Router:
         latency_s: float | None,
         fallback: bool = False,
         event: bool = True,
+        exc: BaseException | None = None,
     ) -> None:
         """Add one outcome of unit ``key`` to ``arm``; never raises (failures are logged).
+
+        ``exc`` is the exception of a failed call, kept among the rollout's recent errors
+        (and logged, for the new path).
 
         A latency that is not a finite, non-negative number of seconds is dropped, counted
         and logged (``outcome.bad_latency``); the outcome itself is kept. ``event=False``
@@ -270,6 +284,9 @@ class Router:
             self.runtime.failures.record("outcome.bad_latency", rollout=self.name,
                                          latency=_shown(latency_s))  # fmt: skip
             latency_s = None
+        if exc is not None:
+            path = arm.real if arm.__class__ is ObservedArm else arm
+            self.errors.note("treatment" if path.enabled else "control", exc, key)
         if arm.__class__ is ObservedArm:
             observed = arm
             self._tell(observed, key, error, latency_s, fallback)
@@ -297,8 +314,8 @@ class Router:
                     due = health.observe(arm, key, error=error and event)
                     if arm.calls % _CHECK_EVERY == 0:  # no fold on this path: the clock
                         due = due or health.timed
-        except Exception as exc:  # pragma: no cover - defensive: counting must not break calls
-            self.runtime.failures.record("outcome.failed", exc, rollout=self.name)
+        except Exception as failure:  # pragma: no cover - defensive: counting must not break
+            self.runtime.failures.record("outcome.failed", failure, rollout=self.name)
         if due:
             self._due()
 

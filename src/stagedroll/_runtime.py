@@ -55,3 +55,6 @@ class Runtime:
     """Apply the policy file if it changed (``status`` and ``tick``; never raises)."""
     changed: Callable[[str, RolloutState], None] = _unwatched
     """Told ``(name, state)`` of every state that comes into force (never raises)."""
+    raises: bool = False
+    """Whether a guard re-raises the new path's exceptions (``on_error = "raise"`` in force),
+    unless the guard says otherwise or a test session overrides it."""

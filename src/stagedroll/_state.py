@@ -9,8 +9,11 @@ from types import MappingProxyType
 
 __all__ = [
     "AUTOMATIC",
+    "MAX_ERROR_MESSAGE",
+    "MAX_ERROR_TYPE",
     "NO_EVIDENCE",
     "Action",
+    "RecentError",
     "RolloutState",
     "Status",
     "Transition",
@@ -34,7 +37,8 @@ class Status(str, enum.Enum):
     FROZEN = "frozen"
     """Serving its stage; does not advance until unfrozen."""
     ROLLED_BACK = "rolled_back"
-    """Moved back a stage (stage ``-1`` is 0 %); does not advance by itself."""
+    """Moved back (to the previous stage, or one chosen; stage ``-1`` is 0 %); held there: it
+    does not advance by itself."""
     KILLED = "killed"
     """The new path is off for everyone."""
     COMPLETE = "complete"
@@ -87,6 +91,9 @@ class RolloutState:
     actor: str = ""
     epoch: int = 0
     history: str = ""
+    stages: tuple[tuple[str, float], ...] = ()
+    """The stage ladder (name, percent) of the policy that wrote this state, so that an
+    operator can steer the rollout from the store alone; ``()`` in states from before it."""
 
 
 def _same_history(a: RolloutState, b: RolloutState) -> bool:
@@ -138,3 +145,28 @@ class Transition:
     reason: str = ""
     actor: str = ""
     evidence: Evidence = field(default_factory=lambda: NO_EVIDENCE)
+
+
+MAX_ERROR_TYPE = 128
+"""The longest exception type name kept in a :class:`RecentError` (longer ones are cut)."""
+MAX_ERROR_MESSAGE = 200
+"""The longest exception message kept in a :class:`RecentError` (longer ones are cut)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecentError:
+    """One distinct exception of a rollout's path, as ``status`` reports the last few.
+
+    Distinct by ``(arm, type, message)``; ``count`` is how often it was raised between
+    ``first_seen`` and ``last_seen`` (clock times). ``arm`` is ``"treatment"`` (the new
+    path) or ``"control"`` (the old one). ``type`` is the exception's qualified class name
+    and ``message`` its text, cut to :data:`MAX_ERROR_TYPE` and :data:`MAX_ERROR_MESSAGE`
+    characters.
+    """
+
+    arm: str
+    type: str
+    message: str
+    first_seen: float
+    last_seen: float
+    count: int = 1

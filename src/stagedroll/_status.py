@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from ._health import HealthReport
 from ._outcomes import ArmStats
-from ._state import Status
+from ._state import RecentError, Status
 
 __all__ = ["RolloutStatus", "Snapshot", "StageInfo"]
 
@@ -79,6 +79,9 @@ class RolloutStatus:
     """The stage ladder, first to last (``stage`` indexes it; ``-1`` is before the first)."""
     killed_here: bool = False
     """Killed in this process by ``$STAGEDROLL_KILL``, whatever the stored state says."""
+    errors: tuple[RecentError, ...] = ()
+    """The last distinct exceptions of both paths (at most 20), newest first: of every process
+    sharing the store when read fresh, else of this process."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "MissingExtraError",
+    "NoStoreError",
     "PolicyError",
     "PolicyProblem",
     "StagedrollError",
@@ -115,6 +116,14 @@ class StoreError(StagedrollError):
     """Raised by operator calls (transitions, ``history``) when the state store fails.
 
     The decision path never raises it: decisions keep the last known state.
+    """
+
+
+class NoStoreError(StoreError):
+    """Raised when no stagedroll store is where one was asked for without creating one.
+
+    ``SQLiteStore(path, create=False)`` (and ``store_from_url(url, create=False)``): the
+    file does not exist, or holds no stagedroll tables. The message names the resolved path.
     """
 
 

@@ -117,3 +117,17 @@ def patterns(policy: stagedroll.Policy) -> None:
     amount: int | None = orders.read("user-42", "order-1")
     phase: Phase = orders.phase
     assert hits, (stats, samples, amount, phase)
+
+
+# Issue 16: errors, on_error, steering from the store, one configuration with the CLI.
+recent: tuple[stagedroll.RecentError, ...] = status.errors
+raising = stagedroll.Rollouts.from_env(environment="dev", on_error="raise")
+back: stagedroll.Transition = rollouts.rollback("new-checkout", to="canary", reason="errors")
+resumed: stagedroll.Transition = rollouts.unfreeze("new-checkout", to=-1)
+with stagedroll.Steering("sqlite:///state.db") as steering:
+    names: list[str] = steering.names()
+    stored: stagedroll.RolloutState | None = steering.load("new-checkout")
+    ladder: tuple[tuple[str, float], ...] = stored.stages if stored is not None else ()
+    killed: stagedroll.Transition = steering.apply(
+        "new-checkout", stagedroll.Action.KILL, reason="incident", actor="oncall"
+    )

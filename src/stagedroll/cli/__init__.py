@@ -1,47 +1,29 @@
 r"""The ``stagedroll`` command line (also ``python -m stagedroll``); standard library only.
 
 Every command takes the global options ``--policy FILE`` (or ``$STAGEDROLL_POLICY``),
-``--store URL`` (or ``$STAGEDROLL_STORE``; default ``memory://``, which holds nothing
-between runs), ``--env NAME`` (or ``$STAGEDROLL_ENV``), ``--json`` and ``-v``, before or
-after the command's name.
+``--store URL`` (or ``$STAGEDROLL_STORE``; a command that reads or changes state needs
+one), ``--create`` (start a new store where the one named holds no stagedroll data),
+``--env NAME`` (or ``$STAGEDROLL_ENV``), ``--json`` and ``-v``, before or after the
+command's name.
 
 Exit codes: 0 ok; 1 a finding (validation errors, a refused transition, cohorts that are not
-nested); 2 a usage error (argparse's own, no policy, an unknown rollout or environment, a
-bad store URL); 3 the store is unreachable; 70 an internal error (a bug; ``-v`` shows its
-traceback). An error is one line on stderr (a policy's problems: one line each), never a
-traceback. Text the command line did not write (names, reasons, actors, units, paths,
-messages) is printed with its unprintable characters escaped (ESC as ``\x1b``); JSON output is
-exact JSON.
+nested; for ``status``/``list``, a corrupt stored state or a rollout the policy is broken
+for); 2 a usage error (argparse's own, no store named, no policy where one is needed, an
+unknown rollout or environment, a bad store URL); 3 the store is unreachable; 4 no
+stagedroll store at the URL (a SQLite file that does not exist or holds no tables, a store
+that holds no rollout); 70 an internal error (a bug; ``-v`` shows its traceback). An error
+is one line on stderr (a policy's problems: one line each), never a traceback; under
+``--json``, one JSON line ``{"schema_version": 1, "error": {"code", "kind", "message",
+"details"}}``.
 
-``--json`` writes one JSON document to stdout; its shape per command is stable:
-
-- ``validate``: a list of ``{"file", "ok", "problems": [{"path", "line", "message"}]}``;
-  ``line`` is 1-based, or ``null`` where it cannot be told.
-- ``status``: a list of ``{"rollout", "environment", "mode", "stage", "stage_name",
-  "percent", "status", "since", "since_iso", "version", "reason", "actor", "next_stage",
-  "waiting_for", "health_enabled", "evidence", "internal_errors"}``; ``since`` is the
-  store's time (seconds since the epoch), ``evidence`` the 13 keys of
-  :meth:`stagedroll.HealthReport.evidence`.
-- ``advance``, ``freeze``, ``unfreeze``, ``rollback``, ``kill``, ``complete``: one
-  transition object, ``{"rollout", "action", "from_stage", "to_stage", "from_stage_name",
-  "to_stage_name", "from_status", "to_status", "version", "at", "at_iso", "reason", "actor",
-  "evidence"}`` (stage names are ``null`` at stage -1; ``from_status`` is ``null`` for the
-  start).
-- ``history``: a list of transition objects, newest first. ``tick``: a list of the
-  transition objects it made (``[]`` when none was due).
-- ``explain``: ``{"rollout", "unit", "attributes", "environment", "enabled", "reason",
-  "stage", "percent", "bucket", "threshold", "steps"}``, where ``steps`` lists ``{"step",
-  "outcome", "detail"}`` for ``environment``, ``status``, ``unit`` (also ``"key"``),
-  ``deny``, ``allow``, ``segments`` (also ``"segments": [{"name", "match"}]``) and
-  ``bucket`` (also ``"bucket"``, ``"threshold"``), in that order; ``outcome`` is ``"next"``,
-  ``"on"`` or ``"off"`` (the step that settled it) or ``"not reached"``.
-- ``simulate``: ``{"units", "environment", "nested", "rollouts": [{"rollout", "mode",
-  "nested", "stages": [{"name", "percent", "count", "fraction", "expected",
-  "contains_previous"}]}], "plot"}``; ``contains_previous`` is ``null`` for a first stage,
-  ``plot`` the PNG written or ``null``.
-- ``schema``: the JSON Schema of the policy file (with ``--json`` or without).
-
-On an error, stdout stays empty and the message goes to stderr, as without ``--json``.
+``status``, ``list``, ``history``, ``freeze``, ``unfreeze``, ``rollback`` and ``kill``
+work from the store alone for a rollout the policy does not have or is broken for (the
+stored state carries its stage ladder); the policy is read leniently, leaving out, with a
+note, each rollout it is broken for. The default output fits in 100 columns and says in
+words what each rollout does and why; ``-v`` adds the statistics. Text the command line did
+not write (names, reasons, actors, units, paths, messages) is printed with its unprintable
+characters escaped (ESC as ``\x1b``); JSON output is exact JSON, and every JSON document
+carries ``"schema_version": 1``. docs/cli.md documents each command's JSON shape.
 """
 
 from ._main import main

@@ -1,29 +1,44 @@
-"""The commands that work on the store's state: status, the transitions, history, tick, explain."""
+"""The commands that work on the store's state: status and list, the transitions, history, tick.
+
+``status``, ``list``, ``history``, ``freeze``, ``unfreeze``, ``rollback`` and ``kill`` work
+from the store alone for a rollout the policy does not have, or is broken for
+(:class:`~stagedroll.cli._steer.Operating`); ``advance``, ``complete`` and ``tick`` need
+the rollout's policy.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable
 
-from .. import Action, Rollouts, RolloutStatus, Status, bucket, threshold, unit_key
+from .. import Action, RolloutState, RolloutStatus, Status, Transition
 from ..exceptions import StoreError, TransitionError
-from ._main import FINDING, OK, USAGE, CliError, Context
+from ._main import FINDING, OK, CliError, Context
 from ._render import (
+    SCHEMA_VERSION,
+    Ladder,
     dump,
-    evidence_text,
+    fit,
     iso,
-    printable,
-    stage_label,
     status_object,
+    stored_object,
     table,
-    transition_line,
     transition_object,
 )
+from ._steer import Operating
+from ._words import (
+    Standing,
+    error_lines,
+    evidence_words,
+    headline,
+    history_lines,
+    short_place,
+    since_line,
+    statistics,
+    transition_lines,
+    who,
+)
 
-__all__ = ["explain", "history", "status", "tick", "transition"]
-
-_SPACE = 2**32  # the hash space: buckets are integers in [0, 2**32)
+__all__ = ["history", "status", "tick", "transition"]
 
 # The status an action leads to, where doing it twice is what "already" means.
 _ALREADY = {
@@ -31,94 +46,217 @@ _ALREADY = {
     Action.KILL: Status.KILLED,
     Action.COMPLETE: Status.COMPLETE,
 }
+_NOT_IN_POLICY, _BROKEN = "*", "!"
 
 
-def _unreadable(exc: StoreError) -> bool:
+def _emit(ctx: Context, lines: Iterable[str]) -> None:
+    """Write each line, escaped and wrapped to the width of the output."""
+    for line in lines:
+        for part in fit(line):
+            ctx.out.write(part + "\n")
+
+
+def _unreadable(exc: Exception) -> bool:
     """Whether the store answered with a state it cannot read (not a store that is down)."""
-    return isinstance(exc.__cause__, ValueError)
+    return isinstance(exc, ValueError) or isinstance(exc.__cause__, ValueError)
 
 
-def _report_unreadable(ctx: Context, problems: list[str]) -> int:
-    """Name each rollout whose stored state is unreadable on stderr; the exit code."""
-    for problem in problems:
-        ctx.err.write(f"stagedroll: {printable(problem)}\n")
-    return FINDING if problems else OK
+def _standing(st: RolloutStatus) -> Standing:
+    return Standing(
+        rollout=st.rollout,
+        status=st.status,
+        stage=st.stage,
+        ladder=tuple((s.name, s.percent) for s in st.stages),
+        since=st.since,
+        version=st.version,
+        actor=st.actor,
+        reason=st.reason,
+        mode=st.mode,
+        percent=st.percent,
+        environment=st.environment,
+        killed_here=st.killed_here,
+    )
 
 
-def _status_or_problem(rollouts: Rollouts, name: str) -> RolloutStatus | str:
-    """The status of rollout ``name``, or why its stored state cannot be read."""
-    try:
-        return rollouts.status(name)
-    except StoreError as exc:
-        if not _unreadable(exc):
-            raise
-        return str(exc)
+def _stored_standing(name: str, state: RolloutState, environment: str | None) -> Standing:
+    return Standing(
+        rollout=name,
+        status=state.status,
+        stage=state.stage,
+        ladder=state.stages,
+        since=state.since,
+        version=state.version,
+        actor=state.actor,
+        reason=state.reason,
+        environment=environment,
+    )
 
 
-def _load_or_problem(rollouts: Rollouts, name: str) -> str | None:
-    """Load rollout ``name`` from the store; why its stored state cannot be read, if so."""
-    try:
-        rollouts.store.load(name)
-    except ValueError as exc:  # one unreadable state: the others still tick
-        return f"{exc}; {name!r} serves the old path until it is repaired"
-    return None
+def _short_state(s: Standing) -> str:
+    """The state for a table cell: ``frozen by the health gate``, ``killed by alice``."""
+    if s.killed_here:
+        return "killed here ($STAGEDROLL_KILL)"
+    if s.status in (Status.RUNNING, Status.COMPLETE):
+        return str(s.status)
+    by = who(s.actor, s.status)
+    by = by if len(by) <= 24 else by[:21] + "..."
+    return f"{str(s.status).replace('_', ' ')} by {by}"
+
+
+def _short_stage(s: Standing) -> str:
+    if s.mode == "off":
+        return "off in this environment"
+    if s.mode == "fixed" and s.percent is not None:
+        return f"fixed at {s.percent:g} %"
+    return short_place(s.ladder, s.stage)
+
+
+class _Found:
+    """What ``status`` found of each rollout: live statuses, stored states, problems."""
+
+    def __init__(self, ctx: Context, op: Operating, names: list[str]) -> None:
+        self.rows: list[tuple[str, RolloutStatus | RolloutState | None]] = []
+        self.unreadable: list[tuple[str, str]] = []
+        for name in names:
+            try:
+                if op.in_policy(name):
+                    assert op.rollouts is not None
+                    self.rows.append((name, op.rollouts.status(name)))
+                else:
+                    self.rows.append((name, op.steering.load(name)))
+            except (StoreError, ValueError) as exc:  # noqa: PERF203 - one bad state of many
+                if not _unreadable(exc):
+                    raise
+                self.unreadable.append((name, str(exc)))
 
 
 def status(ctx: Context) -> int:
-    """``status [NAME]``: stage, percent, status, since, version, evidence, what comes next.
+    """``status [NAME]`` and ``list``: where each rollout stands, in words.
 
-    A rollout whose stored state cannot be read is named on stderr (exit code 1); the
-    others are shown.
+    Without a name (or as ``list``), every rollout of the store and of the policy, one a
+    line. A rollout whose stored state cannot be read, or that the policy is broken for,
+    is a finding (exit code 1); the others are shown.
     """
-    rollouts = ctx.rollouts()
-    names = [ctx.args.name] if ctx.args.name else list(rollouts)
-    found: list[RolloutStatus] = []
-    problems: list[str] = []
-    for name in names:
-        got = _status_or_problem(rollouts, name)
-        if isinstance(got, str):
-            problems.append(got)
-        else:
-            found.append(got)
+    op = Operating(ctx)
+    name = getattr(ctx.args, "name", None)
+    if name is not None:
+        op.resolve(name)
+    names = [name] if name is not None else op.names()
+    found = _Found(ctx, op, names)
+    env = ctx.environment()
     if ctx.json:
-        dump([status_object(s) for s in found], ctx.out)
-        return _report_unreadable(ctx, problems)
-    rows = [
-        (
-            s.rollout,
-            s.stage_name or "(0 %)",
-            f"{s.percent:g}%",
-            str(s.status),
-            iso(s.since),
-            str(s.version),
-            evidence_text(s.health.evidence(), enabled=s.health.enabled),
-            s.next_stage or "-",
-            s.waiting_for or "-",
+        objects = [
+            status_object(got)
+            if isinstance(got, RolloutStatus)
+            else stored_object(
+                n,
+                got,
+                problem=op.loaded.broken.get(n),
+                environment=env,
+                errors=op.steering.errors(n) if got is not None else (),
+            )
+            for n, got in found.rows
+        ]
+        document = {"schema_version": SCHEMA_VERSION, "environment": env, "rollouts": objects}
+        dump(document, ctx.out)
+    elif name is not None and found.rows:
+        if env is not None:
+            _emit(ctx, [f"environment: {env}"])
+        _emit(ctx, _detail(ctx, op, *found.rows[0]))
+    elif name is None:
+        _emit(ctx, _listing(op, found, env))
+    for bad, message in found.unreadable:
+        ctx.problem(message, kind="state_unreadable", rollout=bad)
+    broken = name is None and any(n in op.loaded.broken for n in names)
+    return FINDING if found.unreadable or broken else OK
+
+
+def _listing(op: Operating, found: _Found, env: str | None) -> list[str]:
+    """Every rollout, one a line: name (and its marker), state, stage, since."""
+    rows, marks = [], set()
+    for name, got in found.rows:
+        mark = (
+            "" if op.in_policy(name) else (_BROKEN if name in op.loaded.broken else _NOT_IN_POLICY)
         )
-        for s in found
-    ]
-    header = (
-        "ROLLOUT",
-        "STAGE",
-        "PERCENT",
-        "STATUS",
-        "SINCE",
-        "VERSION",
-        "EVIDENCE (new/old)",
-        "NEXT",
-        "WAITING FOR",
+        marks.add(mark)
+        shown = f"{name} {mark}" if mark else name
+        if got is None:
+            rows.append((shown, "no state in the store", "-", "-"))
+            continue
+        s = _standing(got) if isinstance(got, RolloutStatus) else _stored_standing(name, got, env)
+        rows.append((shown, _short_state(s), _short_stage(s), iso(s.since)))
+    lines = [f"environment: {env}"] if env is not None else []
+    if not rows:
+        return [*lines, "no rollout in the policy or the store"]
+    lines.extend(table(("ROLLOUT", "STATE", "STAGE", "SINCE"), rows).split("\n"))
+    if _NOT_IN_POLICY in marks:
+        lines.append(f"{_NOT_IN_POLICY} not in the policy: steered from the store alone")
+    if _BROKEN in marks:
+        lines.append(f"{_BROKEN} the policy is broken for it: see the notes above")
+    return lines
+
+
+def _next_line(st: RolloutStatus) -> str:
+    ahead = next((s for s in st.stages if s.name == st.next_stage), None)
+    stage = f"stage {ahead.name} ({ahead.percent:g} %)" if ahead is not None else None
+    if st.waiting_for is None:
+        return "  next: nothing automatic can come"
+    return (
+        f"  next: {stage}, waiting for {st.waiting_for}"
+        if stage
+        else (f"  next: waiting for {st.waiting_for}")
     )
-    if rollouts.environment is not None:
-        ctx.out.write(f"environment: {printable(rollouts.environment)}\n")
-    if rows:
-        ctx.out.write(table(header, rows, right={2, 5}) + "\n")
-    return _report_unreadable(ctx, problems)
 
 
-def _refusal(rollouts: Rollouts, name: str, action: Action, error: TransitionError) -> str:
+def _detail(
+    ctx: Context, op: Operating, name: str, got: RolloutStatus | RolloutState | None
+) -> list[str]:
+    """One rollout: its state and what it means, since when and why, health, errors."""
+    if got is None:
+        return [f"{name}: no state in the store", f"  {op.marker(name)}"]
+    if isinstance(got, RolloutStatus):
+        s = _standing(got)
+        lines = [f"{name}: {headline(s)}", f"  {since_line(s)}"]
+        health = got.health
+        if got.status in (Status.KILLED, Status.COMPLETE):
+            pass  # the gate has nothing left to decide: the history has its evidence
+        elif health.enabled and got.mode == "stages":
+            words = evidence_words(health.evidence(), freeze_at=health.freeze_at_errors)
+            lines.append(f"  health: {words}")
+            if ctx.verbose:
+                lines.append(f"  {statistics(health)}")
+        else:
+            lines.append("  health: no health gate here")
+        if got.status not in (Status.KILLED, Status.COMPLETE):
+            lines.append(_next_line(got))
+        return [*lines, *error_lines(got.errors)]
+    s = _stored_standing(name, got, ctx.environment())
+    lines = [f"{name}: {headline(s)}", f"  {since_line(s)}"]
+    lines.append(f"  {op.marker(name)}: steered from the store alone")
+    last = op.steering.history(name, 1)
+    if (
+        last
+        and last[0].evidence
+        and who(last[0].actor, action=last[0].action) == ("the health gate")
+    ):
+        lines.append(f"  health at that step: {evidence_words(last[0].evidence)}")
+    return [*lines, *error_lines(op.steering.errors(name))]
+
+
+def _to(text: str | None) -> str | int | None:
+    """``--to``: a stage name, or ``0%`` (stage -1, before the first stage)."""
+    if text is None:
+        return None
+    if text.replace(" ", "") in ("0%", "-1"):
+        return -1
+    return text
+
+
+def _refusal(
+    op: Operating, name: str, action: Action, error: TransitionError, state: RolloutState | None
+) -> str:
     """Why a transition was refused; "already" when the rollout is where it would lead."""
-    state = rollouts[name].state  # the refused transition read it afresh from the store
-    if _ALREADY.get(action) is state.status:
+    if state is not None and _ALREADY.get(action) is state.status:
         return (
             f"cannot {action.verb} {name!r}: it is already {state.status} "
             f"(since {iso(state.since)}, by {state.actor or 'unknown'}); nothing changed"
@@ -128,267 +266,100 @@ def _refusal(rollouts: Rollouts, name: str, action: Action, error: TransitionErr
 
 def transition(ctx: Context) -> int:
     """``advance | freeze | unfreeze | rollback | kill | complete NAME --reason TEXT``."""
-    rollouts = ctx.rollouts()
+    op = Operating(ctx)
     name, action = ctx.args.name, Action(ctx.args.command)
-    policy = rollouts[name].policy  # an unknown name: a usage error before anything is tried
-    operation = {
-        Action.ADVANCE: rollouts.advance,
-        Action.FREEZE: rollouts.freeze,
-        Action.UNFREEZE: rollouts.unfreeze,
-        Action.ROLLBACK: rollouts.rollback,
-        Action.KILL: rollouts.kill,
-        Action.COMPLETE: rollouts.complete,
-    }[action]
+    how = op.resolve(name)  # an unknown name: a usage error before anything is tried
+    to = _to(getattr(ctx.args, "to", None))
+    reason, actor = ctx.args.reason, ctx.args.actor or None
     try:
-        entry = operation(name, reason=ctx.args.reason, actor=ctx.args.actor or None)
+        if how == "store":
+            if action in (Action.ADVANCE, Action.COMPLETE):
+                op.needs_policy(name, action.value)
+            entry = op.steering.apply(name, action, to=to, reason=reason, actor=actor)
+        else:
+            assert op.rollouts is not None
+            rollouts = op.rollouts
+            if action is Action.ROLLBACK:
+                entry = rollouts.rollback(name, to=to, reason=reason, actor=actor)
+            elif action is Action.UNFREEZE:
+                entry = rollouts.unfreeze(name, to=to, reason=reason, actor=actor)
+            else:
+                operation = {
+                    Action.ADVANCE: rollouts.advance,
+                    Action.FREEZE: rollouts.freeze,
+                    Action.KILL: rollouts.kill,
+                    Action.COMPLETE: rollouts.complete,
+                }[action]
+                entry = operation(name, reason=reason, actor=actor)
     except TransitionError as exc:
-        raise CliError(_refusal(rollouts, name, action, exc), FINDING) from None
-    if ctx.json:
-        dump(transition_object(entry, policy), ctx.out)
-    else:
-        ctx.out.write(transition_line(entry, policy) + "\n")
+        state = op.steering.load(name)  # the refused transition read it afresh from the store
+        raise CliError(
+            _refusal(op, name, action, exc, state), FINDING, kind="transition_refused"
+        ) from None
+    _show_transitions(ctx, op, [entry], single=True)
     return OK
 
 
-def history(ctx: Context) -> int:
-    """``history NAME [--limit N]``: the audit trail, newest first."""
-    rollouts = ctx.rollouts()
-    name = ctx.args.name
-    policy = rollouts[name].policy
-    entries = rollouts.history(name, ctx.args.limit)
+def _show_transitions(
+    ctx: Context, op: Operating, entries: list[Transition], *, single: bool = False
+) -> None:
+    ladders: dict[str, Ladder] = {}
+    for entry in entries:
+        if entry.rollout not in ladders:
+            ladders[entry.rollout] = op.ladder(entry.rollout)
+    objects = [transition_object(e, ladders[e.rollout]) for e in entries]
     if ctx.json:
-        dump([transition_object(e, policy) for e in entries], ctx.out)
-        return OK
-    rows = []
-    for e in entries:
-        before, after = stage_label(policy, e.from_stage), stage_label(policy, e.to_stage)
-        was = f"{e.from_status} -> " if e.from_status is not None else ""
-        rows.append(
-            (
-                iso(e.at),
-                str(e.action),
-                before if before == after else f"{before} -> {after}",
-                f"{was}{e.to_status}",
-                str(e.version),
-                e.actor or "-",
-                e.reason or "-",
-            )
+        document = (
+            {"schema_version": SCHEMA_VERSION, **objects[0]}
+            if single
+            else {"schema_version": SCHEMA_VERSION, "transitions": objects}
         )
-    header = ("TIME", "ACTION", "STAGE", "STATUS", "VERSION", "ACTOR", "REASON")
-    ctx.out.write(table(header, rows, right={4}) + "\n")
+        dump(document, ctx.out)
+        return
+    for entry in entries:
+        _emit(ctx, transition_lines(entry, ladders[entry.rollout]))
+
+
+def history(ctx: Context) -> int:
+    """``history NAME [--limit N]``: the audit trail, newest first, with each step's evidence."""
+    op = Operating(ctx)
+    name = ctx.args.name
+    how = op.resolve(name)
+    if how == "policy":
+        assert op.rollouts is not None
+        entries = op.rollouts.history(name, ctx.args.limit)
+    else:
+        entries = op.steering.history(name, ctx.args.limit)
+    ladder = op.ladder(name)
+    if ctx.json:
+        objects = [transition_object(e, ladder) for e in entries]
+        dump({"schema_version": SCHEMA_VERSION, "rollout": name, "transitions": objects}, ctx.out)
+        return OK
+    if how == "store":
+        _emit(ctx, [f"{name}: {op.marker(name)}: steered from the store alone"])
+    for entry in entries:
+        _emit(ctx, history_lines(entry, ladder))
     return OK
 
 
 def tick(ctx: Context) -> int:
     """``tick``: take the automatic steps that are due now, once (for cron)."""
-    rollouts = ctx.rollouts()
-    try:  # tick() carries on when the store is down; an operator is told
-        loaded = [_load_or_problem(rollouts, name) for name in rollouts]
-    except Exception as exc:
-        raise StoreError(f"the store failed to load the rollouts' state: {exc}") from exc
+    op = Operating(ctx, require_policy="tick")
+    rollouts = op.rollouts
+    assert rollouts is not None
+    problems: list[tuple[str, str]] = []
+    for name in rollouts:
+        try:  # one unreadable state: the others still tick
+            rollouts.store.load(name)
+        except ValueError as exc:  # noqa: PERF203 - one bad state of many
+            problems.append((name, f"{exc}; {name!r} serves the old path until it is repaired"))
+        except Exception as exc:  # tick() carries on when the store is down; an operator is told
+            raise StoreError(f"the store failed to load the rollouts' state: {exc}") from exc
     made = rollouts.tick()
-    if ctx.json:
-        dump([transition_object(e, rollouts[e.rollout].policy) for e in made], ctx.out)
-    elif not made:
+    if ctx.json or made:
+        _show_transitions(ctx, op, made)
+    else:
         ctx.out.write("no automatic step is due\n")
-    else:
-        for entry in made:
-            ctx.out.write(transition_line(entry, rollouts[entry.rollout].policy) + "\n")
-    return _report_unreadable(ctx, [problem for problem in loaded if problem is not None])
-
-
-def _attributes(pairs: list[str]) -> dict[str, object] | None:
-    """``--attr k=v`` as a mapping: each value read as JSON when it parses, else as text."""
-    if not pairs:
-        return None
-    found: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise CliError(f"--attr takes KEY=VALUE, not {pair!r}", USAGE)
-        try:
-            found[key] = json.loads(text)
-        except ValueError:
-            found[key] = text
-        except RecursionError:  # JSON nested thousands deep: no attribute is that
-            raise CliError(f"--attr {key}: the value nests too deeply", USAGE) from None
-    return found
-
-
-def _percent(rollouts: Rollouts, name: str, status: RolloutStatus) -> float:
-    """The percent of the stage (or environment setting) the rollout is at, killed or not."""
-    setting = rollouts[name].policy.environments.get(f"{rollouts.environment}")
-    if status.mode == "fixed" and isinstance(setting, int | float):
-        return setting
-    if status.mode == "off" or status.stage < 0:
-        return 0.0
-    return status.stages[status.stage].percent
-
-
-def _segments(rollouts: Rollouts, status: RolloutStatus) -> list[str]:
-    """The segments in force at the rollout's stage (its own and the earlier stages')."""
-    if status.mode != "stages" or status.stage < 0:
-        return []
-    names: list[str] = []
-    for stage in status.stages[: status.stage + 1]:
-        names.extend(s for s in stage.segments if s not in names)
-    return names
-
-
-def _key_text(value: object) -> str | None:
-    """A ``bucket_by`` attribute's value as the text it is bucketed on; ``None``: no unit.
-
-    A str, an int (not a bool) or a UUID; anything else counts as no unit, as in ``decide``.
-    """
-    try:
-        return unit_key(value)
-    except TypeError:
-        return None
-
-
-def _key_of(
-    bucket_by: str | None, unit: str, attributes: Mapping[str, object] | None
-) -> str | None:
-    """The text that a unit is bucketed on (its id, or the ``bucket_by`` attribute)."""
-    if bucket_by is None:
-        return unit
-    raw = attributes.get(bucket_by) if attributes is not None else None
-    return _key_text(raw) if raw is not None else None
-
-
-class _Steps(list[dict[str, Any]]):
-    """The steps of the evaluation order; those after the one that settled are "not reached"."""
-
-    settled = False
-
-    def add(self, kind: str, detail: str, decides: bool | None = None, **extra: object) -> None:
-        if self.settled:
-            outcome = "not reached"
-        else:
-            outcome = "next" if decides is None else ("on" if decides else "off")
-        self.settled = self.settled or decides is not None
-        self.append({"step": kind, "outcome": outcome, "detail": detail, **extra})
-
-
-def _before_unit(
-    steps: _Steps, rollouts: Rollouts, name: str, status: RolloutStatus, percent: float
-) -> None:
-    """Steps 1 and 2: the environment, and the status."""
-    env = rollouts.environment
-    if status.mode == "off":
-        steps.add("environment", f"the rollout is off in environment {env!r}", False)
-    elif status.mode == "fixed":
-        steps.add("environment", f"environment {env!r} fixes the percent at {percent:g} %")
-    else:
-        where = f"environment {env!r}" if env is not None else "no environment named"
-        steps.add("environment", f"follows the stages ({where})")
-    if status.killed_here:
-        steps.add("status", "killed in this process by $STAGEDROLL_KILL: off for everyone", False)
-    elif status.status is Status.KILLED:
-        steps.add("status", "killed: off for everyone", False)
-    elif status.status is Status.COMPLETE:
-        steps.add("status", "complete: on for everyone", True)
-    else:
-        if status.mode != "stages":
-            at = f"at environment {env!r}"
-        elif status.stage < 0:
-            at = "before the first stage"
-        else:
-            at = f"at stage {stage_label(rollouts[name].policy, status.stage)}"
-        steps.add("status", f"{status.status} {at} ({percent:g} %)")
-
-
-def _steps(
-    rollouts: Rollouts,
-    name: str,
-    status: RolloutStatus,
-    unit: str,
-    attributes: dict[str, object] | None,
-) -> list[dict[str, Any]]:
-    """Every step of the evaluation order, each with what it found and what it settled."""
-    steps = _Steps()
-    percent = _percent(rollouts, name, status)
-    _before_unit(steps, rollouts, name, status, percent)
-    policy = rollouts[name].policy
-    key = _key_of(policy.bucket_by, unit, attributes)
-    if policy.bucket_by is not None:
-        found = f"{key!r}" if key is not None else "missing, or not a str, int or UUID"
-        detail = f"bucketed by attribute {policy.bucket_by!r}: {found}"
-    else:
-        detail = f"unit {key!r}"
-    steps.add("unit", detail, False if key is None else None, key=key)
-
-    deny, allow = set(policy.targeting.deny), set(policy.targeting.allow)
-    for kind, listing, enabled in (("deny", deny, False), ("allow", allow, True)):
-        listed = key is not None and key in listing
-        count = f"{len(listing)} unit{'s' if len(listing) != 1 else ''}"
-        detail = f"{'on' if listed else 'not on'} the {kind} list ({count})"
-        steps.add(kind, detail, enabled if listed else None)
-
-    segments = _segments(rollouts, status)
-    known = rollouts.policy.segments
-    matches = [
-        {"name": s, "match": attributes is not None and known[s].matches(attributes)}
-        for s in segments
-    ]
-    if not segments:
-        detail = "no segment in force at this stage"
-    elif attributes is None:
-        detail = f"no attributes given (--attr): none of {', '.join(segments)} match"
-    else:
-        detail = "; ".join(f"{m['name']}: {'match' if m['match'] else 'no match'}" for m in matches)
-    steps.add(
-        "segments", detail, True if any(m["match"] for m in matches) else None, segments=matches
-    )
-
-    limit, salt = threshold(percent), policy.salt_or(name)
-    if key is None:
-        steps.add("bucket", "no unit to bucket", None, bucket=None, threshold=limit)
-    else:
-        value = bucket(salt, key)
-        inside = value < limit
-        detail = (
-            f"bucket {value} ({value / _SPACE:.4%} of the space) {'<' if inside else '>='} "
-            f"threshold {limit} ({percent:g} %), salt {salt!r}"
-        )
-        steps.add("bucket", detail, inside, bucket=value, threshold=limit)
-    return steps
-
-
-def explain(ctx: Context) -> int:
-    """``explain NAME UNIT [--attr k=v ...]``: the decision, and every step that led to it."""
-    rollouts = ctx.rollouts()
-    name, unit = ctx.args.name, ctx.args.unit
-    attributes = _attributes(ctx.args.attr)
-    status = rollouts.status(name)  # afresh from the store (and a store that is down, told)
-    decision = rollouts.decide(name, unit, attributes)
-    steps = _steps(rollouts, name, status, unit, attributes)
-    if ctx.json:
-        last = next(s for s in steps if s["step"] == "bucket")
-        dump(
-            {
-                "rollout": name,
-                "unit": unit,
-                "attributes": attributes,
-                "environment": rollouts.environment,
-                "enabled": decision.enabled,
-                "reason": str(decision.reason),
-                "stage": decision.stage,
-                "percent": decision.percent,
-                "bucket": last["bucket"],
-                "threshold": last["threshold"],
-                "steps": steps,
-            },
-            ctx.out,
-        )
-        return OK
-    where = f", environment {rollouts.environment}" if rollouts.environment is not None else ""
-    ctx.out.write(printable(f"{name}, unit {unit!r}{where}") + "\n")
-    rows = [(str(i), s["step"], s["outcome"], s["detail"]) for i, s in enumerate(steps, 1)]
-    ctx.out.write(table(("#", "STEP", "OUTCOME", "DETAIL"), rows, right={0}) + "\n")
-    stage = f", stage {printable(decision.stage)}" if decision.stage is not None else ""
-    ctx.out.write(
-        f"result: {'on' if decision.enabled else 'off'} ({decision.reason}){stage}, "
-        f"{decision.percent:g} %\n"
-    )
-    return OK
+    for bad, message in problems:
+        ctx.problem(message, kind="state_unreadable", rollout=bad)
+    return FINDING if problems else OK

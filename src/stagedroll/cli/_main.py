@@ -1,9 +1,10 @@
-"""The command line's frame: the parser, the global options, and the errors behind exit codes."""
+"""The command line's frame: a command's context (its store, its policy), and exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -11,46 +12,95 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, unquote
 
 import structlog
 
-from .. import Policy, Rollouts, __version__, parse_policy
+from .. import Policy, parse_policy
 from .._document import decode, format_of, max_policy_bytes, read_document
 from ..exceptions import (
     MissingExtraError,
+    NoStoreError,
     PolicyError,
     StoreError,
     TransitionError,
     UnknownRolloutError,
 )
 from ..stores import Store, store_from_url
-from ._render import escaping, printable
+from ._render import SCHEMA_VERSION, dump_line, escaping, printable
 
-__all__ = ["CliError", "Context", "main", "read_text"]
+__all__ = ["CliError", "Context", "main", "read_text", "shown_store"]
 
-OK, FINDING, USAGE, STORE_DOWN, INTERNAL = 0, 1, 2, 3, 70
-ACTIONS = ("advance", "freeze", "unfreeze", "rollback", "kill", "complete")
+OK, FINDING, USAGE, STORE_DOWN, NO_STORE, INTERNAL = 0, 1, 2, 3, 4, 70
 
-_EXIT_CODES = """exit codes:
-  0  ok
-  1  a finding: validation errors, a refused transition, cohorts that are not nested
-  2  usage error: bad arguments, no --policy, an unknown rollout or environment
-  3  the store is unreachable
- 70  an internal error of stagedroll (a bug: -v shows its traceback)"""
+_KINDS = {OK: "ok", FINDING: "finding", USAGE: "usage", STORE_DOWN: "store_down"}
+_KINDS.update({NO_STORE: "no_store", INTERNAL: "internal"})
 
 
 class CliError(Exception):
     """An expected failure of a command: its lines for stderr, and the exit code.
 
     ``message`` is one line, or a list of them (a policy's problems); each is printed with
-    its own newlines escaped, so that text it quotes cannot forge a line.
+    its own newlines escaped, so that text it quotes cannot forge a line. ``kind`` names
+    the failure under ``--json`` (default: from the exit code), ``details`` are its parts
+    there (a policy's problems: ``{"path", "line", "message"}``).
     """
 
-    def __init__(self, message: str | list[str], code: int) -> None:
+    def __init__(
+        self,
+        message: str | list[str],
+        code: int,
+        *,
+        kind: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.lines = message if isinstance(message, list) else [message]
         super().__init__("\n".join(self.lines))
         self.code = code
+        self.kind = kind or _KINDS.get(code, "error")
+        self.details = details or []
+
+
+def shown_store(url: str) -> str:
+    """The store of ``url`` for a message, with no secret in it.
+
+    A SQLite file's absolute path; else the URL without its credentials and with no query
+    option but ``prefix``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "(a malformed store URL)"
+    if scheme.lower() == "sqlite":
+        path = unquote(rest.split("?", 1)[0])
+        return str(Path(path[1:] or ".").resolve()) if path.startswith("/") else path
+    if "@" in rest:  # the password may hold any character: cut at the last "@"
+        userinfo, rest = rest.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        rest = f"{user}:***@{rest}" if user else f"***@{rest}"
+    where, _, query = rest.partition("?")
+    kept = [f"{k}={v}" for k, v in parse_qsl(query.split("#", 1)[0]) if k == "prefix"]
+    return f"{scheme}://{where.split('#', 1)[0]}" + (f"?{'&'.join(kept)}" if kept else "")
+
+
+def secrets_of(url: str) -> list[str]:
+    """The passwords a store URL holds (its user information's, a ``password=`` option's)."""
+    _, _, rest = url.partition("://")
+    found: list[str] = []
+    if "@" in rest:
+        userinfo = rest.rsplit("@", 1)[0]
+        found.append(userinfo.split(":", 1)[1] if ":" in userinfo else userinfo)
+        rest = rest.rsplit("@", 1)[1]
+    query = rest.partition("?")[2]
+    found.extend(v for k, v in parse_qsl(query) if "pass" in k.lower() or "token" in k.lower())
+    return [s for s in {*found, *(unquote(s) for s in found)} if len(s) >= 1]
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with each of ``secrets`` (longest first) replaced by ``***``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 @dataclass
@@ -61,22 +111,56 @@ class Context:
     out: TextIO
     err: TextIO
     cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    secrets: list[str] = field(default_factory=list)
+    """The store URL's passwords: never printed (:func:`scrub`)."""
 
     @property
     def json(self) -> bool:
         """Whether ``--json`` asked for machine-readable output."""
         return bool(getattr(self.args, "json", False))
 
-    def note(self, message: str) -> None:
-        """One line on stderr, for people (never mixed into the output)."""
-        self.err.write(f"stagedroll: {message}\n")
+    @property
+    def verbose(self) -> bool:
+        """Whether ``-v`` asked for the statistics (and the log events)."""
+        return bool(getattr(self.args, "verbose", False))
+
+    def note(self, message: str, *, kind: str = "note", **fields: object) -> None:
+        """One line on stderr, for people (never mixed into the output); JSON under --json."""
+        if self.json:
+            dump_line(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "warning": {"kind": kind, "message": message, **fields},
+                },
+                self.err,
+            )
+        else:
+            self.err.write(f"stagedroll: note: {printable(message)}\n")
+
+    def problem(self, message: str, *, kind: str, code: int = FINDING, **fields: object) -> None:
+        """An error that does not stop the command (a corrupt state of one rollout)."""
+        if self.json:
+            error = {
+                "code": code,
+                "kind": kind,
+                "message": message,
+                "details": [fields] * bool(fields),
+            }
+            dump_line({"schema_version": SCHEMA_VERSION, "error": error}, self.err)
+        else:
+            self.err.write(f"stagedroll: {printable(message)}\n")
+
+    def configured_policy(self) -> Path | None:
+        """``--policy``, else ``$STAGEDROLL_POLICY``; ``None`` when neither is given."""
+        path = getattr(self.args, "policy", None) or os.environ.get("STAGEDROLL_POLICY")
+        return Path(path) if path else None
 
     def policy_path(self) -> Path:
         """``--policy``, else ``$STAGEDROLL_POLICY``; a usage error when neither is given."""
-        path = getattr(self.args, "policy", None) or os.environ.get("STAGEDROLL_POLICY")
-        if not path:
+        path = self.configured_policy()
+        if path is None:
             raise CliError("no policy file: pass --policy FILE or set STAGEDROLL_POLICY", USAGE)
-        return Path(path)
+        return path
 
     def environment(self) -> str | None:
         """``--env``, else ``$STAGEDROLL_ENV``; ``None`` when neither names one."""
@@ -92,35 +176,70 @@ class Context:
             reason = exc.strerror or str(exc)
             raise CliError(f"cannot read the policy {str(path)!r}: {reason}", USAGE) from None
         except PolicyError as exc:
-            from ._offline import problem_lines  # noqa: PLC0415 - the validate command's renderer
+            from ._offline import located, problem_lines  # noqa: PLC0415 - validate's renderer
 
-            raise CliError(problem_lines(exc, text), FINDING) from None
+            raise CliError(
+                problem_lines(exc, text),
+                FINDING,
+                kind="policy_invalid",
+                details=located(exc.problems, exc.source, text),
+            ) from None
+        self.check_environment(policy)
+        return policy
+
+    def check_environment(self, policy: Policy) -> None:
+        """Refuse an environment (``--env``) that ``policy`` does not declare: a usage error."""
         try:
             policy.check_environment(self.environment())
         except PolicyError as exc:
             raise CliError("; ".join(p.message for p in exc.problems), USAGE) from None
-        return policy
 
-    def store(self) -> Store:
-        """The store of ``--store`` (or ``$STAGEDROLL_STORE``, else ``memory://``), opened."""
+    def store_url(self) -> str:
+        """``--store``, else ``$STAGEDROLL_STORE``; a usage error when neither names one."""
         url = getattr(self.args, "store", None) or os.environ.get("STAGEDROLL_STORE")
         if not url:
-            self.note(
-                "note: no store named (--store URL or STAGEDROLL_STORE), so memory:// is used: "
-                "it holds nothing between runs"
+            raise CliError(
+                "no store named: pass --store URL or set STAGEDROLL_STORE "
+                "(sqlite:///path/to/state.db, redis://host:6379/0)",
+                USAGE,
             )
-            url = "memory://"
+        return str(url)
+
+    def store(self) -> Store:
+        """The store of ``--store`` (or ``$STAGEDROLL_STORE``), opened, holding stagedroll data.
+
+        A store that holds no rollout (a SQLite file that does not exist, an empty Redis
+        prefix) is refused, naming where it looked, unless ``--create`` is given.
+        """
+        url = self.store_url()
+        self.secrets = secrets_of(url)
+        create = bool(getattr(self.args, "create", False))
+        shown = shown_store(url)
+        hint = "pass --create to start a new store here"
+        sqlite = url.partition("://")[0].lower() == "sqlite" and Path(shown).is_absolute()
+        if not create and sqlite and not Path(shown).exists():
+            raise CliError(
+                f"no stagedroll store at {shown}: the file does not exist "
+                f"(a misspelt path?); {hint}",
+                NO_STORE,
+            )
         try:
-            store = store_from_url(url)
+            store = store_from_url(url, create=create)
+            self.cleanup.callback(store.close)
+            names = store.names()
         except (ValueError, ImportError) as exc:
             raise CliError(str(exc), USAGE) from None
-        self.cleanup.callback(store.close)
+        except NoStoreError as exc:  # a file that is not a store (no tables) is not created
+            raise CliError(f"{exc}; {hint}", NO_STORE) from None
+        except Exception as exc:  # a store that does not wrap its client's errors
+            raise StoreError(f"{shown}: {type(exc).__name__}: {exc}") from exc
+        if not create and not names:
+            raise CliError(
+                f"no stagedroll data in {shown}: expected the state of at least one rollout, "
+                f"as a service using this store writes it (a wrong URL or prefix?); {hint}",
+                NO_STORE,
+            )
         return store
-
-    def rollouts(self) -> Rollouts:
-        """The policy's rollouts, bound to the store and environment of the options."""
-        policy = self.load(self.policy_path())
-        return Rollouts(policy, store=self.store(), environment=self.environment())
 
 
 def read_text(path: Path) -> str:
@@ -132,135 +251,6 @@ def read_text(path: Path) -> str:
     format_of(path)  # an unknown suffix is refused before the file is touched
     limit = max_policy_bytes(source=str(path))
     return decode(read_document(path, max_bytes=limit), source=str(path))
-
-
-def _add_globals(parser: argparse.ArgumentParser, *, nested: bool) -> None:
-    # On the subcommands the defaults are SUPPRESS, so that an option given before the
-    # command is not reset by the subcommand's parser.
-    def default(value: object) -> object:
-        return argparse.SUPPRESS if nested else value
-
-    group = parser.add_argument_group("global options")
-    group.add_argument(
-        "--policy",
-        metavar="FILE",
-        default=default(None),
-        help="the policy file (default: $STAGEDROLL_POLICY)",
-    )
-    group.add_argument(
-        "--store",
-        metavar="URL",
-        default=default(None),
-        help="memory://, sqlite:///path.db or redis://host:6379/0 "
-        "(default: $STAGEDROLL_STORE, else memory://)",
-    )
-    group.add_argument(
-        "--env",
-        metavar="NAME",
-        default=default(None),
-        help="the environment (default: $STAGEDROLL_ENV)",
-    )
-    group.add_argument(
-        "--json",
-        action="store_true",
-        default=default(False),
-        help="machine-readable output (JSON on stdout)",
-    )
-    group.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=default(False),
-        help="show stagedroll's log events on stderr",
-    )
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-Command = Callable[[Context], int]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``stagedroll`` argument parser, every command with its options."""
-    from . import _commands, _offline  # noqa: PLC0415 - they import this module's helpers
-
-    common = argparse.ArgumentParser(add_help=False)
-    _add_globals(common, nested=True)
-    parser = argparse.ArgumentParser(
-        prog="stagedroll",
-        description="Operate stagedroll rollouts: validate, inspect, steer and simulate.",
-        epilog=_EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_globals(parser, nested=False)
-    parser.add_argument("--version", action="version", version=f"stagedroll {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, run: Command, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            parents=[common],
-            help=help,
-            description=help,
-            epilog=_EXIT_CODES,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sub.set_defaults(run=run)
-        return sub
-
-    sub = command("validate", _offline.validate, "check policy files; list every problem")
-    sub.add_argument("files", nargs="*", metavar="FILE", help="default: the --policy file")
-
-    sub = command("status", _commands.status, "where each rollout stands, with its evidence")
-    sub.add_argument("name", nargs="?", metavar="NAME", help="one rollout (default: all)")
-
-    for action in ACTIONS:
-        sub = command(action, _commands.transition, f"{action} a rollout")
-        sub.add_argument("name", metavar="NAME")
-        sub.add_argument("--reason", required=True, metavar="TEXT", help="why, for the history")
-        sub.add_argument("--actor", metavar="NAME", help="who (default: the operating-system user)")
-
-    sub = command("history", _commands.history, "the audit trail of a rollout, newest first")
-    sub.add_argument("name", metavar="NAME")
-    sub.add_argument("--limit", type=_positive, metavar="N", help="at most N entries")
-
-    sub = command("explain", _commands.explain, "the decision for one unit, step by step")
-    sub.add_argument("name", metavar="NAME")
-    sub.add_argument("unit", metavar="UNIT")
-    sub.add_argument(
-        "--attr",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help='an attribute; VALUE is read as JSON when it parses (42, true, "4.2"), else as text',
-    )
-
-    sub = command("simulate", _offline.simulate_cohorts, "the cohort of each stage for N units")
-    sub.add_argument("file", nargs="?", metavar="FILE", help="default: the --policy file")
-    units = sub.add_mutually_exclusive_group()
-    units.add_argument(
-        "--units",
-        type=_positive,
-        default=100_000,
-        metavar="N",
-        help="simulate user-0 ... user-(N-1) (default 100000)",
-    )
-    units.add_argument(
-        "--units-file", metavar="F", help="simulate the unit ids in F, one a line ('-': stdin)"
-    )
-    sub.add_argument("--plot", metavar="PNG", help="draw the cohort sizes (needs stagedroll[plot])")
-
-    command("schema", _offline.schema, "the JSON Schema of the policy file")
-    command("tick", _commands.tick, "take the automatic steps that are due, once")
-    return parser
 
 
 @contextlib.contextmanager
@@ -295,41 +285,68 @@ def _logging(verbose: bool, err: TextIO) -> Iterator[None]:
             structlog.configure(**before)
 
 
+def _json_error(err: TextIO, code: int, kind: str, lines: list[str], details: list[Any]) -> None:
+    message = "\n".join(lines[:1]) if details or len(lines) <= 1 else "\n".join(lines)
+    error = {"code": code, "kind": kind, "message": message, "details": details}
+    dump_line({"schema_version": SCHEMA_VERSION, "error": error}, err)
+
+
+def _parse(
+    parser: argparse.ArgumentParser, argv: list[str] | None, out: TextIO, err: TextIO
+) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code of argparse's own usage error (or --help)."""
+    words = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in words
+    said = io.StringIO()
+    try:  # argparse prints the arguments it refuses: escaped too
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(said if as_json else err):
+            return parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's own usage errors (2), and --help (0)
+        code = exc.code if isinstance(exc.code, int) else USAGE
+        if as_json and code != OK:
+            last = [line for line in said.getvalue().splitlines() if line.strip()][-1:]
+            message = last[0].split(": error: ", 1)[-1] if last else "bad arguments"
+            _json_error(err, code, "usage", [message], [])
+        return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``stagedroll`` command line with ``argv`` (default: ``sys.argv[1:]``).
 
     Returns the exit code: 0 ok, 1 a finding, 2 a usage error, 3 the store is unreachable,
-    70 an internal error. What it prints escapes the control characters of text it did not
-    write (:func:`~stagedroll.cli._render.printable`); JSON output stays exact JSON.
+    4 no stagedroll store at the URL, 70 an internal error. What it prints escapes the
+    control characters of text it did not write (:func:`~stagedroll.cli._render.printable`);
+    JSON output stays exact JSON, and under ``--json`` an error is one JSON line on stderr.
     """
+    from ._parser import build_parser  # noqa: PLC0415 - it imports the commands, which import this
+
     out, err = escaping(sys.stdout), escaping(sys.stderr)
-    parser = build_parser()
-    try:  # argparse prints the arguments it refuses: escaped too
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse's own usage errors (2), and --help (0)
-        return exc.code if isinstance(exc.code, int) else USAGE
+    args = _parse(build_parser(), argv, out, err)
+    if isinstance(args, int):
+        return args
     ctx = Context(args, out, err)
-    run: Command = args.run
-    verbose = bool(getattr(args, "verbose", False))
+    run: Callable[[Context], int] = args.run
+    verbose = ctx.verbose
     message: str | list[str]
+    kind, details = "", []
     try:
         with _logging(verbose, err), ctx.cleanup:
             return run(ctx)
     except CliError as exc:
-        message, code = exc.lines, exc.code
+        message, code, kind, details = exc.lines, exc.code, exc.kind, exc.details
     except UnknownRolloutError as exc:
-        message, code = str(exc), USAGE
+        message, code, kind = str(exc), USAGE, "unknown_rollout"
     except TransitionError as exc:
-        message, code = str(exc), FINDING
+        message, code, kind = str(exc), FINDING, "transition_refused"
     except StoreError as exc:
-        message, code = f"store unreachable: {exc}", STORE_DOWN
+        message, code, kind = f"store unreachable: {exc}", STORE_DOWN, "store_down"
     except PolicyError as exc:
-        from ._offline import problem_lines  # noqa: PLC0415 - the validate command's renderer
+        from ._offline import located, problem_lines  # noqa: PLC0415 - validate's renderer
 
-        message, code = problem_lines(exc), FINDING
+        message, code, kind = problem_lines(exc), FINDING, "policy_invalid"
+        details = located(exc.problems, exc.source, None)
     except MissingExtraError as exc:
-        message, code = str(exc), USAGE
+        message, code, kind = str(exc), USAGE, "missing_extra"
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug: one line, as for any error (the traceback with -v)
@@ -338,9 +355,15 @@ def main(argv: list[str] | None = None) -> int:
         name = type(exc).__name__
         shown = str(exc) if len(str(exc)) <= 300 else str(exc)[:297] + "..."
         message, code = f"internal error ({name}: {shown}); please report it", INTERNAL
+        kind = "internal"
+    parts = [
+        scrub(part, ctx.secrets) for part in (message if isinstance(message, list) else [message])
+    ]
+    if ctx.json:
+        _json_error(err, code, kind, parts, details)
+        return code
     # One line per policy problem; any other message is one line, its own newlines escaped
     # (an actor or a reason it quotes must not forge a line).
-    parts = message if isinstance(message, list) else [message]
     lines = "\n".join(printable(line) for line in parts)
     err.write(f"stagedroll: {lines}\n")
     return code

@@ -16,15 +16,15 @@ from ..exceptions import MissingExtraError, PolicyError, PolicyProblem
 from ..testing import Simulation, simulate
 from ._lines import line_of, locate
 from ._main import FINDING, OK, USAGE, CliError, Context, read_text
-from ._render import dump, printable
+from ._render import SCHEMA_VERSION, dump, printable
 
-__all__ = ["problem_lines", "schema", "simulate_cohorts", "validate"]
+__all__ = ["located", "problem_line", "problem_lines", "schema", "simulate_cohorts", "validate"]
 
 _BAR = 40  # characters of a full bar in the text chart
 _SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def _located(
+def located(
     problems: tuple[PolicyProblem, ...], source: str | None, text: str | None
 ) -> list[dict[str, Any]]:
     """Each problem as ``{"path", "line", "message"}``, the line found in ``text`` if it can be.
@@ -46,7 +46,7 @@ def _located(
     ]
 
 
-def _problem_line(source: str | None, problem: dict[str, Any]) -> str:
+def problem_line(source: str | None, problem: dict[str, Any]) -> str:
     """``file:line: path: message``, each part :func:`printable` (it holds the file's text)."""
     where = printable(source or "policy")
     if problem["line"] is not None:
@@ -66,8 +66,8 @@ def problem_lines(error: PolicyError, text: str | None = None) -> list[str]:
     """
     count = len(error.problems)
     head = f"{printable(error.source or 'the policy')}: {count} problem{'s' if count != 1 else ''}"
-    located = _located(error.problems, error.source, text)
-    return [head, *(_problem_line(error.source, p) for p in located)]
+    found = located(error.problems, error.source, text)
+    return [head, *(problem_line(error.source, p) for p in found)]
 
 
 def _unread(message: str) -> list[dict[str, Any]]:
@@ -86,7 +86,7 @@ def _check(ctx: Context, path: Path) -> dict[str, Any]:
         text = read_text(path)
         policy = parse_policy(text, format=format_of(path), source=str(path))
     except PolicyError as exc:
-        problems = _located(exc.problems, str(path), text)
+        problems = located(exc.problems, str(path), text)
     except MissingExtraError as exc:
         problems = _unread(str(exc))
     except OSError as exc:
@@ -97,7 +97,7 @@ def _check(ctx: Context, path: Path) -> dict[str, Any]:
         try:
             policy.check_environment(ctx.environment())
         except PolicyError as exc:
-            problems = _located(exc.problems, None, None)
+            problems = located(exc.problems, None, None)
     return {"file": str(path), "ok": not problems, "problems": problems}
 
 
@@ -106,7 +106,7 @@ def validate(ctx: Context) -> int:
     files = [Path(f) for f in ctx.args.files] or [ctx.policy_path()]
     results = [_check(ctx, path) for path in files]
     if ctx.json:
-        dump(results, ctx.out)
+        dump({"schema_version": SCHEMA_VERSION, "files": results}, ctx.out)
     else:
         for result in results:
             shown = printable(result["file"])
@@ -116,14 +116,18 @@ def validate(ctx: Context) -> int:
             count = len(result["problems"])
             ctx.out.write(f"{shown}: {count} problem{'s' if count != 1 else ''}\n")
             for problem in result["problems"]:
-                ctx.out.write(f"  {_problem_line(result['file'], problem)}\n")
+                ctx.out.write(f"  {problem_line(result['file'], problem)}\n")
     return OK if all(r["ok"] for r in results) else FINDING
 
 
 def schema(ctx: Context) -> int:
-    """``schema``: the JSON Schema of the policy file, from the pydantic models."""
+    """``schema``: the JSON Schema of the policy file, from the pydantic models.
+
+    Without ``--json`` the schema itself (for an editor); with it, in the envelope of every
+    JSON output: ``{"schema_version": 1, "schema": {...}}``.
+    """
     document = {"$schema": _SCHEMA_DIALECT, **Policy.model_json_schema()}
-    dump(document, ctx.out)
+    dump({"schema_version": SCHEMA_VERSION, "schema": document} if ctx.json else document, ctx.out)
     return OK
 
 
@@ -173,6 +177,7 @@ def _simulation_object(sim: Simulation, plot: str | None) -> dict[str, Any]:
             }
         )
     return {
+        "schema_version": SCHEMA_VERSION,
         "units": sim.units,
         "environment": sim.environment,
         "nested": all(r.nested for r in sim.values()),
@@ -248,6 +253,6 @@ def simulate_cohorts(ctx: Context) -> int:
     try:
         sim.check()
     except AssertionError as exc:
-        ctx.note(f"cohorts not nested: {exc}")
+        ctx.problem(f"cohorts not nested: {exc}", kind="cohorts_not_nested")
         return FINDING
     return OK

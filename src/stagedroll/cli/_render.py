@@ -12,26 +12,41 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Collection, Mapping, Sequence
+import unicodedata
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TextIO, cast
 
-from .. import RolloutPolicy, RolloutStatus, Transition
+from .. import Action, RecentError, RolloutState, RolloutStatus, Status, Transition
 
 __all__ = [
+    "SCHEMA_VERSION",
+    "WIDTH",
     "EscapingWriter",
+    "Ladder",
+    "columns",
     "dump",
+    "dump_line",
+    "error_object",
     "escaping",
-    "evidence_text",
+    "fit",
     "iso",
     "printable",
-    "stage_label",
     "stage_name",
     "status_object",
+    "stored_object",
     "table",
-    "transition_line",
     "transition_object",
+    "trigger",
 ]
+
+SCHEMA_VERSION = 1
+"""The version of every JSON document the command line writes (``"schema_version"``)."""
+WIDTH = 100
+"""The columns that the default text output fits in."""
+
+Ladder = Sequence[tuple[str, float]]
+"""A rollout's stages as (name, percent), first to last: the policy's, or the stored state's."""
 
 
 def _escaped(char: str) -> str:
@@ -125,93 +140,115 @@ def dump(value: object, out: TextIO) -> None:
     out.write(json.dumps(_plain(value), indent=2, allow_nan=False) + "\n")
 
 
+def dump_line(value: object, out: TextIO) -> None:
+    """Write ``value`` as JSON on one line (a JSON Lines record), and a newline."""
+    out.write(json.dumps(_plain(value), allow_nan=False) + "\n")
+
+
+def _char_columns(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+def columns(text: str) -> int:
+    """The terminal columns ``text`` takes: wide (CJK) characters two, combining marks none."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_columns(c) for c in text)
+
+
+def _cut(word: str, room: int) -> tuple[str, str]:
+    """The longest head of ``word`` that takes at most ``room`` columns (one char at least)."""
+    used = 0
+    for i, char in enumerate(word):
+        used += _char_columns(char)
+        if used > room and i > 0:
+            return word[:i], word[i:]
+    return word, ""
+
+
+def fit(line: str, *, width: int = WIDTH) -> list[str]:
+    """``line`` (made :func:`printable`) wrapped at spaces into lines of ``width`` columns.
+
+    The lines after the first hang four columns deeper than the line's own indent; a word
+    longer than a line is cut.
+    """
+    line = printable(line)
+    if columns(line) <= width:
+        return [line]
+    indent = len(line) - len(line.lstrip(" "))
+    hang = " " * min(indent + 4, width // 2)
+    lines: list[str] = []
+    current = line[: min(indent, width // 2)]
+    for word in line[indent:].split(" "):
+        prefix = current + (" " if current.strip() else "")
+        if columns(prefix + word) <= width:
+            current = prefix + word
+            continue
+        if current.strip():
+            lines.append(current)
+            current = hang
+        rest = word
+        while columns(current + rest) > width:
+            head, rest = _cut(rest, width - columns(current))
+            lines.append(current + head)
+            current = hang
+        current += rest
+    if current.strip():
+        lines.append(current)
+    return lines
+
+
 def table(
     header: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[int] = ()
 ) -> str:
     """A text table with a header, columns two spaces apart, trailing spaces trimmed.
 
-    Each cell is shown :func:`printable`: a cell stays on its line, whatever it holds.
+    Each cell is shown :func:`printable`: a cell stays on its line, whatever it holds. A
+    row wider than :data:`WIDTH` is wrapped (:func:`fit`).
     """
     every = [list(header), *([printable(cell) for cell in row] for row in rows)]
-    widths = [max(len(row[i]) for row in every) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+    widths = [max(columns(row[i]) for row in every) for i in range(len(header))]
+
+    def pad(cell: str, w: int, i: int) -> str:
+        space = " " * (w - columns(cell))
+        return space + cell if i in right else cell + space
+
+    lines: list[str] = []
+    for row in every:
+        text = "  ".join(
+            pad(cell, w, i) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
-        for row in every
-    )
+        lines.extend(fit(text))
+    return "\n".join(lines)
 
 
-def stage_name(policy: RolloutPolicy, stage: int) -> str | None:
-    """The name of stage ``stage`` (``None`` at ``-1``, before the first stage: 0 %)."""
-    if stage < 0 or not policy.stages:
+def stage_name(ladder: Ladder, stage: int) -> str | None:
+    """The name of stage ``stage`` (``None`` at ``-1``, before the first stage, or unknown)."""
+    if stage < 0 or not ladder:
         return None
-    return policy.stages[min(stage, len(policy.stages) - 1)].name
+    return ladder[min(stage, len(ladder) - 1)][0]
 
 
-def stage_label(policy: RolloutPolicy, stage: int) -> str:
-    """A stage for people: its name, or ``(0 %)`` before the first stage."""
-    name = stage_name(policy, stage)
-    return name if name is not None else "(0 %)"
+def trigger(entry: Transition) -> str:
+    """What made a transition: ``"operator"``, ``"health_gate"`` or ``"automatic"``."""
+    if entry.actor != "stagedroll":
+        return "operator"
+    if entry.action in (Action.FREEZE, Action.ROLLBACK):
+        return "health_gate"
+    return "automatic"
 
 
-def _number(value: object) -> str:
-    return f"{value:.3g}" if isinstance(value, int | float) else "-"
-
-
-def evidence_text(evidence: Mapping[str, object], *, enabled: bool = True) -> str:
-    """The health evidence in one line: E, r-hat, events and units (new path/old path)."""
-    if not enabled:
-        return "no health gate"
-    if not evidence:
-        return "-"
-    text = (
-        f"E {_number(evidence.get('e_errors'))}, r-hat {_number(evidence.get('r_errors'))}, "
-        f"events {evidence.get('error_events_treatment', 0)}/"
-        f"{evidence.get('error_events_control', 0)}, "
-        f"units {evidence.get('units_treatment', 0)}/{evidence.get('units_control', 0)}"
-    )
-    if evidence.get("slow_threshold_s") is not None or evidence.get("e_latency", 1.0) != 1.0:
-        text += (
-            f"; latency E {_number(evidence.get('e_latency'))}, slow "
-            f"{evidence.get('slow_events_treatment', 0)}/{evidence.get('slow_events_control', 0)}"
-        )
-    return text
-
-
-def status_object(status: RolloutStatus) -> dict[str, Any]:
-    """The JSON shape of one rollout's status (documented in :mod:`stagedroll.cli`)."""
-    return {
-        "rollout": status.rollout,
-        "environment": status.environment,
-        "mode": status.mode,
-        "stage": status.stage,
-        "stage_name": status.stage_name,
-        "percent": status.percent,
-        "status": str(status.status),
-        "since": status.since,
-        "since_iso": iso(status.since),
-        "version": status.version,
-        "reason": status.reason,
-        "actor": status.actor,
-        "next_stage": status.next_stage,
-        "waiting_for": status.waiting_for,
-        "health_enabled": status.health.enabled,
-        "evidence": dict(status.health.evidence()),
-        "internal_errors": status.internal_errors,
-    }
-
-
-def transition_object(entry: Transition, policy: RolloutPolicy) -> dict[str, Any]:
+def transition_object(entry: Transition, ladder: Ladder) -> dict[str, Any]:
     """The JSON shape of one transition (documented in :mod:`stagedroll.cli`)."""
     return {
         "rollout": entry.rollout,
         "action": str(entry.action),
         "from_stage": entry.from_stage,
         "to_stage": entry.to_stage,
-        "from_stage_name": stage_name(policy, entry.from_stage),
-        "to_stage_name": stage_name(policy, entry.to_stage),
+        "from_stage_name": stage_name(ladder, entry.from_stage),
+        "to_stage_name": stage_name(ladder, entry.to_stage),
         "from_status": str(entry.from_status) if entry.from_status is not None else None,
         "to_status": str(entry.to_status),
         "version": entry.version,
@@ -219,17 +256,142 @@ def transition_object(entry: Transition, policy: RolloutPolicy) -> dict[str, Any
         "at_iso": iso(entry.at),
         "reason": entry.reason,
         "actor": entry.actor,
+        "trigger": trigger(entry),
         "evidence": dict(entry.evidence),
     }
 
 
-def transition_line(entry: Transition, policy: RolloutPolicy) -> str:
-    """One transition in words: ``checkout: freeze at canary (running -> frozen), v4, by bob``."""
-    before, after = stage_label(policy, entry.from_stage), stage_label(policy, entry.to_stage)
-    where = f"at {after}" if before == after else f"{before} -> {after}"
-    was = str(entry.from_status) if entry.from_status is not None else "-"
-    why = f": {entry.reason}" if entry.reason else ""
-    return printable(
-        f"{entry.rollout}: {entry.action} {where} ({was} -> {entry.to_status}), "
-        f"version {entry.version}, by {entry.actor or 'unknown'}{why}"
-    )
+def error_object(error: RecentError) -> dict[str, Any]:
+    """The JSON shape of one recent error of a rollout's path."""
+    return {
+        "arm": error.arm,
+        "type": error.type,
+        "message": error.message,
+        "count": error.count,
+        "first_seen": error.first_seen,
+        "first_seen_iso": iso(error.first_seen),
+        "last_seen": error.last_seen,
+        "last_seen_iso": iso(error.last_seen),
+    }
+
+
+def _served(status: Status, stage: int, ladder: Ladder) -> float | None:
+    if status is Status.KILLED or stage < 0:
+        return 0.0
+    if status is Status.COMPLETE:
+        return 100.0
+    return ladder[min(stage, len(ladder) - 1)][1] if ladder else None
+
+
+_STATUS_KEYS = (
+    "rollout",
+    "source",
+    "in_policy",
+    "policy_problem",
+    "environment",
+    "mode",
+    "stage",
+    "stage_name",
+    "percent",
+    "status",
+    "since",
+    "since_iso",
+    "version",
+    "reason",
+    "actor",
+    "stages",
+    "next_stage",
+    "waiting_for",
+    "health_enabled",
+    "evidence",
+    "thresholds",
+    "sample_ratio_ok",
+    "shares_elsewhere",
+    "internal_errors",
+    "errors",
+)
+_EMPTY_OBJECT: dict[str, Any] = dict.fromkeys(_STATUS_KEYS)
+
+
+def _errors(errors: Iterable[RecentError]) -> list[dict[str, Any]]:
+    return [error_object(e) for e in errors]
+
+
+def status_object(st: RolloutStatus) -> dict[str, Any]:
+    """The JSON shape of a rollout of the policy (documented in :mod:`stagedroll.cli`)."""
+    h = st.health
+    return {
+        **_EMPTY_OBJECT,
+        "rollout": st.rollout,
+        "source": "policy",
+        "in_policy": True,
+        "environment": st.environment,
+        "mode": st.mode,
+        "stage": st.stage,
+        "stage_name": st.stage_name,
+        "percent": st.percent,
+        "status": str(st.status),
+        "since": st.since,
+        "since_iso": iso(st.since),
+        "version": st.version,
+        "reason": st.reason,
+        "actor": st.actor,
+        "stages": [{"name": s.name, "percent": s.percent} for s in st.stages],
+        "next_stage": st.next_stage,
+        "waiting_for": st.waiting_for,
+        "health_enabled": h.enabled,
+        "evidence": dict(h.evidence()),
+        "thresholds": {
+            "freeze_at_errors": h.freeze_at_errors,
+            "freeze_at_latency": h.freeze_at_latency,
+            "rollback_at_errors": h.rollback_at_errors,
+            "rollback_at_latency": h.rollback_at_latency,
+        },
+        "sample_ratio_ok": h.sample_ratio_ok,
+        "shares_elsewhere": list(h.shares_elsewhere),
+        "internal_errors": st.internal_errors,
+        "errors": _errors(st.errors),
+    }
+
+
+def stored_object(
+    name: str,
+    state: RolloutState | None,
+    *,
+    problem: str | None,
+    environment: str | None,
+    errors: Iterable[RecentError] = (),
+) -> dict[str, Any]:
+    """The JSON shape of a rollout steered from the store alone (``state`` ``None``: none)."""
+    found: dict[str, Any] = {
+        **_EMPTY_OBJECT,
+        "rollout": name,
+        "source": "none" if state is None else "store",
+        "in_policy": False,
+        "policy_problem": problem,
+        "environment": environment,
+        "stages": [],
+        "evidence": {},
+        "shares_elsewhere": [],
+        "errors": [],
+    }
+    if state is None:
+        return found
+    ladder = state.stages
+    last = len(ladder) - 1
+    going = state.status not in (Status.KILLED, Status.COMPLETE) and state.stage < last
+    return {
+        **found,
+        "stage": state.stage,
+        "stage_name": stage_name(ladder, state.stage),
+        "percent": _served(state.status, state.stage, ladder),
+        "status": str(state.status),
+        "since": state.since,
+        "since_iso": iso(state.since),
+        "version": state.version,
+        "reason": state.reason,
+        "actor": state.actor,
+        "stages": [{"name": n, "percent": p} for n, p in ladder],
+        "next_stage": ladder[state.stage + 1][0] if going else None,
+        "errors": _errors(errors),
+    }

@@ -69,7 +69,7 @@ def _options(
     return options
 
 
-def store_from_url(url: str) -> Store:
+def store_from_url(url: str, *, create: bool = True) -> Store:
     """Return the store a URL names.
 
     - ``memory://``: a new :class:`MemoryStore` (each URL makes its own);
@@ -79,6 +79,12 @@ def store_from_url(url: str) -> Store:
     - ``redis://[:password@]host:6379/0`` or ``rediss://…``: a :class:`RedisStore`, with
       options ``?prefix=myapp&refresh_interval=1&timeout=0.25``; other query arguments go to
       redis-py.
+
+    ``create=False``: a SQLite file that does not exist (or holds no stagedroll tables) is
+    not created but refused, with a :class:`~stagedroll.StoreError` naming its resolved
+    path. Memory and Redis stores ignore it (a Redis database cannot be told from an empty
+    one but by what it holds: :meth:`Store.names` says whether it holds any rollout, which
+    is what the CLI checks).
 
     Raises :class:`ValueError` for a scheme stagedroll does not know, or an unknown or
     malformed option (the URL shown without its credentials),
@@ -100,7 +106,7 @@ def store_from_url(url: str) -> Store:
                 "sqlite:////absolute/path.db"
             )
         allowed = ("refresh_interval", "timeout", "max_history", "ttl", "mode")
-        return SQLiteStore(path[1:], **_options(url, parts.query, allowed))
+        return SQLiteStore(path[1:], create=create, **_options(url, parts.query, allowed))
     if scheme in ("redis", "rediss"):
         plain, _ = _redis.split_options(url)
         allowed = ("refresh_interval", "timeout", "max_history", "ttl", "prefix")

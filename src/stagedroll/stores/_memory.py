@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from .._failures import Failures
 from .._forksafe import register
-from .._state import RolloutState, Transition
+from .._state import RecentError, RolloutState, Transition
+from ._codec import merge_errors
 from ._listeners import Listeners
 from ._protocol import StateListener
 
@@ -39,6 +40,7 @@ class MemoryStore:
         self._history: defaultdict[str, list[Transition]] = defaultdict(list)
         self._counts: defaultdict[tuple[str, str], dict[str, int]] = defaultdict(dict)
         self._units: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        self._errors: dict[str, list[RecentError]] = {}
         self.failures = Failures()
         """Failures of this store's listeners (``store.listener_failed``), counted and logged."""
         self._listeners = Listeners("store.listener_failed", self.failures)
@@ -79,6 +81,11 @@ class MemoryStore:
             newest_first = entries[::-1]
         return newest_first if limit is None else newest_first[: max(limit, 0)]
 
+    def names(self) -> list[str]:
+        """Return the names of the rollouts that have a state, sorted."""
+        with self._lock:
+            return sorted(self._states)
+
     def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
         """Add ``counts`` to the segment's counters; return them all."""
         with self._lock:
@@ -108,6 +115,18 @@ class MemoryStore:
             seen = self._units[rollout, "distinct:" + scope]
             seen.update(units)
             return len(seen)
+
+    def add_errors(self, rollout: str, errors: Sequence[RecentError]) -> None:
+        """Merge ``errors`` into the rollout's recent errors; see :class:`Store`."""
+        with self._lock:
+            merged = merge_errors(self._errors.get(rollout, ()), errors)
+            if merged:
+                self._errors[rollout] = merged
+
+    def read_errors(self, rollout: str) -> list[RecentError]:
+        """Return the rollout's recent errors, the most recently seen first."""
+        with self._lock:
+            return list(self._errors.get(rollout, ()))
 
     def watch(self, listener: StateListener) -> None:
         """Call ``listener`` after each successful compare-and-set (bound methods weakly held)."""

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from .._state import RolloutState, Transition
+from .._state import RecentError, RolloutState, Transition
 
 __all__ = ["StateListener", "Store", "SyncingStore"]
 
@@ -18,10 +18,10 @@ class Store(Protocol):
     """Where rollout state, its history and the pooled outcome counts live.
 
     A store is small on purpose: load a state, replace it by compare-and-set together with
-    its history entry, read the history, add and read outcome counts, and tell listeners
-    about changes. The decision path never calls a store; only refreshes, transitions and
-    outcome flushes do, so a store may do I/O and may raise (the caller turns failures into
-    logged, counted fallbacks).
+    its history entry, read the history, list the rollouts it holds, add and read outcome
+    counts and recent errors, and tell listeners about changes. The decision path never
+    calls a store; only refreshes, transitions and outcome flushes do, so a store may do I/O
+    and may raise (the caller turns failures into logged, counted fallbacks).
 
     Counters and unit sets are named by free-form strings (``segment``, ``scope``) that the
     caller chooses; a store keeps them apart per rollout and may expire them after a while.
@@ -46,6 +46,13 @@ class Store(Protocol):
         """Return the rollout's transitions, newest first, at most ``limit`` of them."""
         ...
 
+    def names(self) -> list[str]:
+        """Return the names of the rollouts that have a stored state, sorted.
+
+        A rollout of which the store keeps only counters, unit sets or errors is not one.
+        """
+        ...
+
     def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
         """Add ``counts`` to the segment's counters atomically; return all its counters."""
         ...
@@ -64,6 +71,22 @@ class Store(Protocol):
 
     def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
         """Add ``units`` to the scope's distinct count; return the count (may be estimated)."""
+        ...
+
+    def add_errors(self, rollout: str, errors: Sequence[RecentError]) -> None:
+        """Merge ``errors`` into the rollout's recent errors, atomically.
+
+        One entry per ``(arm, type, message)``: counts add, ``first_seen`` is the earliest,
+        ``last_seen`` the latest; at most 20 entries are kept, the most recently seen.
+        Raises ``ValueError`` for a malformed error (nothing is then written).
+        """
+        ...
+
+    def read_errors(self, rollout: str) -> list[RecentError]:
+        """Return the rollout's recent errors, the most recently seen first (``[]``: none).
+
+        Stored entries that cannot be read are skipped, never raised.
+        """
         ...
 
     def watch(self, listener: StateListener) -> None:

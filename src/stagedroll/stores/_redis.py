@@ -11,10 +11,14 @@ as a hash tag so that one rollout's keys share a Redis Cluster slot:
   one is new); never a unit's text (see ``_digest``);
 - ``{prefix}:{name}:units:{scope}``: a HyperLogLog of units' digests (12 KB, about 0.8 %
   error);
+- ``{prefix}:{name}:errors``: a hash of the rollout's recent errors, one JSON object per
+  distinct error (at most 20), rewritten whole under ``WATCH`` by each addition;
 - ``{prefix}:meta``: a hash, the store's marker (``created``) and the history id of each
-  rollout it has held (``rollout:{name}``), which tell a lost state from a new rollout.
+  rollout it has held (``rollout:{name}``), which tell a lost state from a new rollout, and
+  which :meth:`RedisStore.names` reads instead of scanning the keys.
 
-Counters and unit sets expire ``ttl`` seconds (default 30 days) after their last write.
+Counters, unit sets and recent errors expire ``ttl`` seconds (default 30 days) after their
+last write.
 Earlier versions kept units as text: in sets (``{prefix}:{name}:first:{scope}``), turned
 into digests then deleted, and in HyperLogLogs (``{prefix}:{name}:distinct:{scope}``, never
 read by this version: its digests would count a unit twice), deleted; both at the first load
@@ -24,17 +28,18 @@ of their rollout by each store object, and a set also when its scope is next wri
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from .._failures import log
-from .._state import RolloutState, Transition
-from ._codec import dump_state, dump_transition, load_state
+from .._state import RecentError, RolloutState, Transition
+from ._codec import dump_error, dump_state, dump_transition, load_error, load_state, merge_errors
 from ._digest import digest, member, rollout_key, token
 from ._memory import check_version
 from ._syncer import EMPTY, SharedStore
@@ -101,6 +106,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return new
 """
 _CHUNK = 5000  # units per command: a large batch does not hold Redis for long
+_WATCH_TRIES = 50  # attempts of an optimistic transaction before it fails (WatchError)
 
 _UNENCODED = "percent-encode any '/', '?' or '#' in its user name and password (%2F, %3F, %23)"
 
@@ -333,6 +339,106 @@ class RedisStore(SharedStore):
         self._register(rollout, state)
         return True
 
+    def names(self) -> list[str]:
+        """Return the names of the rollouts that have a stored state, sorted.
+
+        Read from the rollouts registered in ``meta`` (every process of this version
+        registers the rollouts it writes or loads), each checked for a state; a store
+        without a registry (new, or written only by versions from before it) is scanned
+        for state keys under the prefix instead.
+        """
+        client = self.client
+        try:
+            fields = client.hkeys(self._meta())
+        except self._redis.exceptions.ResponseError:  # meta of another type: no registry
+            fields = []
+        # A name that is not UTF-8 (written behind the store's back) names no key: skipped.
+        texts = [text for text in map(_utf8, fields) if text is not None]
+        registered = [t.removeprefix("rollout:") for t in texts if t.startswith("rollout:")]
+        if not registered and not fields:
+            registered = self._scan_names()
+        found = []
+        for start in range(0, len(registered), _CHUNK):
+            chunk = registered[start : start + _CHUNK]
+            pipe = client.pipeline(transaction=False)
+            for name in chunk:
+                pipe.hexists(self._key(name, "state"), "s")
+            # A state key of another type (WRONGTYPE) is a state, if a corrupt one: listed.
+            answers = pipe.execute(raise_on_error=False)
+            found += [
+                name
+                for name, has in zip(chunk, answers, strict=True)
+                if has is True or isinstance(has, Exception)
+            ]
+        return sorted(set(found))
+
+    def _scan_names(self) -> list[str]:
+        """The rollouts with a state key under the prefix, found by one ``SCAN``."""
+        head = f"{self.prefix}:{{"
+        pattern = _GLOB.sub(r"\\\g<0>", head) + "*}:state"
+        names = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            text = _utf8(key)
+            name = text[len(head) : -len("}:state")] if text is not None else ""
+            if name and self._key(name, "state") == text:
+                names.append(name)
+        return names
+
+    def add_errors(self, rollout: str, errors: Sequence[RecentError]) -> None:
+        """Merge ``errors`` into the rollout's recent errors; see :class:`Store`.
+
+        An optimistic transaction: the hash is read under ``WATCH``, merged, and rewritten
+        in ``MULTI``; tried again when another writer changed it meanwhile (up to 50 times,
+        then ``WatchError``). A hash of another type is replaced.
+        """
+        if not errors:
+            return
+        key = self._key(rollout, "errors")
+        pipe: Any = self.client.pipeline(transaction=True)
+        with pipe:
+            for _ in range(_WATCH_TRIES - 1):
+                if self._merge_errors(pipe, key, errors):
+                    return
+            if not self._merge_errors(pipe, key, errors):
+                raise self._redis.exceptions.WatchError(
+                    f"{key} changed under each of {_WATCH_TRIES} attempts to add errors"
+                )
+
+    def _merge_errors(self, pipe: Any, key: str, errors: Sequence[RecentError]) -> bool:
+        """One attempt of :meth:`add_errors`; ``False`` when another writer came between."""
+        try:
+            pipe.watch(key)
+            merged = merge_errors(self._stored_errors(pipe, key), errors)
+            pipe.multi()
+            pipe.delete(key)
+            pipe.hset(key, mapping={_error_field(e): dump_error(e) for e in merged})
+            pipe.expire(key, self._ttl)
+            pipe.execute()
+        except self._redis.exceptions.WatchError:
+            return False
+        finally:
+            pipe.reset()
+        return True
+
+    def read_errors(self, rollout: str) -> list[RecentError]:
+        """Return the rollout's recent errors, the most recently seen first."""
+        return merge_errors(self._stored_errors(self.client, self._key(rollout, "errors")), ())
+
+    def _stored_errors(self, client: Any, key: str) -> list[RecentError]:
+        """The errors stored at ``key`` that can be read (the others are skipped).
+
+        A key of another type holds none.
+        """
+        try:
+            texts = client.hvals(key)
+        except self._redis.exceptions.ResponseError:  # WRONGTYPE
+            return []
+        found = []
+        for text in texts:
+            with contextlib.suppress(ValueError):
+                found.append(load_error(text))
+        return found
+
     def history(self, rollout: str, limit: int | None = None) -> list[Transition]:
         """Return the rollout's transitions, newest first."""
         if limit is not None and limit <= 0:
@@ -445,8 +551,23 @@ def _counters(raw: Mapping[Any, Any]) -> dict[str, int]:
     return counters
 
 
+def _error_field(error: RecentError) -> str:
+    """The field of a recent error in its hash: what makes it distinct, as JSON."""
+    return json.dumps([error.arm, error.type, error.message], separators=(",", ":"))
+
+
 def _member(value: object) -> bytes | str:
     return value if isinstance(value, bytes | str) else str(value)
+
+
+def _utf8(value: object) -> str | None:
+    """``value`` as text when it is UTF-8 (a key or field that names a rollout), else None."""
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8") if isinstance(value, bytes) else None
+    except UnicodeDecodeError:
+        return None
 
 
 def _text(value: bytes | str) -> str:

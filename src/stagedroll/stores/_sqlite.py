@@ -5,6 +5,9 @@ transaction, so a process killed at any moment leaves the file as it was before 
 the write, never between. The schema's version is ``PRAGMA user_version``: a file made by
 a later, incompatible version is refused rather than misread.
 
+A store made with ``create=False`` never creates the file: a missing file, or one that holds
+no stagedroll tables, raises :class:`~stagedroll.NoStoreError` naming the resolved path.
+
 The file is created with mode ``0600`` unless told otherwise (SQLite gives its ``-wal`` and
 ``-shm`` files the mode of the database). It holds no unit's text: the unit sets keep
 64-bit digests (``_digest``). A file deleted or replaced under a running process is noticed
@@ -20,13 +23,22 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from .._failures import log
-from .._state import RolloutState, Transition, restorable
-from ._codec import dump_state, dump_transition, load_state
+from .._state import RecentError, RolloutState, Transition, restorable
+from ..exceptions import NoStoreError, StoreError
+from ._codec import (
+    MAX_ERRORS,
+    dump_error,
+    dump_state,
+    dump_transition,
+    load_error,
+    load_state,
+    merge_errors,
+)
 from ._digest import digest, member, rollout_key, token
 from ._memory import check_version
 from ._syncer import EMPTY, SharedStore
@@ -37,7 +49,11 @@ SCHEMA_VERSION = 2
 """The version of the tables this module writes (``PRAGMA user_version``).
 
 1: the first; 2: unit sets keep digests (table ``digests``, not ``units``) and ``meta``
-holds the store's marker and the rollouts it has held.
+holds the store's marker and the rollouts it has held. The version rises only for a change
+that earlier versions would misread: the table ``errors`` (each rollout's recent errors)
+was added to version 2 in place, since processes that do not know it leave it alone; so a
+file stays open to the processes of the previous release that share it (a newer CLI run on
+a host does not lock the workers out).
 """
 DEFAULT_MODE = 0o600
 """The permissions of a new file (and of its ``-wal`` and ``-shm`` files): the owner's."""
@@ -78,6 +94,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS errors_by_rollout ON errors (rollout, id);
 """
 
 _EXPIRE = (
@@ -85,8 +107,11 @@ _EXPIRE = (
     "WHERE t.rollout = digests.rollout AND t.key = digests.scope AND t.at < ?)",
     "DELETE FROM counts WHERE EXISTS (SELECT 1 FROM touched AS t "
     "WHERE t.rollout = counts.rollout AND t.key = 'counts:' || counts.segment AND t.at < ?)",
+    "DELETE FROM errors WHERE EXISTS (SELECT 1 FROM touched AS t "
+    "WHERE t.rollout = errors.rollout AND t.key = 'errors' AND t.at < ?)",
     "DELETE FROM touched WHERE at < ?",
 )
+_ERRORS_READ = 10 * MAX_ERRORS  # rows read per rollout: stagedroll writes at most MAX_ERRORS
 _EXPIRE_EVERY_S = 3600.0
 _COMPANIONS = ("-wal", "-shm")
 
@@ -108,6 +133,15 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` read from the file was UTF-8 (no byte kept as a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(data: bytes) -> str:
     """TEXT read from the file: bytes that are not UTF-8 do not fail the whole read."""
     return data.decode("utf-8", "surrogateescape")
@@ -121,8 +155,12 @@ _abandoned: list[sqlite3.Connection] = []
 class SQLiteStore(SharedStore):
     """Keeps state, history and outcome counts in one SQLite file, for one host's processes.
 
-    ``path`` is created if missing (its directory must exist). ``timeout`` is how long a
-    write waits for another process's write to end (SQLite's busy timeout) before failing.
+    ``path`` is created if missing (its directory must exist), unless ``create`` is false:
+    then a missing file, or one without stagedroll's tables, raises
+    :class:`~stagedroll.NoStoreError` (a :class:`~stagedroll.StoreError`) naming the
+    resolved path, at construction and at each later attempt to open it, and nothing is
+    created. ``timeout`` is how long a write waits for another process's write to end
+    (SQLite's busy timeout) before failing.
     ``refresh_interval`` is how often, in seconds, changes made by other processes are read
     (in a background thread). ``max_history`` bounds the history kept per rollout. Outcome
     counters and unit sets not written for ``ttl`` seconds are deleted (checked hourly by
@@ -140,6 +178,7 @@ class SQLiteStore(SharedStore):
         max_history: int = 1000,
         ttl: float = 30 * 86400,
         mode: int = DEFAULT_MODE,
+        create: bool = True,
     ) -> None:
         if max_history < 1:
             raise ValueError("max_history must be at least 1")
@@ -154,6 +193,9 @@ class SQLiteStore(SharedStore):
         self._ttl = ttl
         self._expired_at = 0.0  # time.monotonic() of the last expiry by the thread
         self.path = Path(os.path.abspath(path))  # the same file after a chdir
+        self._creates = create  # False: a missing file is refused, never made
+        if not create and _identity(self.path) is None:
+            raise self._missing()
         self._timeout = timeout
         self._max_history = max_history
         self._lock = threading.Lock()  # one connection per store, used by one thread at a time
@@ -223,17 +265,66 @@ class SQLiteStore(SharedStore):
             raise OSError(f"{self.path} is not a regular file")
         return info.st_dev, info.st_ino
 
+    def _missing(self) -> NoStoreError:
+        return NoStoreError(
+            f"no stagedroll store at {self.path} (the file does not exist); expected the "
+            "SQLite file of an existing store: check the path, or create the store"
+        )
+
+    def _existing(self) -> tuple[int, int]:
+        """The identity of the file at the path, which must exist (``create=False``)."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            raise self._missing() from None
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{self.path} is not a regular file")
+        return info.st_dev, info.st_ino
+
     def _connect(self) -> sqlite3.Connection:
+        """A connection to the file, its schema brought up to date.
+
+        Whatever keeps the file from opening (a missing directory, no permission, SQLite's
+        "unable to open database file", a file that is not a database) is raised as a
+        :class:`~stagedroll.StoreError` naming the resolved path.
+        """
+        try:
+            return self._open()
+        except sqlite3.DatabaseError as exc:
+            if "unable to open" not in str(exc) and "not a database" not in str(exc):
+                raise
+            raise StoreError(f"cannot open the stagedroll store at {self.path}: {exc}") from exc
+        except (FileNotFoundError, PermissionError) as exc:
+            why = exc.strerror or str(exc)
+            if isinstance(exc, FileNotFoundError) and not self.path.parent.is_dir():
+                why = f"its directory {self.path.parent} does not exist"
+            raise StoreError(f"cannot open the stagedroll store at {self.path}: {why}") from exc
+
+    def _open(self) -> sqlite3.Connection:
         for attempt in range(3):  # the path may be replaced between the check and the open
-            identity = self._create()
-            db = sqlite3.connect(
-                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-            )
+            if self._creates:
+                identity = self._create()
+                db = sqlite3.connect(
+                    self.path, timeout=self._timeout, isolation_level=None,
+                    check_same_thread=False,
+                )  # fmt: skip
+            else:  # mode=rw: SQLite creates no file either
+                identity = self._existing()
+                db = sqlite3.connect(
+                    self.path.as_uri() + "?mode=rw", timeout=self._timeout,
+                    isolation_level=None, check_same_thread=False, uri=True,
+                )  # fmt: skip
             if _identity(self.path) == identity or attempt == 2:
                 break
             db.close()
         db.text_factory = _text
         try:
+            if not self._creates and db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                raise NoStoreError(
+                    f"no stagedroll store at {self.path} (the file holds no stagedroll "
+                    "tables); expected the SQLite file of an existing store: check the path, "
+                    "or create the store"
+                )
             self._set_up(db)
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -241,7 +332,7 @@ class SQLiteStore(SharedStore):
                     f"{self.path} has stagedroll schema version {version}; this version of "
                     f"stagedroll reads up to {SCHEMA_VERSION} (upgrade stagedroll)"
                 )
-            if version < SCHEMA_VERSION:
+            if version < SCHEMA_VERSION or not _has_table(db, "errors"):
                 self._migrate(db, version)
         except BaseException:
             db.close()
@@ -279,16 +370,17 @@ class SQLiteStore(SharedStore):
         From 1: the units kept as text become digests, and their table is dropped with
         ``secure_delete`` on (its pages are overwritten, not only freed), then the WAL is
         checkpointed into the file; the states already held are registered in ``meta``.
+        At 2, the tables added since (``errors``) are created if missing; nothing else
+        changes.
         """
         db.execute("PRAGMA secure_delete = ON")
         db.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have migrated it meanwhile, perhaps a later stagedroll.
             current = db.execute("PRAGMA user_version").fetchone()[0]
+            if current <= SCHEMA_VERSION:  # IF NOT EXISTS: also the tables added to 2 since
+                _create_tables(db)
             if current < SCHEMA_VERSION:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
                 if current == 1:
                     _digest_units(db)
                 _register_all(db)
@@ -518,6 +610,50 @@ class SQLiteStore(SharedStore):
             ).fetchall()
         return self._entries(rollout, (text for (text,) in rows))
 
+    def names(self) -> list[str]:
+        """Return the names of the rollouts that have a stored state, sorted.
+
+        A name that is not UTF-8 text (written behind the store's back) names no rollout
+        this store could read or write: it is left out.
+        """
+        with self._conn() as db:
+            rows = db.execute("SELECT name FROM rollouts").fetchall()
+        return sorted(name for (name,) in rows if isinstance(name, str) and _utf8(name))
+
+    def add_errors(self, rollout: str, errors: Sequence[RecentError]) -> None:
+        """Merge ``errors`` into the rollout's recent errors in one transaction.
+
+        See :class:`Store`; the entries that cannot be read are dropped by the rewrite.
+        """
+        if not errors:
+            return
+        with self._write() as db:
+            merged = merge_errors(self._errors(db, rollout), errors)
+            db.execute("DELETE FROM errors WHERE rollout = ?", (rollout,))
+            db.executemany(
+                "INSERT INTO errors (rollout, entry) VALUES (?, ?)",
+                [(rollout, dump_error(error)) for error in reversed(merged)],
+            )
+            self._touch(db, rollout, "errors")
+
+    def read_errors(self, rollout: str) -> list[RecentError]:
+        """Return the rollout's recent errors, the most recently seen first."""
+        with self._conn() as db:
+            return merge_errors(self._errors(db, rollout), ())
+
+    @staticmethod
+    def _errors(db: sqlite3.Connection, rollout: str) -> list[RecentError]:
+        """The rollout's stored errors that can be read (the others are skipped)."""
+        rows = db.execute(
+            "SELECT entry FROM errors WHERE rollout = ? ORDER BY id DESC LIMIT ?",
+            (rollout, _ERRORS_READ),
+        ).fetchall()
+        found = []
+        for (text,) in rows:
+            with contextlib.suppress(ValueError):
+                found.append(load_error(text))
+        return found
+
     def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
         """Add ``counts`` to the segment's counters in one transaction; return them all."""
         with self._write() as db:
@@ -583,6 +719,18 @@ class SQLiteStore(SharedStore):
             db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def _create_tables(db: sqlite3.Connection) -> None:
+    """Create the tables and indexes that are missing (in the caller's transaction)."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(query, (name,)).fetchone() is not None
 
 
 def _digest_units(db: sqlite3.Connection) -> None:

@@ -4,11 +4,12 @@
   decorated test (isolated between threads and asyncio tasks).
 - :class:`RecordingSink`: every outcome and transition of a test's rollouts.
 - :class:`FakeClock`: a clock that moves only when told to, to drive bake times.
+- :func:`on_error`: make guards raise (or fall back on) new-path exceptions in a block.
 """
 
 from .. import Outcome
 from ._clock import FakeClock
-from ._override import Override, override
+from ._override import Override, on_error, override
 from ._simulate import RolloutSimulation, Simulation, StageCohort, simulate
 from ._sink import RecordingSink
 
@@ -20,6 +21,7 @@ __all__ = [
     "RolloutSimulation",
     "Simulation",
     "StageCohort",
+    "on_error",
     "override",
     "simulate",
 ]

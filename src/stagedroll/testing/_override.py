@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from .. import Rollouts, unit_key
-from .._override import Force, activate, deactivate
+from .._override import Force, activate, deactivate, set_on_error
 
-__all__ = ["Override", "override"]
+__all__ = ["Override", "on_error", "override"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -115,3 +116,18 @@ def override(
     target = rollouts[name] if rollouts is not None else None
     keys = None if units is None else frozenset(unit_key(unit) for unit in units)
     return Override(Force(target, name, bool(enabled), keys))
+
+
+@contextlib.contextmanager
+def on_error(mode: str) -> Iterator[None]:
+    """In the block, every guard of the process raises (or falls back on) a new path's exception.
+
+    ``mode`` is ``"raise"`` or ``"fallback"``, over the policy's ``on_error`` and the pytest
+    plugin's default; ``"policy"`` lets the policy decide. A guard's own ``reraise=True``
+    or ``False`` still wins. Process-wide: not for tests that run concurrently in threads.
+    """
+    previous = set_on_error(mode)
+    try:
+        yield
+    finally:
+        set_on_error(previous)
