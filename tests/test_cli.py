@@ -290,7 +290,8 @@ class TestStateCommands:
     def test_transition_text_and_default_actor(
         self, cli: Cli, policy_file: Path, store: str
     ) -> None:
-        """Without ``--json`` a transition is one line; the actor defaults to the OS user."""
+        """Without ``--json`` a transition is what it did and who; the actor defaults to the OS
+        user; a kill adds the ways out that do not serve the killed stage again."""
         run = cli(
             "kill",
             "new-checkout",
@@ -305,6 +306,8 @@ class TestStateCommands:
         assert run.out == (
             "new-checkout: killed at stage canary (5 %): the new path is off for everyone\n"
             f"  version 2, by the operator {default_actor()}: incident 4711\n"
+            "  unfreeze serves stage canary (5 %) again; rollback --to STAGE (or 0%) holds a "
+            "lower one\n"
         )
 
     def test_history(self, cli: Cli, policy_file: Path, store: str) -> None:
@@ -991,6 +994,19 @@ class TestUnreadableState:
         error = json.loads(as_json.err)["error"]
         assert (error["kind"], error["details"]) == ("state_unreadable", [{"rollout": "search"}])
 
+    def test_kill_of_the_corrupt_one_says_what_it_serves(
+        self, cli: Cli, corrupt: list[str], tmp_path: Path
+    ) -> None:
+        """A kill of a corrupt state is a finding (exit 1), not a store outage (exit 3)."""
+        store = ["--store", f"sqlite:///{tmp_path / 'state.db'}"]
+        for argv in (["kill", "search", *corrupt], ["kill", "search", *store]):  # policy or not
+            argv += ["--reason", "incident"]
+            run = cli(*argv, "--json")
+            assert run.code == 1, run.err
+            error = json.loads(run.err.splitlines()[-1])["error"]
+            assert error["kind"] in ("state_corrupt", "state_unreadable"), error
+            assert "old path" in error["message"] or "corrupt" in error["message"]
+
     def test_tick_carries_on(self, cli: Cli, corrupt: list[str]) -> None:
         """tick takes the steps of the other rollouts, and names the corrupt one (exit 1)."""
         run = cli("tick", *corrupt)
@@ -1303,13 +1319,13 @@ class TestWords:
             "and does not"
         )
         text = " ".join(run.out.split())
-        assert "by the health gate: errors: E " in text
+        assert ", by the health gate health: the new path" in text  # said once, as it is now
         assert re.search(
             r"health: the new path failed for [\d,]+ of [\d,]+ users, the old path for [\d,]+ of "
             r"[\d,]+ \([\d.]+\u00d7 as often\); evidence [\d,]+ \u2265 20",
             text,
         ), text
-        assert "IndexError: discount tier out of range \\x1b[2J" in text
+        assert "IndexError: discount tier out of range \\x1b[#J" in text
         assert "on the new path, last seen" in text
         assert "ValueError: old path hiccup" in text
         assert "statistics" not in text

@@ -14,7 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stagedroll import PolicyError, RecentError, Rollouts, SQLiteStore, load_policy
-from stagedroll._errors import LOG_INTERVAL_S, MAX_ERRORS, UNIT, Errors, describe, merge, scrub
+from stagedroll._errors import (
+    LOG_INTERVAL_S,
+    MAX_ERRORS,
+    UNIT,
+    Errors,
+    describe,
+    group,
+    merge,
+    scrub,
+)
 from stagedroll._state import MAX_ERROR_MESSAGE, MAX_ERROR_TYPE
 from stagedroll.testing import FakeClock, on_error
 
@@ -53,7 +62,7 @@ def new_path_errors(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping
 class TestDescribe:
     def test_builtin_and_own_types(self) -> None:
         """A builtin type is named alone, a service's with its module."""
-        assert describe(IndexError("tier 7 out of range")) == ("IndexError", "tier 7 out of range")
+        assert describe(IndexError("tier 7 out of range")) == ("IndexError", "tier # out of range")
         kind, _ = describe(DiscountTierError("x"))
         assert kind == f"{__name__}.DiscountTierError"
 
@@ -131,7 +140,7 @@ class TestErrors:
         errors.note("control", KeyError("cart"))
         assert errors.recent() == (
             RecentError("control", "KeyError", "'cart'", 1_010.0, 1_010.0, 1),
-            RecentError("treatment", "IndexError", "tier 7", 1_000.0, 1_005.0, 2),
+            RecentError("treatment", "IndexError", "tier #", 1_000.0, 1_005.0, 2),
         )
 
     def test_bounded_to_the_most_recent(self) -> None:
@@ -140,10 +149,10 @@ class TestErrors:
         errors, _ = errors_of(clock)
         for i in range(MAX_ERRORS + 30):
             clock.advance(1)
-            errors.note("treatment", ValueError(f"order {i}"))
+            errors.note("treatment", ValueError("order " + "x" * i))
         recent = errors.recent()
         assert len(recent) == MAX_ERRORS
-        assert recent[0].message == f"order {MAX_ERRORS + 29}"
+        assert recent[0].message == "order " + "x" * (MAX_ERRORS + 29)
         assert len(errors.take()) == MAX_ERRORS
 
     def test_log_is_paced_per_type_with_the_count_left_out(self) -> None:
@@ -164,9 +173,9 @@ class TestErrors:
         first = events[0]
         assert first["rollout"] == "discounts"
         assert first["arm"] == "treatment"
-        assert first["error"] == "tier 7"
+        assert first["error"] == "tier #"
         assert first["log_level"] == "error"
-        assert first["exception"] == "IndexError: tier 7\n"  # never raised: no frames
+        assert first["exception"] == "IndexError: tier 7\n"  # never raised: no frames; as raised
 
     def test_the_old_paths_errors_are_kept_not_logged(self) -> None:
         """The caller sees the old path's exception; it is kept for status only."""
@@ -175,6 +184,63 @@ class TestErrors:
             errors.note("control", OSError("disk"))
         assert logs == []
         assert [e.arm for e in errors.recent()] == ["control"]
+
+    def test_messages_that_differ_by_numbers_are_one_error(self) -> None:
+        """Ids and numbers in messages are grouped: 500 failures are one entry counted 500 times."""
+        errors, _ = errors_of()
+        for i in range(500):
+            errors.note("treatment", LookupError(f"tier {i % 37} for order 9f8e7d6c{i:04x}"))
+        [kept] = errors.recent()
+        assert (kept.message, kept.count) == ("tier # for order #", 500)
+        assert group("deadbeef and 0xff and v2") == "deadbeef and # and v#"
+
+    def test_past_the_paced_types_the_rest_share_one_pace(self) -> None:
+        """A flood of distinct exception types logs one event a minute beyond the first 256."""
+        errors, _ = errors_of()
+        kinds = [type(f"E{i}", (Exception,), {}) for i in range(300)]
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(20):
+                for kind in kinds:
+                    errors.note("treatment", kind("x"))
+        assert len(new_path_errors(logs)) == 256 + 1
+
+    def test_a_str_that_raises_base_exception_is_contained(self) -> None:
+        """``SystemExit`` from a user's ``__str__`` does not escape the guard."""
+
+        class Exits(Exception):
+            def __str__(self) -> str:
+                raise SystemExit(3)
+
+        errors, _ = errors_of()
+        errors.note("treatment", Exits())
+        assert errors.recent()[0].message == "<str() failed: SystemExit>"
+
+    def test_str_is_called_once_per_failure(self) -> None:
+        """The logged traceback reuses the message: a slow ``__str__`` is not paid twice."""
+        calls = []
+
+        class Counted(Exception):
+            def __str__(self) -> str:
+                calls.append(1)
+                return "counted"
+
+        errors, _ = errors_of()
+        try:
+            raise Counted
+        except Counted as exc:
+            with structlog.testing.capture_logs() as logs:
+                errors.note("treatment", exc)
+        assert len(calls) == 1
+        [event] = new_path_errors(logs)
+        assert event["exception"].startswith("Traceback (most recent call last):\n")
+        assert event["exception"].endswith(".<locals>.Counted: counted\n")
+
+    def test_control_characters_in_the_traceback_are_escaped(self) -> None:
+        """A message's terminal escapes are written out as text in the logged traceback."""
+        errors, _ = errors_of()
+        with structlog.testing.capture_logs() as logs:
+            errors.note("treatment", ValueError("\x1b[2J\rgone"))
+        assert new_path_errors(logs)[0]["exception"] == "ValueError: \\x1b[2J\\x0dgone\n"
 
     def test_take_and_give_back(self) -> None:
         """``take`` empties what is queued for the store; ``give_back`` queues it again, merged."""
@@ -369,6 +435,17 @@ class TestSharedStore:
             [seen] = b.status("discounts").errors
             assert (seen.arm, seen.message, seen.count) == ("treatment", "tier", 3)
             assert b["discounts"].status(fresh=False).errors == ()  # b's own: none
+
+    def test_a_short_job_leaves_its_errors_in_the_store(self, tmp_path: Path) -> None:
+        """``close`` flushes what the refresh has not taken yet: a job's errors outlive it."""
+        store = f"sqlite:///{tmp_path / 'state.db'}?refresh_interval=3600"
+        with Rollouts(EVERYBODY, store=store, environment="prod") as job:
+            guarded = job.guard("discounts", fallback=lambda: "old", unit=None)(_fails)
+            for _ in range(50):
+                guarded()
+        with Rollouts(EVERYBODY, store=store, environment="prod") as later:
+            [seen] = later.status("discounts").errors
+            assert seen.count == 50
 
 
 class TestFromEnv:

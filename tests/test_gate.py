@@ -70,7 +70,7 @@ class TestStep:
         made = step(plan, running, freeze, 0.0, lambda: SOUND)
         assert made is not None
         assert made.action is Action.FREEZE
-        assert made.reason.startswith("errors: E ")
+        assert made.reason.startswith("errors: the new path failed for ")
         assert step(plan, frozen, freeze, 0.0, lambda: SOUND) is None
         made = step(plan, frozen, rollback, 0.0, lambda: SOUND)
         assert made is not None
@@ -159,19 +159,24 @@ class TestBreach:
         events = report.error_events_control
         assert events > 0
         assert report.r_errors is not None
+        e = f"{report.e_errors:,.0f}" if report.e_errors >= 10 else f"{report.e_errors:.2g}"
         assert _breach("errors", report, freeze=True) == (
-            f"errors: E {report.e_errors:.3g} >= 20 ({report.error_events_treatment} events on "
-            f"the new path, {events} on the old, r-hat {report.r_errors:.2f})"
+            f"errors: the new path failed for {report.error_events_treatment} of "
+            f"{report.units_treatment} users, the old path for {events} of {report.units_control}"
+            f" ({report.r_errors:.2g}\u00d7 as often); evidence {e} \u2265 20"
         )
-        assert " >= 1e+03 (" in _breach("errors", report, freeze=False)
+        assert _breach("errors", report, freeze=False).endswith(" \u2265 1,000")
 
     def test_latency_bars_with_the_split(self) -> None:
         """With a latency test each test has its part of alpha: bars of 40 and 2,000."""
         policy = plain_policy(10)
         policy["rollouts"]["checkout"]["health"] = {"latency_p95": True}
         report = Rollouts(policy).status("checkout").health
-        assert _breach("latency", report, freeze=True).startswith("slow calls: E 1 >= 40 (")
-        assert " >= 2e+03 (" in _breach("latency", report, freeze=False)
+        assert _breach("latency", report, freeze=True) == (
+            "slow calls: the new path was slow for 0 of 0 users, the old path for 0 of 0; "
+            "evidence 1 \u2265 40"
+        )
+        assert _breach("latency", report, freeze=False).endswith("evidence 1 \u2265 2,000")
 
     def test_the_automatic_actor(self) -> None:
         """Automatic steps are made by the actor ``stagedroll``."""

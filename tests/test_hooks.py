@@ -94,7 +94,7 @@ class TestTransitionEvent:
         for event in (freeze, rollback):
             assert event.automatic is True
             assert event.actor == "stagedroll"
-            assert event.reason.startswith("errors: E ")
+            assert event.reason.startswith("errors: the new path failed for ")
         e_freeze, e_rollback = freeze.evidence["e_errors"], rollback.evidence["e_errors"]
         assert isinstance(e_freeze, float)
         assert isinstance(e_rollback, float)

@@ -386,7 +386,10 @@ class TestCorruptStates:
         assert good is not None
         write_raw_state(shared, "bad", CORRUPT["NaN"])
         wait_for(lambda: worker["bad"].state.version == 0, "the old path for bad")
-        with pytest.raises(StoreError, match="serves the old path until it is repaired"):
+        with pytest.raises(
+            StoreError,
+            match="serves the old path in every process, as if killed, until it is repaired",
+        ):
             worker.status("bad")
         write_raw_state(shared, "bad", dump_state(good))
         wait_for(lambda: worker["bad"].state == good, "the repaired state")

@@ -603,7 +603,7 @@ class TestAutoFreeze:
         assert (rollback.from_stage, rollback.to_stage) == (0, -1)
         for entry in (freeze, rollback):
             assert set(entry.evidence) == EVIDENCE_KEYS
-            assert entry.reason.startswith("errors: E ")
+            assert entry.reason.startswith("errors: the new path failed for ")
             assert entry.evidence["share"] == 0.2
         # No latency test by default: the error test has all of each alpha, 1/0.05 and 1/0.001.
         assert 20 <= freeze.evidence["e_errors"] < 1000  # type: ignore[operator]
@@ -640,7 +640,7 @@ class TestAutoFreeze:
         if frozen:
             freeze = rollouts.history("checkout")[0]
             assert (freeze.action, freeze.actor) == (Action.FREEZE, "stagedroll")
-            assert freeze.reason.startswith("slow calls: E ")
+            assert freeze.reason.startswith("slow calls: the new path was slow for ")
             assert status.health.e_latency >= status.health.freeze_at_latency == pytest.approx(40)
             assert status.health.e_errors == 1.0
         else:
@@ -838,7 +838,7 @@ class TestAutoAdvance:
         assert status.stage == 1
         advance = rollouts.history("checkout")[0]
         assert (advance.action, advance.evidence["units_treatment"]) == (Action.ADVANCE, 20)
-        assert "20 units on the new path" in advance.reason
+        assert "20 users on the new path" in advance.reason
 
     def test_a_sample_ratio_mismatch_blocks_the_advance(self) -> None:
         """Outcomes reported for new-path units only: the sample ratio is off, nothing advances."""

@@ -1103,12 +1103,25 @@ class TestUnableToOpen:
         assert "unable to open database file" in message
 
     def test_a_file_that_is_not_a_database_names_the_path(self, path: Path) -> None:
-        """A file at the path that is not SQLite: StoreError naming the path, file untouched."""
+        """A file at the path that is not SQLite: NoStoreError naming the path, file untouched."""
         path.write_text("rollouts: yes\n" * 100)
         store = SQLiteStore(path)
         try:
-            with pytest.raises(StoreError, match=re.escape(f"at {path}: file is not a database")):
+            with pytest.raises(
+                NoStoreError, match=re.escape(f"at {path}: the file is not a SQLite")
+            ):
                 store.names()
         finally:
             store.close()
         assert path.read_text() == "rollouts: yes\n" * 100
+
+    @pytest.mark.parametrize("kind", ["directory", "fifo"])
+    def test_a_path_that_is_not_a_regular_file_is_no_store(self, path: Path, kind: str) -> None:
+        """A directory or a FIFO at the path: NoStoreError that creating cannot fix."""
+        if kind == "directory":
+            path.mkdir()
+        else:
+            os.mkfifo(path)
+        with pytest.raises(NoStoreError, match="not a regular file") as raised:
+            SQLiteStore(path, create=False).names()
+        assert not raised.value.creatable

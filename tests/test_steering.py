@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import structlog.testing
 
 from stagedroll import (
     Action,
+    CorruptStateError,
     MemoryStore,
     Rollouts,
     RolloutState,
@@ -170,3 +172,21 @@ class TestTransitions:
         store.close()
         with Steering(f"sqlite:///{path}") as steering:
             assert steering.names() == ["checkout", "search"]
+
+
+class TestCorruptState:
+    def test_a_corrupt_state_is_named_as_such_not_as_a_store_outage(self, tmp_path: Path) -> None:
+        """A state written behind the store's back: ``CorruptStateError`` saying what serves."""
+        path = tmp_path / "state.db"
+        store = SQLiteStore(path)
+        try:
+            started(store).close()
+            with sqlite3.connect(path) as db:
+                db.execute("UPDATE rollouts SET state = '{not json' WHERE name = 'checkout'")
+            serves = "serves the old path in every process"
+            with pytest.raises(CorruptStateError, match=serves) as raised:
+                Steering(store).apply("checkout", Action.KILL)
+            assert isinstance(raised.value, StoreError)
+            assert Steering(store).load("search") is not None  # the others read on
+        finally:
+            store.close()

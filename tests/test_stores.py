@@ -154,6 +154,19 @@ class TestStoreFromUrl:
         with pytest.raises(ValueError, match="unknown option"):
             store_from_url(url)
 
+    @pytest.mark.parametrize(
+        "url", ["sqlite:stat.db", "sqlite:/stat.db", "sqlite://", "sqlite:///"]
+    )
+    def test_a_sqlite_url_without_a_path_is_refused(self, url: str) -> None:
+        """A SQLite URL not of the form sqlite:///path is a ValueError naming the forms."""
+        with pytest.raises(ValueError, match=r"expected sqlite:///relative/path\.db"):
+            store_from_url(url)
+
+    def test_an_empty_redis_prefix_is_refused(self) -> None:
+        """``prefix=`` would mix applications on one Redis: refused, before any connection."""
+        with pytest.raises(ValueError, match="prefix must be non-empty"):
+            store_from_url("redis://127.0.0.1:1/0?prefix=")
+
     def test_memory(self) -> None:
         """memory:// is a fresh MemoryStore."""
         assert isinstance(store_from_url("memory://"), MemoryStore)

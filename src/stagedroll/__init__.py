@@ -31,6 +31,7 @@ from ._status import RolloutStatus, Snapshot, StageInfo
 from ._steering import Steering
 from ._version import __version__
 from .exceptions import (
+    CorruptStateError,
     NoStoreError,
     PolicyError,
     StagedrollError,
@@ -43,6 +44,7 @@ from .stores import MemoryStore, RedisStore, SQLiteStore, Store, SyncingStore
 __all__ = [
     "Action",
     "ArmStats",
+    "CorruptStateError",
     "Decision",
     "Health",
     "HealthReport",

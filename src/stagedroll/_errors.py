@@ -15,11 +15,20 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable
 
-from ._failures import log
+from ._failures import contained, log
 from ._forksafe import register
 from ._state import MAX_ERROR_MESSAGE, MAX_ERROR_TYPE, RecentError
 
-__all__ = ["LOG_INTERVAL_S", "MAX_ERRORS", "UNIT", "Errors", "describe", "merge", "scrub"]
+__all__ = [
+    "LOG_INTERVAL_S",
+    "MAX_ERRORS",
+    "UNIT",
+    "Errors",
+    "describe",
+    "group",
+    "merge",
+    "scrub",
+]
 
 MAX_ERRORS = 20
 """The distinct exceptions kept per rollout (the least recently seen is dropped first)."""
@@ -28,8 +37,13 @@ LOG_INTERVAL_S = 60.0
 UNIT = "<unit>"
 """What a unit's text is replaced with in a kept or logged exception."""
 _MAX_TRACEBACK = 8_000  # characters of a logged traceback (its end: where it failed)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 _MAX_COUNT = 2**53  # a count past it stays there (a store keeps counts as doubles)
-_MAX_LOGGED_TYPES = 256  # exception types whose last log time is remembered, per rollout
+_MAX_LOGGED_TYPES = 256  # exception types paced one by one, per rollout (the rest: together)
+_EVERY_OTHER_TYPE = "*"  # the pace of the types past _MAX_LOGGED_TYPES
+_VARYING = re.compile(
+    r"\b0x[0-9A-Fa-f]+\b|\b(?=[0-9A-Fa-f-]*[0-9])[0-9A-Fa-f]{8,}(?:-[0-9A-Fa-f]+)*\b|[0-9]+"
+)
 
 Key = tuple[str, str, str]
 
@@ -38,51 +52,88 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _standalone(text: str, form: str) -> str:
+    """``text`` with each occurrence of ``form`` not inside a longer word replaced."""
+    parts, start, size = [], 0, len(form)
+    while (at := text.find(form, start)) >= 0:
+        before = text[at - 1] if at else " "
+        after = text[at + size] if at + size < len(text) else " "
+        if (before.isascii() and before.isalnum()) or (after.isascii() and after.isalnum()):
+            parts.append(text[start : at + size])  # inside a word: kept
+        else:
+            parts.append(text[start:at] + UNIT)
+        start = at + size
+    return "".join(parts) + text[start:] if parts else text
+
+
 def scrub(text: str, unit: str | None) -> str:
     """``text`` with each standalone occurrence of ``unit`` replaced by ``<unit>``.
 
     Standalone: not inside a longer word or number (a unit ``"a"`` leaves ``"range"``
     alone, a unit ``"7"`` leaves ``"17"``), so a message quoting the unit
-    (``KeyError('user-4711')``) keeps its words but not the unit.
+    (``KeyError('user-4711')``) keeps its words but not the unit. A UUID's hex form too.
     """
     if not unit:
         return text
-    forms = [unit]
-    if len(unit) == 36 and unit.count("-") == 4:  # a UUID's text: its hex form too
-        forms.append(unit.replace("-", ""))
-    for form in forms:
-        if form in text:
-            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])", UNIT, text)
+    text = _standalone(text, unit)
+    if len(unit) == 36 and unit.count("-") == 4:  # a UUID's text
+        text = _standalone(text, unit.replace("-", ""))
     return text
 
 
-def describe(exc: BaseException, unit: str | None = None) -> tuple[str, str]:
-    """``exc``'s type name (with its module, unless a builtin) and message; never raises.
-
-    The message is ``str(exc)`` (one whose ``__str__`` raises is named by that failure),
-    with ``unit`` scrubbed out (:func:`scrub`), cut to :data:`MAX_ERROR_MESSAGE`.
-    """
+def _name(exc: BaseException) -> str:
     cls = type(exc)
     module = getattr(cls, "__module__", None)
     name = getattr(cls, "__qualname__", None) or cls.__name__
-    kind = name if module in (None, "builtins") else f"{module}.{name}"
+    return _cut(str(name if module in (None, "builtins") else f"{module}.{name}"), MAX_ERROR_TYPE)
+
+
+def _message(exc: BaseException, unit: str | None) -> str:
+    """``str(exc)``, the unit scrubbed out, cut; never raises but for Ctrl-C (``contained``)."""
     try:
         message = str(exc)
-    except Exception as failure:  # a user's __str__: contained
+    except BaseException as failure:  # a user's __str__: contained, whatever it raises
+        if not contained(failure):
+            raise
         message = f"<str() failed: {type(failure).__name__}>"
-    message = scrub(message[: 16 * MAX_ERROR_MESSAGE], unit)  # bounded work, then cut
-    return _cut(str(kind), MAX_ERROR_TYPE), _cut(message, MAX_ERROR_MESSAGE)
+    return _cut(scrub(message[: 16 * MAX_ERROR_MESSAGE], unit), MAX_ERROR_MESSAGE)
 
 
-def _traceback(exc: BaseException, unit: str | None) -> str:
-    """``exc``'s traceback as text, the unit scrubbed out, cut to its last lines."""
+def group(message: str) -> str:
+    """``message`` with its numbers and hexadecimal ids as ``#``.
+
+    ``tier 7 out of range`` and ``tier 12 out of range``, or two timeouts of other
+    durations, are one error counted twice, not twenty errors seen once each.
+    """
+    return _VARYING.sub("#", message)
+
+
+def describe(exc: BaseException, unit: str | None = None) -> tuple[str, str]:
+    """``exc``'s type name (with its module, unless a builtin) and message, as kept.
+
+    The message is ``str(exc)`` (one whose ``__str__`` raises is named by that failure),
+    with ``unit`` scrubbed out (:func:`scrub`), cut to :data:`MAX_ERROR_MESSAGE`, and
+    grouped (:func:`group`).
+    """
+    return _name(exc), group(_message(exc, unit))
+
+
+def _traceback(exc: BaseException, kind: str, message: str, unit: str | None) -> str:
+    """``exc``'s traceback as text, the unit scrubbed out and control characters escaped.
+
+    It ends with ``kind: message`` (``str`` is not called again), and is cut to its last
+    :data:`_MAX_TRACEBACK` characters.
+    """
     try:
-        text = "".join(traceback.format_exception(exc))
-    except Exception:  # a user's __str__ again
-        return f"{type(exc).__name__} (its traceback could not be formatted)"
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+    except Exception:  # pragma: no cover - defensive: a frame whose source cannot be read
+        frames = ""
+    head = "Traceback (most recent call last):\n" + frames if frames else ""
+    text = scrub(head, unit) + f"{kind}: {message}\n"
     if len(text) > _MAX_TRACEBACK:
         text = "…" + text[-_MAX_TRACEBACK:]
-    return scrub(text, unit)
+    # Printed as it is by console renderers: a message's terminal escapes are written out.
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
 def merge(errors: Iterable[RecentError], limit: int = MAX_ERRORS) -> tuple[RecentError, ...]:
@@ -142,7 +193,8 @@ class Errors:
         old path's are the caller's to see, and only kept.
         """
         try:
-            kind, message = describe(exc, unit)
+            kind, raw = _name(exc), _message(exc, unit)
+            message = group(raw)
             now = self._clock()
             key = (arm, kind, message)
             suppressed = -1
@@ -160,19 +212,19 @@ class Errors:
             if suppressed >= 0:
                 log("error", "rollout.new_path_error", rollout=self.rollout, arm=arm,
                     error_type=kind, error=message, suppressed=suppressed, total=total,
-                    exception=_traceback(exc, unit))  # fmt: skip
-        except Exception:  # pragma: no cover - defensive: a broken clock must not break calls
+                    exception=_traceback(exc, kind, raw, unit))  # fmt: skip
+        except Exception:  # a broken clock must not break calls
             return
 
     def _pace(self, kind: str) -> int:
         """Under the lock: ``-1`` to leave this one out, else how many were left out before."""
         now = self._monotonic()
+        if kind not in self._logged and len(self._logged) >= _MAX_LOGGED_TYPES:
+            kind = _EVERY_OTHER_TYPE  # so many types: the rest share one pace
         paced = self._logged.get(kind)
         if paced is not None and now - paced[0] < LOG_INTERVAL_S:
             paced[1] += 1
             return -1
-        if paced is None and len(self._logged) >= _MAX_LOGGED_TYPES:
-            self._logged.pop(next(iter(self._logged)))
         left_out = int(paced[1]) if paced is not None else 0
         self._logged[kind] = [now, 0]
         return left_out

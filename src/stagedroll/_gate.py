@@ -9,6 +9,7 @@ says, for ``status()``, what the next automatic step waits for.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,10 +88,11 @@ def _advance_reason(plan: Plan, view: View, report: HealthReport) -> str:
     parts: list[str] = []
     if stage is not None and stage.bake is not None:
         parts.append(f"baked {_duration(stage.bake)}")
-    parts.append(f"{report.units_treatment} units on the new path")
-    latency = f", latency {report.e_latency:.3g}" if report.slow_threshold_s else ""
-    parts.append(f"E errors {report.e_errors:.3g}{latency}")
-    return "healthy: " + ", ".join(parts)
+    parts.append(f"{report.units_treatment:,} users on the new path")
+    evidence = f"evidence {_number(report.e_errors)}"
+    if report.slow_threshold_s:
+        evidence += f" (errors), {_number(report.e_latency)} (slow calls)"
+    return f"healthy: {', '.join(parts)}; {evidence}, below the freeze bar"
 
 
 def waiting_for(plan: Plan, view: View, health: HealthReport, now: float) -> str | None:
@@ -134,18 +136,35 @@ def _duration(seconds: float) -> str:
     return "".join(parts)
 
 
+def _number(value: float) -> str:
+    """An e-value or a bar for people: whole numbers from 10 on, two digits below."""
+    if not math.isfinite(value):
+        return "∞"
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _breach(test: str | None, report: HealthReport, *, freeze: bool) -> str:
-    """Why the health gate froze or rolled back, in one line."""
+    """Why the health gate froze or rolled back, in one line of words.
+
+    ``errors: the new path failed for 30 users, the old path for 7 (4.3 times as often);
+    evidence 656 ≥ 20``; the statistics behind it are the transition's ``evidence``.
+    """
     if test == "latency":
         e, r, t, c = (report.e_latency, report.r_latency, report.slow_events_treatment,
                       report.slow_events_control)  # fmt: skip
-        what = "slow calls"
+        what, did = "slow calls", "was slow"
         bar = report.freeze_at_latency if freeze else report.rollback_at_latency
     else:
         e, r, t, c = (report.e_errors, report.r_errors, report.error_events_treatment,
                       report.error_events_control)  # fmt: skip
-        what = "errors"
+        what, did = "errors", "failed"
         bar = report.freeze_at_errors if freeze else report.rollback_at_errors
-    ratio = f", r-hat {r:.2f}" if r is not None else ""
-    return (f"{what}: E {e:.3g} >= {bar:.3g} ({t} events on the new path, {c} on the old"
-            f"{ratio})")  # fmt: skip
+    ratio = f" ({r:.2g}\u00d7 as often)" if r is not None and math.isfinite(r) else ""
+    new, old = _of(t, report.units_treatment), _of(c, report.units_control)
+    return (f"{what}: the new path {did} for {new} users, the old path for {old}{ratio}; "
+            f"evidence {_number(e)} \u2265 {_number(bar)}")  # fmt: skip
+
+
+def _of(events: int, units: int) -> str:
+    """``41 of 2,300``: the units with an event, out of those seen (when they are counted)."""
+    return f"{events:,} of {units:,}" if units >= events else f"{events:,}"

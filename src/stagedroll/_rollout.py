@@ -45,7 +45,7 @@ from ._state import (
     newer,
 )
 from ._status import RolloutStatus, StageInfo
-from ._steering import commit, default_actor, log_transition
+from ._steering import commit, corrupt, default_actor, log_transition
 from ._transitions import EVENTS, initial_state, next_state, stage_index, unknown_state
 from .exceptions import StoreError, TransitionError
 
@@ -420,15 +420,16 @@ class Rollout:
                 self._adopt(state)
 
     def _load(self) -> RolloutState | None:
-        """Read the state from the store and follow it; raise :class:`StoreError` on failure."""
+        """Read the state from the store and follow it.
+
+        Raises :class:`CorruptStateError` for a state that cannot be read, and
+        :class:`StoreError` when the store fails.
+        """
         name = self.name
         try:
             state = self._runtime.store.load(name)
         except ValueError as exc:  # the store answered with a state it cannot read
-            raise StoreError(
-                f"{exc}; {name!r} serves the old path until it is repaired (delete the stored "
-                "state to restore it from its history)"
-            ) from exc
+            raise corrupt(name, exc) from exc
         except Exception as exc:
             raise StoreError(f"the store failed to load {name!r}: {exc}") from exc
         if state is not None:

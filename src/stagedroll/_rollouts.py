@@ -306,11 +306,17 @@ class Rollouts:
             self._reload()
 
     def close(self) -> None:
-        """Close the store if this instance made it (from a URL, or the default one).
+        """Flush what is queued for a shared store; close the store if this instance made it.
 
-        A store passed in as an object belongs to the caller, who closes it. Decisions keep
-        working after ``close`` (on the last known state); nothing is refreshed any more.
+        With a store shared by processes, the evidence and the recent errors queued since
+        the last refresh are written first (a short job's failures reach ``status``
+        elsewhere); that never raises. A store passed in as an object belongs to the
+        caller, who closes it. Decisions keep working after ``close`` (on the last known
+        state); nothing is refreshed any more.
         """
+        if self._runtime.shared and not getattr(self.store, "closed", False):
+            for rollout in list(self._rollouts.values()):
+                rollout._pool()
         if self._owns_store:
             self.store.close()
 

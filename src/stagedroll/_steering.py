@@ -16,10 +16,10 @@ from collections.abc import Callable
 from ._failures import log
 from ._state import NO_EVIDENCE, Action, Evidence, RecentError, RolloutState, Transition
 from ._transitions import EVENTS, next_state, stage_index
-from .exceptions import StoreError, TransitionError, UnknownRolloutError
+from .exceptions import CorruptStateError, StoreError, TransitionError, UnknownRolloutError
 from .stores import Store
 
-__all__ = ["Steering", "commit", "default_actor", "log_transition"]
+__all__ = ["Steering", "commit", "corrupt", "default_actor", "log_transition"]
 
 
 def default_actor() -> str:
@@ -30,6 +30,14 @@ def default_actor() -> str:
         return getpass.getuser()
     except Exception:  # no user database entry (containers): still say something
         return "unknown"
+
+
+def corrupt(name: str, exc: ValueError) -> CorruptStateError:
+    """The error of an operator's read of a stored state that cannot be read."""
+    return CorruptStateError(
+        f"{exc}; {name!r} serves the old path in every process, as if killed, until it is "
+        "repaired (delete the stored state to restore it from its history)"
+    )
 
 
 def commit(
@@ -127,9 +135,15 @@ class Steering:
             raise StoreError(f"the store failed to list its rollouts: {exc}") from exc
 
     def load(self, name: str) -> RolloutState | None:
-        """The stored state of ``name``, or ``None`` when the store has none."""
+        """The stored state of ``name``, or ``None`` when the store has none.
+
+        Raises :class:`CorruptStateError` for a state that cannot be read (every process
+        serves the old path for it meanwhile), :class:`StoreError` when the store fails.
+        """
         try:
             return self.store.load(name)
+        except ValueError as exc:  # the stores' word for a corrupt state
+            raise corrupt(name, exc) from exc
         except Exception as exc:
             raise StoreError(f"the store failed to read {name!r}: {exc}") from exc
 

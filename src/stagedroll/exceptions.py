@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "CorruptStateError",
     "MissingExtraError",
     "NoStoreError",
     "PolicyError",
@@ -119,12 +120,26 @@ class StoreError(StagedrollError):
     """
 
 
+class CorruptStateError(StoreError):
+    """Raised by operator calls (transitions, ``status``, ``Steering``) for an unreadable state.
+
+    Written behind stagedroll's back, or damaged: every process serves the old path for
+    that rollout (as if killed) until the state is repaired or written anew.
+    """
+
+
 class NoStoreError(StoreError):
     """Raised when no stagedroll store is where one was asked for without creating one.
 
     ``SQLiteStore(path, create=False)`` (and ``store_from_url(url, create=False)``): the
     file does not exist, or holds no stagedroll tables. The message names the resolved path.
+    ``creatable`` is false where creating cannot help (a directory, a file that is not a
+    SQLite database).
     """
+
+    def __init__(self, message: str, *, creatable: bool = True) -> None:
+        super().__init__(message)
+        self.creatable = creatable
 
 
 class MissingExtraError(StagedrollError, ImportError):

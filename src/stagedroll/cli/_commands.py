@@ -19,6 +19,7 @@ from ._render import (
     dump,
     fit,
     iso,
+    shorten,
     status_object,
     stored_object,
     table,
@@ -171,6 +172,9 @@ def status(ctx: Context) -> int:
     return FINDING if found.unreadable or broken else OK
 
 
+_NAME_COLUMNS = 40  # of a rollout's name in the list (status NAME shows it whole)
+
+
 def _listing(op: Operating, found: _Found, env: str | None) -> list[str]:
     """Every rollout, one a line: name (and its marker), state, stage, since."""
     rows, marks = [], set()
@@ -179,7 +183,7 @@ def _listing(op: Operating, found: _Found, env: str | None) -> list[str]:
             "" if op.in_policy(name) else (_BROKEN if name in op.loaded.broken else _NOT_IN_POLICY)
         )
         marks.add(mark)
-        shown = f"{name} {mark}" if mark else name
+        shown = shorten(name, _NAME_COLUMNS) + (f" {mark}" if mark else "")  # one line a row
         if got is None:
             rows.append((shown, "no state in the store", "-", "-"))
             continue
@@ -216,11 +220,14 @@ def _detail(
         return [f"{name}: no state in the store", f"  {op.marker(name)}"]
     if isinstance(got, RolloutStatus):
         s = _standing(got)
-        lines = [f"{name}: {headline(s)}", f"  {since_line(s)}"]
         health = got.health
+        gated = health.enabled and got.mode == "stages"
+        # The gate's own freeze or rollback: the health line below says why, as it stands now.
+        by_gate = gated and who(got.actor, got.status) == "the health gate"
+        lines = [f"{name}: {headline(s)}", f"  {since_line(s, reason=not by_gate)}"]
         if got.status in (Status.KILLED, Status.COMPLETE):
             pass  # the gate has nothing left to decide: the history has its evidence
-        elif health.enabled and got.mode == "stages":
+        elif gated:
             words = evidence_words(health.evidence(), freeze_at=health.freeze_at_errors)
             lines.append(f"  health: {words}")
             if ctx.verbose:

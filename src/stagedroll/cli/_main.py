@@ -20,6 +20,7 @@ import structlog
 from .. import Policy, parse_policy
 from .._document import decode, format_of, max_policy_bytes, read_document
 from ..exceptions import (
+    CorruptStateError,
     MissingExtraError,
     NoStoreError,
     PolicyError,
@@ -230,7 +231,7 @@ class Context:
         except (ValueError, ImportError) as exc:
             raise CliError(str(exc), USAGE) from None
         except NoStoreError as exc:  # a file that is not a store (no tables) is not created
-            raise CliError(f"{exc}; {hint}", NO_STORE) from None
+            raise CliError(f"{exc}; {hint}" if exc.creatable else str(exc), NO_STORE) from None
         except Exception as exc:  # a store that does not wrap its client's errors
             raise StoreError(f"{shown}: {type(exc).__name__}: {exc}") from exc
         if not create and not names:
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         message, code, kind = str(exc), USAGE, "unknown_rollout"
     except TransitionError as exc:
         message, code, kind = str(exc), FINDING, "transition_refused"
+    except CorruptStateError as exc:
+        message, code, kind = str(exc), FINDING, "state_corrupt"
     except StoreError as exc:
         message, code, kind = f"store unreachable: {exc}", STORE_DOWN, "store_down"
     except PolicyError as exc:

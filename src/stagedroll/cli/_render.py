@@ -168,6 +168,11 @@ def _cut(word: str, room: int) -> tuple[str, str]:
     return word, ""
 
 
+def shorten(text: str, room: int) -> str:
+    """``text`` cut to ``room`` columns, ending with ``…`` when it was cut."""
+    return text if columns(text) <= room else _cut(text, room - 1)[0] + "\u2026"
+
+
 def fit(line: str, *, width: int = WIDTH) -> list[str]:
     """``line`` (made :func:`printable`) wrapped at spaces into lines of ``width`` columns.
 

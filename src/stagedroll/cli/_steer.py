@@ -210,6 +210,8 @@ class Operating:
             return None
         if name in self.loaded.broken:
             return f"the policy is broken for it: {self.loaded.broken[name]}"
+        if self.loaded.policy is None and self.loaded.why_none is not None:
+            return f"no usable policy ({printable(self.loaded.why_none)})"
         where = printable(self.loaded.source) if self.loaded.source else "no policy"
         return f"not in the policy ({where})" if self.loaded.source else "no policy file named"
 

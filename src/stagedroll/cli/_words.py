@@ -126,9 +126,9 @@ def headline(s: Standing) -> str:
     return f"rolled back by {by} to {at}: it serves {share} and does not advance by itself"
 
 
-def since_line(s: Standing) -> str:
-    """``since <time>, version <n>, by <who>: <reason>``."""
-    why = f": {s.reason}" if s.reason else ""
+def since_line(s: Standing, *, reason: bool = True) -> str:
+    """``since <time>, version <n>, by <who>: <reason>`` (``reason=False``: without it)."""
+    why = f": {s.reason}" if s.reason and reason else ""
     return f"since {iso(s.since)}, version {s.version}, by {who(s.actor, s.status)}{why}"
 
 
@@ -254,11 +254,18 @@ def _by(entry: Transition) -> str:
 
 
 def transition_lines(entry: Transition, ladder: Ladder) -> list[str]:
-    """A transition just made: what it did, then its version, who and why."""
-    return [
+    """A transition just made: what it did, then its version, who and why.
+
+    After a kill, also the ways out: a plain ``unfreeze`` serves the killed stage again.
+    """
+    lines = [
         f"{entry.rollout}: {_what(entry, ladder)}",
         f"  version {entry.version}, {_by(entry)}",
     ]
+    if entry.action is Action.KILL and entry.to_stage >= 0:
+        at = place(ladder, entry.to_stage)
+        lines.append(f"  unfreeze serves {at} again; rollback --to STAGE (or 0%) holds a lower one")
+    return lines
 
 
 def history_lines(entry: Transition, ladder: Ladder) -> list[str]:
@@ -267,8 +274,8 @@ def history_lines(entry: Transition, ladder: Ladder) -> list[str]:
         f"{iso(entry.at)}  version {entry.version}: {_what(entry, ladder)}",
         f"    {_by(entry)}",
     ]
-    if entry.evidence:
-        lines.append(f"    health: {evidence_words(entry.evidence)}")
+    if entry.evidence and not (trigger(entry) == "health_gate" and entry.reason):
+        lines.append(f"    health: {evidence_words(entry.evidence)}")  # the gate's reason says it
     return lines
 
 

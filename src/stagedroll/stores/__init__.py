@@ -99,8 +99,8 @@ def store_from_url(url: str, *, create: bool = True) -> Store:
     if scheme == "memory":
         return MemoryStore(**_options(url, parts.query, ("max_history",)))
     if scheme == "sqlite":
-        path = unquote(url.split("://", 1)[1].split("?", 1)[0])
-        if not path.startswith("/") or path == "/":
+        path = unquote(url.partition("://")[2].split("?", 1)[0])
+        if "://" not in url or not path.startswith("/") or path == "/":
             raise ValueError(
                 f"store URL {shown!r}: expected sqlite:///relative/path.db or "
                 "sqlite:////absolute/path.db"

@@ -154,6 +154,8 @@ class RedisStore(SharedStore):
         self._redis = _import_redis()
         super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-redis")
         self.url = url
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError("prefix must be non-empty text: it keeps applications apart")
         self.prefix = prefix
         self._timeout = timeout
         self._max_history = max_history

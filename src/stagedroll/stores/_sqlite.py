@@ -18,6 +18,7 @@ the path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
@@ -114,6 +115,13 @@ _EXPIRE = (
 _ERRORS_READ = 10 * MAX_ERRORS  # rows read per rollout: stagedroll writes at most MAX_ERRORS
 _EXPIRE_EVERY_S = 3600.0
 _COMPANIONS = ("-wal", "-shm")
+
+
+_NOT_REGULAR = "not a regular file (a directory, a FIFO, a device?)"
+
+
+class NotARegularFile(OSError):
+    """The path names a directory, a FIFO or a device, which SQLite must not open."""
 
 
 def _busy(exc: sqlite3.DatabaseError) -> bool:
@@ -262,7 +270,7 @@ class SQLiteStore(SharedStore):
                 os.close(fd)
         info = os.stat(self.path)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(f"{self.path} is not a regular file")
+            raise NotARegularFile(errno.EINVAL, _NOT_REGULAR)
         return info.st_dev, info.st_ino
 
     def _missing(self) -> NoStoreError:
@@ -278,7 +286,7 @@ class SQLiteStore(SharedStore):
         except FileNotFoundError:
             raise self._missing() from None
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(f"{self.path} is not a regular file")
+            raise NotARegularFile(errno.EINVAL, _NOT_REGULAR)
         return info.st_dev, info.st_ino
 
     def _connect(self) -> sqlite3.Connection:
@@ -291,9 +299,18 @@ class SQLiteStore(SharedStore):
         try:
             return self._open()
         except sqlite3.DatabaseError as exc:
-            if "unable to open" not in str(exc) and "not a database" not in str(exc):
+            if "not a database" in str(exc):  # a misconfiguration, not an outage
+                raise NoStoreError(
+                    f"no stagedroll store at {self.path}: the file is not a SQLite database",
+                    creatable=False,
+                ) from exc
+            if "unable to open" not in str(exc):
                 raise
             raise StoreError(f"cannot open the stagedroll store at {self.path}: {exc}") from exc
+        except NotARegularFile as exc:
+            raise NoStoreError(
+                f"no stagedroll store at {self.path}: {exc.strerror}", creatable=False
+            ) from exc
         except (FileNotFoundError, PermissionError) as exc:
             why = exc.strerror or str(exc)
             if isinstance(exc, FileNotFoundError) and not self.path.parent.is_dir():
