@@ -1052,6 +1052,27 @@ def _served(tmp_path: Path) -> str:
     return url
 
 
+class TestServiceLogs:
+    def test_a_kill_from_the_command_line_is_logged_by_the_service(
+        self, policy_file: Path, tmp_path: Path
+    ) -> None:
+        """The service that takes in a state the CLI wrote logs ``rollout.changed``: who, why."""
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+        with Rollouts.from_file(policy_file, store=f"{url}?refresh_interval=3600") as service:
+            run = sh("kill", "new-checkout", "--reason", "INC-4711", "--actor", "oncall",
+                     "--store", url, "--policy", str(policy_file))  # fmt: skip
+            assert run.code == 0, run.err
+            with structlog.testing.capture_logs() as logs:
+                service.status("new-checkout")  # the read a refresh makes
+            [changed] = [e for e in logs if e["event"] == "rollout.changed"]
+            assert (changed["status"], changed["actor"], changed["reason"]) == (
+                "killed",
+                "oncall",
+                "INC-4711",
+            )
+            assert not service.enabled("new-checkout", "user-1")
+
+
 class TestNoStoreThere:
     """The command line never acts on a store that does not exist (issue 16, item 2)."""
 
