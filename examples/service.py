@@ -12,7 +12,9 @@ The timeline shows each transition as it happens, the first exception of each ne
 (as stagedroll logs it, ``rollout.new_path_error``), and every simulated hour the state of
 both rollouts: stage and share, errors and calls per arm, the e-value ``E`` and what comes
 next. An hourly row whose rollout changed in nothing but its counts since the row before
-is left out; the last hour shows every rollout.
+is left out; the last hour shows every rollout. With matplotlib (``stagedroll[plot]``) the
+demo also draws both rollouts' timelines into ``demo-timeline.png`` (``--timeline FILE``),
+in the current directory, and says so on its last line.
 
     .venv/bin/python examples/service.py        (or: make demo)
 """
@@ -27,7 +29,8 @@ from typing import Any
 
 import structlog
 
-from stagedroll import MemoryStore, Rollouts, TransitionEvent
+from stagedroll import MemoryStore, Rollouts, TransitionEvent, plots
+from stagedroll.exceptions import MissingExtraError
 
 SEED = 7
 USERS = 20_000
@@ -94,7 +97,10 @@ def timeline(clock: Clock) -> structlog.typing.Processor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hours", type=int, default=HOURS, help="simulated hours (default 12)")
-    hours = parser.parse_args().hours
+    parser.add_argument("--timeline", default="demo-timeline.png", metavar="FILE",
+                        help="the PNG of both timelines (default demo-timeline.png)")  # fmt: skip
+    args = parser.parse_args()
+    hours = args.hours
     rng = random.Random(SEED)
     clock = Clock()
     # stagedroll's error events (the new paths' exceptions) as timeline lines; no info ones.
@@ -170,6 +176,20 @@ def main() -> None:
         for entry in rollouts.history(name):
             why = f": {entry.reason}" if entry.reason else ""
             print(f"  {stamp(entry.at)} {entry.action.value:>9} by {entry.actor}{why}")
+    draw(rollouts, clock, args.timeline)
+
+
+def draw(rollouts: Rollouts, clock: Clock, path: str) -> None:
+    """Both rollouts' timelines as a PNG, when matplotlib is there (stagedroll[plot])."""
+    history = [entry for name in POLICY["rollouts"] for entry in rollouts.history(name)]
+    stages = {name: rollouts.status(name).stages for name in POLICY["rollouts"]}
+    try:
+        figure = plots.timeline(history, stages, until=clock.now)
+    except MissingExtraError:
+        print("\ntimeline: not drawn (pip install 'stagedroll[plot]' to draw it as a PNG)")
+        return
+    print(f"\ntimeline: {plots.save(figure, path)} (each rollout's stage over time, "
+          "with every transition marked)")  # fmt: skip
 
 
 if __name__ == "__main__":

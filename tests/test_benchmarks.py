@@ -40,6 +40,7 @@ class TestBenchDecide:
             "record an outcome",
             "guard overhead, health on",
             "guard overhead, health off",
+            "guard overhead, exporters on",
         }
         assert set(results) >= {"floor", "guard overhead, health on", *targeted}
         assert results["floor"]["ratio"] == 1.0

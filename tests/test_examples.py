@@ -6,6 +6,7 @@ import itertools
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,10 @@ ROW = re.compile(r"\d\d:\d\d  new-[a-z]+ .* \d+ % [a-z_]+ +\d+/\d+ ")
 """A row of that table: the time, the rollout, its stage, share, status and counts."""
 
 
-def _run(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, check=True, timeout=300
-    )
+def _run(*args: str, cwd: Path | None = None) -> str:
+    with tempfile.TemporaryDirectory() as scratch:  # what an example writes goes there
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              check=True, timeout=300, cwd=cwd or scratch)  # fmt: skip
     return done.stdout
 
 
@@ -40,6 +41,32 @@ class TestService:
         for name in ("new-search", "new-checkout"):  # each new path's exception, shown once
             logged = f"{name:<13} logged rollout.new_path_error: __main__.Failed: {name} ("
             assert out.count(logged) == 1
+
+    def test_the_timeline_is_drawn_beside_the_text(self, tmp_path: Path) -> None:
+        """With matplotlib, the demo writes demo-timeline.png where it runs and says so on
+        its last line."""
+        pytest.importorskip("matplotlib", reason="the demo draws with stagedroll[plot]")
+        out = _run(str(EXAMPLES / "service.py"), "--hours", "2", cwd=tmp_path)
+        assert out.splitlines()[-1] == (
+            "timeline: demo-timeline.png (each rollout's stage over time, with every "
+            "transition marked)"
+        )
+        png = (tmp_path / "demo-timeline.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert int.from_bytes(png[16:20], "big") == 800  # 800 px wide
+
+    def test_without_matplotlib_it_says_how_to_get_the_picture(self, tmp_path: Path) -> None:
+        """Without matplotlib the demo runs all the same, and its last line names the extra."""
+        script = (
+            "import runpy, sys; sys.modules['matplotlib'] = None; "
+            f"sys.argv = ['service.py', '--hours', '1']; "
+            f"runpy.run_path({str(EXAMPLES / 'service.py')!r}, run_name='__main__')"
+        )
+        out = _run("-c", script, cwd=tmp_path)
+        assert out.splitlines()[-1] == (
+            "timeline: not drawn (pip install 'stagedroll[plot]' to draw it as a PNG)"
+        )
+        assert not (tmp_path / "demo-timeline.png").exists()
 
     def test_the_table_has_headers_and_shows_each_line_once(self) -> None:
         """The hourly table names its columns above its first row; no line repeats the one

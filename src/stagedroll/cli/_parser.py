@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from .. import Action, __version__
-from . import _commands, _explain, _offline
+from . import _commands, _dashboard, _explain, _offline, _plot
 from ._main import Context
 
 __all__ = ["ACTIONS", "build_parser"]
@@ -160,4 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("schema", _offline.schema, "the JSON Schema of the policy file")
     command("tick", _commands.tick, "take the automatic steps that are due, once")
+    sub = command("plot", _plot.plot, "draw a rollout's timeline or evidence (stagedroll[plot])")
+    sub.add_argument("picture", choices=_plot.PICTURES, help="timeline or evidence")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--out", required=True, metavar="FILE", help="the picture: FILE.png or .svg")
+    sub = command("dashboard", _dashboard.dashboard, "serve a live, read-only page of the rollouts")
+    _dashboard.add_arguments(sub)
     return parser
