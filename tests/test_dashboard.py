@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from dashboards import POLICY, STAGES
 from servers import RedisServer, unique_prefix
 from stagedroll import (
     Action,
@@ -33,17 +34,6 @@ from stagedroll.dashboard._model import MAX_TEXT
 
 SCRIPT = Path(sys.executable).with_name("stagedroll")
 PAGE = Path(__file__).resolve().parents[1] / "src" / "stagedroll" / "dashboard"
-STAGES = [
-    {"name": "canary", "percent": 10},
-    {"name": "half", "percent": 50},
-    {"name": "all", "percent": 100},
-]
-POLICY: dict[str, Any] = {
-    "rollouts": {
-        "new-checkout": {"stages": STAGES, "health": {"min_events": 5}},
-        "new-search": {"stages": STAGES},
-    }
-}
 HOSTILE = "<script>alert(1)</script>\x1b[2J\u202e'; DROP TABLE"
 SUMMARY_KEYS = {
     "rollout",

@@ -14,10 +14,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+from dashboards import POLICY
 from stagedroll import Action, Rollouts, RolloutState, SQLiteStore, Status, Transition
 from stagedroll.dashboard import Dashboard
 
@@ -27,17 +28,6 @@ if TYPE_CHECKING:
 SCRIPT = Path(sys.executable).with_name("stagedroll")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "artifacts"
 WAIT_MS = 20_000  # how long to wait for the page to show a change before failing
-STAGES = [
-    {"name": "canary", "percent": 10},
-    {"name": "half", "percent": 50},
-    {"name": "all", "percent": 100},
-]
-POLICY: dict[str, Any] = {
-    "rollouts": {
-        "new-checkout": {"stages": STAGES, "health": {"min_events": 5}},
-        "new-search": {"stages": STAGES},
-    }
-}
 HOSTILE = '<img src=x onerror="window.pwned=1">'
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +12,8 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from stagedroll import Rollouts, RolloutStatus, Status, TransitionError
+from exporting import import_without, race, scripted
+from stagedroll import Rollouts, RolloutStatus, Status
 from stagedroll.exporters.otel import TRANSITION_EVENT, Instrumentation, instrument
 from stagedroll.testing import FakeClock
 
@@ -82,33 +79,12 @@ def _otel() -> Iterator[Otel]:
     otel.close()
 
 
-def scripted(rollouts: Rollouts) -> None:
-    """Guarded calls on both arms, errors on both paths, until the gate freezes the rollout."""
-
-    def old(i: int) -> int:
-        if i % 7 == 0:
-            raise LookupError("old path down")
-        return i
-
-    @rollouts.guard(NAME, fallback=old, unit=lambda i: f"user-{i}")
-    def new(i: int) -> int:
-        if i % 2 == 0:
-            raise ValueError("new path down")
-        return i
-
-    for i in range(1, 400):
-        with contextlib.suppress(LookupError):
-            new(i)
-        if rollouts[NAME].status(fresh=False).status is Status.FROZEN:
-            break
-
-
 class TestAfterAScriptedRollout:
     @pytest.fixture(name="read")
     def _read(self, otel: Otel) -> tuple[Rollouts, RolloutStatus, Points]:
         rollouts = Rollouts(policy(), clock=FakeClock(1000.0))
         instrument(rollouts, otel.meters, logger_provider=otel.loggers)
-        scripted(rollouts)
+        scripted(rollouts, NAME)
         return rollouts, rollouts.status(NAME), otel.collect()
 
     def test_calls_equal_the_status(self, read: tuple[Rollouts, RolloutStatus, Points]) -> None:
@@ -220,15 +196,7 @@ class TestLifecycle:
 
     def test_the_extra_missing_gives_an_install_hint(self, tmp_path: Path) -> None:
         """Without opentelemetry-api, importing the exporter says which extra to install."""
-        code = (
-            "import sys; sys.modules['opentelemetry'] = None\n"
-            "from stagedroll.exceptions import MissingExtraError\n"
-            "try:\n    import stagedroll.exporters.otel\n"
-            "except MissingExtraError as exc:\n    print(exc)\n"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
-        ).stdout
+        out = import_without("opentelemetry", "stagedroll.exporters.otel", tmp_path)
         assert "pip install 'stagedroll[otel]'" in out
 
 
@@ -238,33 +206,4 @@ class TestConcurrency:
         collects: every collection succeeds and ``stagedroll.calls`` never goes down."""
         rollouts = Rollouts(policy(health=False))
         instrument(rollouts, otel.meters, logger_provider=otel.loggers)
-        guarded = rollouts.guard(NAME, fallback=lambda i: i, unit=lambda i: f"user-{i}")(
-            lambda i: i
-        )
-        failed: list[BaseException] = []
-
-        def call(offset: int) -> None:
-            try:
-                for i in range(3000):
-                    guarded(offset + i)
-            except BaseException as exc:  # pragma: no cover - reported below
-                failed.append(exc)
-
-        def steer() -> None:
-            for _ in range(20):
-                for action in (rollouts.advance, rollouts.rollback):
-                    with contextlib.suppress(TransitionError):
-                        action(NAME, actor="racer")
-
-        threads = [threading.Thread(target=call, args=(k * 10_000,)) for k in range(4)]
-        threads.append(threading.Thread(target=steer))
-        for t in threads:
-            t.start()
-        last, collections = 0.0, 0
-        while any(t.is_alive() for t in threads) or collections < 5:
-            now = total_calls(otel.collect())
-            assert now >= last
-            last, collections = now, collections + 1
-        for t in threads:
-            t.join()
-        assert failed == []
+        race(rollouts, NAME, lambda: total_calls(otel.collect()), rounds=20)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import subprocess
-import sys
-import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
+from exporting import import_without, race, scripted
 from stagedroll import (
     Rollouts,
     RolloutStatus,
@@ -62,27 +59,6 @@ def total_calls(registry: CollectorRegistry) -> float:
     return sum(calls(registry, arm, o) for arm in ARMS for o in ("success", "error", "fallback"))
 
 
-def scripted(rollouts: Rollouts) -> None:
-    """Guarded calls on both arms, errors on both paths, until the gate freezes the rollout."""
-
-    def old(i: int) -> int:
-        if i % 7 == 0:
-            raise LookupError("old path down")
-        return i
-
-    @rollouts.guard(NAME, fallback=old, unit=lambda i: f"user-{i}")
-    def new(i: int) -> int:
-        if i % 2 == 0:
-            raise ValueError("new path down")
-        return i
-
-    for i in range(1, 400):
-        with contextlib.suppress(LookupError):
-            new(i)
-        if rollouts[NAME].status(fresh=False).status is Status.FROZEN:
-            break
-
-
 @pytest.fixture(name="registry")
 def _registry() -> CollectorRegistry:
     return CollectorRegistry()
@@ -98,7 +74,7 @@ class TestAfterAScriptedRollout:
 
         rollouts.on_transition(broken)
         register(rollouts, registry)
-        scripted(rollouts)
+        scripted(rollouts, NAME)
         generate_latest(registry)  # a scrape, as Prometheus makes them
         return rollouts, rollouts.status(NAME), rollouts.snapshot()
 
@@ -279,39 +255,13 @@ class TestConcurrency:
         scrapes: every scrape succeeds and no counter goes down."""
         rollouts = Rollouts(policy(health=False))
         register(rollouts, registry)
-        guarded = rollouts.guard(NAME, fallback=lambda i: i, unit=lambda i: f"user-{i}")(
-            lambda i: i
-        )
-        errors: list[BaseException] = []
 
-        def call(offset: int) -> None:
-            try:
-                for i in range(3000):
-                    guarded(offset + i)
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        def steer() -> None:
-            for _ in range(30):
-                for action in (rollouts.advance, rollouts.rollback):
-                    with contextlib.suppress(TransitionError):
-                        action(NAME, actor="racer")
-
-        threads = [threading.Thread(target=call, args=(k * 10_000,)) for k in range(4)]
-        threads.append(threading.Thread(target=steer))
-        for t in threads:
-            t.start()
-        last = 0.0
-        scrapes = 0
-        while any(t.is_alive() for t in threads) or scrapes < 5:
+        def scrape() -> float:
             text = generate_latest(registry)
             assert b"stagedroll_calls_total" in text
-            now = total_calls(registry)
-            assert now >= last
-            last, scrapes = now, scrapes + 1
-        for t in threads:
-            t.join()
-        assert errors == []
+            return total_calls(registry)
+
+        race(rollouts, NAME, scrape, rounds=30)
         assert total_calls(registry) <= 4 * 3000
 
     def test_a_rollout_that_fails_to_read_is_left_out(
@@ -364,15 +314,7 @@ class TestRegistering:
 
     def test_the_extra_missing_gives_an_install_hint(self, tmp_path: Path) -> None:
         """Without prometheus-client, importing the exporter says which extra to install."""
-        code = (
-            "import sys; sys.modules['prometheus_client'] = None\n"
-            "from stagedroll.exceptions import MissingExtraError\n"
-            "try:\n    import stagedroll.exporters.prometheus\n"
-            "except MissingExtraError as exc:\n    print(exc)\n"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
-        ).stdout
+        out = import_without("prometheus_client", "stagedroll.exporters.prometheus", tmp_path)
         assert "pip install 'stagedroll[prometheus]'" in out
 
 

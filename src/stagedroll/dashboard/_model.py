@@ -282,6 +282,14 @@ def _stored(state: RolloutState, now: float) -> tuple[dict[str, Any], dict[str, 
     detail: dict[str, Any] = {
         "stages": [{"name": _text(n), "percent": _number(p)} for n, p in ladder],
         "next_stage": _text(ladder[state.stage + 1][0]) if going else None,
+        **_no_health(),
+    }
+    return summary, detail
+
+
+def _no_health() -> dict[str, Any]:
+    """The detail of a rollout without its health (not in this process's policy), each new."""
+    return {
         "health_enabled": False,
         "arms": None,
         "slow_threshold_s": None,
@@ -289,7 +297,6 @@ def _stored(state: RolloutState, now: float) -> tuple[dict[str, Any], dict[str, 
         "thresholds": {},
         "errors": [],
     }
-    return summary, detail
 
 
 _EMPTY: dict[str, Any] = {
@@ -311,16 +318,7 @@ _EMPTY: dict[str, Any] = {
     "reason": "",
     "actor": "",
 }
-_EMPTY_DETAIL: dict[str, Any] = {
-    "stages": [],
-    "next_stage": None,
-    "health_enabled": False,
-    "arms": None,
-    "slow_threshold_s": None,
-    "evidence": {},
-    "thresholds": {},
-    "errors": [],
-}
+_EMPTY_DETAIL: dict[str, Any] = {"stages": [], "next_stage": None, **_no_health()}
 
 
 class Board:

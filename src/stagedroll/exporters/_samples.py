@@ -29,7 +29,15 @@ from types import MappingProxyType
 
 import structlog
 
-from stagedroll import ArmStats, Rollouts, RolloutState, RolloutStatus, Snapshot, TransitionEvent
+from stagedroll import (
+    ArmStats,
+    HealthReport,
+    Rollouts,
+    RolloutState,
+    RolloutStatus,
+    Snapshot,
+    TransitionEvent,
+)
 
 __all__ = [
     "ARMS",
@@ -39,7 +47,9 @@ __all__ = [
     "RolloutSample",
     "Sample",
     "Totals",
+    "evidence",
     "skipped",
+    "thresholds",
 ]
 
 ARMS = ("control", "treatment", "targeted")
@@ -53,6 +63,29 @@ MAX_ROLLOUTS = 10_000
 """Rollouts whose totals are remembered at most (the rest are exported as read)."""
 
 _log = structlog.get_logger("stagedroll")
+
+
+def evidence(health: HealthReport) -> tuple[tuple[str, float], ...]:
+    """The health gate's e-value per test: errors, latency, sample_ratio."""
+    return (
+        ("errors", health.e_errors),
+        ("latency", health.e_latency),
+        ("sample_ratio", health.e_sample_ratio),
+    )
+
+
+def thresholds(health: HealthReport) -> list[tuple[str, str, float]]:
+    """The e-value per test and step (freeze, rollback) at which the gate steps.
+
+    An infinite one is left out: that test is off.
+    """
+    limits = (
+        ("errors", "freeze", health.freeze_at_errors),
+        ("errors", "rollback", health.rollback_at_errors),
+        ("latency", "freeze", health.freeze_at_latency),
+        ("latency", "rollback", health.rollback_at_latency),
+    )
+    return [(test, step, limit) for test, step, limit in limits if math.isfinite(limit)]
 
 
 def skipped(exporter: str, rollout: str | None, exc: BaseException) -> None:

@@ -11,14 +11,13 @@ Each transition this process makes is emitted as an event (a log record with an
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-from stagedroll import Rollouts, TransitionEvent, __version__
+from stagedroll import Rollouts, RolloutStatus, TransitionEvent, __version__
 from stagedroll.exceptions import MissingExtraError
 
-from ._samples import ARMS, OUTCOMES, STATES, Sample, Totals, skipped
+from ._samples import ARMS, OUTCOMES, STATES, Sample, Totals, evidence, skipped, thresholds
 
 try:
     from opentelemetry import _logs as otel_logs
@@ -94,37 +93,24 @@ def _state(sample: Sample) -> Iterable[Observation]:
             yield Observation(value, {**_flag(status.rollout), "stagedroll.state": state})
 
 
+def _gated(sample: Sample) -> Iterator[RolloutStatus]:
+    """The status of each rollout whose health gate is on."""
+    return (rollout.status for rollout in sample.rollouts if rollout.status.health.enabled)
+
+
 def _evidence(sample: Sample) -> Iterable[Observation]:
-    for rollout in sample.rollouts:
-        status = rollout.status
-        health = status.health
-        if not health.enabled:
-            continue
-        for test, value in (
-            ("errors", health.e_errors),
-            ("latency", health.e_latency),
-            ("sample_ratio", health.e_sample_ratio),
-        ):
+    for status in _gated(sample):
+        for test, value in evidence(status.health):
             yield Observation(float(value), {**_flag(status.rollout), "stagedroll.test": test})
 
 
 def _threshold(sample: Sample) -> Iterable[Observation]:
-    for rollout in sample.rollouts:
-        status = rollout.status
-        health = status.health
-        if not health.enabled:
-            continue
-        for test, step, value in (
-            ("errors", "freeze", health.freeze_at_errors),
-            ("errors", "rollback", health.rollback_at_errors),
-            ("latency", "freeze", health.freeze_at_latency),
-            ("latency", "rollback", health.rollback_at_latency),
-        ):
-            if math.isfinite(value):  # infinite: the test is off
-                attributes = {
-                    **_flag(status.rollout), "stagedroll.test": test, "stagedroll.step": step
-                }  # fmt: skip
-                yield Observation(float(value), attributes)
+    for status in _gated(sample):
+        for test, step, value in thresholds(status.health):
+            attributes = {
+                **_flag(status.rollout), "stagedroll.test": test, "stagedroll.step": step
+            }  # fmt: skip
+            yield Observation(float(value), attributes)
 
 
 def _transitions(sample: Sample) -> Iterable[Observation]:

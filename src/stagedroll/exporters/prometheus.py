@@ -18,7 +18,17 @@ from wsgiref.simple_server import WSGIServer
 from stagedroll import Rollouts
 from stagedroll.exceptions import MissingExtraError
 
-from ._samples import ARMS, OUTCOMES, STATES, RolloutSample, Sample, Totals, skipped
+from ._samples import (
+    ARMS,
+    OUTCOMES,
+    STATES,
+    RolloutSample,
+    Sample,
+    Totals,
+    evidence,
+    skipped,
+    thresholds,
+)
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
@@ -156,8 +166,7 @@ def _rows(sample: RolloutSample, at: float) -> _Rows:
     h = s.health
     if not h.enabled:
         return rows
-    for test, e in (("errors", h.e_errors), ("latency", h.e_latency),
-                    ("sample_ratio", h.e_sample_ratio)):  # fmt: skip
+    for test, e in evidence(h):
         add(("evidence", [name, test], float(e)))
     add(("sample_ratio_ok", [name], 1.0 if h.sample_ratio_ok else 0.0))
     add(("units", [name, "control"], float(h.units_control)))
@@ -166,14 +175,8 @@ def _rows(sample: RolloutSample, at: float) -> _Rows:
     add(("events", [name, "treatment", "error"], float(h.error_events_treatment)))
     add(("events", [name, "control", "slow"], float(h.slow_events_control)))
     add(("events", [name, "treatment", "slow"], float(h.slow_events_treatment)))
-    for test, step, limit in (
-        ("errors", "freeze", h.freeze_at_errors),
-        ("errors", "rollback", h.rollback_at_errors),
-        ("latency", "freeze", h.freeze_at_latency),
-        ("latency", "rollback", h.rollback_at_latency),
-    ):
-        if math.isfinite(limit):  # infinite: the test is off
-            add(("threshold", [name, test, step], float(limit)))
+    for test, step, limit in thresholds(h):
+        add(("threshold", [name, test, step], float(limit)))
     for test, ratio in (("errors", h.r_errors), ("latency", h.r_latency)):
         if ratio is not None and math.isfinite(ratio):
             add(("ratio", [name, test], float(ratio)))

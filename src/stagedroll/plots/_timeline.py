@@ -33,21 +33,16 @@ def _pairs(ladder: Ladder) -> list[tuple[str, float]]:
     return [(s.name, s.percent) if isinstance(s, StageInfo) else (s[0], s[1]) for s in ladder]
 
 
-def _level(entry: Transition, last: int) -> int:
-    """Where the entry leaves the rollout on the stage axis: 0 is 0 %, ``i + 1`` stage ``i``."""
-    if entry.to_status is Status.KILLED:
-        return 0
-    if entry.to_status is Status.COMPLETE:
-        return max(last, entry.to_stage) + 1
-    return max(entry.to_stage, -1) + 1
+def _level(status: Status | None, stage: int, last: int) -> int:
+    """Where a status and stage put the rollout on the stage axis: 0 is 0 %, ``i + 1`` stage ``i``.
 
-
-def _level_before(entry: Transition, last: int) -> int:
-    if entry.from_status is Status.KILLED:
+    An entry leaves the rollout at its ``to_`` status and stage, and found it at its ``from_`` ones.
+    """
+    if status is Status.KILLED:
         return 0
-    if entry.from_status is Status.COMPLETE:
-        return max(last, entry.from_stage) + 1
-    return max(entry.from_stage, -1) + 1
+    if status is Status.COMPLETE:
+        return max(last, stage) + 1
+    return max(stage, -1) + 1
 
 
 def _tick(index: int, ladder: list[tuple[str, float]]) -> str:
@@ -70,7 +65,7 @@ def end_of(entries: Sequence[Transition], until: float | None) -> float:
 def _panel(axes: Any, entries: list[Transition], ladder: list[tuple[str, float]],
            time: TimeAxis, end: float) -> None:  # fmt: skip
     last = len(ladder) - 1
-    levels = [_level(e, last) for e in entries]
+    levels = [_level(e.to_status, e.to_stage, last) for e in entries]
     xs = [time(e.at) for e in entries] + [time(end)]
     axes.step(xs, [*levels, levels[-1]], where="post", color=LINE, linewidth=2, zorder=2,
               label="stage in force")  # fmt: skip
@@ -89,7 +84,7 @@ def _panel(axes: Any, entries: list[Transition], ladder: list[tuple[str, float]]
         marker, colour = ACTION_STYLE[entry.action]
         axes.plot([x], [level], marker=marker, color=colour, markersize=8, linestyle="none",
                   zorder=3, markeredgecolor="white")  # fmt: skip
-        down = _level_before(entry, last) > level
+        down = _level(entry.from_status, entry.from_stage, last) > level
         marks.append((x, level, action_label(entry), colour, down))
     top = max(len(ladder), *levels)
     below_zero = any(down and level == 0 for _, level, _, _, down in marks)
