@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +33,43 @@ def scripted(rollouts: Rollouts, name: str) -> None:
             new(i)
         if rollouts[name].status(fresh=False).status is Status.FROZEN:
             break
+
+
+class PolicyFile:
+    """A policy file of rollouts with two stages (half, all) and the health gate, which a
+    :class:`~stagedroll.Rollouts` reloads every hundredth of a second."""
+
+    INTERVAL = 0.01
+
+    def __init__(self, path: Path, *names: str) -> None:
+        self.path = path
+        self._write(names)
+
+    def load(self) -> Rollouts:
+        """The rollouts of the file, reloaded when it changes."""
+        return Rollouts.from_file(self.path, reload_interval=self.INTERVAL)
+
+    def keep(self, rollouts: Rollouts, *names: str) -> None:
+        """Rewrite the file with ``names`` only, and wait until ``rollouts`` reloaded it."""
+        self._write(names)
+        deadline = time.monotonic() + 10
+        while sorted(rollouts) != sorted(names):
+            assert time.monotonic() < deadline, f"not reloaded: {sorted(rollouts)}"
+            time.sleep(self.INTERVAL)
+            rollouts.tick()  # a call that looks at the file
+
+    def _write(self, names: tuple[str, ...]) -> None:
+        text = "".join(
+            f'[rollouts."{name}"]\n'
+            'stages = [{name = "half", percent = 50}, {name = "all", percent = 100}]\n'
+            for name in names
+        )
+        before = self.path.stat().st_mtime_ns if self.path.exists() else 0
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(text)
+        os.replace(temporary, self.path)  # atomic, as the docs ask
+        if self.path.stat().st_mtime_ns == before:  # a coarse file system: make it move
+            os.utime(self.path, ns=(before + 1_000_000, before + 1_000_000))
 
 
 def race(rollouts: Rollouts, name: str, read: Callable[[], float], *, rounds: int) -> None:

@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+import structlog
 
 from dashboards import POLICY, STAGES
 from servers import RedisServer, unique_prefix
@@ -29,14 +31,15 @@ from stagedroll import (
     Transition,
 )
 from stagedroll.cli._parser import build_parser
-from stagedroll.dashboard import DEFAULT_HOST, SCHEMA_VERSION, Dashboard
-from stagedroll.dashboard._model import MAX_TEXT
+from stagedroll.dashboard import DEFAULT_HOST, SCHEMA_VERSION, Dashboard, _model
+from stagedroll.dashboard._model import MAX_KEY, MAX_TEXT
 
 SCRIPT = Path(sys.executable).with_name("stagedroll")
 PAGE = Path(__file__).resolve().parents[1] / "src" / "stagedroll" / "dashboard"
 HOSTILE = "<script>alert(1)</script>\x1b[2J\u202e'; DROP TABLE"
 SUMMARY_KEYS = {
     "rollout",
+    "key",
     "source",
     "environment",
     "mode",
@@ -140,6 +143,8 @@ class TestApi:
         document = api(dashboard)
         assert document["schema_version"] == SCHEMA_VERSION == 1
         assert document["store"] == {"reachable": True, "error": None}
+        assert document["refresh"]["ok"] is True
+        assert document["refresh"]["stale"] is False
         assert [r["rollout"] for r in document["rollouts"]] == ["new-checkout", "new-search"]
         for summary in document["rollouts"]:
             assert set(summary) == SUMMARY_KEYS
@@ -283,6 +288,109 @@ class TestEscaping:
             assert request(dashboard.url, path).status == 200
 
 
+class TestLongNames:
+    def test_a_name_over_the_text_limit_opens_by_its_key(
+        self, dashboard: Dashboard, url: str
+    ) -> None:
+        """A name longer than MAX_TEXT is shown cut, yet its detail opens by its whole name
+        (its ``key``); one too long for a URL opens by the digest its ``key`` is."""
+        long, huge = "L" * (MAX_TEXT + 500), "H" * (MAX_KEY * 5)
+        store = SQLiteStore(url.removeprefix("sqlite:///"))
+        try:
+            plant(store, long, reason="r" * 5000)
+            plant(store, huge)
+        finally:
+            store.close()
+        dashboard.refresh()
+        document = api(dashboard)
+        shown = {r["key"]: r for r in document["rollouts"]}
+        assert shown[long]["rollout"] == "L" * (MAX_TEXT - 1) + "\u2026"
+        huge_key = next(k for k in shown if k.startswith("~"))
+        assert shown[huge_key]["rollout"].startswith("HHH")
+        assert len(huge_key) < 64
+        by_name = api(dashboard, "/api/rollouts/" + quote(long, safe=""))
+        assert (by_name["key"], by_name["rollout"]) == (long, shown[long]["rollout"])
+        by_key = api(dashboard, "/api/rollouts/" + quote(huge_key, safe=""))
+        assert by_key["key"] == huge_key
+        assert by_key["reason"] == ""
+        assert api(dashboard, "/api/rollouts/new-search")["key"] == "new-search"
+
+    def test_a_bad_percent_encoding_is_a_400(
+        self, dashboard: Dashboard, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``%ff`` is no UTF-8: a JSON 400 with the security headers, and no traceback."""
+        res = request(dashboard.url, "/api/rollouts/%ff")
+        assert res.status == 400
+        assert res.json()["schema_version"] == SCHEMA_VERSION
+        assert res.headers["x-content-type-options"] == "nosniff"
+        assert "default-src 'none'" in res.headers["content-security-policy"]
+        assert request(dashboard.url, "/api/rollouts").status == 200
+        assert "Traceback" not in capsys.readouterr().err
+
+
+class TestRefreshFailure:
+    def test_a_failed_refresh_is_logged_counted_and_shown(
+        self, dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A refresh that raises (a bug, not a store error) keeps what was read, says why,
+        is logged once per kind a minute and counted; the next good refresh clears it."""
+        assert dashboard.board.steering is not None
+        good = dashboard.board.steering.names
+
+        def broken() -> list[str]:
+            raise RuntimeError("a bug in names()")
+
+        monkeypatch.setattr(dashboard.board.steering, "names", broken)
+        with structlog.testing.capture_logs() as logs:
+            assert dashboard.refresh() is False
+            assert dashboard.refresh() is False
+        assert [e["event"] for e in logs] == ["dashboard.refresh_failed"]  # once a minute
+        assert (logs[0]["error_type"], logs[0]["logger"]) == ("RuntimeError", "stagedroll")
+        assert dashboard.failures == {"RuntimeError": 2}
+        document = api(dashboard)
+        assert document["refresh"]["ok"] is False
+        assert document["refresh"]["error"] == "RuntimeError"
+        assert document["refresh"]["failures"] == 2
+        assert [r["rollout"] for r in document["rollouts"]] == ["new-checkout", "new-search"]
+        assert document["refresh"]["last_success"] == document["now"]
+        monkeypatch.setattr(dashboard.board.steering, "names", good)
+        assert dashboard.refresh() is True
+        assert api(dashboard)["refresh"]["ok"] is True
+        assert api(dashboard)["refresh"]["failures"] == 2
+
+    def test_the_refresh_thread_goes_on_after_a_failure(self, rollouts: Rollouts) -> None:
+        """The refresh thread survives refreshes that raise: it refreshes again."""
+        with Dashboard(rollouts, port=0, refresh_interval=0.01) as dashboard:
+            steering = dashboard.board.steering
+            assert steering is not None
+            good, calls, again = steering.names, [0], threading.Event()
+
+            def failing_twice() -> list[str]:
+                calls[0] += 1
+                if calls[0] <= 2:
+                    raise RuntimeError("a bug in names()")
+                again.set()
+                return good()
+
+            steering.names = failing_twice  # type: ignore[method-assign]
+            dashboard.start()
+            assert again.wait(timeout=30)
+        assert dashboard.failures == {"RuntimeError": 2}
+
+    def test_the_index_says_when_its_data_is_stale(
+        self, dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Over three refresh intervals after the last good refresh began, the index is
+        marked stale, with the time of that refresh; a good refresh makes it fresh again."""
+        last = api(dashboard)["refresh"]["last_success"]
+        real = _model._monotonic
+        monkeypatch.setattr(_model, "_monotonic", lambda: real() + 3 * 3600 + 1)
+        refresh = api(dashboard)["refresh"]
+        assert (refresh["stale"], refresh["last_success"], refresh["ok"]) == (True, last, True)
+        assert dashboard.refresh() is True
+        assert api(dashboard)["refresh"]["stale"] is False
+
+
 class TestReadOnly:
     @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
     def test_only_get_is_answered(self, dashboard: Dashboard, method: str) -> None:
@@ -310,6 +418,13 @@ class TestReadOnly:
     def test_a_long_path_is_refused(self, dashboard: Dashboard) -> None:
         """A path over the limit is answered 414, without a lookup."""
         assert request(dashboard.url, "/api/rollouts/" + "x" * 10_000).status == 414
+
+    def test_the_servers_own_errors_carry_the_security_headers(self, dashboard: Dashboard) -> None:
+        """An answer of ``http.server`` itself (501: a method it has no handler for) too."""
+        res = request(dashboard.url, "/", "BREW")
+        assert res.status == 501
+        assert res.headers["x-content-type-options"] == "nosniff"
+        assert "default-src 'none'" in res.headers["content-security-policy"]
 
     def test_a_silent_client_blocks_no_one(self, dashboard: Dashboard) -> None:
         """A connection that sends half a request holds its own thread, not the server."""
@@ -378,6 +493,37 @@ class TestCommand:
                 _, err = child.communicate(timeout=30)
         assert child.returncode == 0, err
         assert "new-pricing" in err  # the note on the rollout left out of the policy
+        assert "dashboard_exposed" not in err  # the loopback: nothing to warn of
+
+    @pytest.mark.parametrize("as_json", [False, True])
+    def test_warns_when_not_on_the_loopback(self, url: str, as_json: bool) -> None:
+        """Any other address: one warning on stderr (a JSON object under ``--json``)."""
+        with Rollouts(POLICY, store=url):
+            pass
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STAGEDROLL_")}
+        args = [str(SCRIPT), "dashboard", "--store", url, "--host", "0.0.0.0", "--port", "0"]
+        with subprocess.Popen(
+            args + ["--json"] * as_json,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        ) as child:
+            try:
+                assert child.stdout is not None
+                assert "0.0.0.0" in child.stdout.readline()  # serving
+            finally:
+                child.send_signal(signal.SIGINT)
+                _, err = child.communicate(timeout=30)
+        assert child.returncode == 0, err
+        lines = [line for line in err.splitlines() if "authentication" in line]
+        assert len(lines) == 1, err
+        if as_json:
+            warning = json.loads(lines[0])["warning"]
+            assert warning["kind"] == "dashboard_exposed"
+            assert warning["url"].startswith("http://0.0.0.0:")
+        else:
+            assert lines[0].startswith("stagedroll: warning: http://0.0.0.0:")
 
     def test_refuses_a_store_that_does_not_exist(self, tmp_path: Path) -> None:
         """As every state command: no stagedroll store there is exit code 4."""

@@ -187,3 +187,68 @@ class TestLivePage:
         page.locator("a", has_text="every rollout").click()
         expect(page.locator("#list")).to_be_visible()
         keep(page, tmp_path, "dashboard-link.png")
+
+
+class TestHostileLayout:
+    def test_long_text_wraps_and_a_long_name_opens(
+        self, page: Page, dashboard: Dashboard, url: str, tmp_path: Path
+    ) -> None:
+        """A 1,200-character name and a 5,000-character reason keep the page within the
+        viewport, in the list and in the detail view, which the name's link opens."""
+        from playwright.sync_api import expect
+
+        name, reason = "N" * 1200, "R" * 5000
+        store = SQLiteStore(url.removeprefix("sqlite:///"))
+        try:
+            state = RolloutState(stage=0, status=Status.FROZEN, since=1.0, version=1,
+                                 reason=reason, actor="mallory",
+                                 stages=(("S" * 128, 5.0),))  # fmt: skip
+            entry = Transition(name, Action.FREEZE, 0, 0, None, Status.FROZEN, 1, 1.0, reason)
+            assert store.compare_and_set(name, 0, state, entry)
+        finally:
+            store.close()
+        page.goto(dashboard.url)
+        planted = page.locator("tr.rollout", has_text="NNNN")
+        expect(planted.locator("td.state")).to_have_text("frozen by mallory", timeout=WAIT_MS)
+        link = planted.locator("a.name")
+        assert len(link.inner_text()) == 80  # shown cut; all of it in the title
+        assert link.get_attribute("title") == "N" * 999 + "\u2026"
+        fits = "document.documentElement.scrollWidth <= window.innerWidth"
+        assert page.evaluate(fits)
+        link.click()
+        expect(page.locator("#detail-why")).to_contain_text("RRRR", timeout=WAIT_MS)
+        expect(page.locator("#detail-name")).to_have_text("N" * 999 + "\u2026")
+        expect(page.locator("#history tbody tr")).to_have_count(1)
+        assert page.evaluate(fits)
+        keep(page, tmp_path, "dashboard-long-text.png")
+
+
+class TestRefreshFailure:
+    def test_a_failing_refresh_and_stale_data_are_shown(
+        self, page: Page, dashboard: Dashboard, tmp_path: Path
+    ) -> None:
+        """A refresh that keeps failing shows why in the banner, and "stale since" once the
+        last good refresh is over three intervals old; a good refresh clears both."""
+        from playwright.sync_api import expect
+
+        page.goto(dashboard.url)
+        expect(page.locator("#store")).to_have_text("store ok", timeout=WAIT_MS)
+        steering = dashboard.board.steering
+        assert steering is not None
+        good = steering.names
+
+        def broken() -> list[str]:
+            raise RuntimeError("a bug in names()")
+
+        steering.names = broken  # type: ignore[method-assign]
+        try:
+            expect(page.locator("#banner")).to_contain_text(
+                "refresh failed: RuntimeError", timeout=WAIT_MS
+            )
+            expect(page.locator("#store")).to_contain_text("stale since ", timeout=WAIT_MS)
+            expect(page.locator("tr.rollout")).to_have_count(2)  # what was read last
+            keep(page, tmp_path, "dashboard-stale.png")
+        finally:
+            steering.names = good  # type: ignore[method-assign]
+        expect(page.locator("#store")).to_have_text("store ok", timeout=WAIT_MS)
+        expect(page.locator("#banner")).to_be_hidden()

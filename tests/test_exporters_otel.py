@@ -12,7 +12,7 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from exporting import import_without, race, scripted
+from exporting import PolicyFile, import_without, race, scripted
 from stagedroll import Rollouts, RolloutStatus, Status
 from stagedroll.exporters.otel import TRANSITION_EVENT, Instrumentation, instrument
 from stagedroll.testing import FakeClock
@@ -161,6 +161,57 @@ class TestMonotonic:
         for i in range(5):
             rollouts.report(NAME, f"user-{i}", error=False)
         assert total_calls(otel.collect()) == 45
+
+
+COUNTERS = {"stagedroll.calls", "stagedroll.transitions"}
+
+
+def reported(points: Points, rollout: str) -> set[str]:
+    """The instruments with a point for ``rollout``."""
+    return {
+        name
+        for name, found in points.items()
+        if any(a.get("feature_flag.key") == rollout for a, _ in found)
+    }
+
+
+def calls_of(points: Points, rollout: str) -> float:
+    found = points.get("stagedroll.calls", [])
+    return sum(v for a, v in found if a.get("feature_flag.key") == rollout)
+
+
+class TestRemovedByAReload:
+    def test_its_gauges_go_its_counters_stay_and_it_comes_back(
+        self, otel: Otel, tmp_path: Path
+    ) -> None:
+        """A rollout frozen, then removed from the policy file: no state, percent, evidence
+        or duration; its counters stay. Back in the file, its gauges are back."""
+        file = PolicyFile(tmp_path / "rollouts.toml", NAME, "other")
+        rollouts = file.load()
+        instrument(rollouts, otel.meters, logger_provider=otel.loggers)
+        scripted(rollouts, NAME)
+        points = otel.collect()
+        frozen = {"feature_flag.key": NAME, "stagedroll.state": "frozen"}
+        assert point(points, "stagedroll.rollout.state", **frozen) == 1
+        assert reported(points, NAME) > COUNTERS | {"stagedroll.gate.evidence"}
+        before = calls_of(points, NAME)
+        assert before > 0
+
+        file.keep(rollouts, "other")
+        points = otel.collect()
+        assert reported(points, NAME) == COUNTERS
+        assert point(points, "stagedroll.rollout.state", **frozen) is None
+        assert calls_of(points, NAME) == before
+        running = {"feature_flag.key": "other", "stagedroll.state": "running"}
+        assert point(points, "stagedroll.rollout.state", **running) == 1
+
+        file.keep(rollouts, NAME, "other")
+        points = otel.collect()
+        assert {"stagedroll.rollout.state", "stagedroll.gate.evidence"} <= reported(points, NAME)
+        state = str(rollouts.status(NAME).status)
+        again = {"feature_flag.key": NAME, "stagedroll.state": state}
+        assert point(points, "stagedroll.rollout.state", **again) == 1
+        assert calls_of(points, NAME) >= before
 
 
 class TestLifecycle:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporting import import_without, race, scripted
+from exporting import PolicyFile, import_without, race, scripted
 from stagedroll import (
     Rollouts,
     RolloutStatus,
@@ -247,6 +247,58 @@ class TestMonotonic:
         assert total_calls(registry) == made
 
 
+COUNTERS = {"stagedroll_calls_total", "stagedroll_call_duration_seconds_count",
+            "stagedroll_call_duration_seconds_sum", "stagedroll_transitions_total"}  # fmt: skip
+
+
+def exported(registry: CollectorRegistry, rollout: str) -> set[str]:
+    """The names of the samples ``registry`` exports for ``rollout``."""
+    return {
+        sample.name
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.labels.get("rollout") == rollout and not sample.name.endswith("_created")
+    }
+
+
+class TestRemovedByAReload:
+    def test_its_gauges_go_its_counters_stay_and_it_comes_back(
+        self, registry: CollectorRegistry, tmp_path: Path
+    ) -> None:
+        """A rollout frozen, then removed from the policy file: no state (the alert on a
+        frozen rollout would page forever), no age, no evidence; its counters stay. Back in
+        the file, its gauges are back."""
+        file = PolicyFile(tmp_path / "rollouts.toml", NAME, "other")
+        rollouts = file.load()
+        register(rollouts, registry)
+        scripted(rollouts, NAME)  # calls on both arms, until the gate freezes it
+        frozen = {"rollout": NAME, "state": "frozen"}
+        assert value(registry, "stagedroll_rollout_state", **frozen) == 1.0
+        assert exported(registry, NAME) > COUNTERS | {"stagedroll_gate_evidence"}
+        before = total_calls(registry)
+        assert before > 0
+
+        file.keep(rollouts, "other")
+        assert NAME in rollouts.snapshot().rollouts  # still in the snapshot, out of the policy
+        assert not rollouts.snapshot().rollouts[NAME].in_policy
+        assert exported(registry, NAME) == COUNTERS
+        assert value(registry, "stagedroll_rollout_state", **frozen) is None
+        assert total_calls(registry) == before
+        assert value(
+            registry, "stagedroll_transitions_total", rollout=NAME, action="freeze",
+            trigger="health_gate",
+        ) == 1.0  # fmt: skip
+        assert value(registry, "stagedroll_rollout_state", rollout="other", state="running") == 1
+
+        file.keep(rollouts, NAME, "other")
+        assert rollouts.snapshot().rollouts[NAME].in_policy
+        assert "stagedroll_rollout_state" in exported(registry, NAME)
+        assert "stagedroll_gate_evidence" in exported(registry, NAME)
+        state = rollouts.status(NAME).status
+        assert value(registry, "stagedroll_rollout_state", rollout=NAME, state=str(state)) == 1
+        assert total_calls(registry) >= before
+
+
 class TestConcurrency:
     def test_scrapes_racing_calls_and_transitions_never_raise(
         self, registry: CollectorRegistry
@@ -291,7 +343,8 @@ class TestConcurrency:
 
 class TestRegistering:
     def test_twice_in_one_registry_is_refused(self, registry: CollectorRegistry) -> None:
-        """A second collector of the same families in one registry is a ``ValueError``."""
+        """A second collector of the same families in one registry is prometheus_client's
+        ``DuplicateTimeseries``, a ``ValueError`` (as docs/observability.md says)."""
         rollouts = Rollouts(policy())
         collector = register(rollouts, registry)
         assert isinstance(collector, StagedrollCollector)

@@ -63,6 +63,13 @@ def texts(figure: Any) -> list[str]:
     return [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text")) if t.get_text()]
 
 
+def vertical_lines(collection: Any) -> list[Any]:
+    """The segments of a collection that run the panel's height (``vlines``, 0 to 1)."""
+    if not hasattr(collection, "get_segments"):
+        return []
+    return [seg for seg in collection.get_segments() if [p[1] for p in seg] == [0, 1]]
+
+
 class TestTimeline:
     def test_a_step_line_and_each_transition_marked_and_labelled(
         self, rolled_back: tuple[list[Transition], Any, RolloutStatus]
@@ -152,6 +159,74 @@ class TestTimeline:
             plots.timeline([])
 
 
+def burst(count: int = 1_000) -> tuple[Rollouts, list[Transition]]:
+    """``count`` freezes and unfreezes by an operator, a millisecond apart."""
+    clock = FakeClock()
+    rollouts = Rollouts({"rollouts": {"checkout": {"stages": LADDER}}}, clock=clock)
+    rollouts.status("checkout")
+    for i in range(count // 2):
+        clock.advance(0.001)
+        rollouts.freeze("checkout", reason=f"f{i}", actor="alice")
+        clock.advance(0.001)
+        rollouts.unfreeze("checkout", reason="u", actor="bob")
+    history = rollouts.history("checkout", limit=count + 1)
+    assert len([e for e in history if str(e.action) != "start"]) == count
+    return rollouts, history
+
+
+def transition_labels(axes: Any) -> list[str]:
+    """The labels written beside the transitions (annotations, not plain texts)."""
+    return [t.get_text() for t in axes.texts if hasattr(t, "xyann")]
+
+
+class TestABurstOfTransitions:
+    """1,000 transitions in two seconds: a readable picture, not a pile of labels."""
+
+    def test_the_timeline_labels_the_newest_few_and_fits_the_data(self) -> None:
+        rollouts, history = burst()
+        figure = plots.timeline(history, rollouts.status("checkout").stages)
+        [axes] = panels(figure)
+        labels = transition_labels(axes)
+        assert 1 <= len(labels) <= 12
+        assert labels[0] == "unfreeze (bob)"  # the newest is always labelled
+        assert f"{1_000 - len(labels):,} more transitions not labelled" in texts(figure)
+        markers = [ln for ln in axes.get_lines() if ln.get_linestyle() == "None"]
+        xs = [x for ln in markers for x in ln.get_xdata()]
+        assert len(xs) == 1_000  # every transition is marked
+        low, high = axes.get_xlim()
+        assert low <= min(xs)
+        assert max(xs) <= high
+        assert high - low <= 1.2 * (max(xs) - low)  # no empty ten minutes after the burst
+        assert axes.get_xlabel().endswith("(seconds)")
+        figure.canvas.draw()  # the labels stay below the title
+        title = axes.title.get_window_extent()
+        for text in axes.texts:
+            if hasattr(text, "xyann"):
+                assert text.get_window_extent().y1 <= title.y0 + 1
+
+    def test_the_evidence_labels_the_newest_few_and_fits_the_data(self) -> None:
+        _, history = burst()
+        figure = plots.evidence(history)
+        upper, lower = panels(figure)
+        labels = transition_labels(upper)
+        assert 1 <= len(labels) <= 12
+        assert f"{1_000 - len(labels):,} more transitions not labelled" in texts(figure)
+        xs = [seg[0][0] for c in lower.collections for seg in vertical_lines(c)]
+        assert len(xs) == 1_000
+        low, high = upper.get_xlim()
+        assert low <= min(xs)
+        assert max(xs) <= high
+        assert high - low <= 1.2 * (max(xs) - low)
+        assert lower.get_xlabel().endswith("(seconds)")
+
+    def test_a_few_transitions_are_all_labelled(self) -> None:
+        rollouts, history = burst(12)
+        figure = plots.timeline(history, rollouts.status("checkout").stages)
+        [axes] = panels(figure)
+        assert len(transition_labels(axes)) == 12
+        assert not any("not labelled" in text for text in texts(figure))
+
+
 class TestEvidence:
     def test_the_curve_crosses_the_labelled_bars(
         self, rolled_back: tuple[list[Transition], list[tuple[float, RolloutStatus]], Any]
@@ -170,7 +245,7 @@ class TestEvidence:
         bars = {ln.get_ydata()[0] for ln in upper.get_lines() if list(ln.get_xdata()) == [0, 1]}
         # axhline: from 0 to 1 of the width; E = 1 is drawn faintly as the start
         assert sorted(bars) == pytest.approx([1.0, 20.0, 1000.0])
-        verticals = [ln for ln in lower.get_lines() if list(ln.get_ydata()) == [0, 1]]
+        verticals = [seg for c in lower.collections for seg in vertical_lines(c)]
         assert len(verticals) == 3  # advance, freeze, rollback
         shown = texts(figure)
         assert {"freeze at E = 20", "roll back at E = 1,000", "freeze (health gate)"} <= set(shown)

@@ -57,11 +57,20 @@ def dashboard(ctx: Context) -> int:
         raise CliError(f"cannot serve on {host}:{port}: {reason}", USAGE) from None
     if op.rollouts is not None:
         ctx.cleanup.callback(op.rollouts.close)  # after the dashboard (a stack)
-    if ctx.json:
-        dump_line({"schema_version": SCHEMA_VERSION, "url": board.url}, ctx.out)
-    else:
-        ctx.out.write(f"stagedroll dashboard: {board.url} (read-only; Ctrl-C stops it)\n")
-    ctx.out.flush()
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the way to stop it
+    ctx.cleanup.callback(board.close)
+    if not board.loopback_only:
+        ctx.note(
+            f"{board.url} is not on the loopback and has no authentication: anyone who "
+            "reaches it reads every rollout (put your own authentication in front of it)",
+            kind="dashboard_exposed",
+            label="warning",
+            url=board.url,
+        )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the way to stop it, even at once
+        if ctx.json:
+            dump_line({"schema_version": SCHEMA_VERSION, "url": board.url}, ctx.out)
+        else:
+            ctx.out.write(f"stagedroll dashboard: {board.url} (read-only; Ctrl-C stops it)\n")
+        ctx.out.flush()
         board.serve_forever()
     return OK

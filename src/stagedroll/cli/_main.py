@@ -125,8 +125,13 @@ class Context:
         """Whether ``-v`` asked for the statistics (and the log events)."""
         return bool(getattr(self.args, "verbose", False))
 
-    def note(self, message: str, *, kind: str = "note", **fields: object) -> None:
-        """One line on stderr, for people (never mixed into the output); JSON under --json."""
+    def note(
+        self, message: str, *, kind: str = "note", label: str = "note", **fields: object
+    ) -> None:
+        """One line on stderr, for people (never mixed into the output); JSON under --json.
+
+        ``label`` starts the line (``stagedroll: note: ...``, ``stagedroll: warning: ...``).
+        """
         if self.json:
             dump_line(
                 {
@@ -136,7 +141,7 @@ class Context:
                 self.err,
             )
         else:
-            self.err.write(f"stagedroll: note: {printable(message)}\n")
+            self.err.write(f"stagedroll: {label}: {printable(message)}\n")
 
     def problem(self, message: str, *, kind: str, code: int = FINDING, **fields: object) -> None:
         """An error that does not stop the command (a corrupt state of one rollout)."""

@@ -6,10 +6,15 @@ reads its recent errors; the others through :class:`~stagedroll.Steering`), samp
 gate's evidence into a bounded ring, and keeps the documents the HTTP handlers serve. A
 request reads what the last refresh made: ten open pages do not multiply the store's reads.
 Everything is bounded: rollouts, history entries, samples, errors, and the length of text.
+A refresh that fails (a bug, a store gone wrong in a way no store error covers) is logged,
+counted and shown in the documents, which keep what the last good refresh read; a request
+made long after the last good refresh is told the documents are stale.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import threading
@@ -18,12 +23,16 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
+
+import structlog
 
 from .. import RecentError, Rollouts, RolloutState, RolloutStatus, Status, Steering, Transition
 from ..exceptions import CorruptStateError, StoreError
 
 __all__ = [
     "MAX_HISTORY",
+    "MAX_KEY",
     "MAX_ROLLOUTS",
     "MAX_SAMPLES",
     "MAX_TEXT",
@@ -42,10 +51,17 @@ MAX_SAMPLES = 600
 """Evidence samples kept per rollout (the oldest are dropped)."""
 MAX_TEXT = 1000
 """Characters shown of any text the dashboard did not write (names, reasons, messages)."""
+MAX_KEY = 2048
+"""The longest percent-encoded name a rollout is looked up by (``/api/rollouts/NAME``); a
+longer name (or one that is not valid Unicode) is looked up by a digest of it: its ``key``."""
+LOG_EVERY_S = 60.0
+"""A failed refresh is logged at most once per this long per kind of exception."""
 UNIT_CAP = 50_000
 """Distinct units counted per arm and stage visit at most (docs/auto-freeze.md): past it, the
 ratio of the two counts is no longer the exposure, and none is shown."""
 _SAMPLE_EVERY_S = 30.0  # an unchanged evidence is sampled again after this long
+_monotonic = time.monotonic  # how old the documents are (not the board's clock: a simulation's)
+_log = structlog.get_logger("stagedroll")
 _STATE_WORDS = {
     Status.RUNNING: "running",
     Status.FROZEN: "frozen",
@@ -59,6 +75,17 @@ def _text(value: object) -> str:
     """``value`` as text, cut to :data:`MAX_TEXT` characters."""
     text = value if isinstance(value, str) else str(value)
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "\u2026"
+
+
+def _key(name: str) -> str:
+    """What ``name`` is looked up by: itself, or a digest of it when too long to be a path."""
+    try:
+        if len(quote(name, safe="")) <= MAX_KEY:
+            return name
+    except UnicodeEncodeError:  # a lone surrogate: no URL can carry it
+        pass
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"~{digest}"
 
 
 def _number(value: object) -> float | int | None:
@@ -326,6 +353,8 @@ class Board:
 
     ``rollouts`` are the policy's (``None``: none), ``steering`` reads the others that the
     store holds, ``broken`` names the rollouts a policy is broken for (with its problem).
+    The index says it is stale once the last good refresh began over ``stale_after`` seconds
+    ago (``None``: never).
     """
 
     def __init__(
@@ -335,6 +364,7 @@ class Board:
         *,
         broken: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        stale_after: float | None = None,
     ) -> None:
         self.rollouts = rollouts
         self.steering = steering
@@ -344,20 +374,48 @@ class Board:
         self._lock = threading.Lock()  # of the documents
         self._reading = threading.Lock()  # one refresh at a time
         self._generation = 0
-        self._index = dumps(self._document([], None, 0, 0.0))
+        self.stale_after = stale_after
+        self._failures: dict[str, int] = {}  # failed refreshes, by the exception's type
+        self._logged: dict[str, float] = {}  # when each kind was last logged (monotonic)
+        self._suppressed: dict[str, int] = {}  # failures of each kind not logged since
+        self._failed: str | None = None  # the last refresh's failure, if it failed
+        self._succeeded: float | None = None  # when the last good refresh read (board's clock)
+        self._fresh_since = _monotonic()  # when it began (or the board was made)
+        self._shown = self._document([], None, 0, 0.0)
+        self._index = dumps(self._shown)
+        self._stale: tuple[int, bytes] | None = None  # the stale index, of its generation
         self._details: dict[str, bytes] = {}
+        self._aliases: dict[str, str] = {}  # key: name, of the names not their own key
 
     # -- what the handlers read ------------------------------------------------------------------
 
     def index(self) -> bytes:
-        """The JSON document of every rollout (``/api/rollouts``), as of the last refresh."""
+        """The JSON document of every rollout (``/api/rollouts``), as of the last refresh.
+
+        Marked stale (``"refresh": {"stale": true}``) when the last good refresh began more
+        than ``stale_after`` seconds ago: the refresh fails, or hangs on the store.
+        """
         with self._lock:
-            return self._index
+            if self.stale_after is None or _monotonic() - self._fresh_since <= self.stale_after:
+                return self._index
+            if self._stale is None or self._stale[0] != self._generation:
+                refresh = {**self._shown["refresh"], "stale": True}
+                self._stale = (self._generation, dumps({**self._shown, "refresh": refresh}))
+            return self._stale[1]
 
     def detail(self, name: str) -> bytes | None:
-        """The JSON document of rollout ``name``, or ``None`` when it is not shown."""
+        """The JSON document of rollout ``name`` (or of its ``key``), or ``None``: not shown."""
         with self._lock:
-            return self._details.get(name)
+            found = self._details.get(name)
+            if found is None and name in self._aliases:
+                found = self._details.get(self._aliases[name])
+            return found
+
+    @property
+    def failures(self) -> dict[str, int]:
+        """The refreshes that failed so far, by the type of their exception."""
+        with self._lock:
+            return dict(self._failures)
 
     # -- the refresh -----------------------------------------------------------------------------
 
@@ -381,16 +439,65 @@ class Board:
             len(every),
         )
 
-    def refresh(self) -> None:
-        """Read every rollout once and rebuild the documents; never raises for the store."""
-        with self._reading:
-            self._refresh()
+    def refresh(self) -> bool:
+        """Read every rollout once and rebuild the documents; whether that worked.
 
-    def _refresh(self) -> None:
+        Never raises an :class:`Exception`: a failure (of the store, or a bug) is logged
+        through structlog (``dashboard.refresh_failed``, once a minute per kind), counted
+        (:attr:`failures`) and shown in the index, which keeps what was last read.
+        """
+        with self._reading:
+            began = _monotonic()
+            try:
+                self._refresh(began)
+            except Exception as exc:
+                self._fail(exc)
+                return False
+            return True
+
+    def _fail(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        now = _monotonic()
+        with self._lock:
+            self._failures[kind] = total = self._failures.get(kind, 0) + 1
+            self._failed = kind
+            self._generation += 1
+            refresh = self._refresh_state()
+            self._shown = {**self._shown, "generation": self._generation, "refresh": refresh}
+            self._index = dumps(self._shown)
+            last = self._logged.get(kind)
+            if last is not None and now - last < LOG_EVERY_S:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            self._logged[kind] = now
+            suppressed = self._suppressed.pop(kind, 0)
+        with contextlib.suppress(Exception):  # a broken logging setup must not stop the refresh
+            _log.error(
+                "dashboard.refresh_failed",
+                logger="stagedroll",
+                error_type=kind,
+                error=str(exc)[:200],
+                total=total,
+                suppressed=suppressed,
+                exc_info=exc,
+            )
+
+    def _refresh_state(self) -> dict[str, Any]:
+        """The index's ``refresh``: the last one's failure, failures so far, the last good one."""
+        return {
+            "ok": self._failed is None,
+            "error": self._failed,
+            "failures": sum(self._failures.values()),
+            "last_success": self._succeeded,
+            "stale": False,
+        }
+
+    def _refresh(self, began: float) -> None:
         now = self.clock()
         policy, others, down, total = self._names()
         rows: list[dict[str, Any]] = []
         details: dict[str, bytes] = {}
+        aliases: dict[str, str] = {}
         for name in [*policy, *others]:
             try:
                 summary, detail, down = self._one(name, name in policy, down, now)
@@ -400,16 +507,24 @@ class Board:
                 summary["checks"] = [
                     {"check": "unreadable", "words": f"cannot be read: {_text(exc)}"}
                 ]
-            summary = {"rollout": _text(name), **summary}
+            key = _key(name)
+            if key != name:
+                aliases[key] = name
+            summary = {"rollout": _text(name), "key": key, **summary}
             rows.append(summary)
             document = {"schema_version": SCHEMA_VERSION, **summary, **detail, "now": now}
             details[name] = dumps(document)
         for gone in set(self._seen) - set(details):
             del self._seen[gone]
-        index = dumps(self._document(rows, down, total, now))
+        shown = self._document(rows, down, total, now)
+        self._failed, self._succeeded = None, now  # (written under ``_reading`` only)
+        shown["refresh"] = self._refresh_state()
+        index = dumps(shown)
         with self._lock:
             self._generation += 1
-            self._index, self._details = index, details
+            self._fresh_since = began
+            self._index, self._shown = index, shown
+            self._details, self._aliases = details, aliases
 
     def _document(
         self, rows: list[dict[str, Any]], down: str | None, total: int, now: float
@@ -421,6 +536,13 @@ class Board:
             "generation": self._generation + 1,
             "environment": _text(environment) if environment is not None else None,
             "store": {"reachable": down is None, "error": down},
+            "refresh": {
+                "ok": True,
+                "error": None,
+                "failures": 0,
+                "last_success": None,
+                "stale": False,
+            },
             "total": total,
             "truncated": total > len(rows) and total > MAX_ROLLOUTS,
             "rollouts": rows,

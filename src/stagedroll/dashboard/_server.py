@@ -113,11 +113,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Say nothing per request (a page polls every second)."""
 
+    def end_headers(self) -> None:
+        """Every response carries the security headers, ``http.server``'s own errors too."""
+        for key, value in _SECURITY.items():
+            self.send_header(key, value)
+        super().end_headers()
+
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, **headers: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for key, value in {**_SECURITY, **headers}.items():
+        for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
@@ -149,7 +155,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/rollouts":
             self._send(HTTPStatus.OK, self.server.board.index(), "application/json")
         elif path.startswith("/api/rollouts/"):
-            name = unquote(path[len("/api/rollouts/") :], errors="strict")
+            try:
+                name = unquote(path[len("/api/rollouts/") :], errors="strict")
+            except UnicodeDecodeError:
+                self._error(HTTPStatus.BAD_REQUEST, "the name is not percent-encoded UTF-8")
+                return
             body = self.server.board.detail(name)
             if body is None:
                 self._error(HTTPStatus.NOT_FOUND, "no such rollout on this dashboard")
@@ -183,8 +193,10 @@ class Dashboard:
     a free one; see :attr:`url`); :meth:`start` serves in the background, :meth:`serve_forever`
     in the calling thread. Every ``refresh_interval`` seconds one thread reads the store;
     requests never do; ``clock`` stamps what it reads (pass the ``Rollouts``' own clock in a
-    simulation). The caller keeps ``rollouts`` and closes it; :meth:`close` stops the
-    server and the refresh.
+    simulation). A refresh that fails is logged, counted (:attr:`failures`) and shown on the
+    page, and the next one is tried; the page says its data is stale once the last good
+    refresh began over three ``refresh_interval`` ago. The caller keeps ``rollouts`` and
+    closes it; :meth:`close` stops the server and the refresh.
     """
 
     def __init__(
@@ -204,7 +216,9 @@ class Dashboard:
             raise ValueError(f"refresh_interval must be above 0, not {refresh_interval!r}")
         if steering is None and rollouts is not None:
             steering = Steering(rollouts.store)
-        self.board = Board(rollouts, steering, broken=broken, clock=clock)
+        self.board = Board(
+            rollouts, steering, broken=broken, clock=clock, stale_after=3 * refresh_interval
+        )
         self.refresh_interval = float(refresh_interval)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -220,17 +234,27 @@ class Dashboard:
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/"
 
+    @property
+    def loopback_only(self) -> bool:
+        """Whether it listens on a loopback address only (else anyone who reaches it reads it)."""
+        return self._server.loopback_only
+
+    @property
+    def failures(self) -> dict[str, int]:
+        """The refreshes that failed so far, by the type of their exception."""
+        return self.board.failures
+
     def __repr__(self) -> str:
         return f"Dashboard({self.url!r})"
 
-    def refresh(self) -> None:
-        """Read the store now, as the refresh thread does every ``refresh_interval``."""
-        self.board.refresh()
+    def refresh(self) -> bool:
+        """Read the store now, as the refresh thread does; whether it worked (never raises)."""
+        return self.board.refresh()
 
     def _refreshing(self) -> None:
         while not self._stop.wait(self.refresh_interval):
             started = time.monotonic()
-            self.board.refresh()
+            self.board.refresh()  # a failure is logged, counted and shown: the loop goes on
             if time.monotonic() - started > self.refresh_interval:  # a slow store: breathe
                 self._stop.wait(self.refresh_interval)
 

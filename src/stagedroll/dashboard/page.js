@@ -4,6 +4,8 @@
 "use strict";
 (() => {
   const POLL_MS = 1000;
+  const NAME_SHOWN = 80; // characters of a name shown in the list (all of it in its title)
+  const KEPT_WHOLE = 32; // text up to this long is not wrapped in the list (a longer one is)
   const SVG = "http://www.w3.org/2000/svg";
   const HIDDEN = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\p{Co}\p{Cn}]/gu;
   let current = null; // the rollout of the detail view, or null for the list
@@ -80,9 +82,18 @@
     return ul;
   }
 
-  function link(name) {
-    const a = el("a", name, "name");
-    a.href = "#/rollout/" + encodeURIComponent(name);
+  function cut(text, most) {
+    const chars = Array.from(String(text));
+    return chars.length > most ? chars.slice(0, most - 1).join("") + "\u2026" : String(text);
+  }
+
+  // A rollout is opened by its key: its whole name, or a digest of a name too long for a URL
+  // (the "rollout" field is its name cut for display).
+  function link(r) {
+    const a = el("a", cut(r.rollout, NAME_SHOWN), "name");
+    if (Array.from(a.textContent).length <= KEPT_WHOLE) a.classList.add("nowrap");
+    a.title = shown(r.rollout);
+    a.href = "#/rollout/" + encodeURIComponent(r.key ?? r.rollout);
     return a;
   }
 
@@ -92,15 +103,29 @@
 
   function renderHeader(doc) {
     $("#environment").textContent = doc.environment ? "environment " + shown(doc.environment) : "";
+    const refresh = doc.refresh || { ok: true, stale: false };
     const store = $("#store");
-    store.textContent = doc.store.reachable ? "store ok" : "store unreachable";
-    store.className = "badge " + (doc.store.reachable ? "ok" : "bad");
+    if (refresh.stale) {
+      store.textContent = "stale since " +
+        (refresh.last_success === null ? "it started" : iso(refresh.last_success));
+    } else {
+      store.textContent = doc.store.reachable ? "store ok" : "store unreachable";
+    }
+    store.className = "badge " + (doc.store.reachable && !refresh.stale ? "ok" : "bad");
     $("#updated").textContent = "updated " + iso(doc.now);
+    const problems = [];
+    if (!doc.store.reachable) problems.push("store unreachable: " + shown(doc.store.error));
+    if (!refresh.ok) {
+      problems.push("refresh failed: " + shown(refresh.error) + " (" + refresh.failures +
+        (refresh.failures === 1 ? " failure" : " failures") + "; see the server's log)");
+    } else if (refresh.stale) {
+      problems.push("no refresh since " + iso(refresh.last_success) + " (is the store hanging?)");
+    }
     const banner = $("#banner");
-    banner.hidden = doc.store.reachable;
-    banner.textContent = doc.store.reachable
+    banner.hidden = problems.length === 0;
+    banner.textContent = problems.length === 0
       ? ""
-      : "store unreachable: " + shown(doc.store.error) + " (showing what was last read)";
+      : problems.join(" \u00b7 ") + " (showing what was last read)";
   }
 
   function renderList(doc) {
@@ -108,7 +133,7 @@
     const rows = doc.rollouts.map((r) => {
       const state = el("span", r.state, "state state-" + (r.status || "none"));
       const name = el("span");
-      name.append(link(r.rollout));
+      name.append(link(r));
       if (r.source !== "policy") name.append(el("small", r.source === "store" ? " *" : " !"));
       const tr = row([
         name,
@@ -124,9 +149,10 @@
       tr.dataset.status = r.status || "none";
       tr.children[2].className = "state";
       tr.children[4].className = tr.children[5].className = "num";
-      tr.children[3].className = tr.children[6].className = "nowrap";
+      tr.children[6].className = "nowrap";
+      if (Array.from(stageText(r)).length <= KEPT_WHOLE) tr.children[3].className = "nowrap";
       tr.addEventListener("click", (event) => {
-        if (event.target.tagName !== "A") go(r.rollout);
+        if (event.target.tagName !== "A") go(r.key ?? r.rollout);
       });
       return tr;
     });

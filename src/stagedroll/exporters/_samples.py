@@ -131,6 +131,14 @@ class RolloutSample:
     status: RolloutStatus
     arms: Mapping[str, ArmTotals]
 
+    @property
+    def in_policy(self) -> bool:
+        """Whether the policy in force has the rollout (``False`` once a reload removed it).
+
+        Only such a rollout's gauges are exported; its counters always are.
+        """
+        return self.status.in_policy
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -141,6 +149,17 @@ class Sample:
     transitions: Mapping[tuple[str, str, str], int]
     """Transitions this process made since the exporter started, by (rollout, action,
     trigger); the trigger is ``health_gate`` for an automatic step, else ``operator``."""
+
+    @property
+    def in_policy(self) -> tuple[RolloutSample, ...]:
+        """The rollouts the policy in force has: those whose gauges are exported.
+
+        A rollout a reloaded policy removed stays in the snapshot (its stored state stays),
+        frozen in its last state; exporting its state, stage or evidence would keep an
+        alert on it firing forever. Its counters stay (a counter never goes away), and its
+        gauges come back if a later policy has it again.
+        """
+        return tuple(rollout for rollout in self.rollouts if rollout.in_policy)
 
 
 def _raw(stats: ArmStats) -> tuple[int, int, int, int, float]:

@@ -62,7 +62,7 @@ def _calls(sample: Sample) -> Iterable[Observation]:
 
 
 def _duration(sample: Sample) -> Iterable[Observation]:
-    for rollout in sample.rollouts:
+    for rollout in sample.in_policy:
         status = rollout.status
         for arm, stats in (
             ("control", status.control),
@@ -74,7 +74,7 @@ def _duration(sample: Sample) -> Iterable[Observation]:
 
 
 def _percent(sample: Sample) -> Iterable[Observation]:
-    for rollout in sample.rollouts:
+    for rollout in sample.in_policy:
         status = rollout.status
         attributes = {
             **_flag(status.rollout),
@@ -86,7 +86,7 @@ def _percent(sample: Sample) -> Iterable[Observation]:
 
 
 def _state(sample: Sample) -> Iterable[Observation]:
-    for rollout in sample.rollouts:
+    for rollout in sample.in_policy:
         status = rollout.status
         for state in STATES:
             value = 1 if str(status.status) == state else 0
@@ -94,8 +94,8 @@ def _state(sample: Sample) -> Iterable[Observation]:
 
 
 def _gated(sample: Sample) -> Iterator[RolloutStatus]:
-    """The status of each rollout whose health gate is on."""
-    return (rollout.status for rollout in sample.rollouts if rollout.status.health.enabled)
+    """The status of each rollout the policy has whose health gate is on."""
+    return (rollout.status for rollout in sample.in_policy if rollout.status.health.enabled)
 
 
 def _evidence(sample: Sample) -> Iterable[Observation]:

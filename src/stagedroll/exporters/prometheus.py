@@ -148,8 +148,16 @@ class _Rows:
 
 
 def _rows(sample: RolloutSample, at: float) -> _Rows:
+    """The rollout's samples: its counters, and its gauges if the policy has it."""
     s, rows = sample.status, _Rows()
     name, add = s.rollout, rows.values.append
+    for arm in ARMS:
+        totals = sample.arms[arm]
+        for outcome in OUTCOMES:
+            add(("calls", [name, arm, outcome], float(totals.outcome(outcome))))
+        rows.durations.append(([name, arm], totals.timed, totals.latency_s))
+    if not sample.in_policy:  # removed by a reloaded policy: no state to alert on
+        return rows
     info = {"environment": s.environment or "", "stage": s.stage_name or "", "mode": s.mode}
     rows.info.append(([name], info))
     add(("percent", [name], float(s.percent)))
@@ -158,11 +166,6 @@ def _rows(sample: RolloutSample, at: float) -> _Rows:
     add(("age", [name], max(0.0, float(at - s.since))))
     for state in STATES:
         add(("state", [name, state], 1.0 if str(s.status) == state else 0.0))
-    for arm in ARMS:
-        totals = sample.arms[arm]
-        for outcome in OUTCOMES:
-            add(("calls", [name, arm, outcome], float(totals.outcome(outcome))))
-        rows.durations.append(([name, arm], totals.timed, totals.latency_s))
     h = s.health
     if not h.enabled:
         return rows
@@ -249,7 +252,8 @@ def register(rollouts: Rollouts, registry: CollectorRegistry | None = None) -> S
     """Add a collector of ``rollouts`` to ``registry`` (the default registry: ``None``).
 
     Returns the collector (``registry.unregister(collector)`` removes it). Raises
-    :class:`ValueError` if a collector of stagedroll's families is already in ``registry``,
+    prometheus_client's ``DuplicateTimeseries`` (a :class:`ValueError`) if a collector of
+    stagedroll's families is already in ``registry`` (registering twice on one registry),
     and :class:`~stagedroll.exceptions.MissingExtraError` (when this module is imported)
     without ``prometheus-client``.
     """

@@ -7,9 +7,19 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import Action, RolloutStatus, Status, Transition
-from ._figure import ACTION_STYLE, Mark, TimeAxis, action_label, chronological, label, new_figure
+from ._figure import (
+    ACTION_STYLE,
+    MAX_LABELS,
+    Mark,
+    TimeAxis,
+    action_label,
+    chronological,
+    label,
+    new_figure,
+    not_labelled,
+)
 from ._figure import place_labels as _place
-from ._timeline import end_of
+from ._timeline import end_of_span
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -129,6 +139,26 @@ def _bars(upper: Any, freeze_at: float | None, rollback_at: float | None) -> Non
                    fontsize=8, color="#555555")  # fmt: skip
 
 
+def _transitions(panels: Sequence[Any], entries: list[Transition], time: TimeAxis) -> list[Mark]:
+    """Each transition as a vertical line across ``panels``; their marks, to label."""
+    marks: list[Mark] = []
+    lines: dict[str, list[float]] = {}
+    for entry in entries:
+        if entry.action is Action.START:
+            continue
+        _, colour = ACTION_STYLE[entry.action]
+        x = time(entry.at)
+        lines.setdefault(colour, []).append(x)
+        marks.append((x, 1.0, action_label(entry), colour, False))
+    burst = len(marks) > MAX_LABELS  # many lines: faint and solid, or dots make stripes
+    for colour, at in lines.items():  # one collection per colour, however many transitions
+        for axes in panels:
+            axes.vlines(at, 0, 1, transform=axes.get_xaxis_transform(), colors=colour,
+                        linewidth=0.6 if burst else 1, linestyles="-" if burst else ":",
+                        alpha=0.35 if burst else 1.0, zorder=1)  # fmt: skip
+    return marks
+
+
 def evidence(
     history: Iterable[Transition],
     *,
@@ -152,9 +182,12 @@ def evidence(
 
     The bars are ``freeze_at`` and ``rollback_at``, else those of the last sample
     (``health.freeze_at_errors``, ``health.rollback_at_errors``); with neither, the panel
-    says that they are unknown. At most the newest 2,000 entries and 20,000 samples are
-    drawn. Raises :class:`~stagedroll.exceptions.MissingExtraError` without matplotlib,
-    and ``ValueError`` when there is nothing to draw or the history mixes rollouts.
+    says that they are unknown. At most 12 transitions are labelled, the newest that fit;
+    the others are drawn unlabelled, and a note says how many. The time axis fits the
+    data (in seconds, minutes, hours or days), or runs to ``until``. At most the newest
+    2,000 entries and 20,000 samples are drawn. Raises
+    :class:`~stagedroll.exceptions.MissingExtraError` without matplotlib, and
+    ``ValueError`` when there is nothing to draw or the history mixes rollouts.
     """
     entries = chronological(history)
     sampled = sorted(samples or (), key=lambda s: s[0])[-MAX_SAMPLES:]
@@ -170,7 +203,7 @@ def evidence(
         rollback_at = rollback_at if rollback_at is not None else last.rollback_at_errors
     times = [p[0] for p in points]
     start = entries[0].at if entries else times[0]
-    end = end_of(entries, until) if entries else max(until or times[-1], times[-1] + 600.0)
+    end = end_of_span(start, times[-1], until)
     time = TimeAxis.spanning(start, end)
     figure, (upper, lower) = new_figure(2, height=5.6, ratios=(2.3, 1))
 
@@ -191,21 +224,13 @@ def evidence(
     upper.set_ylim(max(low / 2, FLOOR / 2), high * 6)
     _bars(upper, freeze_at, rollback_at)
     upper.axhline(1.0, color="#bbbbbb", linewidth=0.8, zorder=0)
-    marks: list[Mark] = []
-    for entry in entries:
-        if entry.action is Action.START:
-            continue
-        _, colour = ACTION_STYLE[entry.action]
-        x = time(entry.at)
-        for axes in (upper, lower):
-            axes.axvline(x, color=colour, linewidth=1, linestyle=":", zorder=1)
-        marks.append((x, 1.0, action_label(entry), colour, False))
+    marks = _transitions((upper, lower), entries, time)
     upper.set_xlim(time(start), time(end))
     upper.set_ylabel("evidence E (log)")
     if len(upper.get_legend_handles_labels()[0]) > 2:  # the slow calls' curve too
         upper.legend(loc="upper left", fontsize=8, frameon=False)
     upper.spines[["top", "right"]].set_visible(False)
-    _place(upper, marks, top=True)
+    not_labelled(upper, _place(upper, marks, top=True))
     _rates(lower, entries, sampled, time)
     lower.set_xlabel(time.title())
     name = next(iter(names))

@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_ENTRIES",
     "MAX_LABEL",
+    "MAX_LABELS",
     "Mark",
     "TimeAxis",
     "action_label",
     "chronological",
     "label",
     "new_figure",
+    "not_labelled",
     "place_labels",
     "save",
 ]
@@ -35,6 +37,10 @@ MAX_ENTRIES = 2_000
 """The newest history entries drawn at most (a history may be long; a picture cannot be)."""
 MAX_LABEL = 40
 """The longest name (stage, actor) shown; longer ones are cut with an ellipsis."""
+MAX_LABELS = 12
+"""The transitions labelled at most in a panel (the newest that fit); the rest are marks only."""
+MAX_ROWS = 3
+"""The rows of labels at most on each side of the marks (a burst must not reach the title)."""
 WIDTH_IN, DPI = 8.0, 100  # 800 px wide as a PNG
 AUTOMATIC = "stagedroll"
 
@@ -110,6 +116,8 @@ class TimeAxis:
     def spanning(cls, start: float, end: float) -> TimeAxis:
         """The axis from ``start`` to ``end`` (clock seconds)."""
         span = max(end - start, 0.0)
+        if span <= 120:
+            return cls(start, 1.0, "seconds")
         if span <= 2 * 3600:
             return cls(start, 60.0, "minutes")
         if span <= 4 * 86400:
@@ -133,26 +141,36 @@ Mark = tuple[float, float, str, str, bool]
 """Where a transition is drawn, its label, its colour, and whether the label goes below."""
 
 
-def place_labels(axes: Any, marks: Sequence[Mark], *, top: bool) -> None:
-    """Write each mark's label beside it, in rows so that none overlap.
+def place_labels(axes: Any, marks: Sequence[Mark], *, top: bool) -> int:
+    """Write the labels of the newest marks beside them, in rows so that none overlap.
 
-    ``top``: the labels go above the panel (for vertical lines); else above each point, or
-    below it when the mark says so (a step down: a label above would cross the line). The
-    widths are estimated from the text (about 6 px a character at 8 pt).
+    ``marks`` are in time order. ``top``: the labels go above the panel (for vertical
+    lines); else above each point, or below it when the mark says so (a step down: a label
+    above would cross the line). The newest mark is always labelled; older ones are while
+    a label fits in :data:`MAX_ROWS` rows on its side, up to :data:`MAX_LABELS` labels (a
+    burst of transitions must not pile its labels over the title and legend). The widths
+    are estimated from the text (about 6 px a character at 8 pt). Returns how many marks
+    were left without a label (see :func:`not_labelled`).
     """
     low, high = axes.get_xlim()
     width = max(high - low, 1e-12)
     pixels = axes.get_window_extent().width or 700.0
-    rows: dict[bool, list[float]] = {True: [], False: []}  # per side, where each row ends
-    for x, y, text, colour, down in marks:
+    rows: dict[bool, list[float]] = {True: [], False: []}  # per side, where each row starts
+    shown = 0
+    for x, y, text, colour, down in reversed(marks):  # newest first
+        if shown == MAX_LABELS:
+            break
         below = down and not top
-        ends = rows[below]
-        start = (x - low) / width * pixels
+        starts = rows[below]
+        middle = (x - low) / width * pixels
         size = 6.0 * len(text) + 8
-        row = next((i for i, end in enumerate(ends) if start - size / 2 > end), len(ends))
-        if row == len(ends):
-            ends.append(-math.inf)
-        ends[row] = start + size / 2
+        row = next((i for i, start in enumerate(starts) if middle + size / 2 < start), len(starts))
+        if row == MAX_ROWS:
+            continue
+        if row == len(starts):
+            starts.append(math.inf)
+        starts[row] = middle - size / 2
+        shown += 1
         shift = 9 + 11 * row
         where: dict[str, Any] = {"xy": (x, y)}
         if top:
@@ -161,6 +179,17 @@ def place_labels(axes: Any, marks: Sequence[Mark], *, top: bool) -> None:
         axes.annotate(text, **where, xytext=(0, -shift if below else shift),
                       textcoords="offset points", ha="center", va="top" if below else "bottom",
                       fontsize=8, color=colour, annotation_clip=False)  # fmt: skip
+    return len(marks) - shown
+
+
+def not_labelled(axes: Any, count: int) -> None:
+    """Say in a small note (the panel's lower right corner) that ``count`` marks have no label."""
+    if count <= 0:
+        return
+    words = f"{count:,} more transition{'s' if count > 1 else ''} not labelled"
+    box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5}
+    axes.text(0.995, 0.02, words, transform=axes.transAxes, ha="right", va="bottom",
+              fontsize=7, color="#555555", zorder=5, bbox=box)  # fmt: skip
 
 
 def save(figure: Figure, path: str | os.PathLike[str]) -> Path:

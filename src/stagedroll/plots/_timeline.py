@@ -15,13 +15,14 @@ from ._figure import (
     chronological,
     label,
     new_figure,
+    not_labelled,
     place_labels,
 )
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["Ladder", "end_of", "timeline"]
+__all__ = ["Ladder", "end_of", "end_of_span", "timeline"]
 
 Ladder: TypeAlias = Sequence[StageInfo] | Sequence[tuple[str, float]]
 """A stage ladder: ``status().stages``, or ``(name, percent)`` pairs (``RolloutState.stages``)."""
@@ -56,10 +57,18 @@ def _tick(index: int, ladder: list[tuple[str, float]]) -> str:
 
 def end_of(entries: Sequence[Transition], until: float | None) -> float:
     """Where the time axis ends: ``until``, else a little after the last entry."""
-    first, last = entries[0].at, entries[-1].at
+    return end_of_span(entries[0].at, entries[-1].at, until)
+
+
+def end_of_span(first: float, last: float, until: float | None) -> float:
+    """Where a time axis from ``first`` ends: ``until`` when later than ``last``, else after it.
+
+    6 % of the span after ``last`` (a minute when the span is nil): the axis fits the data.
+    """
     if until is not None and until > last:
         return until
-    return last + max((last - first) * 0.06, 600.0)
+    span = last - first
+    return last + (span * 0.06 if span > 0 else 60.0)
 
 
 def _panel(axes: Any, entries: list[Transition], ladder: list[tuple[str, float]],
@@ -69,23 +78,30 @@ def _panel(axes: Any, entries: list[Transition], ladder: list[tuple[str, float]]
     xs = [time(e.at) for e in entries] + [time(end)]
     axes.step(xs, [*levels, levels[-1]], where="post", color=LINE, linewidth=2, zorder=2,
               label="stage in force")  # fmt: skip
-    shaded: set[Status] = set()
+    spans: dict[Status, list[tuple[float, float]]] = {}
     for entry, x0, x1 in zip(entries, xs, xs[1:], strict=False):
-        shade = STATUS_SHADE.get(entry.to_status)
-        if shade is not None:
-            colour, name = shade
-            axes.axvspan(x0, x1, color=colour, zorder=0, linewidth=0,
-                         label=None if entry.to_status in shaded else name)  # fmt: skip
-            shaded.add(entry.to_status)
+        if entry.to_status in STATUS_SHADE:
+            spans.setdefault(entry.to_status, []).append((x0, x1 - x0))
+    for status, (colour, name) in STATUS_SHADE.items():  # one shape per status, however many
+        if status in spans:
+            axes.broken_barh(spans[status], (0, 1), transform=axes.get_xaxis_transform(),
+                             color=colour, zorder=0, linewidth=0, label=name)  # fmt: skip
+    shaded = set(spans)
     marks: list[Mark] = []
+    points: dict[Action, tuple[list[float], list[int]]] = {}
     for entry, x, level in zip(entries, xs, levels, strict=False):
         if entry.action is Action.START:
             continue
-        marker, colour = ACTION_STYLE[entry.action]
-        axes.plot([x], [level], marker=marker, color=colour, markersize=8, linestyle="none",
-                  zorder=3, markeredgecolor="white")  # fmt: skip
+        _, colour = ACTION_STYLE[entry.action]
+        at, where = points.setdefault(entry.action, ([], []))
+        at.append(x)
+        where.append(level)
         down = _level(entry.from_status, entry.from_stage, last) > level
         marks.append((x, level, action_label(entry), colour, down))
+    for action, (at, where) in points.items():  # one line of markers per action
+        marker, colour = ACTION_STYLE[action]
+        axes.plot(at, where, marker=marker, color=colour, markersize=8, linestyle="none",
+                  zorder=3, markeredgecolor="white")  # fmt: skip
     top = max(len(ladder), *levels)
     below_zero = any(down and level == 0 for _, level, _, _, down in marks)
     axes.set_ylim(-1.0 if below_zero else -0.4, top + 1.1)  # room for a label under 0 %
@@ -95,7 +111,7 @@ def _panel(axes: Any, entries: list[Transition], ladder: list[tuple[str, float]]
     axes.grid(axis="y", color="#e0e0e0", linewidth=0.8)
     axes.set_axisbelow(True)
     axes.spines[["top", "right"]].set_visible(False)
-    place_labels(axes, marks, top=False)
+    not_labelled(axes, place_labels(axes, marks, top=False))
     if shaded:
         axes.legend(loc="upper left", fontsize=8, ncols=3, framealpha=0.85, edgecolor="none")
 
@@ -115,8 +131,11 @@ def timeline(
     the time axis, and takes their ladders as a mapping by name. The line steps at each
     transition; frozen, rolled back and killed spans are shaded; advance, freeze,
     unfreeze, rollback, kill and complete are marked and labelled with who made them
-    ("health gate" for stagedroll's own). The time axis runs to ``until`` (clock seconds),
-    else a little past the last entry. At most the newest 2,000 entries are drawn.
+    ("health gate" for stagedroll's own). At most 12 transitions are labelled, the newest
+    that fit (a burst would bury the picture): the others are marked only, and a note says
+    how many. The time axis runs to ``until`` (clock seconds), else a little past the last
+    entry, in seconds, minutes, hours or days as the span suits. At most the newest 2,000
+    entries are drawn.
 
     Raises :class:`~stagedroll.exceptions.MissingExtraError` without matplotlib
     (``pip install 'stagedroll[plot]'``), and ``ValueError`` for an empty history or one
