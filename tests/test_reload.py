@@ -57,6 +57,21 @@ class TestReload:
         assert share(rollouts) == 1.0
         assert rollouts.policy.rollouts["checkout"].stages[0].percent == 100
 
+    def test_a_percent_edit_keeps_the_totals(self, path: Path) -> None:
+        """A changed rollout counts its stage afresh; ``status().totals`` keeps every call."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        for unit in UNITS[:30]:
+            rollouts.report("checkout", unit, error=False)
+        write(path, policy_text(100))
+        after_interval()
+        for unit in UNITS[:12]:
+            rollouts.report("checkout", unit, error=True)
+        status = rollouts.status("checkout")
+        assert status.treatment.calls + status.control.calls == 12  # the new counters
+        control, treatment, targeted = status.totals
+        assert (control.calls + treatment.calls + targeted.calls) == 42
+        assert control.errors + treatment.errors + targeted.errors == 12
+
     def test_a_change_of_pattern_is_refused(self, path: Path) -> None:
         """A running process keeps a rollout's pattern: its code records calls for it."""
         rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)

@@ -27,6 +27,7 @@ __all__ = [
     "UNIT_CAP",
     "ArmCounts",
     "ArmStats",
+    "ArmTriple",
     "Arms",
     "ObservedArm",
     "Outcome",
@@ -284,6 +285,20 @@ def _sum(a: ArmStats, b: ArmStats) -> ArmStats:
     )
 
 
+ArmTriple = tuple[ArmStats, ArmStats, ArmStats]
+"""Control, treatment, and the targeted calls of both paths."""
+_NONE: ArmTriple = (ArmStats(), ArmStats(), ArmStats())
+
+
+def _triple(arms: Arms) -> ArmTriple:
+    off, on = arms.targeted_off.stats(), arms.targeted_on.stats()
+    return arms.control.stats(), arms.treatment.stats(), _sum(off, on)
+
+
+def _add(a: ArmTriple, b: ArmTriple) -> ArmTriple:
+    return _sum(a[0], b[0]), _sum(a[1], b[1]), _sum(a[2], b[2])
+
+
 class Outcomes:
     """The outcome counters of one rollout: per stage, its :class:`Arms`.
 
@@ -291,24 +306,29 @@ class Outcomes:
     ``on_visit`` is told of the compared arms of every new stage visit (the gate marks them).
     """
 
-    __slots__ = ("__weakref__", "_arms", "_own_lock", "lock", "on_visit")
+    __slots__ = ("__weakref__", "_arms", "_own_lock", "lock", "on_visit", "retired")
 
     def __init__(
         self,
         *,
         lock: threading.Lock | None = None,
         on_visit: Callable[[ArmCounts, ArmCounts], None] | None = None,
+        retired: ArmTriple | None = None,
     ) -> None:
         self._own_lock = lock is None
         self.lock = threading.Lock() if lock is None else lock
         self._arms: dict[int, Arms] = {}
         self.on_visit = on_visit
+        self.retired: ArmTriple = retired if retired is not None else _NONE
+        """The counts of the visits whose counters are gone (a stage visited again, or the
+        counters this one replaced after a reload): part of :meth:`totals`."""
         register(self)
 
     def _after_fork(self) -> None:
         """In a forked child: counts of this process only (and a fresh lock if its own)."""
         if self._own_lock:
             self.lock = threading.Lock()
+        self.retired = _NONE
         for arms in self._arms.values():
             for counts in arms:
                 counts.reset()
@@ -334,8 +354,21 @@ class Outcomes:
                 if old is not None:
                     for counts in old:
                         counts.stop_counting()
+            replaced = self._arms.get(stage)
+            if replaced is not None:  # its counts go on in the totals
+                self.retired = _add(self.retired, _triple(replaced))
             arms = self._arms[stage] = self._new_arms()
         return arms
+
+    def totals(self) -> ArmTriple:
+        """Control, treatment and targeted: every call counted, across every stage visit.
+
+        Hold :attr:`lock`. With the visits these counters replaced (:attr:`retired`).
+        """
+        total = self.retired
+        for arms in self._arms.values():
+            total = _add(total, _triple(arms))
+        return total
 
     def _new_arms(self) -> Arms:
         arms = _new_arms()
@@ -370,5 +403,4 @@ class Outcomes:
         """
         arms = self.arms(stage)
         with self.lock:
-            off, on = arms.targeted_off.stats(), arms.targeted_on.stats()
-            return arms.control.stats(), arms.treatment.stats(), _sum(off, on)
+            return _triple(arms)

@@ -313,6 +313,8 @@ class Rollout:
         view = router.view
         state = view.state
         control, treatment, targeted = router.outcomes.stats(view.stage)
+        with router.lock:
+            totals = router.outcomes.totals()
         health = self._report()
         last = plan.last_stage
         return RolloutStatus(
@@ -342,6 +344,7 @@ class Rollout:
             ),
             killed_here=plan.killed,
             errors=self._errors(fresh),
+            totals=totals,
         )
 
     def _errors(self, fresh: bool) -> tuple[RecentError, ...]:
@@ -546,7 +549,8 @@ class Rollout:
                 health.inherit(before)
             router.health = health
             on_visit = health.track if health is not None else None
-            router.outcomes = Outcomes(lock=router.lock, on_visit=on_visit)
+            carried = router.outcomes.totals()  # the calls counted so far stay in the totals
+            router.outcomes = Outcomes(lock=router.lock, on_visit=on_visit, retired=carried)
 
     def _replan(self, plan: Plan) -> None:
         """Follow a reloaded policy: the state stays; a changed rollout counts afresh."""

@@ -79,6 +79,10 @@ class RolloutStatus:
     """The stage ladder, first to last (``stage`` indexes it; ``-1`` is before the first)."""
     killed_here: bool = False
     """Killed in this process by ``$STAGEDROLL_KILL``, whatever the stored state says."""
+    totals: tuple[ArmStats, ArmStats, ArmStats] = (ArmStats(), ArmStats(), ArmStats())
+    """Control, treatment and targeted: every call this process recorded since it started,
+    across stage visits and reloads (``control``, ``treatment`` and ``targeted`` count the
+    current stage visit only). What a metrics counter reads; ``units`` is not summed (0)."""
     errors: tuple[RecentError, ...] = ()
     """The last distinct exceptions of both paths (at most 20), newest first: of every process
     sharing the store when read fresh, else of this process."""

@@ -1,19 +1,13 @@
-"""What both exporters read: the snapshot, with its counters made monotonic.
+"""What both exporters read: the snapshot, its counters per arm and outcome.
 
-A rollout's :class:`~stagedroll.ArmStats` count the current stage visit only, and start
-again at zero when the stage changes (or a reloaded policy changes the rollout, or the
-process forks). A metrics counter must never go down, so :class:`Totals` keeps, per
-rollout, what the visits that ended had counted when they were last read, and adds the
-current visit's counts to it.
-
-A visit ends when the stage changes. :class:`Totals` sees it three ways: the stage in the
-snapshot differs from the stage at the previous read; its ``on_change`` listener saw the
-stage change (a visit left and came back between two reads); or a count went down (any
-other restart). The calls a visit counted after the last read before it ended are lost to
-the counters (at most a scrape interval's worth); the counters stay monotonic.
+A rollout's :class:`~stagedroll.ArmStats` for ``control``, ``treatment`` and ``targeted``
+count the current stage visit only; ``RolloutStatus.totals`` counts every call this process
+recorded since it started, across visits and reloads: the counters read those. A count
+that would go down (a forked child starts from zero) is held at its highest, so the
+counters stay monotonic.
 
 Everything here reads public names only, under one lock (a scrape runs on the metrics
-server's thread, the listeners on the store's or the caller's).
+server's thread, the transition hooks on the store's or the caller's).
 """
 
 from __future__ import annotations
@@ -33,7 +27,6 @@ from stagedroll import (
     ArmStats,
     HealthReport,
     Rollouts,
-    RolloutState,
     RolloutStatus,
     Snapshot,
     TransitionEvent,
@@ -173,26 +166,11 @@ def _raw(stats: ArmStats) -> tuple[int, int, int, int, float]:
     return success, error, fallback, timed, latency
 
 
-class _Visits:
-    """What :class:`Totals` remembers of one rollout between two reads."""
-
-    __slots__ = ("base", "changes", "last", "pending", "reported", "stage")
-
-    def __init__(self, stage: int, changes: int) -> None:
-        self.stage = stage
-        self.changes = changes
-        self.pending: int | None = None
-        """A stage the snapshot showed before the listener told of it."""
-        self.last: dict[str, tuple[int, int, int, int, float]] = {}
-        self.base: dict[str, tuple[int, int, int, int, float]] = {}
-        self.reported: dict[str, ArmTotals] = {}
-
-
 class Totals:
     """Reads a :class:`~stagedroll.Rollouts`' snapshot, with counters monotonic across visits.
 
-    Subscribes to ``on_transition`` (to count this process's transitions) and ``on_change``
-    (to see stage changes between two reads); :meth:`stop` ends both.
+    Subscribes to ``on_transition`` (to count this process's transitions); :meth:`stop`
+    ends it.
     """
 
     def __init__(self, rollouts: Rollouts) -> None:
@@ -203,16 +181,12 @@ class Totals:
         self._pid = os.getpid()
         self._stopped = False
         self._transitions: Counter[tuple[str, str, str]] = Counter()
-        self._stages: dict[str, tuple[int, int]] = {}
-        """Per rollout, the stage changes the listener saw, and the last stage it saw."""
-        self._visits: dict[str, _Visits] = {}
-        for name, status in rollouts.snapshot().rollouts.items():
-            self._stages[name] = (0, status.stage)
+        self._reported: dict[str, dict[str, ArmTotals]] = {}
+        """Per rollout and arm, the totals last reported (a counter never goes down)."""
         rollouts.on_transition(self._on_transition)
-        rollouts.on_change(self._on_change)
 
     def stop(self) -> None:
-        """Stop counting transitions and stage changes (the listeners stay, idle)."""
+        """Stop counting transitions."""
         with self._lock:
             self._stopped = True
         with contextlib.suppress(ValueError):  # removed already
@@ -224,16 +198,6 @@ class Totals:
             if not self._stopped and len(self._transitions) < MAX_ROLLOUTS * 8:
                 self._transitions[(event.rollout, str(event.action), trigger)] += 1
 
-    def _on_change(self, name: str, state: RolloutState) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            changes, stage = self._stages.get(name, (0, state.stage))
-            if state.stage != stage:
-                changes += 1
-            if name in self._stages or len(self._stages) < MAX_ROLLOUTS:
-                self._stages[name] = (changes, state.stage)
-
     def read(self, exporter: str) -> Sample:
         """A snapshot, and each rollout's totals; a rollout that fails to read is left out."""
         snapshot = self.rollouts.snapshot()
@@ -242,7 +206,7 @@ class Totals:
             if os.getpid() != self._pid:  # a forked child: the counts were the parent's
                 self._pid = os.getpid()
                 self._transitions.clear()
-                self._visits.clear()
+                self._reported.clear()
             for name, status in snapshot.rollouts.items():
                 sample = self._sample(exporter, name, status)
                 if sample is not None:
@@ -259,45 +223,22 @@ class Totals:
             return None
 
     def _totals(self, name: str, status: RolloutStatus) -> Mapping[str, ArmTotals]:
-        """The totals of ``name``'s arms, with ``status`` read now; hold the lock."""
-        changes, seen = self._stages.get(name, (0, status.stage))
-        visits = self._visits.get(name)
-        if visits is None:
-            visits = _Visits(status.stage, changes)
-            if len(self._visits) < MAX_ROLLOUTS:
-                self._visits[name] = visits
-        raw = {
-            "control": _raw(status.control),
-            "treatment": _raw(status.treatment),
-            "targeted": _raw(status.targeted),
-        }
-        if status.stage != visits.stage:
-            ended = True
-            visits.pending = status.stage if seen != status.stage else None
-        elif changes != visits.changes:
-            told = visits.pending is not None and changes == visits.changes + 1
-            ended = not (told and seen == visits.pending)
-            visits.pending = None
-        else:
-            ended = any(raw[arm][i] < visits.last[arm][i] for arm in visits.last for i in range(4))
-        visits.stage, visits.changes = status.stage, changes
+        """The totals of ``name``'s arms, from ``status`` read now; hold the lock."""
+        reported = self._reported.get(name)
+        if reported is None:
+            reported = {}
+            if len(self._reported) < MAX_ROLLOUTS:
+                self._reported[name] = reported
         result: dict[str, ArmTotals] = {}
-        for arm, now in raw.items():
-            base = visits.base.get(arm, (0, 0, 0, 0, 0.0))
-            if ended:
-                last = visits.last.get(arm, (0, 0, 0, 0, 0.0))
-                base = tuple(b + v for b, v in zip(base, last, strict=True))  # type: ignore[assignment]
-                visits.base[arm] = base
-            visits.last[arm] = now
-            total = [b + v for b, v in zip(base, now, strict=True)]
-            before = visits.reported.get(arm)
-            if before is not None:  # never down, whatever a float sum or a race does
+        for arm, stats in zip(ARMS, status.totals, strict=True):
+            total = _raw(stats)
+            before = reported.get(arm)
+            if before is not None:  # never down, whatever a float sum or a fork does
                 previous = (before.success, before.error, before.fallback, before.timed,
                             before.latency_s)  # fmt: skip
-                total = [max(t, b) for t, b in zip(total, previous, strict=True)]
-            totals = ArmTotals(
-                int(total[0]), int(total[1]), int(total[2]), int(total[3]), float(total[4])
-            )
-            visits.reported[arm] = totals
+                total = tuple(max(t, b) for t, b in zip(total, previous, strict=True))  # type: ignore[assignment]
+            totals = ArmTotals(int(total[0]), int(total[1]), int(total[2]), int(total[3]),
+                               float(total[4]))  # fmt: skip
+            reported[arm] = totals
             result[arm] = totals
         return MappingProxyType(result)
