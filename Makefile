@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo
 
-.PHONY: test lint typecheck pytest demo demo-cohorts demo-migration bench bench-stores bench-patterns coverage clean
+.PHONY: test lint typecheck pytest docs demo demo-cohorts demo-migration bench bench-stores bench-patterns coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(DEMO_STAMP): pyproject.toml
 	fi
 	touch $(DEMO_STAMP)
 
-test: lint typecheck pytest
+test: lint typecheck pytest docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -33,6 +33,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The documentation site, strict (a broken link or a missing reference fails), offline.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 coverage: $(STAMP)
 	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS)

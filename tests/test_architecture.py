@@ -18,6 +18,7 @@ CONSUMERS = {
     "exporters": sorted((PACKAGE / "exporters").glob("*.py")),
     "dashboard": sorted((PACKAGE / "dashboard").glob("*.py")),
     "plots": sorted((PACKAGE / "plots").glob("*.py")),
+    "integrations": sorted((PACKAGE / "integrations").glob("*.py")),
 }
 # The private modules a consumer may import, and why: the CLI's ``validate`` locates problems
 # by line with the policy loader's own reader; ``override`` forces decisions through the one
@@ -28,6 +29,7 @@ ALLOWED_PRIVATE = {
     "exporters": set(),
     "dashboard": set(),
     "plots": set(),
+    "integrations": set(),
 }
 
 

@@ -7,6 +7,7 @@ path, and state that every process of a service shares.
 from __future__ import annotations
 
 from ._bucketing import bucket, threshold, unit_key
+from ._context import Bound, bind, current_attributes, current_unit
 from ._decision import Decision, Reason
 from ._guard import Tracking
 from ._health import HealthReport
@@ -44,6 +45,7 @@ from .stores import MemoryStore, RedisStore, SQLiteStore, Store, SyncingStore
 __all__ = [
     "Action",
     "ArmStats",
+    "Bound",
     "CorruptStateError",
     "Decision",
     "Health",
@@ -80,7 +82,10 @@ __all__ = [
     "TransitionEvent",
     "UnknownRolloutError",
     "__version__",
+    "bind",
     "bucket",
+    "current_attributes",
+    "current_unit",
     "load_policy",
     "parse_duration",
     "parse_policy",
