@@ -1,5 +1,5 @@
 """Integrations with the ecosystem: each optional, each imported by its own path.
 
-``wsgi`` and ``asgi`` (middleware binding the request's unit), ``flask``, ``django`` and
-``celery``.
+``openfeature`` (the OpenFeature provider), ``wsgi`` and ``asgi`` (middleware binding the
+request's unit), ``flask``, ``django`` and ``celery``.
 """
