@@ -50,9 +50,7 @@ class StagedrollMiddleware:
         attributes: Callable[[Scope, Headers], Mapping[str, object] | None] | None = None,
         max_length: int = MAX_LENGTH,
     ) -> None:
-        _sources(header, cookie, unit)
-        if attributes is not None and not callable(attributes):
-            raise TypeError(f"attributes must be a callable, not {type(attributes).__name__}")
+        _sources(header, cookie, unit, attributes)
         self.app = app
         self.unit = unit
         self.attributes = attributes

@@ -42,9 +42,7 @@ def init_app(
     goes on with no unit; a header or cookie value that is too long (``max_length``), not
     UTF-8 or holds a control character is not used (``request.unit_refused``, logged once).
     """
-    _sources(header, cookie, unit)
-    if attributes is not None and not callable(attributes):
-        raise TypeError(f"attributes must be a callable, not {type(attributes).__name__}")
+    _sources(header, cookie, unit, attributes)
     reader = _Reader(header=header, cookie=cookie, max_length=max_length)
 
     def bind_unit() -> None:

@@ -115,7 +115,8 @@ class _Reader:
         return None
 
 
-def _sources(header: str | None, cookie: str | None, unit: object) -> None:
+def _sources(header: str | None, cookie: str | None, unit: object, attributes: object) -> None:
+    """Check a middleware's arguments: exactly one source of the unit, callables callable."""
     given = [name for name, v in (("header", header), ("cookie", cookie), ("unit", unit)) if v]
     if len(given) != 1:
         raise ValueError(
@@ -123,6 +124,8 @@ def _sources(header: str | None, cookie: str | None, unit: object) -> None:
         )
     if unit is not None and not callable(unit):
         raise TypeError(f"unit must be a callable, not {type(unit).__name__}")
+    if attributes is not None and not callable(attributes):
+        raise TypeError(f"attributes must be a callable, not {type(attributes).__name__}")
 
 
 class StagedrollMiddleware:
@@ -146,9 +149,7 @@ class StagedrollMiddleware:
         attributes: Callable[[Environ], Mapping[str, object] | None] | None = None,
         max_length: int = MAX_LENGTH,
     ) -> None:
-        _sources(header, cookie, unit)
-        if attributes is not None and not callable(attributes):
-            raise TypeError(f"attributes must be a callable, not {type(attributes).__name__}")
+        _sources(header, cookie, unit, attributes)
         self.app = app
         self.unit = unit
         self.attributes = attributes
