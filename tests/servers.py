@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def service_env(**values: str) -> dict[str, str]:
+    """This process's environment without its ``STAGEDROLL_*`` variables, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGEDROLL_")}
+    return env | values
+
+
+def stagedroll_cli(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m stagedroll ARGS`` in a process of its own, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "stagedroll", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """End a server started with ``start_new_session=True``, and the processes it forked.
+
+    SIGTERM first, which the servers take as a shutdown; when the server has not exited
+    within ``timeout`` seconds, SIGKILL to its process group (its workers too).
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # not reaped yet: the group is still its own
+        process.wait()
 
 
 def reachable(url: str) -> bool:

@@ -5,41 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import stagedroll
+from integrating import IN, OUT, POLICY, guarded_price, in_thread, old
 from stagedroll import Reason, Rollouts
 from stagedroll.testing import RecordingSink
-
-POLICY: dict[str, Any] = {
-    "rollouts": {"new-pricing": {"stages": [{"name": "half", "percent": 50}]}}
-}
-IN, OUT = "user-3", "user-1"
-"""Two units on either side of 50 % (checked by ``test_the_two_units_straddle_half``)."""
-
-
-def old() -> str:
-    """The old path of the tests' guarded function."""
-    return "old"
 
 
 @pytest.fixture(name="rollouts")
 def _rollouts() -> Rollouts:
     return Rollouts(POLICY)
-
-
-def in_thread(target: Callable[[], object]) -> object:
-    """Run ``target`` in a new thread and return what it returned."""
-    result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(target()))
-    thread.start()
-    thread.join()
-    return result[0]
 
 
 class TestBind:
@@ -207,11 +186,7 @@ class TestGuards:
 
     def test_a_guard_reads_the_bound_unit(self, rollouts: Rollouts) -> None:
         """``unit=stagedroll.current_unit`` routes and counts each call by the bound unit."""
-
-        @rollouts.guard("new-pricing", fallback=old, unit=stagedroll.current_unit)
-        def price() -> str:
-            return "new"
-
+        price = guarded_price(rollouts)
         with RecordingSink(rollouts) as sink:
             with stagedroll.bind(IN):
                 assert price() == "new"
@@ -223,11 +198,7 @@ class TestGuards:
     def test_no_unit_bound_takes_the_no_unit_path(self, rollouts: Rollouts) -> None:
         """With nothing bound, ``current_unit`` gives None: the old path, reason NO_UNIT."""
         assert rollouts.decide("new-pricing", stagedroll.current_unit()).reason is Reason.NO_UNIT
-
-        @rollouts.guard("new-pricing", fallback=old, unit=stagedroll.current_unit)
-        def price() -> str:
-            return "new"
-
+        price = guarded_price(rollouts)
         assert price() == "old"
 
     def test_an_explicit_unit_wins(self, rollouts: Rollouts) -> None:

@@ -133,6 +133,31 @@ class TestCalls:
         assert calls == ["first", "second", "third"]
         assert len(rollouts.hooks) == 3
 
+    def test_off_transition_removes_one_registration(self, recorder: Recorder) -> None:
+        """A hook removed is not called again; removing one never added says so (False)."""
+        rollouts = Rollouts(plain_policy(10, 50, 100), on_transition=[recorder, recorder])
+        assert rollouts.off_transition(recorder) is True
+        rollouts.advance("checkout")
+        assert len(recorder.events) == 1  # added twice, removed once: called once
+        assert rollouts.off_transition(recorder) is True
+        assert rollouts.off_transition(recorder) is False
+        rollouts.advance("checkout")
+        assert len(recorder.events) == 1
+
+    def test_a_hook_may_remove_itself(self, recorder: Recorder) -> None:
+        """Removing a hook while the hooks are being called is safe: the others still run."""
+        rollouts = Rollouts(plain_policy(10, 50, 100))
+
+        def once(event: TransitionEvent) -> None:
+            rollouts.off_transition(once)
+
+        rollouts.on_transition(once)
+        rollouts.on_transition(recorder)
+        rollouts.advance("checkout")
+        rollouts.advance("checkout")
+        assert len(recorder.events) == 2
+        assert len(rollouts.hooks) == 1
+
     def test_from_file_takes_hooks(self, tmp_path: Path, recorder: Recorder) -> None:
         """``Rollouts.from_file`` passes its hooks on."""
         path = tmp_path / "rollouts.toml"

@@ -20,6 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import stagedroll
+from integrating import IN, OUT, POLICY, guarded_price
 from stagedroll import Rollouts
 from stagedroll.integrations.asgi import Headers, Scope, StagedrollMiddleware
 from stagedroll.testing import RecordingSink
@@ -28,17 +29,6 @@ with warnings.catch_warnings():
     # Starlette 1.10 asks for httpx2 in place of httpx, which the dev group installs.
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
-
-POLICY: dict[str, Any] = {
-    "rollouts": {"new-pricing": {"stages": [{"name": "half", "percent": 50}]}},
-}
-IN, OUT = "user-3", "user-1"
-"""Two units on either side of 50 % (checked by ``test_the_two_units_straddle_half``)."""
-
-
-def old() -> str:
-    """The old path of the tests' guarded function."""
-    return "old"
 
 
 @pytest.fixture(name="rollouts")
@@ -66,11 +56,7 @@ class TestFastAPI:
 
     def test_two_users_get_their_own_path_and_counts(self, rollouts: Rollouts) -> None:
         """One endpoint, two users: each gets its cohort's path, counted under its own unit."""
-
-        @rollouts.guard("new-pricing", fallback=old, unit=stagedroll.current_unit)
-        def price() -> str:
-            return "new"
-
+        price = guarded_price(rollouts)
         app = FastAPI()
         app.add_middleware(StagedrollMiddleware, header="X-User-Id")
 

@@ -11,20 +11,10 @@ from celery import Celery  # type: ignore[import-untyped]  # no stubs or py.type
 from celery.contrib.testing.worker import start_worker  # type: ignore[import-untyped]  # idem
 
 import stagedroll
+from integrating import IN, OUT, POLICY, guarded_price
 from stagedroll import Rollouts
 from stagedroll.integrations import celery as integration
 from stagedroll.testing import RecordingSink
-
-POLICY: dict[str, Any] = {
-    "rollouts": {"new-pricing": {"stages": [{"name": "half", "percent": 50}]}},
-}
-IN, OUT = "user-3", "user-1"
-"""Two units on either side of 50 % (checked by ``test_the_two_units_straddle_half``)."""
-
-
-def old() -> str:
-    """The old path of the tests' guarded function."""
-    return "old"
 
 
 class Service:
@@ -34,10 +24,7 @@ class Service:
         self.rollouts = rollouts
         self.app = Celery("service", broker="memory://", backend="cache+memory://")
         self.app.conf.update(task_always_eager=eager, task_store_eager_result=eager)
-
-        @rollouts.guard("new-pricing", fallback=old, unit=stagedroll.current_unit)
-        def price() -> str:
-            return "new"
+        price = guarded_price(rollouts)
 
         def seen() -> list[object]:
             return [stagedroll.current_unit(), dict(stagedroll.current_attributes())]

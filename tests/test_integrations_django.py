@@ -7,8 +7,6 @@ and each test gives what it needs with ``override_settings``, which restores the
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,6 +20,7 @@ from django.test import AsyncClient, Client, override_settings  # type: ignore[i
 from django.urls import path  # type: ignore[import-untyped]
 
 import stagedroll
+from integrating import IN, OUT, POLICY, guarded_price, seen_by_a_thread_and_a_task
 from stagedroll import Rollouts
 from stagedroll.integrations.django import StagedrollMiddleware
 from stagedroll.testing import RecordingSink
@@ -29,18 +28,6 @@ from stagedroll.testing import RecordingSink
 if not settings.configured:
     settings.configure(SECRET_KEY="stagedroll-tests")  # a key is required, at every restore
     django.setup()
-
-POLICY: dict[str, Any] = {
-    "rollouts": {"new-pricing": {"stages": [{"name": "half", "percent": 50}]}},
-}
-IN, OUT = "user-3", "user-1"
-"""Two units on either side of 50 % (checked by ``test_the_two_units_straddle_half``)."""
-
-
-def old() -> str:
-    """The old path of the tests' guarded function."""
-    return "old"
-
 
 MIDDLEWARE = f"{StagedrollMiddleware.__module__}.StagedrollMiddleware"
 LOGIN = f"{__name__}.LoginMiddleware"
@@ -173,19 +160,7 @@ class TestDjango:
         """A thread given the request's context and an asyncio task see its unit."""
 
         def view(request: HttpRequest) -> JsonResponse:
-            seen: list[object] = []
-            thread = threading.Thread(
-                target=contextvars.copy_context().run,
-                args=(lambda: seen.append(stagedroll.current_unit()),),
-            )
-            thread.start()
-            thread.join()
-
-            async def task() -> object:
-                return await asyncio.create_task(asyncio.sleep(0, stagedroll.current_unit()))
-
-            seen.append(asyncio.run(task()))
-            return JsonResponse(seen, safe=False)
+            return JsonResponse(seen_by_a_thread_and_a_task(), safe=False)
 
         with site(("", view), middleware=[LOGIN, MIDDLEWARE]):
             assert Client().get("/", {"as": "ada"}).json() == ["ada", "ada"]
@@ -203,10 +178,7 @@ class TestDjango:
 class TestAsync:
     def test_an_async_view_sees_the_unit(self, rollouts: Rollouts) -> None:
         """Under the async stack, two users of an async view each get their own path."""
-
-        @rollouts.guard("new-pricing", fallback=old, unit=stagedroll.current_unit)
-        def price() -> str:
-            return "new"
+        price = guarded_price(rollouts)
 
         async def view(request: HttpRequest) -> HttpResponse:
             task = asyncio.create_task(asyncio.sleep(0, price()))

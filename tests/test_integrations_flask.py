@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,21 +10,11 @@ import pytest
 import structlog.testing
 
 import stagedroll
+from integrating import IN, OUT, POLICY, guarded_price, seen_by_a_thread_and_a_task
 from stagedroll import Rollouts
 from stagedroll.integrations.flask import init_app
 from stagedroll.integrations.wsgi import StagedrollMiddleware
 from stagedroll.testing import RecordingSink
-
-POLICY: dict[str, Any] = {
-    "rollouts": {"new-pricing": {"stages": [{"name": "half", "percent": 50}]}},
-}
-IN, OUT = "user-3", "user-1"
-"""Two units on either side of 50 % (checked by ``test_the_two_units_straddle_half``)."""
-
-
-def old() -> str:
-    """The old path of the tests' guarded function."""
-    return "old"
 
 
 @pytest.fixture(name="rollouts")
@@ -55,11 +42,7 @@ class TestFlask:
 
     def test_two_users_get_their_own_path_and_counts(self, rollouts: Rollouts) -> None:
         """One view, two users: each gets its cohort's path, counted under its own unit."""
-
-        @rollouts.guard("new-pricing", fallback=old, unit=stagedroll.current_unit)
-        def price() -> str:
-            return "new"
-
+        price = guarded_price(rollouts)
         app = flask.Flask(__name__)
         app.get("/price")(price)
         init_app(app, header="X-User-Id")
@@ -115,22 +98,7 @@ class TestFlask:
         """A thread given the request's context and an asyncio task see its unit."""
         app = flask.Flask(__name__)
 
-        @app.get("/")
-        def index() -> list[object]:
-            seen: list[object] = []
-            thread = threading.Thread(
-                target=contextvars.copy_context().run,
-                args=(lambda: seen.append(stagedroll.current_unit()),),
-            )
-            thread.start()
-            thread.join()
-
-            async def task() -> object:
-                return await asyncio.create_task(asyncio.sleep(0, stagedroll.current_unit()))
-
-            seen.append(asyncio.run(task()))
-            return seen
-
+        app.get("/")(seen_by_a_thread_and_a_task)
         init_app(app, header="X-U")
         assert app.test_client().get("/", headers={"X-U": "u1"}).json == ["u1", "u1"]
 

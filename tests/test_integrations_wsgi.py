@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.validate import validator
@@ -16,20 +13,10 @@ from hypothesis import strategies as st
 from werkzeug.test import Client
 
 import stagedroll
+from integrating import IN, OUT, POLICY, guarded_price, seen_by_a_thread_and_a_task
 from stagedroll import Rollouts
 from stagedroll.integrations.wsgi import Environ, StagedrollMiddleware, StartResponse
 from stagedroll.testing import RecordingSink
-
-POLICY: dict[str, Any] = {
-    "rollouts": {"new-pricing": {"stages": [{"name": "half", "percent": 50}]}},
-}
-IN, OUT = "user-3", "user-1"
-"""Two units on either side of 50 % (checked by ``test_the_two_units_straddle_half``)."""
-
-
-def old() -> str:
-    """The old path of the tests' guarded function."""
-    return "old"
 
 
 def text_app(read: Callable[[], object]) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
@@ -68,11 +55,7 @@ class TestUsers:
 
     def test_two_users_get_their_own_path_and_counts(self, rollouts: Rollouts) -> None:
         """One handler, two users: each gets its cohort's path, counted under its own unit."""
-
-        @rollouts.guard("new-pricing", fallback=old, unit=stagedroll.current_unit)
-        def price() -> str:
-            return "new"
-
+        price = guarded_price(rollouts)
         test = client(text_app(price), header="X-User-Id")
         with RecordingSink(rollouts) as sink:
             assert test.get(headers={"X-User-Id": IN}).text == "new"
@@ -84,11 +67,7 @@ class TestUsers:
 
     def test_no_header_takes_the_no_unit_path(self, rollouts: Rollouts) -> None:
         """A request without the header has no unit: the guard takes the old path."""
-
-        @rollouts.guard("new-pricing", fallback=old, unit=stagedroll.current_unit)
-        def price() -> str:
-            return "new"
-
+        price = guarded_price(rollouts)
         assert client(text_app(price), header="X-User-Id").get().text == "old"
 
 
@@ -238,22 +217,5 @@ class TestDuration:
 
     def test_threads_and_tasks_started_in_the_request_see_the_unit(self) -> None:
         """A thread given the request's context and an asyncio task both see its unit."""
-
-        def handler() -> object:
-            seen: list[object] = []
-            context = contextvars.copy_context()
-            thread = threading.Thread(
-                target=context.run, args=(lambda: seen.append(stagedroll.current_unit()),)
-            )
-            thread.start()
-            thread.join()
-
-            async def task() -> object:
-                return await asyncio.create_task(asyncio.sleep(0, stagedroll.current_unit()))
-
-            seen.append(asyncio.run(task()))
-            return seen
-
-        assert client(text_app(handler), header="X-U").get(headers={"X-U": "u1"}).text == (
-            "['u1', 'u1']"
-        )
+        app = text_app(seen_by_a_thread_and_a_task)
+        assert client(app, header="X-U").get(headers={"X-U": "u1"}).text == "['u1', 'u1']"

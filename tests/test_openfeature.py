@@ -20,6 +20,7 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason as FlagReason
 from openfeature.track import TrackingEventDetails
 
+from integrating import unit_in
 from servers import RedisServer, unique_prefix
 from stagedroll import (
     Decision,
@@ -156,16 +157,6 @@ def serve(rollouts: Rollouts, **options: Any) -> OpenFeatureClient:
 @pytest.fixture(name="client")
 def _client(rollouts: Rollouts, isolated: None) -> OpenFeatureClient:
     return serve(rollouts)
-
-
-def unit_in(rollouts: Rollouts, name: str, *, enabled: bool) -> str:
-    """A unit the bucket step puts on the new path (``enabled``) or the old one."""
-    for i in range(10_000):
-        unit = f"user-{i}"
-        decision = rollouts.decide(name, unit)
-        if decision.enabled is enabled and decision.bucket is not None:
-            return unit
-    raise AssertionError("no such unit")
 
 
 def ctx(unit: str | None, **attributes: Any) -> EvaluationContext:
@@ -474,6 +465,25 @@ class TestEvents:
                 events.wait_for(ProviderEvent.PROVIDER_READY)
         finally:
             store.close()
+
+    def test_shutdown_unsubscribes_and_initialize_subscribes_again(
+        self, rollouts: Rollouts, events: Events
+    ) -> None:
+        """After ``api.shutdown()`` the rollouts hold no listener of the provider (it is not
+        kept alive by them); set again, it is told of transitions again."""
+        provider = StagedrollProvider(rollouts)
+        api.set_provider_and_wait(provider)
+        events.wait_for(ProviderEvent.PROVIDER_READY)
+        assert rollouts.off_change(provider._changed) is True  # it was subscribed
+        rollouts.on_change(provider._changed)
+        api.shutdown()
+        assert rollouts.off_change(provider._changed) is False  # shutdown unsubscribed it
+        for event in ProviderEvent:
+            api.add_handler(event, events.handler(event))
+        api.set_provider_and_wait(provider)
+        rollouts.freeze("checkout", actor="alice")
+        details = events.wait_for(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, status="frozen")
+        assert details.flags_changed == ["checkout"]
 
 
 class TestTracking:

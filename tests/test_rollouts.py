@@ -1069,7 +1069,9 @@ class TestStoreProtocolCheck:
             def on_refresh(self, callback: Callable[[], object]) -> None:
                 """Never refreshes."""
 
-        with pytest.raises(TypeError, match="lacks names, add_errors, read_errors "):
+        with pytest.raises(
+            TypeError, match="lacks names, add_errors, read_errors, down, supervise "
+        ):
             Rollouts(plain_policy(5), store=OldSharedStore())
 
     def test_a_policy_of_too_many_stages_is_refused(self) -> None:

@@ -115,6 +115,40 @@ class TestOnChange:
         assert rollouts.status("checkout").stage == 1
         assert rollouts.failures.count("hook.failed") == 1
 
+    def test_off_change_stops_the_telling(self) -> None:
+        """A listener removed hears no more changes; one never added is ``False``."""
+        rollouts = Rollouts(plain_policy(5, 25, 50, 100))
+        seen: list[int] = []
+
+        def listener(name: str, state: RolloutState) -> None:
+            seen.append(state.stage)
+
+        assert rollouts.on_change(listener) is listener  # usable as a decorator
+        rollouts.on_change(listener)
+        rollouts.advance("checkout")
+        assert seen == [1, 1]
+        assert rollouts.off_change(listener) is True
+        rollouts.advance("checkout")
+        assert seen == [1, 1, 2]  # added twice, removed once
+        assert rollouts.off_change(listener) is True
+        assert rollouts.off_change(listener) is False
+        rollouts.advance("checkout")
+        assert seen == [1, 1, 2]
+
+    def test_a_listener_may_remove_itself(self) -> None:
+        """Removing a listener while changes are told is safe: the others are still told."""
+        rollouts = Rollouts(plain_policy(5, 50, 100))
+        seen: list[int] = []
+
+        def once(name: str, state: RolloutState) -> None:
+            rollouts.off_change(once)
+
+        rollouts.on_change(once)
+        rollouts.on_change(lambda name, state: seen.append(state.stage))
+        rollouts.advance("checkout")
+        rollouts.advance("checkout")
+        assert seen == [1, 2]
+
 
 class TestOnOutcome:
     def test_a_listener_that_raises_never_reaches_the_call(self) -> None:

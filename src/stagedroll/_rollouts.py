@@ -296,13 +296,16 @@ class Rollouts:
         if now < self._supervise_at:
             return
         self._supervise_at = now + _SUPERVISE_EVERY_S
-        supervise = getattr(self.store, "supervise", None)
-        if supervise is not None:
-            try:
-                supervise()
-            except Exception as exc:  # pragma: no cover - supervise never raises
-                self.failures.record("store.supervise_failed", exc)
-        if getattr(self.store, "down", False):
+        store = self.store
+        if not isinstance(store, SyncingStore):  # pragma: no cover - shared means syncing
+            return
+        try:
+            store.supervise()
+            down = store.down
+        except Exception as exc:  # a custom store's supervise that raises: counted, not raised
+            self.failures.record("store.supervise_failed", exc)
+            return
+        if down:
             self._reload()
 
     def close(self) -> None:
@@ -331,9 +334,21 @@ class Rollouts:
 
         Usable as a decorator. Hooks run in the order they were added, after the transition
         is stored; one that raises is logged and counted (``hook.failed``) and changes
-        nothing. ``async`` hooks become tasks of the running event loop.
+        nothing. ``async`` hooks become tasks of the running event loop. :meth:`off_transition`
+        removes it.
         """
         return self.hooks.add(hook)
+
+    def off_transition(self, hook: Hook) -> bool:
+        """Stop calling ``hook`` (added by :meth:`on_transition`); whether it was there.
+
+        Removes one registration: a hook added twice is called once after one removal.
+        """
+        try:
+            self.hooks.remove(hook)
+        except ValueError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return f"<Rollouts {sorted(self)} environment={self.environment!r}>"
@@ -346,12 +361,26 @@ class Rollouts:
         Usable as a decorator.
         The listener runs on the thread that saw the change (the caller's, or the store's
         refresh thread), after the change is in force; one that raises is logged and counted
-        (``hook.failed``) and changes nothing.
+        (``hook.failed``) and changes nothing. :meth:`off_change` removes it.
         """
         if not callable(listener):
             raise TypeError(f"a change listener must be callable, not {type(listener).__name__}")
-        self._changes.append(listener)
+        self._changes = [*self._changes, listener]
         return listener
+
+    def off_change(self, listener: ChangeListener) -> bool:
+        """Stop calling ``listener`` (added by :meth:`on_change`); whether it was there.
+
+        Removes one registration: a listener added twice is called once after one removal.
+        A change being told while it is removed may still reach it that once.
+        """
+        changes = list(self._changes)
+        try:
+            changes.remove(listener)
+        except ValueError:
+            return False
+        self._changes = changes
+        return True
 
     def _sync(self) -> None:
         """The store's background refresh: start, pool the evidence, take the steps due.
@@ -376,7 +405,7 @@ class Rollouts:
 
     def _changed(self, name: str, state: RolloutState) -> None:
         """A rollout's new state is in force: tell the change listeners; never raises."""
-        for listener in list(self._changes):
+        for listener in self._changes:  # a list replaced, never mutated: safe to iterate
             self._tell_change(listener, name, state)
 
     def _tell_change(self, listener: ChangeListener, name: str, state: RolloutState) -> None:
@@ -776,7 +805,7 @@ def _check_store(store: object) -> None:
         name for name, value in vars(Store).items() if callable(value) and not name.startswith("_")
     ]
     if hasattr(store, "on_refresh"):  # meant to be shared by processes
-        required += ["on_refresh", "refresh_interval"]
+        required += ["down", "on_refresh", "refresh_interval", "supervise"]
     missing = [name for name in required if not hasattr(store, name)]
     if missing:
         raise TypeError(

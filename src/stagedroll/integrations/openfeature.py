@@ -82,10 +82,13 @@ class StagedrollProvider(AbstractProvider):
         if not isinstance(metadata_name, str) or not metadata_name:
             raise ValueError(f"metadata_name must be a non-empty string, not {metadata_name!r}")
         self.rollouts = rollouts
+        store = rollouts.store
+        self._syncing = store if isinstance(store, SyncingStore) else None  # checked once
         self._metadata = Metadata(name=metadata_name)
         self._lock = threading.RLock()
         self._active = False  # between initialize and shutdown: events are emitted
-        self._subscribed = False  # on_change (and on_refresh) are subscribed once, for life
+        self._subscribed = False  # on_change: from initialize to shutdown
+        self._refreshing = False  # the store's on_refresh: once, for life (weakly held)
         self._stale = False  # the last state told: STALE (True) or READY (False)
         self._ignored: set[str] = set()
 
@@ -109,15 +112,18 @@ class StagedrollProvider(AbstractProvider):
             if self._subscribed:
                 return
             self._subscribed = True
-        self.rollouts.on_change(self._changed)
-        store = self.rollouts.store
-        if isinstance(store, SyncingStore):
-            store.on_refresh(self._check)
+            self.rollouts.on_change(self._changed)
+            if self._syncing is not None and not self._refreshing:
+                self._refreshing = True  # weakly held by the store: subscribed once, for life
+                self._syncing.on_refresh(self._check)
 
     def shutdown(self) -> None:
-        """Stop emitting events; ``rollouts`` stays open (it belongs to the caller)."""
+        """Stop emitting events and unsubscribe; ``rollouts`` stays open (the caller's)."""
         with self._lock:
             self._active = False
+            if self._subscribed:
+                self._subscribed = False
+                self.rollouts.off_change(self._changed)
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -156,7 +162,7 @@ class StagedrollProvider(AbstractProvider):
 
     def _store_down(self) -> bool:
         """Whether the shared store's last refresh failed (its public ``down``)."""
-        return getattr(self.rollouts.store, "down", False) is True
+        return self._syncing is not None and self._syncing.down is True
 
     def _unreachable(self) -> bool:
         """The store is down, or a rollout serves a state never read from it (version 0)."""

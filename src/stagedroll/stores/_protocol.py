@@ -115,6 +115,19 @@ class SyncingStore(Store, Protocol):
 
     refresh_interval: float
 
+    @property
+    def down(self) -> bool:
+        """Whether the last refresh failed: the backend is unreachable (the refresh backs off)."""
+        ...
+
     def on_refresh(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` after each refresh (bound methods weakly held)."""
+        ...
+
+    def supervise(self) -> None:
+        """Start the refresh thread again if it died; cheap, and never raises.
+
+        Callers' calls use it now and then (at most once a second), so that a process whose
+        calls never reach the store still gets its refresh back.
+        """
         ...
