@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo
 
-.PHONY: test lint typecheck pytest docs demo demo-cohorts demo-migration bench bench-stores bench-patterns coverage clean
+.PHONY: test lint typecheck pytest docs demo demo-cohorts demo-migration bench bench-stores bench-fleet bench-patterns coverage clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ bench: $(STAMP)
 
 bench-stores: $(STAMP)
 	$(BIN)/python benchmarks/bench_stores.py
+
+bench-fleet: $(STAMP)
+	$(BIN)/python benchmarks/bench_fleet.py
 
 bench-patterns: $(STAMP)
 	$(BIN)/python benchmarks/bench_patterns.py

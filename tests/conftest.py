@@ -1,10 +1,11 @@
-"""Shared fixtures: small policies most tests start from."""
+"""Shared fixtures: small policies most tests start from, and a wait for what runs behind."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,19 @@ import pytest
 import redis
 from hypothesis import settings
 
-from servers import DEFAULT_REDIS_URL, RedisServer, reachable, redis_unavailable, unique_prefix
+from servers import (
+    DEFAULT_POSTGRES_URL,
+    DEFAULT_REDIS_URL,
+    PostgresServer,
+    RedisServer,
+    drop_schema,
+    postgres_reachable,
+    postgres_unavailable,
+    reachable,
+    redis_unavailable,
+    unique_prefix,
+    unique_schema,
+)
 from stagedroll import Health as HealthPolicy
 from stagedroll import HealthReport, MemoryStore
 from stagedroll._failures import Failures
@@ -22,6 +35,7 @@ from stagedroll._outcomes import ArmCounts, Arms, Outcomes
 from stagedroll._pool import Outbox
 from stagedroll._router import Router
 from stagedroll._runtime import Runtime
+from stagedroll.stores._redis import _redact
 
 pytest_plugins = ["pytester"]
 
@@ -54,6 +68,27 @@ def plain_policy(*percents: float, name: str = "checkout") -> dict[str, Any]:
     """A policy with one rollout whose stages have the given percents."""
     stages = [{"name": f"s{i}", "percent": p} for i, p in enumerate(percents)]
     return {"rollouts": {name: {"stages": stages}}}
+
+
+def staged_policy() -> dict[str, Any]:
+    """One rollout without a health gate, at 10, 50 then 100 %: it moves only when told."""
+    policy = plain_policy(10, 50, 100, name="co")
+    policy["rollouts"]["co"]["health"] = {"enabled": False}
+    return policy
+
+
+def wait_until(
+    condition: Callable[[], object], what: str, *, store: Any = None, deadline_s: float = 30.0
+) -> None:
+    """Wait until ``condition()`` holds, failing the test after ``deadline_s`` (generous: noisy
+    machines); wake ``store``'s background refresh meanwhile, when given."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {deadline_s} s: {what}")
+        if store is not None:
+            store.wake()
+        time.sleep(0.01)
 
 
 @pytest.fixture(name="policy")
@@ -120,6 +155,51 @@ def _redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server = RedisServer(tmp_path)
     except RuntimeError as exc:
         redis_unavailable(str(exc))
+        raise
+    with server:
+        yield server
+
+
+@pytest.fixture(name="postgres_url", scope="session")
+def _postgres_url() -> Iterator[str]:
+    """The URL of a PostgreSQL for the tests: ``$POSTGRES_URL``, else a private server."""
+    url = os.environ.get("POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    if postgres_reachable(url):
+        yield url
+        return
+    shown = _redact(url)
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:
+        postgres_unavailable(f"no PostgreSQL at {shown} ($POSTGRES_URL), and no private one: {exc}")
+        return
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.remove()
+        postgres_unavailable(f"no PostgreSQL at {shown} ($POSTGRES_URL), and no private one: {exc}")
+        return
+    try:
+        yield server.url
+    finally:
+        server.remove()
+
+
+@pytest.fixture(name="postgres_schema")
+def _postgres_schema(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
+    """A schema for this test alone (not created: the store creates it), dropped afterwards."""
+    schema = unique_schema(request.node.name)
+    yield schema
+    drop_schema(postgres_url, schema)
+
+
+@pytest.fixture(name="postgres_server")
+def _postgres_server() -> Iterator[PostgresServer]:
+    """A private, running PostgreSQL on a free port, which the test may stop and start."""
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:
+        postgres_unavailable(str(exc))
         raise
     with server:
         yield server

@@ -115,6 +115,7 @@ class TestLayers:
             for name in type_checking_imports(tree(path), path)
         }
         assert found == {
+            "psycopg",
             "redis",
             "yaml",
             "matplotlib.figure.Figure",  # the plots' return type; matplotlib loads lazily

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +180,122 @@ class TestBenchStores:
             assert all(isinstance(d, float) for d in transition["delays_s"])
         assert {(t["what"], t["store"]) for t in report["targets"]} >= {
             ("max propagation delay", kind) for kind in propagation
+        }
+
+
+@pytest.fixture(name="bench_fleet")
+def _bench_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    # The observers and workers are spawned: they import bench_fleet from the path given here.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    yield importlib.import_module("bench_fleet")
+    sys.modules.pop("bench_fleet", None)
+    sys.modules.pop("bench_stores", None)
+    structlog.reset_defaults()  # the benchmark quiets structlog for its own output
+
+
+def installed(kind: str) -> bool:
+    """Whether the benchmark can start a private server of ``kind`` (or must skip its rows)."""
+    if kind == "redis":
+        return shutil.which("redis-server") is not None
+    found = any(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or shutil.which("pg_ctl")
+    return bool(found) and (os.geteuid() != 0 or shutil.which("runuser") is not None)
+
+
+class TestBenchFleet:
+    def test_smoke_run_reports_propagation_and_load(
+        self, bench_fleet: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A smoke run reports every store's kill delays and the servers' counted load."""
+        assert bench_fleet.main(["--smoke", "--json", "--check"]) == 0  # nothing judged
+        report = json.loads(capsys.readouterr().out)
+        assert set(report) == {"meta", "stores", "propagation", "load", "targets", "ok"}
+        assert report["meta"]["mode"] == "smoke"
+        stores = report["stores"]
+        assert list(stores) == ["sqlite", "redis", "postgresql"]
+        assert stores["sqlite"]["status"] == "ok"
+        for kind in ("redis", "postgresql"):
+            must = installed(kind) or os.environ.get("CI", "").lower() == "true"
+            assert stores[kind]["status"] == ("ok" if must else "skipped"), stores[kind]
+        measured = {kind for kind, row in stores.items() if row["status"] == "ok"}
+
+        rows = report["propagation"]
+        assert [(r["store"], r["push"]) for r in rows] == [
+            (kind, push) for kind in stores for push in (False, True)
+        ]
+        for row in rows:
+            if row["store"] not in measured:
+                assert row["status"] == "skipped"
+                assert row["reason"]
+                continue
+            assert row["status"] == "ok"
+            assert (row["observers"], row["kills"], row["samples"], row["missed"]) == (2, 1, 2, 0)
+            assert all(isinstance(d, float) and d > 0 for d in row["delays_s"])
+            assert row["median_s"] <= row["p99_s"] <= row["max_s"]
+            assert row["unfreeze"]["max_s"] is not None
+            expected = (
+                {"max_s": pytest.approx(0.6)}
+                if not row["push"]
+                else {}
+                if row["store"] == "sqlite"
+                else {"median_s": 0.1, "p99_s": 0.25}
+            )
+            assert row["targets"] == expected
+
+        load = report["load"]
+        assert [row["store"] for row in load] == ["redis", "postgresql"]
+        for row in load:
+            assert (row["processes"], row["rollouts"], row["rate"]) == (2, 2, 20)
+            if row["store"] not in measured:
+                assert row["status"] == "skipped"
+                continue
+            assert row["status"] == "ok"
+            assert row["achieved_mean"] > 0
+            assert row["refreshes_mean"] > 0
+            assert row["per_process_s"] > 0
+            assert row["by_command"]
+            assert row["transitions"] == 0
+            assert row["target"] == 2.0
+        units = {row["store"]: row.get("unit") for row in load if row["store"] in measured}
+        assert units.get("redis", "commands") == "commands"
+        assert units.get("postgresql", "statements") in {"statements", "transactions"}
+        if "redis" in measured:
+            [redis_row] = [row for row in load if row["store"] == "redis"]
+            assert "get" in redis_row["by_command"]  # the refresh's look at the generation
+
+        assert report["targets"]
+        assert not any(check["judged"] for check in report["targets"])
+        assert report["ok"] is True
+
+    def test_prints_markdown_tables(
+        self, bench_fleet: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without --json, markdown tables and a summary that says nothing is judged."""
+        argv = ["--smoke", "--stores", "sqlite", "--part", "propagation"]
+        assert bench_fleet.main(argv) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("# Fleet benchmark")
+        assert "## Kill propagation" in out
+        assert "| sqlite | off | 2 | 0 |" in out
+        assert "|---|" in out
+        assert "No target is judged in this mode." in out
+
+    def test_checks_judge_each_target(self, bench_fleet: ModuleType) -> None:
+        """A p99 over its limit, or a process short of its call rate, fails its check."""
+        push = {"status": "ok", "store": "redis", "push": True, "median_s": 0.004,
+                "p99_s": 0.3, "targets": {"median_s": 0.1, "p99_s": 0.25}}  # fmt: skip
+        load = {"status": "ok", "store": "postgresql", "processes": 32, "rollouts": 50,
+                "rate": 1000.0, "per_process_s": 1.5, "unit": "statements", "target": 2.0,
+                "pass": True, "achieved_min": 900.0, "rate_pass": False,
+                "refresh_interval_s": 1.0, "refreshes_min": 0.97, "refresh_pass": True}  # fmt: skip
+        report = {"propagation": [push], "load": [load]}
+        verdicts = {c["what"]: c["pass"] for c in bench_fleet.checks(report, judged=True)}
+        cell = "32 processes, 50 rollouts, 1000 calls/s"
+        assert verdicts == {
+            "kill propagation median": True,
+            "kill propagation p99": False,
+            f"load per process ({cell})": True,
+            f"achieved call rate, slowest process ({cell})": False,
+            f"refreshes per second, slowest process ({cell})": True,
         }
 
 

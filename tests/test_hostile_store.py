@@ -26,6 +26,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import wait_until
 from servers import RedisServer, free_port, unique_prefix
 from stagedroll import (
     Action,
@@ -42,8 +43,6 @@ from stagedroll.stores._codec import dump_state
 from stagedroll.stores._digest import digest, rollout_key, token
 from test_store_contract import Backend, _shared  # noqa: F401 - _shared: the fixture
 
-DEADLINE_S = 30.0
-"""How long a test waits for the background refresh (generous: shared, noisy machines)."""
 FAST = 0.02
 """The refresh interval of the stores whose background thread a test watches."""
 
@@ -72,17 +71,6 @@ HOSTILE_UNITS: list[str | int] = [
     -(2**63),
     10**100,
 ]
-
-
-def wait_for(condition: Callable[[], object], what: str, *, store: Any = None) -> None:
-    """Wait until ``condition()`` holds (failing after DEADLINE_S); wake ``store`` meanwhile."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE_S} s: {what}")
-        if store is not None:
-            store.wake()
-        time.sleep(0.01)
 
 
 def stored_bytes(backend: Backend, tmp_path: Path) -> bytes:
@@ -158,7 +146,8 @@ class TestUnits:
                                                           refresh_interval=3600)  # fmt: skip
         else:
             url = shared.url.split("?", 1)[0]
-            store = RedisStore(url, prefix=unique_prefix(tag), refresh_interval=3600, timeout=5)
+            store = RedisStore(url, prefix=unique_prefix(tag), refresh_interval=3600, timeout=5,
+                               push=False)  # fmt: skip
         try:
             rollouts = Rollouts(GATED, store=store)
             marked = [f"{text}\x1f{tag}-{i}" for i, text in enumerate(texts)]
@@ -297,12 +286,12 @@ class TestCorruptStates:
         else:
             write_raw_state(shared, "bad", CORRUPT[case])
         operator.kill("good", reason="incident", actor="oncall")
-        wait_for(lambda: worker["good"].state.status is Status.KILLED, "the kill of good")
-        wait_for(lambda: worker_store.failures.count("store.decode_failed") > 0,
-                 "store.decode_failed")  # fmt: skip
+        wait_until(lambda: worker["good"].state.status is Status.KILLED, "the kill of good")
+        wait_until(lambda: worker_store.failures.count("store.decode_failed") > 0,
+                   "store.decode_failed")  # fmt: skip
         assert set(worker_store.unreadable) == {"bad"}
         # The running worker leaves its last good state for the old path, not the corrupt one.
-        wait_for(lambda: worker["bad"].state.version == 0, "the old path for bad")
+        wait_until(lambda: worker["bad"].state.version == 0, "the old path for bad")
         assert worker["bad"].state.reason.startswith("state unreadable: ")
         assert not any(worker.enabled("bad", u) for u in PADDING)
         with pytest.raises(ValueError, match="'bad'"):
@@ -339,12 +328,12 @@ class TestCorruptStates:
                 store.client.hdel(key, "v")
             else:
                 store.client.hset(key, "v", str(field))
-        wait_for(lambda: worker["bad"].state.version == 0, "the old path for bad")
+        wait_until(lambda: worker["bad"].state.version == 0, "the old path for bad")
         assert "version field" in worker_store.unreadable["bad"]
         with pytest.raises(StoreError, match="version field"):
             worker.kill("bad", actor="op")
         Rollouts(PAIR, store=store).kill("good", reason="incident", actor="op")
-        wait_for(lambda: worker["good"].state.status is Status.KILLED, "the kill of good")
+        wait_until(lambda: worker["good"].state.status is Status.KILLED, "the kill of good")
 
     def test_nothing_is_pooled_while_suspended(self, shared: Backend) -> None:
         """Outcomes reported while the state is unreadable are not pooled under a key of no
@@ -356,12 +345,12 @@ class TestCorruptStates:
         good = shared.make_shared().load("a")
         assert good is not None
         write_raw_state(shared, "a", CORRUPT["stage -7"])
-        wait_for(lambda: worker["a"].state.version == 0, "the old path for a")
+        wait_until(lambda: worker["a"].state.version == 0, "the old path for a")
         for unit in control:
             worker.report("a", unit, error=True)
         time.sleep(FAST * 10)  # flushes while suspended, if any were made
         write_raw_state(shared, "a", dump_state(good))
-        wait_for(lambda: worker["a"].state == good, "the repaired state")
+        wait_until(lambda: worker["a"].state == good, "the repaired state")
         for unit in control:
             worker.report("a", unit, error=True)
         reader = shared.make_shared(refresh_interval=3600)
@@ -370,7 +359,7 @@ class TestCorruptStates:
             counts = reader.read_counts("a", "1.0")
             return sum(n for name, n in counts.items() if name.startswith("errors.c@"))
 
-        wait_for(lambda: control_errors() == 3, "3 events")
+        wait_until(lambda: control_errors() == 3, "3 events")
         time.sleep(FAST * 5)  # a few more flushes: nothing more lands
         assert control_errors() == 3
         names = {name for name in reader.read_counts("a", "1.0") if name.startswith("errors.")}
@@ -385,14 +374,14 @@ class TestCorruptStates:
         good = shared.make_shared().load("bad")
         assert good is not None
         write_raw_state(shared, "bad", CORRUPT["NaN"])
-        wait_for(lambda: worker["bad"].state.version == 0, "the old path for bad")
+        wait_until(lambda: worker["bad"].state.version == 0, "the old path for bad")
         with pytest.raises(
             StoreError,
             match="serves the old path in every process, as if killed, until it is repaired",
         ):
             worker.status("bad")
         write_raw_state(shared, "bad", dump_state(good))
-        wait_for(lambda: worker["bad"].state == good, "the repaired state")
+        wait_until(lambda: worker["bad"].state == good, "the repaired state")
         assert worker.status("bad").stage == 1
 
     def test_deleting_a_corrupt_state_repairs_it(self, shared: Backend) -> None:
@@ -511,13 +500,13 @@ class TestRefreshThread:
         rollouts = Rollouts(PAIR, store=store)
         store.watch(exits)
         store.on_refresh(raises_custom)
-        wait_for(lambda: store.failures.count("store.callback_failed") >= 3, "callbacks ran")
+        wait_until(lambda: store.failures.count("store.callback_failed") >= 3, "callbacks ran")
         other = Rollouts(PAIR, store=shared.make_shared(refresh_interval=3600))
         other.freeze("good", actor="alice")
-        wait_for(lambda: rollouts["good"].state.status is Status.FROZEN, "the freeze")
+        wait_until(lambda: rollouts["good"].state.status is Status.FROZEN, "the freeze")
         assert store.failures.count("store.listener_failed") >= 1
         other.kill("bad", actor="alice")
-        wait_for(lambda: rollouts["bad"].state.status is Status.KILLED, "the kill")
+        wait_until(lambda: rollouts["bad"].state.status is Status.KILLED, "the kill")
         assert store.failures.count("store.thread_died") == 0
 
     def test_hooks_that_exit_on_the_refresh_thread(self, shared: Backend) -> None:
@@ -538,10 +527,10 @@ class TestRefreshThread:
         rollouts.on_transition(exiting_hook)
         rollouts.on_transition(custom_hook)
         fail_every_treated_unit(rollouts, PADDING)  # the thread freezes it, running the hooks
-        wait_for(lambda: "co" in hooked, "the automatic freeze")
+        wait_until(lambda: "co" in hooked, "the automatic freeze")
         other = Rollouts(PAIR, store=shared.make_shared(refresh_interval=3600))
         other.kill("good", reason="incident", actor="oncall")
-        wait_for(lambda: rollouts["good"].state.status is Status.KILLED, "the kill")
+        wait_until(lambda: rollouts["good"].state.status is Status.KILLED, "the kill")
         assert store.failures.count("store.thread_died") == 0
 
     @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -564,7 +553,7 @@ class TestRefreshThread:
         assert restarted is not thread
         assert restarted.is_alive()
         other.kill("bad", reason="incident", actor="oncall")
-        wait_for(lambda: rollouts["bad"].state.status is Status.KILLED, "the kill", store=store)
+        wait_until(lambda: rollouts["bad"].state.status is Status.KILLED, "the kill", store=store)
 
     @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
     def test_a_process_that_only_serves_starts_it_again(self, shared: Backend) -> None:
@@ -587,7 +576,7 @@ class TestRefreshThread:
                 rollouts.report("bad", unit, error=False)
             return rollouts["good"].state.status is Status.KILLED
 
-        wait_for(served_and_killed, "the kill, seen by a restarted thread")
+        wait_until(served_and_killed, "the kill, seen by a restarted thread")
         assert store.failures.count("store.thread_died") == 1
 
 
@@ -641,8 +630,8 @@ class TestCredentials:
                 with pytest.raises(StoreError) as reading:
                     rollouts.status("good")
                 errors += [killing.value, reading.value]
-                wait_for(lambda: store.failures.count("store.refresh_failed") > 0,
-                         "a failed refresh")  # fmt: skip
+                wait_until(lambda: store.failures.count("store.refresh_failed") > 0,
+                           "a failed refresh")  # fmt: skip
                 text = repr(store) + repr(rollouts)
             finally:
                 store.close()
@@ -748,8 +737,8 @@ class TestCredentials:
                 rollouts = Rollouts(PAIR, store=store)
                 attempt(lambda: rollouts.kill("good", actor="a"))
                 attempt(lambda: store.load("good"))
-                wait_for(lambda: store.failures.count("store.refresh_failed") > 0,
-                         "a failed refresh")  # fmt: skip
+                wait_until(lambda: store.failures.count("store.refresh_failed") > 0,
+                           "a failed refresh")  # fmt: skip
                 made += [store, rollouts]
             finally:
                 store.close()

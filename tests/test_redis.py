@@ -11,8 +11,8 @@ import pytest
 import redis
 import structlog
 
-from conftest import plain_policy
-from servers import RedisServer, unique_prefix
+from conftest import staged_policy
+from servers import RedisServer, closing_factory, unique_prefix
 from stagedroll import (
     Action,
     RecentError,
@@ -47,13 +47,6 @@ def gated_policy() -> dict[str, Any]:
     return {"rollouts": {"co": {"stages": stages, "health": {"min_events": 3}}}}
 
 
-def staged_policy() -> dict[str, Any]:
-    """One rollout without a health gate, at 10, 50 then 100 %: it moves only when told."""
-    policy = plain_policy(10, 50, 100, name="co")
-    policy["rollouts"]["co"]["health"] = {"enabled": False}
-    return policy
-
-
 def wait_until(
     condition: Callable[[], object], *, store: RedisStore | None = None, what: str = ""
 ) -> None:
@@ -76,18 +69,12 @@ def units(n: int = 1000) -> list[str]:
 
 @pytest.fixture(name="make_store")
 def _make_store() -> Iterator[StoreFactory]:
-    """Make RedisStores that refresh fast and fail fast; all are closed after the test."""
-    made: list[RedisStore] = []
+    """Make RedisStores that refresh fast and fail fast; all are closed after the test.
 
-    def make(url: str, **options: Any) -> RedisStore:
-        options = {"refresh_interval": 0.05, "timeout": 0.25, **options}
-        store = RedisStore(url, **options)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
+    Without push unless asked: these tests drive the refreshes (tests/test_push.py tests it).
+    """
+    with closing_factory(RedisStore, refresh_interval=0.05, timeout=0.25, push=False) as make:
+        yield make
 
 
 @pytest.fixture(name="client")

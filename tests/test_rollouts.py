@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -1078,3 +1078,111 @@ class TestStoreProtocolCheck:
         """Every stored state carries its ladder: a rollout has at most 1,000 stages."""
         with pytest.raises(PolicyError, match="stages"):
             Rollouts(plain_policy(*([1.0] * 1_001)))
+
+
+class CountingSQLiteStore(SQLiteStore):
+    """A real SQLite store that counts the evidence calls a refresh makes of it."""
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.evidence_calls = 0
+
+    def read_counts(self, rollout: str, segment: str) -> dict[str, int]:
+        self.evidence_calls += 1
+        return super().read_counts(rollout, segment)
+
+    def add_counts(self, rollout: str, segment: str, counts: Mapping[str, int]) -> dict[str, int]:
+        self.evidence_calls += 1
+        return super().add_counts(rollout, segment, counts)
+
+    def count_distinct(self, rollout: str, scope: str, units: Collection[str]) -> int:
+        self.evidence_calls += 1
+        return super().count_distinct(rollout, scope, units)
+
+
+class TestIdlePooling:
+    """The background refresh pools a rollout's evidence only when there is something to send,
+    or an automatic advance due by the clock needs the fleet's totals: an idle process costs
+    the store one version check per refresh, whatever the number of rollouts."""
+
+    def refreshes(self, store: CountingSQLiteStore, n: int) -> int:
+        """The evidence calls that ``n`` background refreshes made."""
+        before = store.evidence_calls
+        for _ in range(n):
+            store._cycle()  # the refresh thread's work, run here (refresh_interval is 1 h)
+        return store.evidence_calls - before
+
+    def test_an_idle_rollout_reads_no_evidence(self, tmp_path: Path) -> None:
+        """No outcome queued: no evidence call; outcomes queued: one flush, then idle again."""
+        store = CountingSQLiteStore(tmp_path / "state.db", refresh_interval=3600)
+        try:
+            rollouts = Rollouts(plain_policy(50, 100), store=store)
+            assert self.refreshes(store, 5) == 0
+            for i in range(40):
+                unit = f"user-{i}"
+                rollouts.report("checkout", unit, error=i % 7 == 0)
+            assert self.refreshes(store, 1) > 0  # the flush, and the fleet's totals
+            assert self.refreshes(store, 5) == 0
+            assert rollouts.status("checkout").health.units_treatment > 0  # status pools
+        finally:
+            store.close()
+
+    def test_an_idle_rollout_due_to_advance_reads_the_totals_first(self, tmp_path: Path) -> None:
+        """Idle until its bake time ends, a rollout reads no evidence; then its refresh reads
+        the fleet's totals before it advances (never on old totals), and is idle again."""
+        clock = FakeClock(1000.0)
+        store = CountingSQLiteStore(tmp_path / "state.db", refresh_interval=3600)
+        try:
+            rollouts = Rollouts(auto_policy(10, 50, bake="1m"), store=store, clock=clock)
+            assert self.refreshes(store, 3) == 0  # not baked yet
+            clock.advance(120)
+            assert self.refreshes(store, 1) > 0
+            assert rollouts["checkout"].state.stage == 1  # advanced, on fresh totals
+            assert self.refreshes(store, 3) == 0  # the new stage bakes
+        finally:
+            store.close()
+
+    def test_an_advance_due_after_a_freeze_reads_the_totals_first(self, tmp_path: Path) -> None:
+        """A rollout that was due to advance while frozen, then unfrozen, reads the fleet's
+        totals at the refresh where it advances, as one due for the first time does."""
+        clock = FakeClock(1000.0)
+        store = CountingSQLiteStore(tmp_path / "state.db", refresh_interval=3600)
+        try:
+            rollouts = Rollouts(auto_policy(10, 50, 100, bake="1m"), store=store, clock=clock)
+            rollouts.freeze("checkout", reason="looking", actor="alice")
+            clock.advance(120)  # due by the clock, but frozen: no advance
+            self.refreshes(store, 3)
+            rollouts.unfreeze("checkout", reason="fine", actor="alice")
+            clock.advance(120)
+            assert self.refreshes(store, 1) > 0  # the refresh that advances reads the totals
+            assert rollouts["checkout"].state.stage == 1
+        finally:
+            store.close()
+
+    def test_an_idle_process_waits_on_the_fleets_sample_ratio_mismatch(
+        self, tmp_path: Path
+    ) -> None:
+        """A sample-ratio mismatch in the fleet's totals holds the rollout in an idle process
+        too: its bake time over (and after a period due while frozen), it does not advance."""
+        clock = FakeClock(1000.0)
+        store = CountingSQLiteStore(tmp_path / "state.db", refresh_interval=3600)
+        other = SQLiteStore(tmp_path / "state.db", refresh_interval=3600)
+        try:
+            idle = Rollouts(auto_policy(10, 50, 100, bake="1m"), store=store, clock=clock)
+            busy = Rollouts(auto_policy(10, 50, 100, bake="1m"), store=other, clock=clock)
+            idle.freeze("checkout", reason="looking", actor="alice")
+            clock.advance(120)  # due by the clock while frozen: the idle refreshes count
+            self.refreshes(store, 3)
+            idle.unfreeze("checkout", reason="fine", actor="alice")
+            busy.status("checkout")
+            for i in range(20_000):
+                unit = f"user-{i}"
+                if not busy.enabled("checkout", unit):  # only the old path reports
+                    busy.report("checkout", unit, error=False)
+            assert not busy.status("checkout").health.sample_ratio_ok  # flushed; it waits
+            clock.advance(120)
+            self.refreshes(store, 1)  # the idle process's refresh once the bake is over
+            assert idle["checkout"].state.stage == 0, idle["checkout"].state.reason
+        finally:
+            store.close()
+            other.close()

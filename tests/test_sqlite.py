@@ -4,12 +4,9 @@ import dataclasses
 import os
 import random
 import re
-import signal
 import sqlite3
 import stat
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import plain_policy
+from crashing import kill_mid_flight, writer_script
 from stagedroll import (
     Action,
     NoStoreError,
@@ -369,24 +367,13 @@ class TestHistoryAndRestart:
             again.close()
 
 
-CHILD = textwrap.dedent(
+CHILD = writer_script(
     """
     import sys
     from stagedroll import Rollouts, SQLiteStore, TransitionError
 
     path = sys.argv[1]
     store = SQLiteStore(path, max_history={max_history}, timeout=5, refresh_interval=0.05)
-    rollouts = Rollouts({policy!r}, store=store)
-    i = 0
-    while True:
-        i += 1
-        try:
-            rollouts.freeze("x", reason=str(i), actor="child")
-        except TransitionError:
-            rollouts.unfreeze("x", reason=str(i), actor="child")
-        store.add_counts("x", "s", {{"calls": 1, "errors": i % 2}})
-        store.add_units("x", "u", [f"unit-{{i % 50}}"])
-        store.count_distinct("x", "d", [f"unit-{{i % 70}}"])
     """
 )
 
@@ -399,24 +386,8 @@ class TestCrashSafety:
         rng = random.Random(20240601)
         kills = 0
         for _ in range(20):
-            child = subprocess.Popen(
-                [sys.executable, "-c", script, str(path)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            try:
-                start = self._version(path)
-                deadline = time.monotonic() + 20
-                while self._version(path) < start + 4:
-                    assert child.poll() is None, child.communicate()[1].decode()
-                    assert time.monotonic() < deadline, "the child made no progress"
-                    time.sleep(0.005)
-                time.sleep(rng.uniform(0, 0.03))
-                child.send_signal(signal.SIGKILL)
-            finally:
-                child.kill()
-                _, err = child.communicate()
-            assert child.returncode == -signal.SIGKILL, err.decode()
+            command = [sys.executable, "-c", script, str(path)]
+            kill_mid_flight(command, lambda: self._version(path), rng, deadline_s=20)
             kills += 1
             self._check(path, max_history)
         assert kills == 20

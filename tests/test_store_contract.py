@@ -1,8 +1,9 @@
-"""The contract every store keeps: one suite, run against memory, SQLite and Redis.
+"""The contract every store keeps: one suite, run against memory, SQLite, Redis and PostgreSQL.
 
-The real backends run: SQLite files under ``tmp_path`` and the machine's (or a private)
-Redis under a key prefix of the test's own. The multi-process tests build their stores in
-the children from a URL, as a worker process of a service would.
+The real backends run: SQLite files under ``tmp_path``, the machine's (or a private) Redis
+under a key prefix of the test's own, and the machine's (or a private) PostgreSQL in a schema
+of the test's own. The multi-process tests build their stores in the children from a URL, as
+a worker process of a service would.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import structlog
 from stagedroll import (
     Action,
     MemoryStore,
+    PostgresStore,
     RecentError,
     RedisStore,
     RolloutState,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 # that times out would fail a test about correctness, not speed.
 SQLITE_TIMEOUT_S = 10.0
 REDIS_TIMEOUT_S = 5.0
+POSTGRES_TIMEOUT_S = 10.0
 DEADLINE_S = 60.0
 """How long a test waits for its threads and processes before it calls them stuck."""
 
@@ -80,7 +83,7 @@ class Backend:
         return store
 
     def make_shared(self, **options: Any) -> SQLiteStore | RedisStore:
-        """A new store object of a backend that processes share."""
+        """A new SQLite or Redis store object (the shared kinds the importing modules test)."""
         store = self.make(**options)
         assert isinstance(store, SQLiteStore | RedisStore)
         return store
@@ -134,10 +137,14 @@ def _backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backe
             return SQLiteStore(path, **{"timeout": SQLITE_TIMEOUT_S, **options})
 
         return Backend(kind, _with_query(f"sqlite:///{path}", timeout=SQLITE_TIMEOUT_S), sqlite)
+    if kind == "postgres":
+        return _postgres_backend(request)
     url, prefix = _redis_options(request)
 
     def redis_store(**options: Any) -> Store:
-        return RedisStore(url, **{"prefix": prefix, "timeout": REDIS_TIMEOUT_S, **options})
+        # Without push unless asked: the suite drives the refreshes (tests/test_push.py).
+        options = {"prefix": prefix, "timeout": REDIS_TIMEOUT_S, "push": False, **options}
+        return RedisStore(url, **options)
 
     return Backend(
         kind,
@@ -145,6 +152,36 @@ def _backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backe
         redis_store,
         cleanup=lambda: _delete_keys(url, prefix),
     )
+
+
+def _postgres_backend(request: pytest.FixtureRequest) -> Backend:
+    url: str = request.getfixturevalue("postgres_url")
+    schema: str = request.getfixturevalue("postgres_schema")  # dropped after the test
+
+    def postgres(**options: Any) -> Store:
+        # Without push, unless asked: a test with a long refresh_interval decides when a
+        # store object reads what another one wrote. The children of the multi-process
+        # tests, built from the URL, listen.
+        options = {"schema": schema, "timeout": POSTGRES_TIMEOUT_S, "push": False, **options}
+        return PostgresStore(url, **options)
+
+    return Backend("postgres", _with_query(url, schema=schema, timeout=POSTGRES_TIMEOUT_S),
+                   postgres)  # fmt: skip
+
+
+BACKENDS = ["memory", "sqlite", "redis", "postgres"]
+SHARED = ["sqlite", "redis", "postgres"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run this module's tests on every backend, PostgreSQL included.
+
+    The fixtures' own params stay as they were for the modules that import them (written
+    for SQLite and Redis); a parametrize mark here takes precedence over them.
+    """
+    for name, kinds in (("backend", BACKENDS), ("shared", SHARED)):
+        if name in metafunc.fixturenames:
+            metafunc.definition.add_marker(pytest.mark.parametrize(name, kinds, indirect=True))
 
 
 @pytest.fixture(name="backend", params=["memory", "sqlite", "redis"])
@@ -664,7 +701,8 @@ class TestSyncing:
         """A write through one object is heard by another's listener at its next refresh."""
         # A long interval: the background thread never refreshes during the test.
         writer = shared.make(refresh_interval=3600)
-        reader = shared.make_shared(refresh_interval=3600)
+        reader = shared.make(refresh_interval=3600)
+        assert isinstance(reader, SQLiteStore | RedisStore | PostgresStore)
         heard: list[tuple[str, RolloutState]] = []
         watcher = Watcher(heard)
         reader.watch(watcher.on_state)

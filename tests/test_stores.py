@@ -181,10 +181,10 @@ class TestStoreFromUrl:
     def test_unknown_scheme(self) -> None:
         """An unknown scheme is refused with the known ones listed."""
         with pytest.raises(ValueError, match="known schemes are memory://") as info:
-            store_from_url("postgres://localhost/db")
+            store_from_url("mysql://localhost/db")
         message = str(info.value)
-        assert "postgres://localhost/db" in message
-        for scheme in ("memory://", "sqlite://", "redis://", "rediss://"):
+        assert "mysql://localhost/db" in message
+        for scheme in ("memory://", "sqlite://", "redis://", "rediss://", "postgresql://"):
             assert scheme in message
 
     def test_sqlite_relative_path(self, from_url: list[Store]) -> None:
@@ -259,6 +259,30 @@ class TestStoreFromUrl:
         assert store.prefix == "shop"
         assert store.refresh_interval == 0.5
         assert store.url == "redis://127.0.0.1:6379/2?socket_keepalive=true"
+
+    @pytest.mark.parametrize(
+        ("url", "push"),
+        [
+            ("redis://127.0.0.1:6379/0?push=0&db=0", False),
+            ("redis://127.0.0.1:6379/0?push=off&db=0", False),
+            ("redis://127.0.0.1:6379/0?push=TRUE&db=0", True),
+            ("sqlite:///{tmp}/push.db?push=1", True),
+            ("sqlite:///{tmp}/no-push.db", False),
+        ],
+    )
+    def test_push_option(self, url: str, push: bool, tmp_path: Path, from_url: list[Store]) -> None:
+        """``push`` is stagedroll's option on every shared store's URL, never redis-py's."""
+        store = store_from_url(url.format(tmp=tmp_path))
+        from_url.append(store)
+        assert isinstance(store, RedisStore | SQLiteStore)
+        assert store.push is push
+        if isinstance(store, RedisStore):
+            assert store.url == "redis://127.0.0.1:6379/0?db=0"
+
+    def test_push_option_malformed(self) -> None:
+        """A push that is not a switch is refused, naming the option and what it takes."""
+        with pytest.raises(ValueError, match=r"push must be 1 or 0 \(true or false\)"):
+            store_from_url("sqlite:///x.db?push=maybe")
 
     def test_redis_defaults(self, from_url: list[Store]) -> None:
         """A redis URL without options keeps the store's defaults and the URL as written."""

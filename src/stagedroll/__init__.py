@@ -40,7 +40,7 @@ from .exceptions import (
     TransitionError,
     UnknownRolloutError,
 )
-from .stores import MemoryStore, RedisStore, SQLiteStore, Store, SyncingStore
+from .stores import MemoryStore, PostgresStore, RedisStore, SQLiteStore, Store, SyncingStore
 
 __all__ = [
     "Action",
@@ -55,6 +55,7 @@ __all__ = [
     "Outcome",
     "Policy",
     "PolicyError",
+    "PostgresStore",
     "Reason",
     "RecentError",
     "RedisStore",

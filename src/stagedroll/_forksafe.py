@@ -4,8 +4,10 @@ stagedroll's core starts no thread, but the host may (and stores shared by proce
 one): a lock held by a thread at the moment of ``fork`` would stay held forever in the
 child. Objects registered here are told after every fork, in the child, to replace their
 locks (and forget per-process counts). An object may also prepare for the fork
-(``_before_fork``, e.g. close a connection that must not cross it) and resume in the
-parent (``_after_fork_in_parent``).
+(``_before_fork``, e.g. close a connection that must not cross it), resume in the
+parent (``_after_fork_in_parent``), and act in the child once every object has renewed
+its state (``_after_fork_renewed``: a store's thread starts again only then, never on the
+parent's connections).
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ def _resume() -> None:
 
 
 def _renew() -> None:
-    for obj in list(_registered):
-        obj._after_fork()
+    _call("_after_fork")
+    # Then what may use the renewed state (a store's thread restarted): only once every
+    # object has renewed its own, whatever order the set gives them in.
+    _call("_after_fork_renewed")
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - absent on Windows only

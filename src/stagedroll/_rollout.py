@@ -56,6 +56,7 @@ R = TypeVar("R")
 
 _hash = mmh3.hash
 _RETRY_AFTER_S = 1.0  # after a failed automatic step, wait this long before the next try
+_IDLE_POOL_EVERY = 30  # an idle rollout whose freeze was held judges again every 30 refreshes
 
 
 class Rollout:
@@ -71,6 +72,7 @@ class Rollout:
     __slots__ = (
         "__weakref__",
         "_bound",
+        "_idle_pools",
         "_lock",
         "_mine",
         "_plan",
@@ -92,6 +94,7 @@ class Rollout:
         self.name = plan.name
         self._lock = threading.Lock()  # serializes view changes; decisions never take it
         self._retry_at = 0.0  # after a failed automatic step, not before this clock time
+        self._idle_pools = 0  # background refreshes since the last idle pool (see _pool_due)
         self._bound = 0  # guards, shadows and migrations built on this handle
         self._started = False
         self._mine: RolloutState | None = None  # the state this handle is committing
@@ -473,11 +476,47 @@ class Rollout:
             log("info", "rollout.state_readable", rollout=name,
                 stage=self._router.view.stage_name)  # fmt: skip
 
-    def _tick(self) -> Transition | None:
-        """Start if need be, pool the evidence, and take the automatic step due; never raises."""
+    def _tick(self, *, background: bool = False) -> Transition | None:
+        """Start if need be, pool the evidence, and take the automatic step due; never raises.
+
+        ``background``: the store's refresh, every ``refresh_interval``, which pools only
+        what needs the store (:meth:`_pool_due`); ``tick`` and ``status`` always pool.
+        """
         self._restart()
-        self._pool()
+        if not background or self._pool_due():
+            self._pool()
         return self._auto_step()
+
+    def _pool_due(self) -> bool:
+        """Whether the background refresh should pool this rollout's evidence now.
+
+        When this process queued events, units or errors: yes (the fleet's totals come back
+        with the flush, and the gate judges them at once). When an automatic advance is due
+        by the clock: yes, every time, so that no advance is ever taken on old totals (the
+        fleet may hold it: a failing arm, a sample-ratio mismatch, processes that disagree
+        on the share). When the gate calls for a freeze or a rollback that it could not take
+        (processes disagreed on the share): every ``_IDLE_POOL_EVERY`` refreshes, to judge
+        again once they agree. Otherwise this process has nothing new to judge: the
+        processes that serve the rollout's traffic flush and judge, and an idle one costs
+        the store nothing.
+        """
+        router = self._router
+        health = router.health
+        outbox = health.outbox if health is not None else None
+        if health is None or outbox is None:
+            return True  # not pooled: nothing to spare
+        queued = outbox.batch
+        if queued.size() or queued.calls or router.errors.pending():
+            return True
+        if gate.advance_due(self._plan, router.view, self._runtime.clock()) is None:
+            return True
+        with router.lock:  # a step held back while processes disagree on the share
+            held = bool(health.others) or health.verdict().action is not None
+        if not held:
+            self._idle_pools = 0
+            return False
+        self._idle_pools = (self._idle_pools + 1) % _IDLE_POOL_EVERY
+        return self._idle_pools == 1
 
     # -- the health gate's steps ---------------------------------------------------------------
 

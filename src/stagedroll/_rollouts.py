@@ -394,7 +394,7 @@ class Rollouts:
                 return  # closed meanwhile (by a hook, or another thread)
             try:
                 rollout._follow_unreadable(unreadable.get(rollout.name))
-                rollout._tick()
+                rollout._tick(background=True)
             except Exception as exc:  # pragma: no cover - each step catches what it expects
                 self.failures.record("store.sync_failed", exc, rollout=rollout.name)
 

@@ -15,7 +15,12 @@ as a hash tag so that one rollout's keys share a Redis Cluster slot:
   distinct error (at most 20), rewritten whole under ``WATCH`` by each addition;
 - ``{prefix}:meta``: a hash, the store's marker (``created``) and the history id of each
   rollout it has held (``rollout:{name}``), which tell a lost state from a new rollout, and
-  which :meth:`RedisStore.names` reads instead of scanning the keys.
+  which :meth:`RedisStore.names` reads instead of scanning the keys;
+- ``{prefix}:generation``: a counter that each write of a state increments, right after it
+  (one ``GET`` tells a refresh whether any state changed); each increment is followed by a
+  ``PUBLISH`` of ``"{token} {name}"`` on the channel ``{prefix}:changes`` (the token names
+  the store object that wrote, whose own listener skips it), which the listener thread of
+  every ``RedisStore`` with ``push`` subscribes to.
 
 Counters, unit sets and recent errors expire ``ttl`` seconds (default 30 days) after their
 last write.
@@ -33,6 +38,7 @@ import math
 import re
 import threading
 import time
+import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
@@ -106,6 +112,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return new
 """
 _CHUNK = 5000  # units per command: a large batch does not hold Redis for long
+_DRAIN = 1000  # messages the listener takes at once before it wakes the refresh
 _WATCH_TRIES = 50  # attempts of an optimistic transaction before it fails (WatchError)
 
 _UNENCODED = "percent-encode any '/', '?' or '#' in its user name and password (%2F, %3F, %23)"
@@ -132,7 +139,11 @@ class RedisStore(SharedStore):
     (connecting included), in seconds: a slow or unreachable Redis fails fast, and the
     background refresh tries again. Commands are not retried. ``refresh_interval`` is how
     often changes made by other hosts are read; ``max_history`` caps each rollout's history;
-    ``ttl`` is how long outcome counters live after their last write.
+    ``ttl`` is how long outcome counters live after their last write. With ``push`` (the
+    default) a second thread subscribes to the store's channel, and a transition made
+    anywhere reaches this process in milliseconds; the refresh stays as the backstop (a
+    message published while the subscriber was disconnected is lost). Either way a refresh
+    sends one ``GET`` when no state changed.
     """
 
     def __init__(
@@ -144,6 +155,7 @@ class RedisStore(SharedStore):
         timeout: float = 0.25,
         max_history: int = 1000,
         ttl: float = 30 * 86400,
+        push: bool = True,
     ) -> None:
         if max_history < 1:
             raise ValueError("max_history must be at least 1")
@@ -152,7 +164,8 @@ class RedisStore(SharedStore):
         if not ttl >= 1:
             raise ValueError(f"ttl must be at least 1 (second), not {ttl!r}")
         self._redis = _import_redis()
-        super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-redis")
+        super().__init__(refresh_interval=refresh_interval, thread_name="stagedroll-redis",
+                         push=push)  # fmt: skip
         self.url = url
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("prefix must be non-empty text: it keeps applications apart")
@@ -167,14 +180,24 @@ class RedisStore(SharedStore):
         self._add_script: Any = None
         self._registered: set[str] = set()  # rollouts registered in meta by this process
         self._upgraded: set[str] = set()  # rollouts whose keys of earlier versions were dropped
+        self._unannounced: set[str] = set()  # writes whose generation bump failed: retried
+        self._pubsub: Any = None  # the listener's subscription (its own connection)
+        self._subscribed = False  # whether it was made before (a new one may have missed some)
+        self._token = uuid.uuid4().hex  # names this object's messages (not news to itself)
 
     def _after_fork(self) -> None:
         super()._after_fork()
         self._lock = threading.Lock()
         if self._client is not None:
             _abandoned.append(self._client)
+        if self._pubsub is not None:
+            _abandoned.append(self._pubsub)
         self._client = None
+        self._pubsub = None
+        self._subscribed = True  # the child's first subscription may have missed changes
+        self._token = uuid.uuid4().hex
         self._registered = set()
+        self._unannounced = set()
 
     def __repr__(self) -> str:
         return f"RedisStore({_redact(self.url)!r}, prefix={self.prefix!r})"
@@ -194,8 +217,10 @@ class RedisStore(SharedStore):
                 client = self._client
         return client
 
-    def _connect(self) -> redis.Redis:
+    def _connect(self, **options: Any) -> redis.Redis:
         """A client for ``self.url``; an error about the URL shows it without credentials.
+
+        ``options`` go to redis-py over the store's own (the listener's longer timeout).
 
         Whatever redis-py raises about the URL may quote part of it (``Port could not be
         cast to integer value as 'ab'``: the start of a password): its message is replaced,
@@ -205,13 +230,13 @@ class RedisStore(SharedStore):
         try:
             if not _misread(self.url):
                 retry = self._redis.retry.Retry(self._redis.backoff.NoBackoff(), 0)
-                client: redis.Redis = self._redis.Redis.from_url(
-                    self.url,
-                    socket_timeout=self._timeout,
-                    socket_connect_timeout=self._timeout,
-                    retry=retry,
-                    retry_on_timeout=False,
-                )
+                settings: dict[str, Any] = {
+                    "socket_timeout": self._timeout,
+                    "socket_connect_timeout": self._timeout,
+                    "retry": retry,
+                    "retry_on_timeout": False,
+                }
+                client: redis.Redis = self._redis.Redis.from_url(self.url, **(settings | options))
                 return client
         except Exception as exc:
             why = f"it cannot be parsed ({type(exc).__name__}); {_UNENCODED}"
@@ -227,6 +252,108 @@ class RedisStore(SharedStore):
 
     def _meta(self) -> str:
         return f"{self.prefix}:meta"
+
+    def _channel(self) -> str:
+        return f"{self.prefix}:changes"
+
+    def _generation(self) -> object:
+        """The store's ``generation`` counter (one ``GET``); 0 when it is missing.
+
+        Increments that failed after their write landed are sent first. A counter of
+        another type, or text that is not a counter (written behind the store's back), is
+        no marker: ``None``, so every refresh reads every state, and
+        ``store.generation_unreadable`` is counted.
+        """
+        if self._unannounced:
+            self._announce(*self._unannounced.copy())  # a copy: writers may add meanwhile
+        try:
+            value = self.client.get(f"{self.prefix}:generation")
+        except self._redis.exceptions.ResponseError as exc:  # WRONGTYPE
+            self.failures.record("store.generation_unreadable", exc, store=repr(self))
+            return None
+        if value is None:
+            return 0
+        if not (isinstance(value, bytes) and value.isdigit() and len(value) <= 19):
+            self.failures.record("store.generation_unreadable", store=repr(self),
+                                 error="not a counter")  # fmt: skip
+            return None
+        return value
+
+    def _announce(self, *rollouts: str) -> None:
+        """Increment ``generation`` and publish each rollout written; never raises.
+
+        One round trip after the write. When it fails, the write stands: it is announced
+        again at the next refresh, and until then other processes see it at their next full
+        read (every minute at most, by default).
+        """
+        key = f"{self.prefix}:generation"
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(key)
+            for rollout in rollouts:  # under this object's token: its listener skips its own
+                pipe.publish(self._channel(), f"{self._token} {rollout}")
+            pipe.execute()
+        except Exception as exc:
+            self._unannounced.update(rollouts)
+            self.failures.record("store.announce_failed", exc, store=repr(self))
+            if isinstance(exc, self._redis.exceptions.ResponseError) and "integer" in str(exc):
+                # Text that is no counter (written behind the store's back) would refuse
+                # every increment: start it again (a change readers see; the next
+                # refresh announces these writes).
+                with contextlib.suppress(Exception):
+                    self.client.set(key, b"1", xx=True)
+            return
+        self._unannounced.difference_update(rollouts)
+
+    def _listen(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a rollout's name on ``{prefix}:changes``.
+
+        The subscription has its own connection, made (and subscribed) here when there is
+        none. Made again after a failure: ``True``, since what was published meanwhile is
+        lost.
+        """
+        pubsub: Any = self._pubsub
+        if pubsub is None:
+            if self._closed:
+                return False
+            client = self._connect(socket_timeout=timeout + self._timeout,
+                                   socket_keepalive=True, health_check_interval=30)  # fmt: skip
+            # The subscription keeps its client: a client collected closes its pool, the
+            # subscription's connection included (which would then connect again, unowned).
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.owner = client
+            try:
+                pubsub.subscribe(self._channel())
+            except Exception:
+                _close(pubsub)
+                raise
+            self._pubsub = pubsub
+            if self.closed:  # closed meanwhile: _stop_listening may not have seen it
+                self._stop_listening()
+            again, self._subscribed = self._subscribed, True
+            return again
+        try:
+            message = pubsub.get_message(timeout=timeout)
+            pushed = False
+            for _ in range(_DRAIN):  # take what else arrived at once (bounded: then refresh)
+                if message is None:
+                    break
+                pushed = pushed or not _text(message.get("data") or "").startswith(self._token)
+                message = pubsub.get_message(timeout=0)
+            pushed = pushed or message is not None  # more than it takes at once: news
+        except Exception:
+            self._pubsub = None
+            _close(pubsub)
+            raise
+        finally:
+            if self._closed:  # closing from another thread may have let it reconnect
+                _close(pubsub)
+        return pushed
+
+    def _stop_listening(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            _close(pubsub)
 
     def _read_many(self, names: list[str]) -> dict[str, object]:
         pipe = self.client.pipeline(transaction=False)
@@ -326,6 +453,7 @@ class RedisStore(SharedStore):
         )
         if not done:
             return False
+        self._announce(rollout)
         self._changed(rollout, state)
         self._register(rollout, state)
         return True
@@ -337,6 +465,7 @@ class RedisStore(SharedStore):
                 self._max_history]  # fmt: skip
         if not self._put_script(keys=keys, args=args, client=client):
             return False
+        self._announce(rollout)
         self._changed(rollout, state)
         self._register(rollout, state)
         return True
@@ -532,12 +661,25 @@ class RedisStore(SharedStore):
         return int(pipe.execute()[-1])
 
     def close(self) -> None:
-        """Stop the refresh and close the connections."""
+        """Stop the refresh and the listener, and close the connections.
+
+        The writes whose announcement failed are announced once more first.
+        """
+        if self._unannounced and not self._closed:
+            self._announce(*self._unannounced.copy())
         self._stop()
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _close(pubsub: Any) -> None:
+    """Close a subscription, its connection and its client's; never raises."""
+    with contextlib.suppress(Exception):
+        pubsub.close()
+    with contextlib.suppress(Exception):
+        pubsub.owner.close()
 
 
 def _counters(raw: Mapping[Any, Any]) -> dict[str, int]:
@@ -661,7 +803,7 @@ def split_options(url: str) -> tuple[str, dict[str, str]]:
     The rest of ``url`` is kept as written (not encoded again), so that what a password
     with an unencoded ``?`` put in the query still ends at its ``@``, which ``_redact`` hides.
     """
-    ours = {"prefix", "refresh_interval", "timeout", "max_history", "ttl"}
+    ours = {"prefix", "refresh_interval", "timeout", "max_history", "ttl", "push"}
     before, hash_, fragment = url.partition("#")  # as urlsplit splits: the fragment first
     base, _, query = before.partition("?")
     options: dict[str, str] = {}

@@ -36,6 +36,11 @@ RESTORER = AUTOMATIC
 __all__ = ["SharedStore"]
 
 _MAX_BACKOFF_S = 30.0
+EXPIRE_EVERY_S = 3600.0
+"""How often the refresh thread deletes what outlived the store's ``ttl`` (:meth:`_expire`)."""
+FULL_READ_EVERY = 60
+"""Every how many ``refresh_interval`` a refresh reads every state, even when the store's
+marker says that nothing changed (a state written behind the store's back, or lost)."""
 EMPTY = "the store held no stagedroll data: it is new, or it lost all of it"
 """What ``store.initialized`` says: the store's marker was missing when a state was written."""
 _GONE = "registered in this store, but no state and no readable history is left"
@@ -59,26 +64,50 @@ def _same_version(field: object, version: int) -> bool:
 
 
 class _Thread:
-    """The daemon thread that runs ``owner._cycle()`` every ``interval`` seconds."""
+    """The daemon thread that runs ``work(owner)`` every ``interval`` seconds.
 
-    __slots__ = ("__weakref__", "_lock", "_store", "_thread", "_wake", "interval", "name", "pid")
+    ``work`` says whether it worked; after a failure the thread waits longer (doubling from
+    ``retry`` up to 30 s), then runs at the interval again. The refresh runs
+    ``owner._cycle`` every ``refresh_interval``; the listener runs ``owner._listening`` back
+    to back (``interval`` 0: it waits on the backend itself).
+    """
 
-    def __init__(self, owner: SharedStore, name: str, interval: float) -> None:
+    __slots__ = ("__weakref__", "_lock", "_restart", "_store", "_thread", "_wake", "_work",
+                 "interval", "name", "pid", "retry")  # fmt: skip
+
+    def __init__(
+        self,
+        owner: SharedStore,
+        name: str,
+        interval: float,
+        work: Callable[[SharedStore], bool],
+        *,
+        retry: float | None = None,
+    ) -> None:
         self._store = weakref.ref(owner)
+        self._work = work
         self.name = name
         self.interval = interval
+        self.retry = interval if retry is None else retry
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one start at a time: a thread starting is not alive yet
         self._thread: threading.Thread | None = None
+        self._restart = False  # in a forked child: start again once the store is renewed
         self.pid = 0
         register(self)
 
     def _after_fork(self) -> None:
-        """In a forked child: the parent's thread is gone; start ours if it ran."""
+        """In a forked child: the parent's thread is gone; ours starts again if it ran.
+
+        Not here: once the store has renewed its connections (:meth:`_after_fork_renewed`).
+        """
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        running, self._thread = self._thread is not None, None
-        if running:
+        self._restart, self._thread = self._thread is not None, None
+
+    def _after_fork_renewed(self) -> None:
+        if self._restart:
+            self._restart = False
             self.start()
 
     def start(self, *, only_if_died: bool = False) -> None:
@@ -131,16 +160,16 @@ class _Thread:
             wake.wait(delay)
             wake.clear()
             owner = self._store()
-            if owner is None or self._thread is not me:
+            if owner is None or self._thread is not me or owner.closed:
                 return  # the store is gone or closed, or this is a stale thread
             try:
-                ok = owner._cycle()
+                ok = self._work(owner)
             except BaseException as exc:  # _cycle contains user code; this is the last net
                 _record(owner.failures, "store.refresh_failed", exc, store=repr(owner))
                 ok = False
             del owner
             # While the backend is down, try less often (up to 30 s), then at the interval.
-            delay = self.interval if ok else min(max(delay * 2, self.interval), _MAX_BACKOFF_S)
+            delay = self.interval if ok else min(max(delay * 2, self.retry), _MAX_BACKOFF_S)
 
 
 class SharedStore:
@@ -151,10 +180,15 @@ class SharedStore:
     background.
     """
 
-    def __init__(self, *, refresh_interval: float, thread_name: str) -> None:
+    def __init__(self, *, refresh_interval: float, thread_name: str, push: bool = False) -> None:
         if not refresh_interval > 0:
             raise ValueError(f"refresh_interval must be positive, not {refresh_interval!r}")
+        if not isinstance(push, bool):
+            raise TypeError(f"push must be True or False, not {push!r}")
         self.refresh_interval = refresh_interval
+        self.push = push
+        """Whether a listener thread waits for the changes the backend pushes (see
+        :meth:`_listen`); the refresh every ``refresh_interval`` stays as the backstop."""
         self.failures = Failures()
         """Failures of the backend in this process, by kind (``store.refresh_failed``, …)."""
         # The rollouts to refresh, and the newest state this process knows of each.
@@ -162,7 +196,12 @@ class SharedStore:
         self._names_lock = threading.Lock()
         self._listeners = Listeners("store.listener_failed", self.failures)
         self._refreshed = Listeners("store.callback_failed", self.failures)
-        self._thread = _Thread(self, thread_name, refresh_interval)
+        self._thread = _Thread(self, thread_name, refresh_interval, _cycle)
+        self._listener = _Thread(self, f"{thread_name}-listen", 0.0, _listening,
+                                 retry=refresh_interval)  # fmt: skip
+        self._generation_seen: object = None  # the marker at the last full read
+        self._full_read_at = 0.0  # when the next full read is due whatever the marker says
+        self._expire_at = 0.0  # when the refresh thread next deletes old rows (_expire)
         self._unreadable: dict[str, str] = {}
         self._down = False
         self._closed = False
@@ -170,6 +209,7 @@ class SharedStore:
 
     def _after_fork(self) -> None:
         self._names_lock = threading.Lock()
+        self._generation_seen = None  # the child reads every state at its first refresh
 
     @property
     def closed(self) -> bool:
@@ -216,6 +256,33 @@ class SharedStore:
         and the newest history entry as text (``None``: no history).
         """
         raise NotImplementedError
+
+    def _generation(self) -> object:
+        """A marker of the whole store that changes whenever a state changes; may raise.
+
+        One cheap read (a counter that each compare-and-set bumps): when it is what it was at
+        the last full read, the refresh reads no state. ``None``: the store keeps no marker,
+        and every refresh reads every state. A marker bumped apart from the write it marks
+        can be lost (a writer that dies between the two), and a state written behind the
+        store's back bumps nothing: every ``FULL_READ_EVERY`` refreshes (a minute by default),
+        the refresh reads every state anyway, and an unreadable state at every refresh.
+        """
+        return None
+
+    def _listen(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a change the backend pushes; may raise.
+
+        Runs on the listener thread (with ``push``), back to back. Returns whether a change
+        may have come: a notification, or a connection made again after a failure, since
+        notifications sent while disconnected are lost; the refresh then runs at once,
+        reading every state.
+        Raises when the backend cannot be reached: the listener tries again later (from
+        ``refresh_interval``, doubling up to 30 s), and polling goes on meanwhile.
+        """
+        raise NotImplementedError
+
+    def _stop_listening(self) -> None:
+        """Close the listening connection (the store is closing); never raises."""
 
     def _loaded(self, rollout: str, state: RolloutState | None) -> None:
         """Called when :meth:`load` read a state, restored one, or found none.
@@ -327,6 +394,8 @@ class SharedStore:
                 self._names[rollout] = state
         if not self._closed:
             self._thread.start()
+            if self.push:
+                self._listener.start()
 
     def _changed(self, rollout: str, state: RolloutState) -> None:
         """Tell the listeners of a state that this process committed."""
@@ -339,8 +408,10 @@ class SharedStore:
         """Read the states now and tell the listeners of changes; return whether it worked.
 
         The background thread calls this every ``refresh_interval``; failures are logged
-        and counted (``store.refresh_failed``), never raised. A state that cannot be read,
-        or is out of range, is skipped (``store.decode_failed``): the others still refresh.
+        and counted (``store.refresh_failed``), never raised. A store that keeps a marker of
+        change (:meth:`_generation`) reads it first, and the states only when it moved. A
+        state that cannot be read, or is out of range, is skipped (``store.decode_failed``):
+        the others still refresh.
         When the store has lost a state (it is missing, or older than one this process read
         from it: the backend lost data), this process writes back what it knew
         (``store.state_lost``).
@@ -352,7 +423,15 @@ class SharedStore:
         if not names:
             return True
         try:
-            texts = self._read_many(list(names))
+            generation = self._generation()  # read before the states: a change after it
+            unchanged = (  # is seen at the next refresh
+                generation is not None
+                and generation == self._generation_seen
+                and time.monotonic() < self._full_read_at
+            )
+            if unchanged:  # only the unreadable states, which an operator may be repairing
+                names = {name: names[name] for name in self._unreadable if name in names}
+            texts = self._read_many(list(names)) if names else {}
         except Exception as exc:
             self.failures.record("store.refresh_failed", exc, store=repr(self))
             self._down = True
@@ -360,6 +439,9 @@ class SharedStore:
         if self._down:
             self._down = False
             log("info", "store.recovered", store=repr(self))
+        if not unchanged:
+            self._generation_seen = generation
+            self._full_read_at = time.monotonic() + FULL_READ_EVERY * self.refresh_interval
         for name, known in names.items():  # known: as before the read, the store is not behind
             try:
                 raw = texts.get(name)
@@ -408,7 +490,37 @@ class SharedStore:
     def _cycle(self) -> bool:
         ok = self.refresh()
         self._refreshed.call()
+        if ok and time.monotonic() >= self._expire_at:
+            self._expire_at = time.monotonic() + EXPIRE_EVERY_S
+            try:
+                self._expire()
+            except Exception as exc:
+                self.failures.record("store.expire_failed", exc, store=repr(self))
         return ok
+
+    def _expire(self) -> None:
+        """Delete what was not written for the store's ``ttl``; may raise.
+
+        Called by the refresh thread once an hour (at its first refresh, then every
+        ``EXPIRE_EVERY_S``). SQLite and PostgreSQL delete their old rows; Redis expires
+        its keys itself.
+        """
+
+    def _listening(self) -> bool:
+        """The listener thread's work: wake the refresh when a change may have come."""
+        if self._closed:
+            return True
+        try:
+            pushed = self._listen(self.refresh_interval)
+        except Exception as exc:
+            if self.closed:  # closing ended the wait
+                return True
+            self.failures.record("store.listen_failed", exc, store=repr(self))
+            return False
+        if pushed and not self._closed:
+            self._full_read_at = 0.0  # a notification, or one lost: read every state
+            self._thread.wake()
+        return True
 
     # -- the protocol's listening side --------------------------------------------------------
 
@@ -435,6 +547,8 @@ class SharedStore:
         """
         if not self._closed:
             self._thread.start(only_if_died=True)
+            if self.push:
+                self._listener.start(only_if_died=True)
 
     def wake(self) -> None:
         """Run the next background refresh now (starting the thread again if it died)."""
@@ -446,8 +560,18 @@ class SharedStore:
         """Stop the refresh: wait (a few seconds at most) for a cycle under way to end."""
         self._closed = True
         self._thread.stop(wait_s=5.0)
+        self._stop_listening()  # ends a wait under way on the backend
+        self._listener.stop(wait_s=5.0)
         self._listeners.clear()
         self._refreshed.clear()
+
+
+def _cycle(store: SharedStore) -> bool:
+    return store._cycle()
+
+
+def _listening(store: SharedStore) -> bool:
+    return store._listening()
 
 
 def _from_history(entry: Transition, registered: str | None) -> RolloutState | None:
