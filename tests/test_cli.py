@@ -1136,6 +1136,8 @@ class TestNoStoreThere:
             "redis://:s3cret@127.0.0.1:1/0?timeout=0.2",
             "redis://user:s3c/r?et@127.0.0.1:1/0",
             "redis://127.0.0.1:1/0?timeout=0.2&password=s3cret",
+            "postgresql://app:s3cret@127.0.0.1:1/orders?timeout=0.2",
+            "postgresql://app@127.0.0.1:1/orders?timeout=0.2&password=s3cret",
         ],
     )
     def test_password_never_printed(self, url: str) -> None:
@@ -1144,6 +1146,14 @@ class TestNoStoreThere:
             run = sh(*argv, "--store", url)
             assert run.code == 3, run.err
             assert "s3c" not in run.err
+
+    def test_a_user_name_alone_is_shown_as_is(self) -> None:
+        """A PostgreSQL user name without a password is no secret: the error shows the URL
+        whole (not ``***ql://`` for a user called ``postgres``)."""
+        run = sh("list", "--store", "postgresql://postgres@127.0.0.1:1/orders?timeout=0.2")
+        assert run.code == 3, run.err
+        assert "postgresql://" in run.err
+        assert "***ql" not in run.err
 
 
 class TestSteeringFromTheStore:

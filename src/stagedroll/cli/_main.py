@@ -86,11 +86,14 @@ def shown_store(url: str) -> str:
 
 def secrets_of(url: str) -> list[str]:
     """The passwords a store URL holds (its user information's, a ``password=`` option's)."""
-    _, _, rest = url.partition("://")
+    scheme, _, rest = url.partition("://")
     found: list[str] = []
     if "@" in rest:
         userinfo = rest.rsplit("@", 1)[0]
-        found.append(userinfo.split(":", 1)[1] if ":" in userinfo else userinfo)
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+        elif scheme.lower().startswith("redis"):  # redis://secret@host: taken for a password
+            found.append(userinfo)
         rest = rest.rsplit("@", 1)[1]
     query = rest.partition("?")[2]
     found.extend(v for k, v in parse_qsl(query) if "pass" in k.lower() or "token" in k.lower())

@@ -829,7 +829,8 @@ def _secrets(url: str) -> list[str]:
     found = []
     if "@" in rest:
         userinfo, rest = rest.rsplit("@", 1)
-        found.append(userinfo.partition(":")[2] or userinfo)
+        if ":" in userinfo:  # a user name alone is no secret (and may be "postgres")
+            found.append(userinfo.partition(":")[2])
     query = rest.partition("?")[2].partition("#")[0]
     found += [v for k, v in parse_qsl(query) if _SECRET_ARGUMENT.search(k)]
     return [s for s in {*found, *map(unquote, found)} if s]
