@@ -27,7 +27,7 @@ from servers import (
     unique_schema,
 )
 from stagedroll import Health as HealthPolicy
-from stagedroll import HealthReport, MemoryStore
+from stagedroll import HealthReport, MemoryStore, Rollouts, StoreError
 from stagedroll._failures import Failures
 from stagedroll._health import Health
 from stagedroll._hooks import Hooks
@@ -89,6 +89,21 @@ def wait_until(
         if store is not None:
             store.wake()
         time.sleep(0.01)
+
+
+def assert_serving_while_down(
+    rollouts: Rollouts, name: str, units: list[str], before: list[bool],
+    guarded: Callable[[str], str],
+) -> None:  # fmt: skip
+    """With the store down: decisions and guarded calls go on as ``before``, reports are
+    taken, and a transition raises :class:`StoreError` (nothing half-done)."""
+    assert [rollouts.enabled(name, unit) for unit in units] == before
+    assert [rollouts.decide(name, unit).enabled for unit in units] == before
+    for unit in units[:100]:
+        rollouts.report(name, unit, error=True, latency_s=0.01)
+    assert [guarded(unit) == "new" for unit in units] == before
+    with pytest.raises(StoreError):
+        rollouts.freeze(name, reason="incident", actor="alice")
 
 
 @pytest.fixture(name="policy")

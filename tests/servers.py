@@ -54,6 +54,23 @@ def stagedroll_cli(*args: str, env: Mapping[str, str]) -> subprocess.CompletedPr
     )
 
 
+@contextlib.contextmanager
+def running(
+    command: list[str], *, cwd: Path, env: Mapping[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server started in a session of its own (its output to ``log``), stopped with the
+    processes it forked (:func:`stop`) whatever happens."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield process
+        finally:
+            stop(process)
+
+
 def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """End a server started with ``start_new_session=True``, and the processes it forked.
 

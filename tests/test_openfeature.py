@@ -33,6 +33,7 @@ from stagedroll import (
 )
 from stagedroll.integrations.openfeature import StagedrollProvider
 from stagedroll.testing import override
+from test_rollouts import ExplodingAttributes
 
 WAIT_S = 30.0
 """How long a test waits for an event that must come (a liveness bound, not a threshold)."""
@@ -84,22 +85,6 @@ class Events:
                 and (status is None or details.metadata.get("status") == status)
             ):
                 return details
-
-
-class ExplodingAttributes(Mapping[str, object]):
-    """Attributes whose lookups fail, to reach stagedroll's internal-failure path."""
-
-    def __getitem__(self, key: str) -> object:
-        raise RuntimeError("attribute source failed")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-    def get(self, key: str, default: object = None) -> object:
-        raise RuntimeError("attribute source failed")
 
 
 class FailingRollouts(Rollouts):

@@ -25,7 +25,7 @@ import pytest
 import structlog
 from psycopg import sql
 
-from conftest import plain_policy, staged_policy, wait_until
+from conftest import assert_serving_while_down, plain_policy, staged_policy, wait_until
 from crashing import kill_mid_flight, writer_script
 from servers import PostgresServer, closing_factory, free_port, unique_schema
 from stagedroll import (
@@ -36,7 +36,6 @@ from stagedroll import (
     Rollouts,
     RolloutState,
     Status,
-    StoreError,
 )
 from stagedroll.cli import main
 from stagedroll.stores import store_from_url
@@ -802,13 +801,7 @@ class TestOutage:
         wait_until(lambda: store._listening_conn is not None, "listening")
         postgres_server.stop()
         failed = store.failures.count("store.refresh_failed")
-        assert [rollouts.enabled("co", unit) for unit in units()] == before
-        assert [rollouts.decide("co", unit).enabled for unit in units()] == before
-        for unit in units(100):
-            rollouts.report("co", unit, error=True, latency_s=0.01)
-        assert [new_path(unit) == "new" for unit in units()] == before
-        with pytest.raises(StoreError):
-            rollouts.freeze("co", reason="incident", actor="alice")
+        assert_serving_while_down(rollouts, "co", units(), before, new_path)
         wait_until(lambda: store.failures.count("store.refresh_failed") > failed, "refresh failed")
         assert store.down
         assert [rollouts.enabled("co", unit) for unit in units()] == before

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import free_port, service_env, stagedroll_cli, stop
+from servers import free_port, running, service_env, stagedroll_cli
 
 BIN = Path(sys.executable).parent
 APP = """
@@ -107,19 +106,8 @@ class Served:
     @contextlib.contextmanager
     def run(self) -> Iterator[Served]:
         """Start the server, yield, and stop it (with its workers) whatever happened."""
-        with self.log.open("wb") as log:
-            server = subprocess.Popen(
-                self.command,
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                yield self
-            finally:
-                stop(server)
+        with running(self.command, cwd=self.cwd, env=self.env, log=self.log):
+            yield self
 
     def answers(self, count: int) -> list[Answer]:
         """``count`` answers, waiting (up to the deadline) for the server to come up."""

@@ -10,7 +10,6 @@ listener (until the test lets it go), and requests are answered meanwhile.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 import time
 import urllib.error
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import free_port, service_env, stagedroll_cli, stop
+from servers import free_port, running, service_env, stagedroll_cli
 
 SERVICE = """
 import asyncio
@@ -106,20 +105,11 @@ class Service:
             STAGEDROLL_STORE=f"{self.store}?refresh_interval=0.2",
         )
         port = self.url.rsplit(":", 1)[1].strip("/")
-        with self.log.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "service.py", port],
-                cwd=self.dir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        with running([sys.executable, "service.py", port], cwd=self.dir, env=env, log=self.log):
             try:
                 yield self
             finally:
                 (self.dir / "release").touch()  # a held refresh thread would delay the exit
-                stop(process)
 
     def get(self, user: str) -> list[str]:
         """``[path, unit seen by the request's task]`` for one request (30 s at most)."""

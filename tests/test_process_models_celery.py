@@ -11,7 +11,6 @@ to whichever child runs the task. The broker and the results are the tests' Redi
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 from celery import Celery  # type: ignore[import-untyped]  # no stubs or py.typed
 
 import stagedroll
-from servers import service_env, stagedroll_cli, stop
+from servers import running, service_env, stagedroll_cli
 from stagedroll.integrations import celery as stagedroll_celery
 
 BIN = Path(sys.executable).parent
@@ -96,20 +95,12 @@ class Worker:
         """Start the worker, yield, and stop it (with its children) whatever happened."""
         argv = ["-A", "tasks", "worker", "--pool", "prefork", "--concurrency", "2"]
         quiet = ["--loglevel", "warning", "--without-gossip", "--without-mingle"]
-        with self.log.open("wb") as log:
-            process = subprocess.Popen(
-                [str(BIN / "celery"), *argv, *quiet, "--without-heartbeat"],
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
+        command = [str(BIN / "celery"), *argv, *quiet, "--without-heartbeat"]
+        try:
+            with running(command, cwd=self.cwd, env=self.env, log=self.log):
                 yield self
-            finally:
-                stop(process)
-                self.sender.close()
+        finally:
+            self.sender.close()
 
     def batch(self, unit: str, count: int = 6) -> list[list[Any]]:
         """``count`` tasks sent at once with ``unit`` bound: ``[pid, path, unit seen]`` each."""

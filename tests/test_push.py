@@ -522,19 +522,33 @@ def allow_announces(admin: redis.Redis) -> None:
     admin.acl_setuser("writer", enabled=True, commands=["+incr", "+incrby"])
 
 
+@contextlib.contextmanager
+def refused_writer(
+    server: RedisServer,
+) -> Iterator[tuple[redis.Redis, RedisStore, RedisStore, list[RolloutState]]]:
+    """A writer that may not raise the generation, a reader on the same prefix, and what the
+    reader heard; all closed afterwards."""
+    admin = redis.Redis.from_url(server.url)
+    writer_url = refuse_announces(admin, server)
+    prefix = unique_prefix("announce")
+    writer = RedisStore(writer_url, prefix=prefix, refresh_interval=HOUR, push=False)
+    reader = RedisStore(server.url, prefix=prefix, refresh_interval=HOUR, push=False)
+    heard: list[RolloutState] = []
+    reader.watch(lambda name, new: heard.append(new))
+    try:
+        yield admin, writer, reader, heard
+    finally:
+        admin.close()
+        writer.close()
+        reader.close()
+
+
 class TestFailedAnnounce:
     def test_a_refused_announce_is_counted_and_sent_again(self, redis_server: RedisServer) -> None:
         """A writer that may not raise the generation (INCRBY refused by an ACL) counts
         store.announce_failed; its write stands, unseen by idle refreshes elsewhere, and is
         announced at its next refresh once it may."""
-        admin = redis.Redis.from_url(redis_server.url)
-        writer_url = refuse_announces(admin, redis_server)
-        prefix = unique_prefix("announce")
-        writer = RedisStore(writer_url, prefix=prefix, refresh_interval=HOUR, push=False)
-        reader = RedisStore(redis_server.url, prefix=prefix, refresh_interval=HOUR, push=False)
-        heard: list[RolloutState] = []
-        reader.watch(lambda name, new: heard.append(new))
-        try:
+        with refused_writer(redis_server) as (admin, writer, reader, heard):
             assert reader.load("r") is None
             assert reader.refresh()  # the first: a full read; the marker is 0 (absent)
             assert writer.compare_and_set("r", 0, state(1), entry(1))  # the write stands
@@ -547,10 +561,6 @@ class TestFailedAnnounce:
             assert writer.failures.count("store.announce_failed") == 1
             assert reader.refresh()
             assert heard == [state(1)]
-        finally:
-            admin.close()
-            writer.close()
-            reader.close()
 
     @pytest.mark.parametrize("backend", ["redis"], indirect=True)
     def test_an_unreadable_marker_is_counted_and_every_state_read(self, backend: Backend) -> None:
@@ -587,14 +597,7 @@ class TestFailedAnnounce:
     def test_close_announces_what_is_left(self, redis_server: RedisServer) -> None:
         """A writer whose announce failed, then closed as the CLI closes its store after a
         kill, announces its write as it closes: a reader's next refresh reads it."""
-        admin = redis.Redis.from_url(redis_server.url)
-        writer_url = refuse_announces(admin, redis_server)
-        prefix = unique_prefix("announce")
-        writer = RedisStore(writer_url, prefix=prefix, refresh_interval=HOUR, push=False)
-        reader = RedisStore(redis_server.url, prefix=prefix, refresh_interval=HOUR, push=False)
-        heard: list[RolloutState] = []
-        reader.watch(lambda name, new: heard.append(new))
-        try:
+        with refused_writer(redis_server) as (admin, writer, reader, heard):
             assert reader.load("r") is None
             assert reader.refresh()
             assert writer.compare_and_set("r", 0, state(1), entry(1))
@@ -603,10 +606,6 @@ class TestFailedAnnounce:
             writer.close()  # the operator's command ends
             assert reader.refresh()
             assert heard == [state(1)]
-        finally:
-            admin.close()
-            writer.close()
-            reader.close()
 
     @pytest.mark.parametrize("backend", ["redis"], indirect=True)
     def test_a_marker_that_is_not_a_counter_hides_no_change(self, backend: Backend) -> None:

@@ -11,7 +11,7 @@ import pytest
 import redis
 import structlog
 
-from conftest import staged_policy
+from conftest import assert_serving_while_down, staged_policy
 from servers import RedisServer, closing_factory, unique_prefix
 from stagedroll import (
     Action,
@@ -217,13 +217,7 @@ class TestOutage:
 
         redis_server.stop()
         failed = store.failures.count("store.refresh_failed")
-        assert [rollouts.enabled("co", unit) for unit in units()] == before
-        assert [rollouts.decide("co", unit).enabled for unit in units()] == before
-        for unit in units(100):
-            rollouts.report("co", unit, error=True, latency_s=0.01)
-        assert [new_path(unit) == "new" for unit in units()] == before
-        with pytest.raises(StoreError):
-            rollouts.freeze("co", reason="incident", actor="alice")
+        assert_serving_while_down(rollouts, "co", units(), before, new_path)
         wait_until(
             lambda: store.failures.count("store.refresh_failed") > failed,
             what="store.refresh_failed",

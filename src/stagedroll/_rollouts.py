@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from ._comparison import Comparison, Mismatch
 from ._decision import Decision, Reason
@@ -296,9 +296,7 @@ class Rollouts:
         if now < self._supervise_at:
             return
         self._supervise_at = now + _SUPERVISE_EVERY_S
-        store = self.store
-        if not isinstance(store, SyncingStore):  # pragma: no cover - shared means syncing
-            return
+        store = cast(SyncingStore, self.store)  # shared: the store is a SyncingStore
         try:
             store.supervise()
             down = store.down

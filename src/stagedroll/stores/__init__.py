@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from . import _postgres, _redis
+from . import _redis
 from ._memory import MemoryStore
 from ._postgres import PostgresStore
 from ._protocol import StateListener, Store, SyncingStore
@@ -86,6 +86,22 @@ def _options(
     return options
 
 
+def _without(url: str, names: tuple[str, ...]) -> str:
+    """``url`` without the query arguments ``names`` (stagedroll's): the client's URL.
+
+    The rest is kept as written (not encoded again), so that what a password with an
+    unencoded ``?`` put in the query still ends at its ``@``, which ``_redact`` hides.
+    """
+    before, hash_, fragment = url.partition("#")  # as urlsplit splits: the fragment first
+    base, _, query = before.partition("?")
+    rest = []
+    for piece in query.split("&") if query else []:
+        pairs = parse_qsl(piece, keep_blank_values=True)
+        if piece and not (pairs and pairs[0][0] in names):
+            rest.append(piece)
+    return base + ("?" + "&".join(rest) if rest else "") + hash_ + fragment
+
+
 def store_from_url(url: str, *, create: bool = True) -> Store:
     """Return the store a URL names.
 
@@ -130,12 +146,12 @@ def store_from_url(url: str, *, create: bool = True) -> Store:
         allowed = ("refresh_interval", "timeout", "max_history", "ttl", "mode", "push")
         return SQLiteStore(path[1:], create=create, **_options(url, parts.query, allowed))
     if scheme in ("redis", "rediss"):
-        plain, _ = _redis.split_options(url)
         allowed = ("refresh_interval", "timeout", "max_history", "ttl", "prefix", "push")
-        return RedisStore(plain, **_options(url, parts.query, allowed, passthrough=True))
+        options = _options(url, parts.query, allowed, passthrough=True)
+        return RedisStore(_without(url, allowed), **options)
     if scheme in ("postgresql", "postgres"):
         allowed = ("schema", "refresh_interval", "timeout", "max_history", "ttl", "push")
         options = _options(url, parts.query, allowed, passthrough=True)
-        return PostgresStore(_postgres.split_options(url), create=create, **options)
+        return PostgresStore(_without(url, allowed), create=create, **options)
     known = ", ".join(f"{s}://" for s in _SCHEMES)
     raise ValueError(f"unsupported store URL {shown!r}: known schemes are {known}")

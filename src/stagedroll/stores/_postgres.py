@@ -62,7 +62,7 @@ from ._syncer import EMPTY, SharedStore
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "PostgresStore", "channel_of", "split_options"]
+__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "PostgresStore", "channel_of"]
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -166,8 +166,6 @@ _UNENCODED = (
     "in a query argument (%40): an '@' after them reads as the end of a password"
 )
 _SECRET_ARGUMENT = re.compile(r"pass|secret|token|auth|cred", re.IGNORECASE)
-_OURS = frozenset({"schema", "refresh_interval", "timeout", "max_history", "ttl", "push"})
-
 # Connections abandoned in a forked child: closing one there would send Terminate on the
 # parent's socket and end the parent's session; kept, never touched.
 _DRAIN = 1000  # notifications the listener takes at once before it wakes the refresh
@@ -840,19 +838,3 @@ def _scrub(text: str, secrets: list[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
-
-
-def split_options(url: str) -> str:
-    """``url`` without stagedroll's options (``schema``, ``refresh_interval``, …): libpq's.
-
-    The rest is kept as written (not encoded again), so that a password's characters stay
-    where ``_redact`` hides them.
-    """
-    before, hash_, fragment = url.partition("#")
-    base, _, query = before.partition("?")
-    rest = []
-    for piece in query.split("&") if query else []:
-        pairs = parse_qsl(piece, keep_blank_values=True)
-        if piece and not (pairs and pairs[0][0] in _OURS):
-            rest.append(piece)
-    return base + ("?" + "&".join(rest) if rest else "") + hash_ + fragment

@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from .._failures import log
 from .._state import RecentError, RolloutState, Transition
@@ -795,24 +795,3 @@ def _misread(url: str) -> bool:
     if "@" in parts.path and (parts.scheme.lower() != "unix" or parts.netloc):
         return True
     return any("@" in piece.partition("=")[0] for piece in parts.query.split("&"))
-
-
-def split_options(url: str) -> tuple[str, dict[str, str]]:
-    """Take stagedroll's options (``prefix``, ``refresh_interval``, ``timeout``) off ``url``.
-
-    The rest of ``url`` is kept as written (not encoded again), so that what a password
-    with an unencoded ``?`` put in the query still ends at its ``@``, which ``_redact`` hides.
-    """
-    ours = {"prefix", "refresh_interval", "timeout", "max_history", "ttl", "push"}
-    before, hash_, fragment = url.partition("#")  # as urlsplit splits: the fragment first
-    base, _, query = before.partition("?")
-    options: dict[str, str] = {}
-    rest = []
-    for piece in query.split("&") if query else []:
-        pairs = parse_qsl(piece, keep_blank_values=True)
-        if pairs and pairs[0][0] in ours:
-            options[pairs[0][0]] = pairs[0][1]
-        elif piece:
-            rest.append(piece)
-    arguments = "?" + "&".join(rest) if rest else ""
-    return base + arguments + hash_ + fragment, options
