@@ -58,6 +58,7 @@ import platform
 import queue
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -168,6 +169,7 @@ class Backend:
     base: str = ""  # a directory (SQLite) or a URL without options
     admin: str = ""  # PostgreSQL: the URL of the database the counters are read from
     statements: bool = False  # PostgreSQL: pg_stat_statements is there
+    data: Path | None = None  # PostgreSQL: the data directory (postmaster.pid names the server)
     info: dict[str, Any] = field(default_factory=dict)
 
     def url(self, label: str, *, push: bool | None, refresh_interval: float) -> str:
@@ -253,6 +255,7 @@ def start_postgres(stack: ExitStack, server_class: Any, backend: Backend) -> Non
                 backend.info["pg_stat_statements_error"] = str(exc).strip()
     backend.base = admin.rsplit("/", 1)[0] + f"/{BENCH_DB}"
     backend.admin = admin
+    backend.data = probe.data
     backend.statements = statements
     backend.info |= {
         "server": f"PostgreSQL {version[0] if version else '?'}",
@@ -272,6 +275,8 @@ class Counters:
     def __init__(self, backend: Backend) -> None:
         self.kind = backend.kind
         self.statements = backend.statements
+        self.data = backend.data
+        self.base = backend.base
         if self.kind == "redis":
             import redis
 
@@ -288,6 +293,8 @@ class Counters:
             counts = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
             processed = self.client.info("stats")["total_commands_processed"]
             counts["(total_commands_processed)"] = int(processed)
+            cpu = self.client.info("cpu")
+            counts["(server_cpu_us)"] = int(1e6 * (cpu["used_cpu_user"] + cpu["used_cpu_sys"]))
             return counts
         counts = {}
         if self.statements:
@@ -304,6 +311,7 @@ class Counters:
             (BENCH_DB,),
         ).fetchone()
         counts["(transactions)"] = int(row[0]) if row else 0
+        counts["(server_cpu_us)"] = postgres_cpu_us(self.data)
         return counts
 
     def load(self, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
@@ -312,17 +320,103 @@ class Counters:
         if self.kind == "redis":
             ours = delta.pop("info", 0)  # the reads of the counters: workers send no INFO
             processed = delta.pop("(total_commands_processed)", 0) - ours
-            return {"total": sum(delta.values()), "by_command": delta,
-                    "total_commands_processed": processed, "unit": "commands"}  # fmt: skip
+            cpu = delta.pop("(server_cpu_us)", 0)
+            return {"total": None, "by_command": delta, "unit": "requests",
+                    "total_commands_processed": processed, "server_cpu_us": cpu}  # fmt: skip
+        cpu = delta.pop("(server_cpu_us)", 0)
         transactions = delta.pop("(transactions)", 0)
         if self.statements:
-            return {"total": sum(delta.values()), "by_command": delta,
+            return {"total": sum(delta.values()), "by_command": delta, "server_cpu_us": cpu,
                     "transactions": transactions, "unit": "statements"}  # fmt: skip
         return {"total": transactions, "by_command": {}, "transactions": transactions,
-                "unit": "transactions"}  # fmt: skip
+                "unit": "transactions", "server_cpu_us": cpu}  # fmt: skip
+
+    def requests(self, seconds: float) -> int:
+        """Redis: the commands clients send over ``seconds``, from its feed (``MONITOR``).
+
+        Counted in a window of its own, after the main one: the feed costs Redis CPU time,
+        which the main window's figures leave out.
+        """
+        monitor = Monitor(self.base)
+        try:
+            time.sleep(1.0)  # redis-cli connected and the feed flowing
+            begin = time.time()
+            time.sleep(seconds)
+            end = time.time()
+            time.sleep(0.5)  # the feed of the window written out
+        finally:
+            monitor.stop()
+        try:
+            return monitor.requests(begin, end)
+        finally:
+            monitor.path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.client.close()
+
+
+def postgres_cpu_us(data: Path | None) -> int:
+    """The CPU time (user and system, in µs) of a PostgreSQL's server processes so far.
+
+    From ``/proc``: the postmaster (its pid in ``postmaster.pid``) and its children, the
+    backends (those that ended took their time with them: the stores' connections last).
+    """
+    if data is None or not Path("/proc").is_dir():
+        return 0
+    try:
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total * 1_000_000 // tick
+
+
+class Monitor:
+    """Counts the commands that clients send a Redis, from its own feed (``MONITOR``).
+
+    ``redis-cli monitor`` writes the feed to a file (line by line: no Python thread has to
+    keep up with it), which is read once the window is over. A script's own commands are
+    in the feed too, marked as the script's (``[0 lua]``): they are not requests. The
+    reads of the counters (``INFO``) are left out.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.path = Path(tempfile.mkstemp(prefix="monitor-", suffix=".log")[1])
+        self._out = self.path.open("wb")
+        command = ["redis-cli", "-u", url, "monitor"]
+        if shutil.which("stdbuf"):
+            command = ["stdbuf", "-oL", *command]
+        self._process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.DEVNULL)
+
+    def requests(self, begin: float, end: float) -> int:
+        """The commands clients sent between two clock times (``time.time()``)."""
+        count = 0
+        with self.path.open("rb") as feed:
+            for line in feed:
+                at, _, rest = line.partition(b" ")
+                try:
+                    when = float(at)
+                except ValueError:
+                    continue  # "OK", the answer to MONITOR
+                if begin <= when < end and b" lua] " not in rest[:40]:
+                    count += not rest.partition(b"] ")[2].startswith(b'"INFO"')
+        return count
+
+    def stop(self) -> None:
+        self._process.terminate()
+        with suppress(subprocess.TimeoutExpired):
+            self._process.wait(5)
+        self._out.close()
 
 
 # -- part 1: kill propagation ---------------------------------------------------------------
@@ -582,6 +676,8 @@ def measure_load(
         time.sleep(window_s)
         after, counts_after, t1 = list(progress), counters.read(), time.monotonic()
         busy = cpu_busy(cpu_before, cpu_times())
+        requests_window = window_s / 2
+        requests = counters.requests(requests_window) if backend.kind == "redis" else None
         dead = [p.exitcode for p in workers if p.exitcode is not None]
     finally:
         stop.set()
@@ -597,6 +693,8 @@ def measure_load(
     per_process = cell.processes * elapsed
     rates = [(b - a) / elapsed for a, b in zip(before, after, strict=True)]
     achieved, refreshes = rates[0::2], rates[1::2]
+    if requests is not None:
+        load["total"] = requests * elapsed / requests_window  # as if over the main window
     value = load["total"] / per_process
     ranked = sorted(load["by_command"].items(), key=lambda kv: -kv[1])
     by_command = {k: round(v / per_process, 3) for k, v in ranked}
@@ -628,6 +726,8 @@ def measure_load(
     for extra in ("total_commands_processed", "transactions"):
         if extra in load:
             row[f"{extra}_per_process_s"] = round(load[extra] / per_process, 3)
+    # The server's CPU time per process per second: how many such processes one core serves.
+    row["server_cpu_ms_per_process_s"] = round(load["server_cpu_us"] / 1000 / per_process, 3)
     return row
 
 
@@ -784,9 +884,13 @@ def print_load(report: dict[str, Any]) -> None:
     meta = report["meta"]
     print(f"\n## Store load at steady state\n\nPer process per second, over a window of "
           f"{meta['window_s']:g} s after a warm-up of {meta['warmup_s']:g} s; push on (the "
-          f"default) and refresh_interval {meta['refresh_interval_s']:g} s. Redis: "
-          "commandstats (commands run by scripts included); PostgreSQL: pg_stat_statements "
-          "(or transactions). Target: at most "
+          f"default) and refresh_interval {meta['refresh_interval_s']:g} s. Redis: the "
+          "commands clients send, from the server's own feed (MONITOR, in a window of its "
+          "own after the main one; the commands a script runs are listed by command, from "
+          "commandstats, and in total_commands_processed); PostgreSQL: pg_stat_statements "
+          "(or transactions). Server CPU: Redis's (INFO cpu) or the PostgreSQL server "
+          "processes' (/proc) CPU time per process per second of the main window. Target: "
+          "at most "
           f"{LOAD_TARGET:g} per process per second, with every process at "
           f"least {RATE_SHARE:.0%} of its call rate and {REFRESH_SHARE:.0%} of its refreshes "
           "(else the figure is not valid).\n")  # fmt: skip
@@ -795,12 +899,12 @@ def print_load(report: dict[str, Any]) -> None:
           f"(CPU), and their load is a lower bound. CPU: the share of the machine's CPU time "
           f"({meta['cpus']} CPUs) that was busy during the window.\n")  # fmt: skip
     print("| store | processes | rollouts | calls/s target | achieved mean | achieved min "
-          "| refreshes/s mean | min | CPU | per process/s | server total/s | transitions "
-          "| verdict |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| refreshes/s mean | min | CPU | per process/s | server total/s | server CPU "
+          "ms per process/s | transitions | verdict |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in report["load"]:
         if row["status"] == "skipped":
-            print(f"| {row['store']} | skipped: {row['reason']} |" + " |" * 11)
+            print(f"| {row['store']} | skipped: {row['reason']} |" + " |" * 12)
             continue
         verdict = "PASS" if row["pass"] else "FAIL"
         if not row["rate_pass"]:
@@ -813,7 +917,8 @@ def print_load(report: dict[str, Any]) -> None:
               f"{row['achieved_mean']:g} | {row['achieved_min']:g} | "
               f"{row['refreshes_mean']:.2f} | {row['refreshes_min']:.2f} | "
               f"{percent(row['cpu_busy'])} | {row['per_process_s']:.3f} {row['unit']} | "
-              f"{row['total_per_s']:g} | {row['transitions']} | {verdict} |")  # fmt: skip
+              f"{row['total_per_s']:g} | {row['server_cpu_ms_per_process_s']:.3f} | "
+              f"{row['transitions']} | {verdict} |")  # fmt: skip
     measured = [row for row in report["load"] if row["status"] != "skipped"]
     if measured:
         print("\n### By command, per process per second\n")

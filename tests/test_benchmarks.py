@@ -256,11 +256,15 @@ class TestBenchFleet:
             assert row["transitions"] == 0
             assert row["target"] == 2.0
         units = {row["store"]: row.get("unit") for row in load if row["store"] in measured}
-        assert units.get("redis", "commands") == "commands"
+        assert units.get("redis", "requests") == "requests"  # from the server's feed
         assert units.get("postgresql", "statements") in {"statements", "transactions"}
+        for row in load:
+            if row["store"] in measured:
+                assert row["server_cpu_ms_per_process_s"] >= 0
         if "redis" in measured:
             [redis_row] = [row for row in load if row["store"] == "redis"]
-            assert "get" in redis_row["by_command"]  # the refresh's look at the generation
+            assert "evalsha" in redis_row["by_command"]  # the batched exchange
+            assert "get" in redis_row["by_command"]  # the look at the generation
 
         assert report["targets"]
         assert not any(check["judged"] for check in report["targets"])

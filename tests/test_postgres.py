@@ -9,10 +9,13 @@ machine's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import math
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -27,7 +30,7 @@ from psycopg import sql
 
 from conftest import assert_serving_while_down, plain_policy, staged_policy, wait_until
 from crashing import kill_mid_flight, writer_script
-from servers import PostgresServer, closing_factory, free_port, unique_schema
+from servers import PostgresServer, closing_factory, drop_schema, free_port, unique_schema
 from stagedroll import (
     Action,
     NoStoreError,
@@ -39,9 +42,10 @@ from stagedroll import (
 )
 from stagedroll.cli import main
 from stagedroll.stores import store_from_url
+from stagedroll.stores._batch import Flush, Flushed
 from stagedroll.stores._codec import dump_state, dump_transition
 from stagedroll.stores._digest import member
-from stagedroll.stores._postgres import SCHEMA_VERSION, channel_of
+from stagedroll.stores._postgres import _STEPS, OLDEST_READER, SCHEMA_VERSION, channel_of
 from test_store_contract import entry, run_processes, state
 
 DEADLINE_S = 30.0
@@ -183,18 +187,32 @@ class TestSchema:
         assert store.compare_and_set("r", 3, state(4, stage=1), entry(4, stage=1))
         assert meta(admin, postgres_schema, "generation") == "4"
 
-    def test_a_later_version_is_refused(
+    def test_a_later_version_that_older_code_cannot_use_is_refused(
         self, make_store: StoreFactory, admin: psycopg.Connection[Any], postgres_schema: str
     ) -> None:
-        """A schema written by a later stagedroll is refused, naming both versions."""
+        """A schema written by a later stagedroll that says it needs that release is
+        refused, naming both versions."""
         make_store().load("r")
-        admin.execute(
-            sql.SQL("UPDATE {}.meta SET value = '99' WHERE key = 'schema_version'").format(
-                sql.Identifier(postgres_schema)
-            )
-        )
+        update = "UPDATE {}.meta SET value = %s WHERE key = %s"
+        for key, value in (("schema_version", "99"), ("oldest_reader", "99")):
+            admin.execute(sql.SQL(update).format(sql.Identifier(postgres_schema)), (value, key))
         with pytest.raises(RuntimeError, match=f"version 99; .* reads up to {SCHEMA_VERSION}"):
             make_store().load("r")
+
+    def test_a_later_version_that_older_code_can_use_is_used(
+        self, make_store: StoreFactory, admin: psycopg.Connection[Any], postgres_schema: str
+    ) -> None:
+        """A rolling upgrade: the first new process migrated, saying that this release
+        can still use the tables; this one keeps working, and migrates nothing back."""
+        make_store().load("r")
+        update = "UPDATE {}.meta SET value = %s WHERE key = %s"
+        admin.execute(sql.SQL(update).format(sql.Identifier(postgres_schema)),
+                      ("99", "schema_version"))  # fmt: skip
+        assert meta(admin, postgres_schema, "oldest_reader") == str(OLDEST_READER)
+        store = make_store()
+        assert store.load("r") is None
+        assert store.add_counts("r", "1", {"n": 1}) == {"n": 1}
+        assert meta(admin, postgres_schema, "schema_version") == "99"
 
     @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
     def test_many_processes_starting_at_once_make_one_schema(
@@ -779,6 +797,34 @@ class TestOutage:
         wait_until(lambda: rollouts["co"].state.version >= 1, "started", store=store)
         assert [t.action for t in rollouts.history("co")] == [Action.START]
 
+    def test_outcomes_reported_while_down_reach_it_later(
+        self, make_store: StoreFactory, postgres_server: PostgresServer
+    ) -> None:
+        """Outcomes reported while the server is down stay queued (the exchange cannot be
+        sent: nothing landed, nothing is dropped) and are pooled once it is back."""
+        store = make_store(postgres_server.url, refresh_interval=0.05, timeout=1)
+        policy = {"rollouts": {"co": {"stages": [{"name": "half", "percent": 50}],
+                                      "health": {"min_events": 3}}}}  # fmt: skip
+        rollouts = Rollouts(policy, store=store)
+        started = rollouts["co"].state
+        segment = f"{started.epoch}.{started.stage}"
+        postgres_server.stop()
+        failing = [f"user-{i}" for i in range(10)]
+        for unit in failing:
+            rollouts.report("co", unit, error=True, latency_s=0.01)
+        failed = rollouts.failures.count("store.flush_failed")
+        wait_until(lambda: rollouts.failures.count("store.flush_failed") > failed,
+                   "an exchange failed", store=store)  # fmt: skip
+        postgres_server.start()
+        reader = make_store(postgres_server.url)
+
+        def pooled() -> int:
+            counts = reader.read_counts("co", segment)
+            return sum(n for name, n in counts.items() if name.startswith("errors."))
+
+        wait_until(lambda: pooled() == len(failing), "the queued errors pooled", store=store)
+        assert rollouts.failures.count("store.outcomes_dropped") == 0
+
     def test_the_server_going_away_and_coming_back(
         self, make_store: StoreFactory, postgres_server: PostgresServer
     ) -> None:
@@ -850,3 +896,327 @@ class TestOutage:
             assert not closer.is_alive(), "close() still waits on the paused server"
         finally:
             os.kill(backend, signal.SIGCONT)
+
+
+# -- the batched exchange -------------------------------------------------------------------------
+
+TRICKY_TEXTS = [
+    "plain",
+    'a "quote" and a \\ backslash',
+    "tab\tnew line\ncontrol\x01\x1f del\x7f",
+    "café, Grüße, ñ",
+    "an emoji 😀 and \u2028",
+    "a lone \ud800 surrogate",
+    "a low \udc80 alone",
+    "two halves \ud83d\ude00 that JSON joins",
+    "a slash / here",
+    "x" * 300,  # cut to MAX_ERROR_MESSAGE
+    "é" * 250,
+    "😀" * 210,
+]
+"""Messages and types that JSON escapes, PostgreSQL cannot hold, or the caps cut."""
+TRICKY_TIMES = [1_765_000_000.123456, 1e16, 1e15 + 0.5, 123456789012345.6, 5e-324, 0.1 + 0.2,
+                -0.0, 0.0, 1e-5, 0.0001, 2, 1.7976931348623157e308, 1e22, 9.5e15]  # fmt: skip
+"""Times whose text differs between Python's repr and PostgreSQL's float8 output."""
+
+STORED_ERRORS = [
+    # readable, in forms dump_error does not write: merged and rewritten as add_errors does
+    '{"arm": "treatment", "type": "E", "message": "m", "first_seen": 1, "last_seen": 2, '
+    '"count": 3}',
+    '{"count":1,"last_seen":5.0,"first_seen":4.50,"message":"caf\\u00E9 \\/ x","type":"E",'
+    '"arm":"control","extra":{"nested":[1,{"a":"\\"}"}]}}',
+    '{"arm":"control","type":"E","message":"café 😀","first_seen":1e0,"last_seen":1E1,"count":2}',
+    '{"arm":"nobody","arm":"control","type":"dup","message":"m","first_seen":1.0,'
+    '"last_seen":1.0,"count":1}',
+    '{"arm":"control","type":"long","message":"' + "y" * 300 + '","first_seen":1.0,'
+    '"last_seen":3.0,"count":1}',
+    # unreadable: dropped by the rewrite
+    "not json",
+    "[]",
+    '{"arm":"treatment"}',
+    '{"arm":"t","type":"E","message":"m","first_seen":1.0,"last_seen":2.0,"count":1.0}',
+    '{"arm":"t","type":"E","message":"m","first_seen":1.0,"last_seen":2.0,"count":true}',
+    '{"arm":"t","type":"E","message":"m","first_seen":1.0,"last_seen":2.0,"count":0}',
+    '{"arm":"t","type":"E","message":"m","first_seen":1.0,"last_seen":2.0,"count":9007199254740993}',
+    '{"arm":"","type":"E","message":"m","first_seen":1.0,"last_seen":2.0,"count":1}',
+    '{"arm":"'
+    + "a" * 33
+    + '","type":"E","message":"m","first_seen":1.0,"last_seen":2.0,"count":1}',
+    '{"arm":"t","type":"E","message":"m","first_seen":"1","last_seen":2.0,"count":1}',
+    '{"arm":"t","type":null,"message":"m","first_seen":1.0,"last_seen":2.0,"count":1}',
+    '{"arm":"t","type":"E","message":"m","first_seen":1e400,"last_seen":2.0,"count":1}',
+]
+"""Rows written behind the store's back (or by another version of stagedroll)."""
+
+
+@pytest.fixture(name="twin")
+def _twin(
+    make_store: StoreFactory, postgres_url: str, postgres_schema: str
+) -> Iterator[PostgresStore]:
+    """A store in a schema of its own, sent each operation apart (dropped after the test)."""
+    try:
+        yield make_store(schema=postgres_schema + "_twin")
+    finally:
+        drop_schema(postgres_url, postgres_schema + "_twin")
+
+
+def stored_entries(conn: psycopg.Connection[Any], schema: str, rollout: str) -> list[str]:
+    query = sql.SQL("SELECT entry FROM {}.errors WHERE rollout = %s ORDER BY id")
+    rows = conn.execute(query.format(sql.Identifier(schema)), (rollout,)).fetchall()
+    return [entry for (entry,) in rows]
+
+
+def tricky_errors(rng: random.Random, n: int) -> list[RecentError]:
+    """``n`` errors of few distinct times (ties the arm, type and message order), some near the
+    count's cap."""
+    made = []
+    for _ in range(n):
+        first, last = rng.choice(TRICKY_TIMES), rng.choice(TRICKY_TIMES)
+        count = rng.choice([1, 2, 7, 2**53 - 1, 2**53])
+        made.append(RecentError(rng.choice(["treatment", "control", "é", "😀"]),
+                                rng.choice(TRICKY_TEXTS[:6]), rng.choice(TRICKY_TEXTS),
+                                first, last, count))  # fmt: skip
+    return made
+
+
+def flush_of(rollout: str, units: list[str], *, counts: dict[str, int] | None = None,
+             errors: list[RecentError] | None = None) -> Flush:  # fmt: skip
+    """A flush of ``units``' first errors and distinct units (in segment "1")."""
+    half = len(units) // 2
+    events = [("e", [("e.t", units[:half]), ("e.c", units[half:])])]
+    return Flush(rollout, "1", counts or {}, events, [("u", units)], ["0"], errors or [])
+
+
+class TestFlushMany:
+    def test_each_flush_commits_alone(
+        self, make_store: StoreFactory, postgres_url: str, postgres_schema: str
+    ) -> None:
+        """A flush waiting on a lock holds none of the flushes before it: their counters are
+        committed, and seen by others, while it waits (processes that flush the same
+        rollouts do not queue behind each other's whole exchanges)."""
+        store = make_store()
+        store.add_counts("b", "1", {"n": 1})  # the row the other session locks
+        answers: list[Any] = []
+        with (
+            psycopg.connect(postgres_url) as other,
+            psycopg.connect(postgres_url, autocommit=True) as look,
+        ):
+            s = sql.Identifier(postgres_schema)
+            other.execute(sql.SQL("SELECT 1 FROM {s}.counts WHERE rollout = 'b' FOR UPDATE")
+                          .format(s=s))  # fmt: skip
+            batch = [flush_of("a", [], counts={"n": 1}), flush_of("b", [], counts={"n": 1})]
+            sender = threading.Thread(target=lambda: answers.extend(store.flush_many(batch)))
+            sender.start()
+            query = sql.SQL("SELECT value FROM {s}.counts WHERE rollout = 'a'").format(s=s)
+            wait_until(lambda: look.execute(query).fetchone() == (1,),
+                       "the first flush committed while the second waits")  # fmt: skip
+            assert sender.is_alive()  # still waiting on "b"
+            other.rollback()
+            sender.join(10)
+        assert [a.counters for a in answers] == [{"n": 1}, {"n": 2}]
+
+    def test_a_version_2_schema_is_migrated_to_3(
+        self, make_store: StoreFactory, admin: psycopg.Connection[Any], postgres_schema: str
+    ) -> None:
+        """A schema of version 2 (the first two steps) gets the functions of step 3 when
+        opened, keeps its data, and batches."""
+        s = sql.Identifier(postgres_schema)
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(s))
+        for step in _STEPS[:2]:
+            for statement in step:
+                admin.execute(sql.SQL(statement).format(s=s))
+        admin.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('schema_version', '2')").format(s=s))
+        admin.execute(sql.SQL("INSERT INTO {s}.counts VALUES ('r', '1', 'e.t', 5, %s)").format(s=s),
+                      (time.time(),))  # fmt: skip
+        function = f'"{postgres_schema}".flush_many(jsonb,jsonb)'
+        assert admin.execute("SELECT to_regprocedure(%s)", (function,)).fetchone() == (None,)
+        with structlog.testing.capture_logs() as logs:
+            store = make_store()
+            answers = store.flush_many([flush_of("r", ["a", "b"])])
+        assert [(log["old"], log["new"]) for log in logs if log["event"] == "store.migrated"] == [
+            (2, 3)
+        ]
+        assert SCHEMA_VERSION == 3
+        assert meta(admin, postgres_schema, "schema_version") == "3"
+        assert admin.execute("SELECT to_regprocedure(%s)", (function,)).fetchone() != (None,)
+        assert answers == [Flushed({"e.t": 6, "e.c": 1}, {"e.t": 1, "e.c": 1}, [2], [{}])]
+
+    @pytest.mark.skipif(sys.platform != "linux", reason="libpq tracing: psycopg on Linux only")
+    def test_one_statement_per_exchange_whatever_the_number_of_flushes(
+        self, make_store: StoreFactory, postgres_url: str, postgres_schema: str, tmp_path: Any
+    ) -> None:
+        """Each exchange is one round trip (no BEGIN, no COMMIT), one call of the schema's
+        procedure, for 1 flush or 60; beyond 20,000 digests it takes a round trip more."""
+        options = "options=-c%20track_functions%3Dpl"  # counts the calls of plpgsql functions
+        url = postgres_url + ("&" if "?" in postgres_url else "?") + options
+        store = make_store(url)
+        store.read_counts("r", "0")  # connected, the schema made
+        trace = tmp_path / "libpq.trace"
+
+        def sent(exchange: Callable[[], list[Flushed | Exception]]) -> tuple[list[str], Any]:
+            """The messages the store sent to the server during ``exchange``; its answers."""
+            with trace.open("wb") as out:
+                with store._session() as conn:
+                    conn.pgconn.trace(out.fileno())
+                    conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+                try:
+                    answers = exchange()
+                finally:
+                    with store._session() as conn:
+                        conn.pgconn.untrace()
+            lines = [line.split("\t") for line in trace.read_text().splitlines()]
+            return [line[2].split()[0] for line in lines if line[0] == "F"], answers
+
+        for n in (1, 60):
+            batch = [flush_of(f"r{i}", units(10)) for i in range(n)]
+            messages, answers = sent(functools.partial(store.flush_many, batch))
+            assert messages == ["Parse", "Bind", "Describe", "Execute", "Sync"]  # one statement
+            assert len(answers) == n
+            assert all(isinstance(a, Flushed) for a in answers)
+        large = [flush_of(f"big{i}", [f"u{i}-{j}" for j in range(4000)]) for i in range(3)]
+        messages, answers = sent(lambda: store.flush_many(large))  # 8,000 digests each
+        assert messages.count("Sync") == 2  # two flushes, then the third
+        assert [a.distinct for a in answers if isinstance(a, Flushed)] == [[4000]] * 3
+        store.close()  # the backend ends and hands in its function statistics
+        query = ("SELECT calls FROM pg_stat_user_functions WHERE schemaname = %s "
+                 "AND funcname = 'flush_many'")  # fmt: skip
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+
+            def calls() -> object:
+                conn.execute("SELECT pg_stat_clear_snapshot()")
+                return conn.execute(query, (postgres_schema,)).fetchone()
+
+            wait_until(lambda: calls() == (4,), "four calls of flush_many counted")
+
+    def test_a_failing_flush_fails_alone_and_writes_nothing(
+        self, make_store: StoreFactory, admin: psycopg.Connection[Any], postgres_schema: str
+    ) -> None:
+        """A flush the database refuses (a counter past bigint) answers a ValueError and left
+        nothing (units, distinct units, counters, errors); the flushes around it land; a
+        malformed error or a NUL is refused before it is sent."""
+        store = make_store()
+        big = 2**63 - 1
+        assert isinstance(store.flush_many([flush_of("b", [], counts={"n": big})])[0], Flushed)
+        error = RecentError("treatment", "E", "m", 1.5, 2.5)
+        batch = [
+            flush_of("a", ["x", "y"], errors=[error]),
+            flush_of("b", ["x", "y"], counts={"n": big}, errors=[error]),
+            flush_of("c", ["x", "y"], errors=[error]),
+            flush_of("d", ["x"], errors=[RecentError("", "E", "m", 1.0, 1.0)]),
+            flush_of("e\x00", ["x"]),
+        ]
+        a, b, c, d, e = store.flush_many(batch)
+        assert isinstance(b, ValueError), b
+        assert "22003" in str(b)  # numeric value out of range
+        assert isinstance(d, ValueError)
+        assert isinstance(e, ValueError)
+        touched = sql.SQL("SELECT count(*) FROM {}.touched WHERE rollout IN ('b', 'd')")
+        assert admin.execute(touched.format(sql.Identifier(postgres_schema))).fetchone() == (0,)
+        landed = Flushed({"e.t": 1, "e.c": 1}, {"e.t": 1, "e.c": 1}, [2], [{}])
+        assert a == c == landed
+        assert store.read_errors("a") == store.read_errors("c") == [error]
+        assert store.read_counts("b", "1") == {"n": big}
+        assert store.add_units("b", "e", ["x", "y"]) == [True, True]
+        assert store.count_distinct("b", "u", []) == 0
+        assert store.read_errors("b") == []
+        assert store.read_counts("d", "1") == {}
+
+    @pytest.mark.parametrize("seed", range(3))
+    def test_errors_merge_as_add_errors_merges_them(
+        self, make_store: StoreFactory, twin: PostgresStore, admin: psycopg.Connection[Any],
+        postgres_schema: str, seed: int,
+    ) -> None:  # fmt: skip
+        """Merged in SQL, a rollout's errors are what add_errors keeps (the 20 most recent,
+        ties in code point order, counts capped, types and messages cut), written in the
+        same text, times in Python's repr; rows it cannot read are dropped alike."""
+        store, rng = make_store(), random.Random(seed)
+        store.read_counts("r", "0")  # the schemas made
+        twin.read_counts("r", "0")
+        for schema in (postgres_schema, twin.schema):
+            query = sql.SQL("INSERT INTO {}.errors (rollout, entry) VALUES ('r', %s)")
+            for text in STORED_ERRORS:
+                admin.execute(query.format(sql.Identifier(schema)), (text,))
+        for round_ in range(6):
+            errors = tricky_errors(rng, rng.randrange(1, 30))
+            if round_ == 0:  # meets the rows stored in other forms
+                errors.append(RecentError("control", "E", "café 😀", 0.5, 20.0, 1))
+            twin.add_errors("r", errors)
+            segment = None if round_ % 2 else "1"
+            (answer,) = store.flush_many([Flush("r", segment, errors=errors)])
+            assert isinstance(answer, Flushed), answer
+            assert answer.errors_failed is None
+            assert store.read_errors("r") == twin.read_errors("r")
+            ours = stored_entries(admin, postgres_schema, "r")
+            assert ours == stored_entries(admin, twin.schema, "r")
+            assert 0 < len(ours) <= 20
+        assert len(stored_entries(admin, postgres_schema, "r")) == 20
+        assert any(e.count == 2**53 for e in store.read_errors("r"))
+
+    def test_times_are_written_as_python_writes_them(
+        self, make_store: StoreFactory, admin: psycopg.Connection[Any], postgres_schema: str
+    ) -> None:
+        """The schema's py_float writes any finite double as repr() does (and reads back the
+        same double)."""
+        make_store().read_counts("r", "0")
+        rng = random.Random(7)
+        doubles = [*TRICKY_TIMES, 1e15, 1e16 - 1, 9999999999999998.0, 0.00011, 1e-4, 1e-310]
+        doubles += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(3000)]
+        doubles += [rng.uniform(-1, 1) * 10 ** rng.randrange(-8, 20) for _ in range(3000)]
+        doubles = [float(x) for x in doubles if math.isfinite(x)]
+        query = sql.SQL(
+            "SELECT {}.py_float(x) FROM unnest(%s::float8[]) WITH ORDINALITY AS u(x, i) ORDER BY i"
+        ).format(sql.Identifier(postgres_schema))
+        written = [text for (text,) in admin.execute(query, (doubles,)).fetchall()]
+        assert written == [repr(x) for x in doubles]
+
+    def test_concurrent_exchanges_neither_deadlock_nor_count_twice(
+        self, make_store: StoreFactory
+    ) -> None:
+        """Two store objects (two connections) flushing the same rollouts at once, every set
+        touched each time: no flush fails (a deadlock would fail one), and each unit's first
+        error counts once in all."""
+        stores = [make_store(timeout=10.0) for _ in range(2)]
+        for store in stores:
+            store._touch_every = 0.0  # every flush writes its sets' touched rows
+        rollouts = [f"r{i}" for i in range(6)]
+        rounds = 15
+        barrier = threading.Barrier(2)
+        answers: list[list[Flushed | Exception]] = [[], []]
+        failed: list[BaseException] = []
+
+        def exchange(index: int) -> None:
+            rng = random.Random(index)
+            try:
+                for _ in range(rounds):
+                    batch = []
+                    for rollout in rng.sample(rollouts, len(rollouts)):  # any order
+                        mine = rng.sample(units(60), 30)
+                        events = [(scope, [("e.t", mine)]) for scope in rng.sample(["a", "b"], 2)]
+                        error = RecentError("treatment", "E", f"m{rng.randrange(3)}", 1.0, 2.0)
+                        batch.append(Flush(rollout, "1", {"calls": 1}, events,
+                                           [("u", mine), ("v", mine)], [], [error]))  # fmt: skip
+                    barrier.wait(DEADLINE_S)
+                    answers[index] += stores[index].flush_many(batch)
+            except BaseException as exc:  # pragma: no cover - reported below
+                failed.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=exchange, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(4 * DEADLINE_S)
+        assert not failed
+        assert not any(thread.is_alive() for thread in threads)
+        flat = answers[0] + answers[1]
+        assert not [a for a in flat if isinstance(a, Exception)]
+        assert len(flat) == 2 * rounds * len(rollouts)
+        added = sum(a.added.get("e.t", 0) for a in flat if isinstance(a, Flushed))
+        seen = sum(stores[0].count_distinct(r, "u", []) for r in rollouts)
+        assert added == 2 * seen  # each unit first in two scopes, "a" and "b"
+        for rollout in rollouts:
+            counters = stores[0].read_counts(rollout, "1")
+            assert counters["calls"] == 2 * rounds
+            assert counters["e.t"] == 2 * stores[0].count_distinct(rollout, "v", [])
+            errors = stores[1].read_errors(rollout)  # their writers took turns: none lost
+            assert sum(error.count for error in errors) == 2 * rounds

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -23,6 +24,7 @@ from stagedroll import (
     Transition,
 )
 from stagedroll.stores import RedisStore, store_from_url
+from stagedroll.stores._batch import Flush, Flushed, Unsure
 from stagedroll.stores._codec import dump_error, dump_state
 from stagedroll.stores._digest import digest, member, rollout_key, token
 
@@ -735,3 +737,223 @@ class TestRecentErrors:
         store.add_errors("r", [ERROR])
         assert store.read_errors("r") == [ERROR]
         assert client.type(key) == "hash"
+
+
+def flush_of(rollout: str, people: list[str], *, counts: dict[str, int] | None = None,
+             errors: list[RecentError] | None = None, history: str = "h1") -> Flush:  # fmt: skip
+    """A flush of ``rollout``: each unit's first error (new ones add 1), its distinct units, and
+    the units counted, at segment 3.1 with 3.0 as the earlier visit."""
+    key = rollout_key(rollout, history)
+    ids = [digest(key, token(unit)) for unit in people]
+    added = {"units.t@0.05": len(people)} if counts is None else counts
+    return Flush(rollout, "3.1", added, [("3/errors", [("errors.t@0.05#0", ids)])],
+                 [("3.1@0.05/t", ids)], ["3.0"], errors or [])  # fmt: skip
+
+
+def landed(n: int) -> Flushed:
+    """What a first flush of ``flush_of`` with ``n`` units answers."""
+    counters = {"units.t@0.05": n, "errors.t@0.05#0": n}
+    return Flushed(counters, {"errors.t@0.05#0": n}, [n], [{}])
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    """How many EVALSHA the server ran (its command statistics)."""
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.fixture(name="private")
+def _private(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of a private Redis: its command statistics count this test's commands only."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+class TestFlushMany:
+    def test_one_evalsha_per_exchange_whatever_the_number_of_flushes(
+        self, make_store: StoreFactory, redis_server: RedisServer, private: redis.Redis
+    ) -> None:
+        """A batch of 1, 10 or 300 rollouts' flushes is one EVALSHA, and each flush lands."""
+        store = make_store(redis_server.url, prefix=unique_prefix("batch"))
+        store.flush_many([flush_of("warm", ["a"])])  # the script is loaded (SCRIPT LOAD)
+        for n in (1, 10, 300):
+            before = evalsha_calls(private)
+            answers = store.flush_many([flush_of(f"r{n}-{i}", ["a", "b"]) for i in range(n)])
+            assert evalsha_calls(private) - before == 1
+            assert answers == [landed(2)] * n
+
+    @pytest.mark.parametrize(
+        ("kind", "spoil"),
+        [
+            ("seen:3/errors", lambda client, key: client.set(key, "a string")),
+            ("counts:3.1", lambda client, key: client.rpush(key, "a list")),
+            ("counts:3.1", lambda client, key: client.hset(key, "errors.t@0.05#0", "1.5")),
+            ("units:3.1@0.05/t", lambda client, key: client.set(key, "not a HyperLogLog")),
+            ("counts:3.0", lambda client, key: client.sadd(key, "an earlier visit")),
+        ],
+        ids=["seen-set", "counters", "counter-field", "distinct-units", "earlier-counters"],
+    )
+    def test_a_key_of_another_type_fails_its_flush_alone(
+        self,
+        make_store: StoreFactory,
+        redis_url: str,
+        redis_prefix: str,
+        kind: str,
+        spoil: Callable[[redis.Redis, str], object],
+    ) -> None:
+        """A key of the wrong type (or a counter that is not an integer) in one rollout's flush
+        fails that flush with a plain exception, nothing of it written; the others land."""
+        raw = redis.Redis.from_url(redis_url)
+        try:
+            store = make_store(redis_url, prefix=redis_prefix)
+            broken = f"{redis_prefix}:{{b}}:{kind}"
+            spoil(raw, broken)
+            before = raw.dump(broken)
+            error = RecentError("treatment", "KeyError", "'k'", 1.0, 2.0)
+            answers = store.flush_many([flush_of(name, ["x", "y", "z"], errors=[error])
+                                        for name in ("a", "b", "c")])  # fmt: skip
+            assert answers[0] == answers[2] == landed(3)
+            assert isinstance(answers[1], redis.ResponseError)
+            assert not isinstance(answers[1], Unsure)
+            assert list(raw.scan_iter(match=f"{redis_prefix}:{{b}}:*")) == [broken.encode()]
+            assert raw.dump(broken) == before
+            assert store.read_errors("a") == store.read_errors("c") == [error]
+        finally:
+            raw.close()
+
+    def test_a_counter_near_the_end_of_its_range_is_refused_before_any_write(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis
+    ) -> None:
+        """A counter an addition could push past 64 bits fails its flush before anything of
+        it is written (no unit marked: sent again, it counts), and the other flushes land."""
+        store = make_store(redis_url, prefix=redis_prefix)
+        client.hset(f"{redis_prefix}:{{b}}:counts:3.1", "units.t@0.05", str(2**63 - 1))
+        answers = store.flush_many([flush_of(name, ["x", "y"]) for name in ("a", "b", "c")])
+        assert answers[0] == answers[2] == landed(2)
+        assert isinstance(answers[1], redis.exceptions.ResponseError)
+        assert not isinstance(answers[1], Unsure)
+        assert client.scard(f"{redis_prefix}:{{b}}:seen:3/errors") == 0
+
+    def test_a_set_of_unit_texts_is_converted_and_counted_once(
+        self, make_store: StoreFactory, redis_server: RedisServer, private: redis.Redis
+    ) -> None:
+        """A flush that meets an earlier version's set of unit texts writes nothing, the set
+        becomes digests and the flush is sent again (a second EVALSHA, once): a unit of the
+        set is not new, and neither that flush nor the others count twice."""
+        prefix = unique_prefix("legacy")
+        store = make_store(redis_server.url, prefix=prefix)
+        store.flush_many([flush_of("warm", ["a"])])
+        legacy = f"{prefix}:{{co}}:first:3/errors"
+        private.sadd(legacy, "alice", "bob")
+        batch = [flush_of("co", ["alice", "carol"], history=""), flush_of("other", ["x", "y"])]
+        before = evalsha_calls(private)
+        answers = store.flush_many(batch)
+        assert evalsha_calls(private) - before == 2
+        assert answers[1] == landed(2)
+        counters = {"units.t@0.05": 2, "errors.t@0.05#0": 1}
+        assert answers[0] == Flushed(counters, {"errors.t@0.05#0": 1}, [2], [{}])
+        assert private.exists(legacy) == 0
+        key = rollout_key("co", "")  # no stored state: the history id is ""
+        assert private.smembers(f"{prefix}:{{co}}:seen:3/errors") == {
+            str(member(digest(key, token(unit)))) for unit in ("alice", "bob", "carol")
+        }
+        before = evalsha_calls(private)
+        again = store.flush_many([flush_of("co", ["alice", "carol"], counts={}, history="")])
+        assert evalsha_calls(private) - before == 1
+        assert again == [Flushed(counters, {}, [2], [{}])]
+        assert store.read_counts("other", "3.1") == landed(2).counters
+
+    def test_errors_merge_as_add_errors_merges_them(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str
+    ) -> None:
+        """Batched errors end as add_errors leaves them: counts added (up to 2**53), first and
+        last seen kept exactly (17 digits), the 20 most recent kept in the same order (ties
+        by arm, type and message, compared by code point), entries that cannot be read
+        dropped, and the same fields; a malformed error fails its flush alone."""
+        twin = make_store(redis_url, prefix=redis_prefix + ":twin")
+        store = make_store(redis_url, prefix=redis_prefix)
+        raw = redis.Redis.from_url(redis_url)
+        t = 1_765_000_000.123456
+        tied = ["Z", "a", "é", "\udcff", "\U0001f600", "a/b", 'q"uote', "\\", "z", "Zz"]
+        newer = [RecentError("treatment", "E", f"newer {i}{tied[i % 5]}", t + i / 10,
+                             t + 100 + i / 7, i + 1) for i in range(12)]  # fmt: skip
+        # 20 errors seen at the same times: the 8 of them kept are the first by code point.
+        ties = [RecentError(arm, "E", m, t, t + 1, 1) for m in tied for arm in ("treatment", "c")]
+        again = RecentError("treatment", "E", "newer 3\udcff", 0.1 + 0.2, 5.0, 2**53 - 2)
+        later = RecentError("treatment", "E", "newer 3\udcff", 7.0, 8.0, 5)  # 0.1 + 0.2 stays
+        latest = RecentError("treatment", "E", "newer 11a", t, t + 10**6, 1)
+        rounds = [newer + ties, [again, RecentError("c", "E", "é", t + 50, t + 60, 2)],
+                  [later, latest]]  # fmt: skip
+        for i, errors in enumerate(rounds):
+            if i == 1:  # written behind the stores' backs: unreadable, and too long (cut)
+                for prefix in (redis_prefix, redis_prefix + ":twin"):
+                    long = {"arm": "c", "type": "T", "message": "m\u00e9" * 150,
+                            "first_seen": t + 90, "last_seen": t + 200, "count": 1}  # fmt: skip
+                    raw.hset(f"{prefix}:{{r}}:errors",
+                             mapping={"junk": "not json", "long": json.dumps(long)})  # fmt: skip
+            twin.add_errors("r", errors)
+            flush = flush_of("r", [], errors=errors) if i != 1 else Flush("r", None, errors=errors)
+            assert not isinstance(store.flush_many([flush])[0], Exception)
+            assert store.read_errors("r") == twin.read_errors("r")
+            ours, theirs = (raw.hgetall(f"{p}:{{r}}:errors")
+                            for p in (redis_prefix, redis_prefix + ":twin"))  # fmt: skip
+            assert {f: json.loads(v) for f, v in ours.items()} == {
+                f: json.loads(v) for f, v in theirs.items()}  # fmt: skip
+        kept = store.read_errors("r")
+        assert len(kept) == 20
+        assert kept[0] == RecentError("treatment", "E", "newer 11a", t, t + 10**6, 13)
+        merged = RecentError("treatment", "E", again.message, 0.1 + 0.2, t + 100 + 3 / 7, 2**53)
+        assert merged in kept  # the stored 0.1 + 0.2 kept exactly, the count at its cap
+        bad = RecentError("treatment", "E", "m", math.nan, 1.0, 1)
+        answers = store.flush_many([flush_of("s", ["x"], errors=[bad]), flush_of("u", ["x"])])
+        assert isinstance(answers[0], ValueError)
+        assert answers[1] == landed(1)
+        assert list(raw.scan_iter(match=f"{redis_prefix}:{{s}}:*")) == []
+        raw.close()
+
+    def test_a_large_batch_is_split_and_answers_in_order(
+        self, make_store: StoreFactory, redis_server: RedisServer, private: redis.Redis
+    ) -> None:
+        """Flushes of 7,000 digests (twice: events and distinct units) go two by two, and one of
+        25,000 alone: 3 EVALSHA, each flush answered in its place."""
+        store = make_store(redis_server.url, prefix=unique_prefix("split"))
+        store.flush_many([flush_of("warm", ["a"])])
+        sizes = [3500, 3500, 3500, 3500, 12500]
+        batch = [flush_of(f"r{i}", [f"u{j}" for j in range(n)], counts={"calls": i})
+                 for i, n in enumerate(sizes)]  # fmt: skip
+        before = evalsha_calls(private)
+        answers = store.flush_many(batch)
+        assert evalsha_calls(private) - before == 3
+        assert [a.added if isinstance(a, Flushed) else a for a in answers] == [
+            {"errors.t@0.05#0": n} for n in sizes
+        ]
+        assert [a.counters["calls"] for a in answers if isinstance(a, Flushed)] == [0, 1, 2, 3, 4]
+
+    @pytest.mark.parametrize("marker", ["a list", "text"])
+    def test_a_marker_that_is_no_counter_is_noted_as_none(
+        self, make_store: StoreFactory, redis_url: str, redis_prefix: str, client: redis.Redis,
+        marker: str,
+    ) -> None:  # fmt: skip
+        """The marker read on the way is what _generation reads: None for a key of another type
+        or text that is no counter, counted as store.generation_unreadable; the flushes land."""
+        store = make_store(redis_url, prefix=redis_prefix)
+        key = f"{redis_prefix}:generation"
+        client.rpush(key, "x") if marker == "a list" else client.set(key, "12ab")
+        assert store.flush_many([flush_of("r", ["a"])]) == [landed(1)]
+        assert store._noted is not None
+        assert store._noted[0] is None is store._generation()
+        assert store.failures.count("store.generation_unreadable") == 2
+
+    def test_unreachable_each_flush_fails_and_none_landed(
+        self, make_store: StoreFactory, redis_server: RedisServer
+    ) -> None:
+        """With Redis down, nothing is sent: each flush answers the ConnectionError, not
+        Unsure (its events may be sent again), and no marker is noted."""
+        store = make_store(redis_server.url, prefix=unique_prefix("down"))
+        assert store.flush_many([flush_of("r", ["a"])]) == [landed(1)]
+        store._noted = None
+        redis_server.stop()
+        answers = store.flush_many([flush_of("r", ["b"]), flush_of("s", ["b"])])
+        assert [type(answer) for answer in answers] == [redis.ConnectionError] * 2
+        assert store._noted is None

@@ -1070,7 +1070,8 @@ class TestStoreProtocolCheck:
                 """Never refreshes."""
 
         with pytest.raises(
-            TypeError, match="lacks names, add_errors, read_errors, down, supervise "
+            TypeError,
+            match="lacks names, add_errors, read_errors, before_refresh, down, supervise ",
         ):
             Rollouts(plain_policy(5), store=OldSharedStore())
 

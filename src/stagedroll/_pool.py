@@ -4,7 +4,10 @@ With a store shared by processes (SQLite, Redis), a process does not judge its o
 outcomes alone: n processes judging apart would each risk a false freeze at ``alpha``, n
 times ``alpha`` together. Instead each process queues its events (first errors and first
 slow calls of units, new units per arm) in an :class:`Outbox`, and the store's background
-refresh flushes them with :func:`flush` (through :func:`~._exchange.exchange`):
+refresh flushes them (through :func:`~._exchange.exchange`): :func:`plan` turns a batch into
+what the store applies (a :class:`~.stores._batch.Flush`), :func:`flush_all` sends the
+plans of all of a process's rollouts in one round trip to a store that batches, else each
+through the store's own operations (:func:`apply`), and :func:`totals` reads the answer:
 
 - every unit's first event is deduplicated in the store's exact set of the epoch
   (``add_units``): it counts once however many processes saw it; events of calls without
@@ -52,14 +55,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ._state import RecentError
 from .stores import Store
+from .stores._batch import BatchStore, Flush, Flushed, Unsure
 from .stores._digest import digest, rollout_key, token
 
-__all__ = ["MAX_QUEUED", "Batch", "Outbox", "Totals", "Unsure", "flush"]
+__all__ = ["MAX_QUEUED", "Batch", "Outbox", "Totals", "Unsure", "apply", "flush", "flush_all",
+           "plan", "totals"]  # fmt: skip
 
 MAX_QUEUED = 100_000
 """Events and units an outbox holds at most (while the store is down); more are dropped."""
@@ -126,14 +132,6 @@ class Totals:
     own: dict[str, int] = field(default_factory=dict)
     """What this flush added to the visit's counters, per share (as counter names spell it):
     the growth that is not another process's."""
-
-
-class Unsure(Exception):
-    """A flush failed once the counters may have changed.
-
-    Its events must not be sent again (they might count twice); its units may be (counting
-    distinct units is idempotent).
-    """
 
 
 class Outbox:
@@ -286,70 +284,164 @@ def _count_distinct(
     return max(counts, default=0)
 
 
-def flush(store: Store, rollout: str, batch: Batch, history: str = "") -> Totals:
-    """Add ``batch`` to the store's counts and return the fleet's totals; may raise.
+def plan(
+    rollout: str, batch: Batch, history: str = "", errors: Sequence[RecentError] = ()
+) -> Flush:
+    """The store's share of ``batch``: the digests of its units, keyed by ``history``.
 
     ``history`` is the rollout's history id (its state's): with the rollout's name, it keys
     the digests of the units. A unit's first event counts only if no process counted it
-    before in the epoch. Raises :class:`Unsure` when it failed once the counters may have
-    changed: the batch's events are then not sent again (nothing counts twice; some may be
-    lost, which only weakens the evidence).
+    before in the epoch (its digest is new in the epoch's set of that kind).
     """
     key = rollout_key(rollout, history)
-    splitter = _Splitter()
-    visits = [  # reads first: a failure here changes nothing
-        (stage, store.read_counts(rollout, segment(batch.epoch, stage)))
-        for stage in range(max(batch.stage, 0))  # the earlier visits of the epoch, if any
-    ]
     counts: dict[str, int] = {}
     for name, n in batch.calls.items():
         _count(counts, f"{name}#{batch.blocks.get(name.partition('.')[0], 0)}", n)
+    for name, tokens in batch.units.items():
+        _count(counts, f"units.{name}", len(tokens))
+    events = []
     for kind in KINDS:
+        names = sorted(name for name in batch.events if name.startswith(kind + "."))
+        if names:
+            block = batch.blocks.get(kind, 0)
+            groups = [(f"{name}#{block}", [digest(key, t) for t in batch.events[name]])
+                      for name in names]  # fmt: skip
+            events.append((f"{batch.epoch}/{kind}", groups))
+    scopes = {name.partition("@")[2] for name in batch.units} | {share_text(batch.share)}
+    distinct = [
+        (f"{batch.segment}@{share}/{arm}",
+         [digest(key, t) for t in batch.units.get(f"{arm}@{share}", [])])
+        for share in sorted(scopes)
+        for arm in ("t", "c")
+    ]  # fmt: skip
+    earlier = [segment(batch.epoch, stage) for stage in range(max(batch.stage, 0))]
+    return Flush(rollout, batch.segment, counts, events, distinct, earlier, errors)
+
+
+def totals(batch: Batch, flush: Flush, flushed: Flushed, refused: int = 0) -> Totals:
+    """The fleet's totals that the store answered to ``flush`` (the plan of ``batch``)."""
+    visits = [*zip(range(max(batch.stage, 0)), flushed.earlier, strict=True),
+              (batch.stage, flushed.counters)]  # fmt: skip
+    current = share_text(batch.share)
+    by_arm = {}  # "t@0.05": the distinct units of an arm at a share (scope "{seg}@0.05/t")
+    for (scope, _), n in zip(flush.distinct, flushed.distinct, strict=True):
+        share, _, arm = scope.partition("@")[2].rpartition("/")
+        by_arm[f"{arm}@{share}"] = n
+    own: dict[str, int] = {}
+    for name, n in [*flush.counts.items(), *flushed.added.items()]:
+        _count(own, name.partition("@")[2].partition("#")[0], n)
+    return Totals(batch.epoch, batch.stage, tuple(visits), by_arm[f"t@{current}"],
+                  by_arm[f"c@{current}"], refused, own)  # fmt: skip
+
+
+def apply(store: Store, flush: Flush) -> tuple[Flushed, int]:
+    """Apply ``flush`` through the store's own operations; may raise.
+
+    For a store that is no :class:`~.stores._batch.BatchStore`, with the same answer, and
+    the elements it refused (dropped, each alone, after splitting). Raises
+    :class:`Unsure` when it failed once the counters may have changed.
+    """
+    if flush.segment is None:  # errors only
+        store.add_errors(flush.rollout, flush.errors)
+        return Flushed({}, {}, [], []), 0
+    splitter = _Splitter()
+    earlier = [store.read_counts(flush.rollout, seg) for seg in flush.earlier]  # changes nothing
+    counts = dict(flush.counts)
+    added: dict[str, int] = {}
+    for scope, groups in flush.events:
         # Sent again after a failure, a unit already marked here is no longer new: it is
         # lost to the test rather than counted twice.
-        names = sorted(name for name in batch.events if name.startswith(kind + "."))
-        groups = [[digest(key, t) for t in batch.events[name]] for name in names]
-        ids = [unit for group in groups for unit in group]
-        scope = f"{batch.epoch}/{kind}"
+        ids = [unit for _, group in groups for unit in group]
         capped = splitter.capped
-        new = _add_units(store, rollout, scope, ids, splitter) if ids else []
+        new = _add_units(store, flush.rollout, scope, ids, splitter) if ids else []
         if splitter.capped > capped:
             # The calls ran out: what was dropped is the tail, some arm's events. Count none
             # of the kind's events, on either arm: a loss, not a bias.
             new = [False] * len(new)
-        block = batch.blocks.get(kind, 0)
         at = 0
-        for name, group in zip(names, groups, strict=True):
-            _count(counts, f"{name}#{block}", sum(new[at : at + len(group)]))
+        for name, group in groups:
+            _count(added, name, sum(new[at : at + len(group)]))
             at += len(group)
-    for name, tokens in batch.units.items():
-        _count(counts, f"units.{name}", len(tokens))
+    for name, n in added.items():
+        _count(counts, name, n)
     try:
         if counts:
-            events = store.add_counts(rollout, batch.segment, counts)
+            counters = store.add_counts(flush.rollout, flush.segment, counts)
         else:
-            events = store.read_counts(rollout, batch.segment)  # an idle flush writes nothing
+            counters = store.read_counts(flush.rollout, flush.segment)  # an idle flush
     except Exception as exc:
         if counts:
             raise Unsure(str(exc)) from exc  # the increments may have landed
         raise
-    visits.append((batch.stage, events))
-    current = share_text(batch.share)
-    scopes = {name.partition("@")[2] for name in batch.units} | {current}
-    distinct: dict[str, int] = {}
     try:
-        for share in sorted(scopes):
-            for arm in ("t", "c"):
-                ids = [digest(key, t) for t in batch.units.get(f"{arm}@{share}", [])]
-                scope = f"{batch.segment}@{share}/{arm}"
-                distinct[f"{arm}@{share}"] = _count_distinct(store, rollout, scope, ids, splitter)
+        distinct = [_count_distinct(store, flush.rollout, scope, list(ids), splitter)
+                    for scope, ids in flush.distinct]  # fmt: skip
     except Exception as exc:
         raise Unsure(str(exc)) from exc  # the events did count: only the units go back
-    units_t, units_c = distinct[f"t@{current}"], distinct[f"c@{current}"]
-    own: dict[str, int] = {}
-    for name, n in counts.items():
-        _count(own, name.partition("@")[2].partition("#")[0], n)
-    return Totals(batch.epoch, batch.stage, tuple(visits), units_t, units_c, splitter.refused, own)
+    failed = None
+    if flush.errors:  # last: the evidence landed whatever happens to them
+        try:
+            store.add_errors(flush.rollout, flush.errors)
+        except Exception as exc:
+            failed = exc
+    return Flushed(counters, added, distinct, earlier, failed), splitter.refused
+
+
+def flush_all(store: Store, flushes: Sequence[Flush]) -> list[tuple[Flushed, int] | Exception]:
+    """Apply ``flushes``: in one round trip when the store batches, else one by one.
+
+    The answer to each, in order: what the store answered and the elements it refused, or
+    the exception it failed with (:class:`Unsure` when its counters may have changed).
+    When a batching store refuses the call as a whole with a data error, each flush is
+    applied apart (which isolates what it refuses); when it fails otherwise once sent,
+    each flush that adds counts or carries recent errors is :class:`Unsure`.
+    """
+    if flushes and _batching(store):
+        try:
+            answers = store.flush_many(flushes)  # type: ignore[attr-defined]
+            if len(answers) != len(flushes):
+                raise RuntimeError(f"the store answered {len(answers)} of {len(flushes)} flushes")
+        except _DATA_ERRORS:
+            pass  # one by one, below
+        except Exception as exc:
+            # Sent, then failed: any flush may have landed. Its counters and recent errors
+            # must not be sent again (they would count twice); events alone may be (a unit
+            # already marked in the store's set is no longer new).
+            return [Unsure(str(exc)) if f.counts or f.errors else exc for f in flushes]
+        else:
+            return [answer if isinstance(answer, Exception) else (answer, 0)
+                    for answer in answers]  # fmt: skip
+    return [_apply(store, flush) for flush in flushes]
+
+
+def _apply(store: Store, flush: Flush) -> tuple[Flushed, int] | Exception:
+    try:
+        return apply(store, flush)
+    except Exception as exc:
+        return exc
+
+
+def _batching(store: Store) -> bool:
+    """Whether ``store`` applies flushes in one round trip; a store that fails to say: no."""
+    try:
+        return isinstance(store, BatchStore)
+    except Exception:
+        return False
+
+
+def flush(store: Store, rollout: str, batch: Batch, history: str = "") -> Totals:
+    """Add ``batch`` to the store's counts and return the fleet's totals; may raise.
+
+    One rollout's :func:`plan`, :func:`flush_all` and :func:`totals`. Raises
+    :class:`Unsure` when it failed once the counters may have changed: the batch's events
+    are then not sent again (nothing counts twice; some may be lost, which only weakens
+    the evidence).
+    """
+    planned = plan(rollout, batch, history)
+    (answer,) = flush_all(store, [planned])
+    if isinstance(answer, Exception):
+        raise answer
+    return totals(batch, planned, *answer)
 
 
 def _count(counts: dict[str, int], name: str, n: int) -> None:

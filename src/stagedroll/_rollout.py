@@ -22,7 +22,7 @@ from . import _gate as gate
 from . import _override as override
 from ._decision import Decision, Reason
 from ._errors import merge
-from ._exchange import exchange, share_errors
+from ._exchange import Member, exchange
 from ._failures import log
 from ._forksafe import register
 from ._guard import Tracking, guard
@@ -444,12 +444,17 @@ class Rollout:
 
     def _pool(self) -> None:
         """Flush the queued events to the store, and take the fleet's totals; never raises."""
+        member = self._member()
+        if member is not None:
+            exchange(self._runtime.store, self._runtime.failures, [member])
+
+    def _member(self) -> Member | None:
+        """The rollout's part in an evidence exchange (``None``: it has nothing to send)."""
         router, runtime = self._router, self._runtime
-        if router.health is not None:
-            exchange(runtime.store, runtime.failures, rollout=self.name,
-                     state=self.state, health=router.health, lock=router.lock)  # fmt: skip
-        if runtime.shared:
-            share_errors(runtime.store, runtime.failures, rollout=self.name, errors=router.errors)
+        if router.health is None and not runtime.shared:
+            return None
+        return Member(self.name, self.state, router.health, router.lock,
+                      router.errors if runtime.shared else None)  # fmt: skip
 
     def _follow_unreadable(self, why: str | None) -> None:
         """Serve the old path while the stored state is corrupt; never raises.
@@ -479,11 +484,12 @@ class Rollout:
     def _tick(self, *, background: bool = False) -> Transition | None:
         """Start if need be, pool the evidence, and take the automatic step due; never raises.
 
-        ``background``: the store's refresh, every ``refresh_interval``, which pools only
-        what needs the store (:meth:`_pool_due`); ``tick`` and ``status`` always pool.
+        ``background``: the store's refresh, which pooled the evidence of every rollout
+        due (:meth:`_pool_due`) in one exchange before it read the states; ``tick`` and
+        ``status`` always pool.
         """
         self._restart()
-        if not background or self._pool_due():
+        if not background:
             self._pool()
         return self._auto_step()
 

@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from ._comparison import Comparison, Mismatch
 from ._decision import Decision, Reason
+from ._exchange import exchange
 from ._failures import Failures, contained, log
 from ._guard import Tracking
 from ._hooks import Hook, Hooks
@@ -142,6 +143,7 @@ class Rollouts:
         }
         self.store.watch(self._on_state)
         if isinstance(store, SyncingStore):
+            store.before_refresh(self._exchange)
             store.on_refresh(self._sync)
 
     @classmethod
@@ -316,8 +318,7 @@ class Rollouts:
         state); nothing is refreshed any more.
         """
         if self._runtime.shared and not getattr(self.store, "closed", False):
-            for rollout in list(self._rollouts.values()):
-                rollout._pool()
+            self._pool(list(self._rollouts.values()))
         if self._owns_store:
             self.store.close()
 
@@ -380,8 +381,28 @@ class Rollouts:
         self._changes = changes
         return True
 
+    def _pool(self, rollouts: list[Rollout]) -> None:
+        """Pool the evidence of ``rollouts`` in one exchange with the store; never raises."""
+        members = [member for rollout in rollouts if (member := rollout._member()) is not None]
+        if members:
+            exchange(self.store, self.failures, members)
+
+    def _exchange(self) -> None:
+        """The start of the store's background refresh: pool what is due, in one exchange.
+
+        Every rollout whose evidence needs the store (see ``Rollout._pool_due``) goes in
+        one round trip, before the refresh reads the states (a batching store tells it the
+        store's marker of change on the way, see ``SharedStore``); the steps come after it.
+        Runs on the store's thread, never on a caller's.
+        """
+        try:
+            due = [rollout for rollout in list(self._rollouts.values()) if rollout._pool_due()]
+            self._pool(due)
+        except Exception as exc:  # pragma: no cover - each step catches what it expects
+            self.failures.record("store.sync_failed", exc)
+
     def _sync(self) -> None:
-        """The store's background refresh: start, pool the evidence, take the steps due.
+        """The store's background refresh, once it read the states: start, take the steps due.
 
         Runs on the store's thread (stores shared by processes), never on a caller's.
         """
@@ -803,7 +824,7 @@ def _check_store(store: object) -> None:
         name for name, value in vars(Store).items() if callable(value) and not name.startswith("_")
     ]
     if hasattr(store, "on_refresh"):  # meant to be shared by processes
-        required += ["down", "on_refresh", "refresh_interval", "supervise"]
+        required += ["before_refresh", "down", "on_refresh", "refresh_interval", "supervise"]
     missing = [name for name in required if not hasattr(store, name)]
     if missing:
         raise TypeError(

@@ -20,6 +20,13 @@ new database serialize. Tables:
   rollout it has held (``rollout:{name}``), and ``generation``, a counter that every write
   of a state raises, so that a refresh that finds it unchanged reads nothing else.
 
+The batched exchange (:meth:`PostgresStore.flush_many`) is one statement per round trip,
+``CALL {schema}.flush_many(…)``: a plpgsql procedure of the schema (made by migration step
+3) applies each rollout's flush in a subtransaction of its own, committed on its own, with
+the locks, writes and answers of the operations one by one (``add_units``, ``add_counts``,
+``count_distinct``, ``add_errors``), and reads ``generation``. The procedure's plpgsql and
+the pure functions of the exchange are in ``_postgres_flush``.
+
 Each write of a state is one transaction that also appends the history entry, raises
 ``generation`` and sends ``NOTIFY`` on the store's channel (:func:`channel_of`) with the
 rollout's name: PostgreSQL delivers it at the commit, never for a write rolled back. With
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import re
@@ -43,10 +51,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
 from .._failures import log
-from .._state import RecentError, RolloutState, Transition, restorable
+from .._state import (
+    RecentError,
+    RolloutState,
+    Transition,
+    restorable,
+)
 from ..exceptions import MissingExtraError, NoStoreError
+from ._batch import MAX_WEIGHT, Flush, Flushed, weight
 from ._codec import (
-    MAX_ERRORS,
     dump_error,
     dump_state,
     dump_transition,
@@ -56,15 +69,34 @@ from ._codec import (
 )
 from ._digest import member
 from ._memory import check_version
+from ._postgres_flush import (
+    _ADD_SET,
+    _ERRORS_READ,
+    _FLUSH_MANY,
+    _LEXEME,
+    _MERGE_ERRORS,
+    _PY_FLOAT,
+    _READ_ERROR,
+    _answer,
+    _braced,
+    _marker,
+    _payload_of,
+)
 from ._redis import _redact
 from ._syncer import EMPTY, SharedStore
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "PostgresStore", "channel_of"]
+__all__ = ["DEFAULT_URL", "OLDEST_READER", "SCHEMA_VERSION", "PostgresStore", "channel_of"]
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+_CHUNK = 5000  # names, digests or counters per statement: no statement grows with a batch
+_EXPIRE_BATCH = 500  # unit sets, error lists or segments expired per statement
+_TOUCH_EVERY_S = 60.0  # how often a store object writes a unit set's touched time
+_TOUCHED_KEPT = 10_000  # the sets whose touched time a store object remembers
+
 
 # The migrations: step n brings the tables from version n - 1 to n. "{s}" is the schema.
 _STEPS: tuple[tuple[str, ...], ...] = (
@@ -91,17 +123,34 @@ _STEPS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS touched_by_at ON {s}.touched (at)",
         "CREATE INDEX IF NOT EXISTS counts_by_touched ON {s}.counts (touched)",
     ),
+    (  # 3: the batched exchange (flush_many) and the functions it calls
+        *(
+            _braced(text)
+            for text in (_LEXEME, _PY_FLOAT, _READ_ERROR, _MERGE_ERRORS, _ADD_SET, _FLUSH_MANY)
+        ),
+    ),
 )
 SCHEMA_VERSION = len(_STEPS)
 """The version of the tables this module writes (``schema_version`` in ``meta``).
 
 A schema of an earlier version is migrated when first opened (the steps it lacks, in one
-transaction); one of a later version is refused with a ``RuntimeError``.
+transaction); one of a later version is used as it is when it says that this version's
+code can still use it (``oldest_reader`` in ``meta``, see :data:`OLDEST_READER`), and is
+refused with a ``RuntimeError`` otherwise.
 """
+OLDEST_READER = 3
+"""The oldest ``SCHEMA_VERSION`` whose code can use tables of this version (written as
+``oldest_reader`` in ``meta``), so that the processes of a rolling upgrade that still run
+the older release keep working once the first new one has migrated. Raise it with a step
+that older code cannot live with (a table or a procedure's arguments changed, not only
+added); version 3 is the first that reads it."""
 
 _QUERIES = {
     "version": "SELECT value FROM {s}.meta WHERE key = 'schema_version'",
     "set_version": "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', %s) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    "reader": "SELECT value FROM {s}.meta WHERE key = 'oldest_reader'",
+    "set_reader": "INSERT INTO {s}.meta (key, value) VALUES ('oldest_reader', %s) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     "generation": "SELECT value FROM {s}.meta WHERE key = 'generation'",
     "bump": "INSERT INTO {s}.meta (key, value) VALUES ('generation', '1') ON CONFLICT (key) "
@@ -144,6 +193,7 @@ _QUERIES = {
     "drop_errors": "DELETE FROM {s}.errors WHERE rollout = %s",
     "add_errors": "INSERT INTO {s}.errors (rollout, entry) "
     "SELECT %s, e FROM unnest(%s::text[]) WITH ORDINALITY AS u(e, i) ORDER BY i",
+    "flush_many": "CALL {s}.flush_many(%s::jsonb)",
     "expired": "SELECT rollout, key FROM {s}.touched WHERE at < %s ORDER BY at LIMIT %s",
     "lock_expired": "SELECT 1 FROM {s}.touched WHERE rollout = %s AND key = %s AND at < %s "
     "FOR UPDATE",
@@ -154,11 +204,6 @@ _QUERIES = {
     "WHERE c.rollout = old.rollout AND c.segment = old.segment",
 }
 
-_CHUNK = 5000  # names, digests or counters per statement: no statement grows with a batch
-_EXPIRE_BATCH = 500  # unit sets, error lists or segments expired per statement
-_TOUCH_EVERY_S = 60.0  # how often a store object writes a unit set's touched time
-_TOUCHED_KEPT = 10_000  # the sets whose touched time a store object remembers
-_ERRORS_READ = 10 * MAX_ERRORS  # rows read per rollout: stagedroll writes at most MAX_ERRORS
 _MAX_PAYLOAD = 7999  # bytes of a NOTIFY payload (PostgreSQL refuses 8000 and more)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _UNENCODED = (
@@ -381,6 +426,8 @@ class PostgresStore(SharedStore):
                 raise self._missing()
             version = version or 0
             if version > SCHEMA_VERSION:
+                if self._readable(conn):
+                    return  # a newer release migrated it, and said that we can use it
                 raise RuntimeError(
                     f"{self!r} has stagedroll schema version {version}; this version of "
                     f"stagedroll reads up to {SCHEMA_VERSION} (upgrade stagedroll)"
@@ -390,8 +437,15 @@ class PostgresStore(SharedStore):
                     conn.execute(statement)
             if version < SCHEMA_VERSION:
                 conn.execute(self._q["set_version"], (str(SCHEMA_VERSION),))
+                conn.execute(self._q["set_reader"], (str(OLDEST_READER),))
         if 0 < version < SCHEMA_VERSION:
             log("info", "store.migrated", store=repr(self), old=version, new=SCHEMA_VERSION)
+
+    def _readable(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether tables of a later version say that this version's code can use them."""
+        row = conn.execute(self._q["reader"]).fetchone()
+        text = str(row[0]) if row is not None else ""
+        return text.isascii() and text.isdigit() and len(text) <= 9 and int(text) <= SCHEMA_VERSION
 
     @contextmanager
     def _session(self) -> Iterator[psycopg.Connection[Any]]:
@@ -718,6 +772,99 @@ class PostgresStore(SharedStore):
             with contextlib.suppress(ValueError):
                 found.append(load_error(text))
         return found
+
+    # -- the batched exchange ------------------------------------------------------------------
+
+    def flush_many(self, flushes: Sequence[Flush]) -> list[Flushed | Exception]:
+        """Apply ``flushes`` in one statement per round trip; see :class:`~._batch.BatchStore`.
+
+        The statement calls the schema's ``flush_many`` function, which applies each flush
+        in a subtransaction of its own (one that fails leaves nothing, and answers a
+        ``ValueError`` for data the database refused, else a ``RuntimeError``) and reads the
+        store's ``generation``, noted for the refresh. The flushes go in the order of their
+        rollouts (one lock order for every process), their unit sets in the order of their
+        names; a flush whose text PostgreSQL cannot hold, or whose errors are malformed,
+        answers a ``ValueError`` and is not sent. At most ``MAX_WEIGHT`` (see ``weight``)
+        goes in one statement: more make several. When the server cannot be reached (no
+        connection to send on), each flush answers that error: none landed. Raises when a
+        statement fails once sent (some of its flushes may have been committed).
+        """
+        answers: list[Flushed | Exception | None] = [None] * len(flushes)
+        order = sorted(range(len(flushes)), key=lambda i: flushes[i].rollout)
+        part: list[int] = []
+        size = 0
+        for i in order:
+            digests = weight(flushes[i])
+            if part and size + digests > MAX_WEIGHT:
+                self._flush_part(flushes, part, answers)
+                part, size = [], 0
+            part.append(i)
+            size += digests
+        if part:
+            self._flush_part(flushes, part, answers)
+        return [answer for answer in answers if answer is not None]
+
+    def _flush_part(self, flushes: Sequence[Flush], part: list[int],
+                    answers: list[Flushed | Exception | None]) -> None:  # fmt: skip
+        """Send the flushes ``part`` (indexes) in one statement; fill in their answers."""
+        now = time.time()
+        due: set[tuple[str, str]] = set()  # the sets this statement touches
+        sent: list[tuple[int, dict[str, Any], list[tuple[str, str]], list[int]]] = []
+        for i in part:
+            try:
+                payload, touched, places = self._payload(flushes[i], now, due)
+            except Exception as exc:  # the flush's answer: it is not sent
+                answers[i] = exc
+                continue
+            sent.append((i, payload, touched, places))
+        if not sent:
+            return
+        batch = json.dumps({"now": now, "flushes": [payload for _, payload, _, _ in sent]},
+                           separators=(",", ":"), allow_nan=False)  # fmt: skip
+        try:
+            with self._session():
+                pass  # connected now if it had to be: nothing of the exchange is sent yet
+        except Exception as exc:  # the server cannot be reached: no flush landed
+            for i, _, _, _ in sent:
+                answers[i] = exc
+            return
+        with self._session() as conn:  # a failure from here on may follow some commits
+            row = conn.execute(self._q["flush_many"], (batch,)).fetchone()
+        result: dict[str, Any] = row[0] if row is not None else {}
+        replies = result.get("answers") or []
+        if len(replies) != len(sent):
+            raise RuntimeError(f"flush_many answered {len(replies)} of {len(sent)} flushes")
+        for (i, _, touched, places), reply in zip(sent, replies, strict=True):
+            answers[i] = answer = _answer(reply, places)
+            if isinstance(answer, Flushed):
+                for key in touched:
+                    if len(self._touched) >= _TOUCHED_KEPT:
+                        self._touched.clear()  # bounded: forgetting only costs a write
+                    self._touched[key] = now
+        generation = result.get("generation")
+        text = str(generation) if generation is not None else ""
+        self._note_generation(_marker(text))
+
+    def _payload(self, flush: Flush, now: float, due: set[tuple[str, str]]
+                 ) -> tuple[dict[str, Any], list[tuple[str, str]], list[int]]:  # fmt: skip
+        """What the function receives of ``flush``; the sets it touches; its scopes' order.
+
+        See ``_payload_of``: this store's part is each unit set's lock and whether its
+        touched time is due (``due``: the sets this statement touches already).
+        """
+        touched: list[tuple[str, str]] = []
+
+        def unit_set(rollout: str, key: str) -> dict[str, Any]:
+            # Not due: written only when missing (a set expired meanwhile), never waiting.
+            at = self._touched.get((rollout, key), -math.inf)
+            touch = (rollout, key) not in due and now - at >= self._touch_every
+            if touch:
+                due.add((rollout, key))
+                touched.append((rollout, key))
+            return {"key": key, "lock": self._set_lock(rollout, key), "touch": touch}
+
+        payload, places = _payload_of(flush, unit_set)
+        return payload, touched, places
 
     # -- expiry and closing ---------------------------------------------------------------------
 

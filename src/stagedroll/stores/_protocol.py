@@ -107,10 +107,11 @@ class Store(Protocol):
 class SyncingStore(Store, Protocol):
     """A store shared by processes, which refreshes and flushes in the background.
 
-    Every ``refresh_interval`` seconds it reads the states of the rollouts it has loaded
-    (telling its listeners of changes), then calls each ``on_refresh`` callback, where a
-    :class:`~stagedroll.Rollouts` flushes its pooled outcome counts and takes its automatic
-    steps, off the callers' threads.
+    Every ``refresh_interval`` seconds it calls each ``before_refresh`` callback, where a
+    :class:`~stagedroll.Rollouts` flushes its pooled outcome counts, then reads the states
+    of the rollouts it has loaded (telling its listeners of changes), then calls each
+    ``on_refresh`` callback, where a ``Rollouts`` takes its automatic steps, off the
+    callers' threads.
     """
 
     refresh_interval: float
@@ -118,6 +119,15 @@ class SyncingStore(Store, Protocol):
     @property
     def down(self) -> bool:
         """Whether the last refresh failed: the backend is unreachable (the refresh backs off)."""
+        ...
+
+    def before_refresh(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` at the start of each refresh, before it reads the states.
+
+        Bound methods are weakly held. A :class:`~stagedroll.Rollouts` sends its pooled
+        evidence there, so that a store that batches (:mod:`stagedroll.stores._batch`)
+        answers with its marker of change, and the refresh needs no read of its own.
+        """
         ...
 
     def on_refresh(self, callback: Callable[[], object]) -> None:

@@ -24,10 +24,26 @@ as a hash tag so that one rollout's keys share a Redis Cluster slot:
 
 Counters, unit sets and recent errors expire ``ttl`` seconds (default 30 days) after their
 last write.
+
 Earlier versions kept units as text: in sets (``{prefix}:{name}:first:{scope}``), turned
 into digests then deleted, and in HyperLogLogs (``{prefix}:{name}:distinct:{scope}``, never
 read by this version: its digests would count a unit twice), deleted; both at the first load
 of their rollout by each store object, and a set also when its scope is next written to.
+
+The pooled evidence of every rollout a process serves is exchanged in one round trip
+(:meth:`RedisStore.flush_many`, see ``stores._batch``): one ``EVALSHA`` of a script that,
+for each rollout's flush, adds its units to the sets of first events (``SADD``, the new ones
+counted), its counts to the segment's counters (``HINCRBY``), its units to the
+HyperLogLogs, reads the counters back, and merges its recent errors, as the single
+operations do; the same script reads ``generation``, which the refresh that follows then
+needs not read. The arguments are one JSON text (digests as decimal text: Lua's numbers
+hold 53 bits), and every key the script touches is in its ``KEYS``. A flush whose keys are
+of another type writes nothing and fails alone (but for its errors' key, replaced as
+``add_errors`` replaces it); a batch heavier than ``_batch.MAX_WEIGHT`` (20,000 digests,
+each flush's recent errors counting as 500) is sent in several round trips. That script
+spans the hash slots of many rollouts: on a Redis Cluster it would have to be sent once per
+slot (``RedisStore`` connects to one Redis). The script and the pure functions of the
+exchange are in ``_redis_flush``.
 """
 
 from __future__ import annotations
@@ -39,15 +55,25 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit
 
 from .._failures import log
-from .._state import RecentError, RolloutState, Transition
-from ._codec import dump_error, dump_state, dump_transition, load_error, load_state, merge_errors
+from .._state import MAX_ERROR_MESSAGE, MAX_ERROR_TYPE, RecentError, RolloutState, Transition
+from ._batch import MAX_WEIGHT, Flush, Flushed, Unsure, weight
+from ._codec import (
+    MAX_ERRORS,
+    dump_error,
+    dump_state,
+    dump_transition,
+    load_error,
+    load_state,
+    merge_errors,
+)
 from ._digest import digest, member, rollout_key, token
 from ._memory import check_version
+from ._redis_flush import _FLUSH, _indexed, _pairs, _planned, _reach
 from ._syncer import EMPTY, SharedStore
 
 if TYPE_CHECKING:
@@ -110,6 +136,16 @@ local new = {}
 for i = 2, #ARGV do new[i - 1] = redis.call('SADD', KEYS[1], ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return new
+"""
+# Read states: the fields s and v of each state hash of KEYS, in one command whatever their
+# number; a key of another type answers its error alone, as {message}.
+_READ = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  local read = redis.pcall('HMGET', key, 's', 'v')
+  if type(read) == 'table' and read.err then found[i] = {read.err} else found[i] = read end
+end
+return found
 """
 _CHUNK = 5000  # units per command: a large batch does not hold Redis for long
 _DRAIN = 1000  # messages the listener takes at once before it wakes the refresh
@@ -178,6 +214,8 @@ class RedisStore(SharedStore):
         self._cas: Any = None
         self._put_script: Any = None
         self._add_script: Any = None
+        self._flush_script: Any = None
+        self._read_script: Any = None
         self._registered: set[str] = set()  # rollouts registered in meta by this process
         self._upgraded: set[str] = set()  # rollouts whose keys of earlier versions were dropped
         self._unannounced: set[str] = set()  # writes whose generation bump failed: retried
@@ -214,6 +252,8 @@ class RedisStore(SharedStore):
                     self._cas = self._client.register_script(_CAS)
                     self._put_script = self._client.register_script(_PUT_IF_LOST)
                     self._add_script = self._client.register_script(_ADD)
+                    self._flush_script = self._client.register_script(_FLUSH)
+                    self._read_script = self._client.register_script(_READ)
                 client = self._client
         return client
 
@@ -356,16 +396,25 @@ class RedisStore(SharedStore):
             _close(pubsub)
 
     def _read_many(self, names: list[str]) -> dict[str, object]:
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.hmget(self._key(name, "state"), "s", "v")
-        # A key of another type fails its own command only (WRONGTYPE), given as its error;
-        # a connection that fails still raises. The field v is what compare-and-set
-        # compares: it must agree with the state's version.
+        """The states of ``names``, in one request (a script) whatever their number.
+
+        A key of another type fails alone (WRONGTYPE), given as its error; a connection
+        that fails raises. The field v is what compare-and-set compares: it must agree with
+        the state's version.
+        """
+        client = self.client
         found: dict[str, object] = {}
-        for name, read in zip(names, pipe.execute(raise_on_error=False), strict=True):
-            absent = isinstance(read, list) and read[0] is None and read[1] is None
-            found[name] = None if absent else tuple(read) if isinstance(read, list) else read
+        for start in range(0, len(names), _CHUNK):
+            part = names[start : start + _CHUNK]
+            reads = self._read_script(keys=[self._key(name, "state") for name in part],
+                                      client=client)  # fmt: skip
+            for name, read in zip(part, reads, strict=True):
+                if len(read) == 1:  # the error of that key alone
+                    found[name] = self._redis.exceptions.ResponseError(_text(read[0]))
+                elif read[0] is None and read[1] is None:
+                    found[name] = None
+                else:
+                    found[name] = tuple(read)
         return found
 
     def _register(self, rollout: str, state: RolloutState, *, quiet: bool = False) -> None:
@@ -659,6 +708,158 @@ class RedisStore(SharedStore):
             pipe.expire(key, self._ttl)
         pipe.pfcount(key)
         return int(pipe.execute()[-1])
+
+    def flush_many(self, flushes: Sequence[Flush]) -> list[Flushed | Exception]:
+        """Apply ``flushes`` in one ``EVALSHA``; the answer to each, in order.
+
+        See :class:`~._batch.BatchStore`. One script applies every flush (up to
+        ``MAX_WEIGHT`` a round trip: a heavier list is sent in several), and reads the store's
+        marker of change, which the refresh that follows then needs not read. A flush
+        that meets a set of unit texts of an earlier version writes nothing: the set is
+        turned into digests (:meth:`_convert`) and the flush sent again (a second round
+        trip, once per such set).
+
+        When Redis cannot be reached (no connection to send on), each flush answers the
+        ``ConnectionError``: none landed. Raises when a round trip fails once sent.
+        """
+        if not flushes:
+            return []
+        if self._unannounced:
+            self._announce(*self._unannounced.copy())  # as _generation does
+        answers: dict[int, Flushed | Exception] = {}
+        legacy: dict[int, list[tuple[str, str]]] = {}
+        marker = self._send_all(flushes, range(len(flushes)), answers, legacy)
+        again = []
+        for i, sets in legacy.items():
+            failed = self._converted(flushes[i].rollout, sets)
+            if failed is None:
+                again.append(i)
+            else:  # the flush wrote nothing: it fails alone
+                answers[i] = failed
+        if again:
+            legacy.clear()
+            marker = self._send_all(flushes, again, answers, legacy)
+            for i in legacy:
+                answers[i] = RuntimeError("a set of unit texts came back as it was converted")
+        if marker is not None:
+            self._note_generation(self._marker(*marker))
+        return [answers[i] for i in range(len(flushes))]
+
+    def _converted(self, rollout: str, sets: list[tuple[str, str]]) -> Exception | None:
+        """Turn ``sets`` (``(seen, texts)`` keys) into digests; what failed, if it did."""
+        try:
+            for seen, texts in sets:
+                self._convert(rollout, seen, texts)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _send_all(
+        self,
+        flushes: Sequence[Flush],
+        indexes: Iterable[int],
+        answers: dict[int, Flushed | Exception],
+        legacy: dict[int, list[tuple[str, str]]],
+    ) -> tuple[object, object] | None:
+        """Send ``flushes[i]`` for each of ``indexes``, ``MAX_WEIGHT`` a round trip at most.
+
+        Puts each answer in ``answers``, or the sets of texts the flush met in ``legacy``;
+        returns the store's marker as the last round trip read it (see :meth:`_marker`),
+        ``None`` when there was none (no flush could be sent).
+        """
+        groups: list[list[int]] = [[]]
+        size = 0
+        for i in indexes:
+            digests = weight(flushes[i])
+            if groups[-1] and size + digests > MAX_WEIGHT:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += digests
+        marker = None
+        for group in groups:
+            marker = self._send(flushes, group, answers, legacy) or marker
+        return marker
+
+    def _send(
+        self,
+        flushes: Sequence[Flush],
+        indexes: list[int],
+        answers: dict[int, Flushed | Exception],
+        legacy: dict[int, list[tuple[str, str]]],
+    ) -> tuple[object, object] | None:
+        """One round trip of :meth:`flush_many`: the flushes ``indexes`` of ``flushes``."""
+        keys = {f"{self.prefix}:generation": 1}  # every key the script touches, by index
+        sent, planned = [], []
+        for i in indexes:
+            try:
+                plan, names = _planned(flushes[i], self._key)
+            except Exception as exc:  # a malformed flush (an error, a count): it alone
+                answers[i] = exc
+                continue
+            sent.append(i)
+            planned.append(_indexed(plan, [keys.setdefault(k, len(keys) + 1) for k in names]))
+        if not sent:
+            return None
+        payload = {"ttl": self._ttl, "tc": MAX_ERROR_TYPE, "mc": MAX_ERROR_MESSAGE,
+                   "me": MAX_ERRORS, "f": planned}  # fmt: skip
+        # Texts as UTF-8 with lone surrogates kept (a message may hold one): cjson takes
+        # the bytes as they are, where it would refuse the escape.
+        arg = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        client = self.client  # made first: it registers the script
+        try:
+            _reach(client)
+        except Exception as exc:  # nothing was sent: each flush failed, none landed
+            answers.update(dict.fromkeys(sent, exc))
+            return None
+        reply = self._flush_script(keys=list(keys), args=[arg.encode("utf-8", "surrogatepass")],
+                                   client=client)  # fmt: skip
+        if not isinstance(reply, list) or len(reply) != len(sent) + 2:
+            raise RuntimeError(f"unexpected answer from Redis to a batch of flushes: {reply!r}")
+        for i, answer in zip(sent, reply[2:], strict=True):
+            status = _text(answer[0])
+            if status == "legacy":
+                scopes = [s for s in flushes[i].events if any(d for _, d in s[1])]
+                legacy[i] = [(self._key(flushes[i].rollout, "seen:" + scopes[n - 1][0]),
+                              self._key(flushes[i].rollout, "first:" + scopes[n - 1][0]))
+                             for n in answer[1]]  # fmt: skip
+            else:
+                answers[i] = self._answer(answer)
+        return reply[0], reply[1]
+
+    def _answer(self, answer: list[Any]) -> Flushed | Exception:
+        """The answer to one flush, from what the script answered of it."""
+        status = _text(answer[0])
+        if status == "ok":
+            failed = _text(answer[5])
+            return Flushed(
+                counters=_counters(_pairs(answer[1])),
+                added={_text(name): int(n) for name, n in _pairs(answer[2]).items()},
+                distinct=[int(n) for n in answer[3]],
+                earlier=[_counters(_pairs(flat)) for flat in answer[4]],
+                errors_failed=self._redis.exceptions.ResponseError(failed) if failed else None,
+            )
+        if status == "unsure":
+            return Unsure(_text(answer[1]))
+        refused: Exception = self._redis.exceptions.ResponseError(_text(answer[1]))
+        return refused  # nothing of the flush was written
+
+    def _marker(self, kind: object, value: object) -> object:
+        """What :meth:`_generation` answers, from what the script read of the counter."""
+        found = _text(kind) if isinstance(kind, bytes | str) else ""
+        if found == "none":
+            return 0
+        if found != "string":
+            exc = self._redis.exceptions.ResponseError(
+                f"WRONGTYPE {self.prefix}:generation holds a {found}, not a counter"
+            )
+            self.failures.record("store.generation_unreadable", exc, store=repr(self))
+            return None
+        if not (isinstance(value, bytes) and value.isdigit() and len(value) <= 19):
+            self.failures.record("store.generation_unreadable", store=repr(self),
+                                 error="not a counter")  # fmt: skip
+            return None
+        return value
 
     def close(self) -> None:
         """Stop the refresh and the listener, and close the connections.

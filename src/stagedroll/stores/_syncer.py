@@ -1,11 +1,14 @@
 """The background refresh of a store shared by processes: one daemon thread per store.
 
 stagedroll's core starts no thread. A store that talks to another process (SQLite's file,
-Redis) needs one, so that no caller ever waits on that I/O: every ``refresh_interval`` it
-reads the states of the rollouts this process serves, tells the store's listeners of any
-change, and calls the ``on_refresh`` callbacks (the outcome flushes and automatic steps of
-each :class:`~stagedroll.Rollouts`). The thread holds its store weakly and ends with it; it
-is started again in a forked child, where threads do not survive.
+Redis, PostgreSQL) needs one, so that no caller ever waits on that I/O: every
+``refresh_interval`` it calls the ``before_refresh`` callbacks (the evidence exchange of
+each :class:`~stagedroll.Rollouts`, which may note the store's marker of change on the
+way), reads the states of the rollouts this process serves, tells the store's listeners of
+any change, and calls the ``on_refresh`` callbacks (the automatic steps). A cycle woken by
+a change pushed by the backend reads first, then exchanges. The thread holds its store
+weakly and ends with it; it is started again in a forked child, where threads do not
+survive.
 
 Whatever the callbacks and listeners raise is contained (see ``_listeners``), so the thread
 does not end because of user code. Should it end anyway (an exception raised into it from
@@ -16,6 +19,7 @@ outside, a thread that could not be started), the next call that reaches the sto
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -196,11 +200,17 @@ class SharedStore:
         self._names_lock = threading.Lock()
         self._listeners = Listeners("store.listener_failed", self.failures)
         self._refreshed = Listeners("store.callback_failed", self.failures)
+        self._before = Listeners("store.callback_failed", self.failures)
+        # A marker an exchange read, when, and on which thread (see _note_generation).
+        self._noted: tuple[object, float, int] | None = None
         self._thread = _Thread(self, thread_name, refresh_interval, _cycle)
         self._listener = _Thread(self, f"{thread_name}-listen", 0.0, _listening,
                                  retry=refresh_interval)  # fmt: skip
         self._generation_seen: object = None  # the marker at the last full read
         self._full_read_at = 0.0  # when the next full read is due whatever the marker says
+        self._cycle_at = math.inf  # when the cycle under way began (a noted marker is newer)
+        self._woken = False  # the next cycle was woken by a change: it reads first
+        self._cycling = 0  # the thread of the cycle under way
         self._expire_at = 0.0  # when the refresh thread next deletes old rows (_expire)
         self._unreadable: dict[str, str] = {}
         self._down = False
@@ -404,6 +414,15 @@ class SharedStore:
 
     # -- the refresh ------------------------------------------------------------------------
 
+    def _note_generation(self, generation: object) -> None:
+        """Keep the store's marker (see :meth:`_generation`) that a batched exchange read.
+
+        The refresh that follows in the same cycle of the refresh thread then reads none of
+        its own. A marker noted by another thread (a caller's ``status()``) is never taken:
+        a change between its exchange and a refresh would go unseen.
+        """
+        self._noted = (generation, time.monotonic(), threading.get_ident())
+
     def refresh(self) -> bool:
         """Read the states now and tell the listeners of changes; return whether it worked.
 
@@ -422,9 +441,16 @@ class SharedStore:
             names = dict(self._names)
         if not names:
             return True
+        noted, self._noted = self._noted, None
         try:
-            generation = self._generation()  # read before the states: a change after it
-            unchanged = (  # is seen at the next refresh
+            # Read before the states (a change after it is seen at the next refresh), or
+            # taken from the exchange that started this cycle, which read it just before.
+            me = threading.get_ident()
+            fresh = (
+                noted is not None and noted[2] == me == self._cycling and noted[1] >= self._cycle_at
+            )
+            generation = noted[0] if noted is not None and fresh else self._generation()
+            unchanged = (
                 generation is not None
                 and generation == self._generation_seen
                 and time.monotonic() < self._full_read_at
@@ -488,7 +514,21 @@ class SharedStore:
                                  source="this process")  # fmt: skip
 
     def _cycle(self) -> bool:
-        ok = self.refresh()
+        """One cycle of the refresh thread: the exchange, the read, the steps.
+
+        A cycle woken by a change (pushed, or :meth:`wake`) reads first: a kill must not
+        wait for the exchange of the evidence, which then follows the read.
+        """
+        self._cycle_at, self._cycling = time.monotonic(), threading.get_ident()
+        woken, self._woken = self._woken, False
+        try:
+            if not woken:
+                self._before.call()
+            ok = self.refresh()
+        finally:
+            self._cycling = 0
+        if woken:
+            self._before.call()
         self._refreshed.call()
         if ok and time.monotonic() >= self._expire_at:
             self._expire_at = time.monotonic() + EXPIRE_EVERY_S
@@ -519,6 +559,7 @@ class SharedStore:
             return False
         if pushed and not self._closed:
             self._full_read_at = 0.0  # a notification, or one lost: read every state
+            self._woken = True
             self._thread.wake()
         return True
 
@@ -527,6 +568,16 @@ class SharedStore:
     def watch(self, listener: StateListener) -> None:
         """Call ``listener`` after each change seen: committed here, or read by a refresh."""
         self._listeners.add(listener)
+
+    def before_refresh(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` at the start of each background refresh, before it reads.
+
+        Bound methods are weakly held. Whatever it raises is contained. A batched exchange
+        made there (:mod:`~._batch`) tells the refresh the store's marker of change.
+        """
+        self._before.add(callback)
+        if not self._closed:
+            self._thread.start()
 
     def on_refresh(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` after each background refresh (bound methods weakly held)."""
@@ -554,6 +605,7 @@ class SharedStore:
         """Run the next background refresh now (starting the thread again if it died)."""
         if not self._closed:
             self._thread.start(only_if_died=True)
+        self._woken = True
         self._thread.wake()
 
     def _stop(self) -> None:
@@ -563,6 +615,7 @@ class SharedStore:
         self._stop_listening()  # ends a wait under way on the backend
         self._listener.stop(wait_s=5.0)
         self._listeners.clear()
+        self._before.clear()
         self._refreshed.clear()
 
 
