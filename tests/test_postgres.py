@@ -54,7 +54,7 @@ QUIET_S = 0.3
 """How long a test listens for a notification that must not come."""
 CLOSE_DEADLINE_S = 15.0
 """close() waits up to 5 s for each of its two threads, then closes its connections."""
-TABLES = {"meta", "states", "history", "counts", "digests", "touched", "errors"}
+TABLES = {"meta", "states", "history", "counts", "digests", "touched", "errors", "sizes"}
 
 StoreFactory = Callable[..., PostgresStore]
 
@@ -1015,11 +1015,11 @@ class TestFlushMany:
             sender.join(10)
         assert [a.counters for a in answers] == [{"n": 1}, {"n": 2}]
 
-    def test_a_version_2_schema_is_migrated_to_3(
+    def test_a_version_2_schema_is_migrated(
         self, make_store: StoreFactory, admin: psycopg.Connection[Any], postgres_schema: str
     ) -> None:
-        """A schema of version 2 (the first two steps) gets the functions of step 3 when
-        opened, keeps its data, and batches."""
+        """A schema of version 2 (the first two steps) gets the procedure of step 3 and the
+        sizes of step 4 when opened, keeps its data, and batches."""
         s = sql.Identifier(postgres_schema)
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(s))
         for step in _STEPS[:2]:
@@ -1033,13 +1033,60 @@ class TestFlushMany:
         with structlog.testing.capture_logs() as logs:
             store = make_store()
             answers = store.flush_many([flush_of("r", ["a", "b"])])
-        assert [(log["old"], log["new"]) for log in logs if log["event"] == "store.migrated"] == [
-            (2, 3)
-        ]
-        assert SCHEMA_VERSION == 3
-        assert meta(admin, postgres_schema, "schema_version") == "3"
+        migrated = [(log["old"], log["new"]) for log in logs if log["event"] == "store.migrated"]
+        assert migrated == [(2, SCHEMA_VERSION)]
+        assert meta(admin, postgres_schema, "schema_version") == str(SCHEMA_VERSION)
         assert admin.execute("SELECT to_regprocedure(%s)", (function,)).fetchone() != (None,)
         assert answers == [Flushed({"e.t": 6, "e.c": 1}, {"e.t": 1, "e.c": 1}, [2], [{}])]
+
+    def test_a_version_3_schema_gets_the_sizes_of_its_sets(
+        self, make_store: StoreFactory, admin: psycopg.Connection[Any], postgres_schema: str
+    ) -> None:
+        """Migrated to 4, a schema's sets of distinct units get their sizes (counted once,
+        from what is there), which the exchange then reads and keeps."""
+        s = sql.Identifier(postgres_schema)
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(s))
+        for step in _STEPS[:3]:
+            for statement in step:
+                admin.execute(sql.SQL(statement).format(s=s))
+        admin.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('schema_version', '3')").format(s=s))
+        insert = "INSERT INTO {s}.digests VALUES ('r', %s, %s)"
+        for scope, digest in (("distinct:u", 1), ("distinct:u", 2), ("first:e", 1)):
+            admin.execute(sql.SQL(insert).format(s=s), (scope, digest))
+        store = make_store()
+        assert store.count_distinct("r", "u", []) == 2
+        (answer,) = store.flush_many([Flush("r", "1", {}, [], [("u", ["x", "y"])])])
+        assert isinstance(answer, Flushed)
+        assert answer.distinct == [4]
+        sizes = admin.execute(sql.SQL("SELECT scope, n FROM {s}.sizes").format(s=s)).fetchall()
+        assert sizes == [("distinct:u", 4)]  # only sets of distinct units have one
+
+    def test_sizes_follow_every_write_and_the_expiry(
+        self, make_store: StoreFactory, admin: psycopg.Connection[Any], postgres_schema: str
+    ) -> None:
+        """Two store objects adding overlapping units, by both paths: each set's size is its
+        number of digests; the expiry takes the size with the set."""
+        one, two = make_store(), make_store()
+        units = [f"u{i}" for i in range(300)]
+        threads = [
+            threading.Thread(target=lambda: one.count_distinct("r", "1@0.5/t", units[:200])),
+            threading.Thread(target=lambda: two.flush_many(
+                [Flush("r", "1", {}, [], [("1@0.5/t", units[100:])])])),
+        ]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        s = sql.Identifier(postgres_schema)
+        counted = admin.execute(sql.SQL("SELECT count(*) FROM {s}.digests WHERE scope = "
+                                        "'distinct:1@0.5/t'").format(s=s)).fetchone()  # fmt: skip
+        assert counted == (300,)
+        assert one.count_distinct("r", "1@0.5/t", []) == 300
+        assert one.expire(now=time.time() + 10 * 365 * 86400) > 0
+        assert one.count_distinct("r", "1@0.5/t", []) == 0
+        assert admin.execute(sql.SQL("SELECT count(*) FROM {s}.sizes").format(s=s)).fetchone() == (
+            0,
+        )
 
     @pytest.mark.skipif(sys.platform != "linux", reason="libpq tracing: psycopg on Linux only")
     def test_one_statement_per_exchange_whatever_the_number_of_flushes(

@@ -99,6 +99,32 @@ _TOUCHED_KEPT = 10_000  # the sets whose touched time a store object remembers
 
 
 # The migrations: step n brings the tables from version n - 1 to n. "{s}" is the schema.
+# The size of each set of distinct units (scopes "distinct:…"), kept up to date by the
+# statements that add to or delete from the digests, whoever runs them, in their own
+# transaction: counting a set is then one row's read, however large the set grew.
+_SIZES_ADDED = """CREATE OR REPLACE FUNCTION {s}.sizes_added() RETURNS trigger
+    LANGUAGE plpgsql AS $body$
+BEGIN
+  INSERT INTO {s}.sizes (rollout, scope, n)
+    SELECT a.rollout, a.scope, count(*) FROM added AS a WHERE a.scope LIKE 'distinct:%'
+    GROUP BY a.rollout, a.scope ORDER BY a.rollout, a.scope
+    ON CONFLICT (rollout, scope) DO UPDATE SET n = {s}.sizes.n + excluded.n;
+  RETURN NULL;
+END
+$body$"""
+_SIZES_REMOVED = """CREATE OR REPLACE FUNCTION {s}.sizes_removed() RETURNS trigger
+    LANGUAGE plpgsql AS $body$
+BEGIN
+  UPDATE {s}.sizes AS z SET n = z.n - r.k FROM (
+    SELECT o.rollout, o.scope, count(*) AS k FROM removed AS o
+    WHERE o.scope LIKE 'distinct:%' GROUP BY o.rollout, o.scope
+  ) AS r WHERE z.rollout = r.rollout AND z.scope = r.scope;
+  DELETE FROM {s}.sizes AS z WHERE z.n <= 0 AND (z.rollout, z.scope) IN (
+    SELECT o.rollout, o.scope FROM removed AS o);
+  RETURN NULL;
+END
+$body$"""
+
 _STEPS: tuple[tuple[str, ...], ...] = (
     (  # 1: states, history, counters, unit sets, and the store's meta
         "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -128,6 +154,25 @@ _STEPS: tuple[tuple[str, ...], ...] = (
             _braced(text)
             for text in (_LEXEME, _PY_FLOAT, _READ_ERROR, _MERGE_ERRORS, _ADD_SET, _FLUSH_MANY)
         ),
+    ),
+    (  # 4: the size of each set of distinct units, kept by triggers (no count(*) per flush)
+        "CREATE TABLE IF NOT EXISTS {s}.sizes (rollout text, scope text, n bigint NOT NULL, "
+        "PRIMARY KEY (rollout, scope))",
+        _SIZES_ADDED,
+        _SIZES_REMOVED,
+        # The triggers first: from then on no write to the digests goes uncounted (they
+        # lock the table against writers until this migration commits), then the sizes of
+        # what is there.
+        "DROP TRIGGER IF EXISTS digests_added ON {s}.digests",
+        "CREATE TRIGGER digests_added AFTER INSERT ON {s}.digests REFERENCING NEW TABLE AS "
+        "added FOR EACH STATEMENT EXECUTE FUNCTION {s}.sizes_added()",
+        "DROP TRIGGER IF EXISTS digests_removed ON {s}.digests",
+        "CREATE TRIGGER digests_removed AFTER DELETE ON {s}.digests REFERENCING OLD TABLE AS "
+        "removed FOR EACH STATEMENT EXECUTE FUNCTION {s}.sizes_removed()",
+        "INSERT INTO {s}.sizes (rollout, scope, n) SELECT rollout, scope, count(*) FROM "
+        "{s}.digests WHERE scope LIKE 'distinct:%' GROUP BY rollout, scope "
+        "ON CONFLICT (rollout, scope) DO UPDATE SET n = excluded.n",
+        _braced(_FLUSH_MANY),  # which reads the sizes
     ),
 )
 SCHEMA_VERSION = len(_STEPS)
@@ -183,7 +228,8 @@ _QUERIES = {
     "ON CONFLICT (rollout, key) DO UPDATE SET at = excluded.at",
     "add_digests": "INSERT INTO {s}.digests (rollout, scope, digest) SELECT %s, %s, d "
     "FROM unnest(%s::bigint[]) AS d ORDER BY d ON CONFLICT DO NOTHING RETURNING digest",
-    "count_digests": "SELECT count(*) FROM {s}.digests WHERE rollout = %s AND scope = %s",
+    "count_digests": "SELECT coalesce((SELECT n FROM {s}.sizes WHERE rollout = %s "
+    "AND scope = %s), 0)",
     "add_counts": "INSERT INTO {s}.counts (rollout, segment, name, value, touched) "
     "SELECT %s, %s, n, v, %s FROM unnest(%s::text[], %s::bigint[]) AS u(n, v) ORDER BY n "
     "ON CONFLICT (rollout, segment, name) DO UPDATE "

@@ -405,8 +405,8 @@ BEGIN
               (v_op ->> 'touch')::boolean, v_now,
               ARRAY(SELECT d::bigint FROM jsonb_array_elements_text(v_op -> 'digests') AS d));
           END IF;
-          v_distinct := v_distinct || to_jsonb((SELECT count(*) FROM {s}.digests AS d
-            WHERE d.rollout = v_rollout AND d.scope = v_op ->> 'key'));
+          v_distinct := v_distinct || to_jsonb(coalesce((SELECT z.n FROM {s}.sizes AS z
+            WHERE z.rollout = v_rollout AND z.scope = v_op ->> 'key'), 0));
         END LOOP;
         IF jsonb_array_length(v_flush -> 'errors') > 0 THEN
           BEGIN  -- last, and alone: the evidence lands whatever happens to them

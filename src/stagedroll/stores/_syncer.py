@@ -530,7 +530,7 @@ class SharedStore:
         if woken:
             self._before.call()
         self._refreshed.call()
-        if ok and time.monotonic() >= self._expire_at:
+        if ok and not self._closed and time.monotonic() >= self._expire_at:
             self._expire_at = time.monotonic() + EXPIRE_EVERY_S
             try:
                 self._expire()
