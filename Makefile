@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo
 
-.PHONY: test lint typecheck pytest docs demo demo-cohorts demo-migration bench bench-stores bench-fleet bench-patterns coverage clean
+.PHONY: test lint typecheck pytest docs demo demo-cohorts demo-migration bench bench-stores bench-fleet bench-patterns coverage clean vendor-vectors
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,14 @@ bench-fleet: $(STAMP)
 
 bench-patterns: $(STAMP)
 	$(BIN)/python benchmarks/bench_patterns.py
+
+# Golden cohort vectors from the vendors' own SDKs (test data: the SDKs are never a
+# dependency of stagedroll, not even a development one; see tests/data/vendors/README.md).
+VENDORS_VENV ?= /tmp/stagedroll-vendors
+vendor-vectors:
+	$(PYTHON) -m venv $(VENDORS_VENV)
+	$(VENDORS_VENV)/bin/python -m pip install --quiet -r tests/data/vendors/requirements.txt
+	$(VENDORS_VENV)/bin/python tests/data/vendors/generate.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage build dist

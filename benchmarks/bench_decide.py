@@ -26,6 +26,7 @@ import structlog
 
 import stagedroll
 from stagedroll import Rollouts, threshold
+from stagedroll._schemes import Flagd, GrowthBook, LaunchDarkly, Scheme, Unleash
 
 NAME = "new-checkout"
 TARGETED = "new-checkout-targeted"
@@ -183,9 +184,27 @@ def candidates(rollouts: Rollouts, watched: Rollouts) -> dict[str, Bench]:
                 record_outcome(arm, u, error=False, latency_s=latency)
         return time.perf_counter_ns() - start
 
+    def scheme_bucket(scheme: Scheme) -> Bench:
+        """The bucket step of another system's scheme alone (for information: not yet in
+        the decision path; ``_schemes``)."""
+        position, cut = scheme.position, scheme.cut(25)
+
+        def run(loops: int) -> int:
+            start = time.perf_counter_ns()
+            for _ in range(loops):
+                for u in units:
+                    position(u) < cut  # noqa: B015 - the comparison is the work
+            return time.perf_counter_ns() - start
+
+        return run
+
     return {
         "floor": floor,
         "floor, prefix pre-joined": floor_prefix,
+        "bucket step, unleash": scheme_bucket(Unleash(NAME)),
+        "bucket step, growthbook v2": scheme_bucket(GrowthBook(NAME)),
+        "bucket step, flagd": scheme_bucket(Flagd(NAME)),
+        "bucket step, launchdarkly": scheme_bucket(LaunchDarkly(NAME, "salt")),
         "Rollout.enabled": handle,
         "Rollouts.enabled": by_name,
         "Rollouts.decide (3 rules)": decide,

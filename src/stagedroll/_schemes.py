@@ -1,0 +1,214 @@
+"""The bucketing of other flag systems: a rollout moved here keeps every unit's cohort.
+
+A team that runs a percentage rollout in Unleash, GrowthBook, flagd or LaunchDarkly cannot
+switch it to stagedroll's own hash mid-flight: another hash puts another quarter of the
+users in a 25 % cohort. Each of those systems buckets deterministically from what the unit
+has, and each is monotone in the percentage, so their cohorts are reproduced here. Each
+scheme gives a unit's ``position`` (an integer of its own space) and, for a percentage, the
+``cut``: a unit is in the cohort iff ``position(key) < cut(percent)``. The cut only grows
+with the percentage, so a unit in at 25 % stays in at 50 %.
+
+The formulas (each pinned by the vendor's own test values and by the decisions of its
+SDK, unit for unit, in ``tests/data/vendors/``, whose notes say where each was read):
+
+- **Unleash** (``flexibleRollout``): ``MurmurHash3_x86_32(utf8(group_id + ":" + unit), 0)``
+  unsigned, ``% 100 + 1 <= percent``; whole percents only.
+- **GrowthBook** (hash version 2): ``n = fnv1a32(str(fnv1a32(seed + unit))) % 10000 / 10000``
+  and ``n < coverage``, FNV-1a over UTF-16 code units; steps of 0.01 %. Version 1:
+  ``fnv1a32(unit + seed) % 1000 / 1000``; steps of 0.1 %.
+- **flagd** (``fractional``, flagd-core 2): ``bucket = (MurmurHash3_x86_32(cbor([flag_key,
+  unit]), 0)`` unsigned ``* 100) >> 32``, the CBOR canonical encoding of the two texts, in
+  iff ``bucket < percent`` (the new path's variant listed first); whole percents only.
+- **LaunchDarkly**: ``h = int(sha1(flag_key + "." + salt + "." + unit)[:15], 16)`` (with a
+  rollout ``seed``: ``sha1(seed + "." + unit)``), in iff ``h / 0xFFFFFFFFFFFFFFF < weight /
+  100000`` as the SDK computes it in floats; steps of 0.001 %.
+
+At 0 % no scheme lets a unit in (stagedroll's kill). An empty unit id is never in with
+GrowthBook, flagd or LaunchDarkly (their SDKs turn it away), as it is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from fractions import Fraction
+
+import mmh3
+
+from ._bucketing import hash_key
+
+__all__ = ["SCHEMES", "Flagd", "GrowthBook", "LaunchDarkly", "Scheme", "Unleash"]
+
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+_LD_SCALE = 0xFFFFFFFFFFFFFFF  # 15 hex digits: the divisor LaunchDarkly's SDKs use
+_mmh3 = mmh3.hash
+
+
+def fnv1a32(text: str) -> int:
+    """FNV-1a, 32 bits, over the UTF-16 code units of ``text``, as GrowthBook's SDKs hash.
+
+    Its JavaScript reference hashes ``charCodeAt``: an emoji is two units.
+    """
+    return _fnv(text, _FNV_OFFSET)
+
+
+def _fnv(text: str, h: int) -> int:
+    """FNV-1a from state ``h`` over ``text`` (a hash of a prefix goes on over the rest)."""
+    for code in memoryview(text.encode("utf-16-le", "surrogatepass")).cast("H"):
+        h = ((h ^ code) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def _cbor_text(text: str) -> bytes:
+    """``text`` as a CBOR text string, its length in the shortest form (canonical)."""
+    data = text.encode("utf-8", "surrogatepass")
+    size = len(data)
+    if size < 24:
+        return bytes([0x60 + size]) + data
+    for head, width in ((0x78, 1), (0x79, 2), (0x7A, 4), (0x7B, 8)):
+        if size < 1 << (8 * width):
+            return bytes([head]) + size.to_bytes(width, "big") + data
+    raise ValueError("text too long for CBOR")  # pragma: no cover - 2**64 bytes
+
+
+def _exact(percent: float | int | Decimal) -> Fraction:
+    return Fraction(Decimal(repr(percent)) if isinstance(percent, float) else Decimal(percent))
+
+
+class Scheme:
+    """A vendor's bucketing for one rollout: ``position(key) < cut(percent)`` is in."""
+
+    __slots__ = ()
+
+    name = ""
+    step = Fraction(1)
+    """The finest step of the percentages the scheme can express, in percent."""
+
+    def position(self, key: str) -> int:
+        """The unit's place in the scheme's space (its key as text)."""
+        raise NotImplementedError
+
+    def cut(self, percent: float | int | Decimal) -> int:
+        """The positions below it are in the cohort of ``percent`` (0 at 0 %)."""
+        raise NotImplementedError
+
+    def problem(self, percent: float | int | Decimal) -> str | None:
+        """Why the scheme cannot express ``percent`` (finer than its step), or ``None``."""
+        if (_exact(percent) / self.step).denominator != 1:
+            return (f"{percent!r} is finer than {self.name} bucketing can express "
+                    f"(steps of {_text(self.step)} %)")  # fmt: skip
+        return None
+
+
+class Unleash(Scheme):
+    """Unleash's ``flexibleRollout``: ``group_id`` defaults to the toggle's name."""
+
+    __slots__ = ("group_id", "prefix")
+    name = "unleash"
+
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
+        self.prefix = group_id + ":"
+
+    def position(self, key: str) -> int:
+        return hash_key(self.prefix + key) % 100  # normalized (1 to 100) minus one
+
+    def cut(self, percent: float | int | Decimal) -> int:
+        return int(_exact(percent))  # normalized <= percent, percent whole
+
+
+class GrowthBook(Scheme):
+    """GrowthBook's rollout ``coverage``: ``seed`` defaults to the feature's key."""
+
+    __slots__ = ("modulus", "seed", "seeded", "version")
+    name = "growthbook"
+
+    def __init__(self, seed: str, version: int = 2) -> None:
+        if version not in (1, 2):
+            raise ValueError(f"GrowthBook hash version must be 1 or 2, not {version!r}")
+        self.seed = seed
+        self.version = version
+        self.modulus = 10_000 if version == 2 else 1_000
+        self.seeded = _fnv(seed, _FNV_OFFSET)  # version 2 hashes seed + unit: the seed once
+
+    @property
+    def step(self) -> Fraction:  # type: ignore[override]
+        return Fraction(100, self.modulus)
+
+    def position(self, key: str) -> int:
+        if not key:
+            return self.modulus  # never in: the SDK includes no unit without an id
+        if self.version == 2:
+            return fnv1a32(str(_fnv(key, self.seeded))) % 10_000
+        return fnv1a32(key + self.seed) % 1_000
+
+    def cut(self, percent: float | int | Decimal) -> int:
+        # n < coverage, both floats as the SDK has them (the coverage read from the decimal
+        # text a feature's JSON holds): the first position that is out.
+        coverage = float(_exact(percent) / 100)
+        first = min(int(coverage * self.modulus), self.modulus)
+        while first > 0 and (first - 1) / self.modulus >= coverage:
+            first -= 1
+        while first < self.modulus and first / self.modulus < coverage:
+            first += 1
+        return first
+
+
+class Flagd(Scheme):
+    """flagd's ``fractional`` over two variants: the new path's weight, then the old's."""
+
+    __slots__ = ("flag_key",)
+    name = "flagd"
+
+    def __init__(self, flag_key: str) -> None:
+        self.flag_key = flag_key
+
+    def position(self, key: str) -> int:
+        if not key:
+            return 100  # never in: the SDK serves the default to a unit without an id
+        encoded = b"\x82" + _cbor_text(self.flag_key) + _cbor_text(key)  # [flag_key, unit]
+        return (_mmh3(encoded, 0, False) * 100) >> 32
+
+    def cut(self, percent: float | int | Decimal) -> int:
+        return int(_exact(percent))  # bucket < the new path's weight, of 100
+
+
+class LaunchDarkly(Scheme):
+    """LaunchDarkly's percentage rollout: the flag's key and salt (or a rollout ``seed``)."""
+
+    __slots__ = ("prefix",)
+    name = "launchdarkly"
+    step = Fraction(1, 1000)
+
+    def __init__(self, flag_key: str, salt: str, seed: int | None = None) -> None:
+        self.prefix = f"{seed}." if seed is not None else f"{flag_key}.{salt}."
+
+    def position(self, key: str) -> int:
+        if not key:
+            return _LD_SCALE + 1  # never in: the SDK refuses a context without a key
+        digest = hashlib.sha1((self.prefix + key).encode("utf-8", "surrogatepass"))
+        return int(digest.hexdigest()[:15], 16)
+
+    def cut(self, percent: float | int | Decimal) -> int:
+        weight = int(_exact(percent) * 1000)  # 1/1000 of a percent, as LaunchDarkly weighs
+        if weight == 0:
+            return 0
+        # h / scale < weight / 100000 in floats, as the SDK computes it: the first h out.
+        bound = weight / 100_000
+        low, high = 0, _LD_SCALE + 1  # invariant: low is in, high is out (or the end)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if middle / _LD_SCALE < bound:
+                low = middle
+            else:
+                high = middle
+        return high
+
+
+SCHEMES = {scheme.name: scheme for scheme in (Unleash, GrowthBook, Flagd, LaunchDarkly)}
+"""The schemes by the name a policy gives them."""
+
+
+def _text(step: Fraction) -> str:
+    return format(Decimal(step.numerator) / Decimal(step.denominator), "f").rstrip("0").rstrip(".")
