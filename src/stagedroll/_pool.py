@@ -1,6 +1,6 @@
 """Pooled evidence: the health test of a rollout judged on the counts of every process.
 
-With a store shared by processes (SQLite, Redis), a process does not judge its own
+With a store shared by processes (SQLite, Redis, PostgreSQL), a process does not judge its own
 outcomes alone: n processes judging apart would each risk a false freeze at ``alpha``, n
 times ``alpha`` together. Instead each process queues its events (first errors and first
 slow calls of units, new units per arm) in an :class:`Outbox`, and the store's background
