@@ -987,6 +987,18 @@ def flush_of(rollout: str, units: list[str], *, counts: dict[str, int] | None = 
     return Flush(rollout, "1", counts or {}, events, [("u", units)], ["0"], errors or [])
 
 
+def schema_at(admin: psycopg.Connection[Any], schema: str, version: int) -> sql.Identifier:
+    """``schema`` made as a release of schema ``version`` made it (its first steps)."""
+    s = sql.Identifier(schema)
+    admin.execute(sql.SQL("CREATE SCHEMA {}").format(s))
+    for step in _STEPS[:version]:
+        for statement in step:
+            admin.execute(sql.SQL(statement).format(s=s))
+    admin.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('schema_version', %s)").format(s=s),
+                  (str(version),))  # fmt: skip
+    return s
+
+
 class TestFlushMany:
     def test_each_flush_commits_alone(
         self, make_store: StoreFactory, postgres_url: str, postgres_schema: str
@@ -1020,12 +1032,7 @@ class TestFlushMany:
     ) -> None:
         """A schema of version 2 (the first two steps) gets the procedure of step 3 and the
         sizes of step 4 when opened, keeps its data, and batches."""
-        s = sql.Identifier(postgres_schema)
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(s))
-        for step in _STEPS[:2]:
-            for statement in step:
-                admin.execute(sql.SQL(statement).format(s=s))
-        admin.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('schema_version', '2')").format(s=s))
+        s = schema_at(admin, postgres_schema, 2)
         admin.execute(sql.SQL("INSERT INTO {s}.counts VALUES ('r', '1', 'e.t', 5, %s)").format(s=s),
                       (time.time(),))  # fmt: skip
         function = f'"{postgres_schema}".flush_many(jsonb,jsonb)'
@@ -1044,12 +1051,7 @@ class TestFlushMany:
     ) -> None:
         """Migrated to 4, a schema's sets of distinct units get their sizes (counted once,
         from what is there), which the exchange then reads and keeps."""
-        s = sql.Identifier(postgres_schema)
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(s))
-        for step in _STEPS[:3]:
-            for statement in step:
-                admin.execute(sql.SQL(statement).format(s=s))
-        admin.execute(sql.SQL("INSERT INTO {s}.meta VALUES ('schema_version', '3')").format(s=s))
+        s = schema_at(admin, postgres_schema, 3)
         insert = "INSERT INTO {s}.digests VALUES ('r', %s, %s)"
         for scope, digest in (("distinct:u", 1), ("distinct:u", 2), ("first:e", 1)):
             admin.execute(sql.SQL(insert).format(s=s), (scope, digest))

@@ -25,13 +25,13 @@ land. A failure that may have left some of its writes is :class:`Unsure`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from .._state import RecentError
 
-__all__ = ["MAX_WEIGHT", "BatchStore", "Flush", "Flushed", "Unsure", "weight"]
+__all__ = ["MAX_WEIGHT", "BatchStore", "Flush", "Flushed", "Unsure", "rounds", "weight"]
 
 Events = Sequence[tuple[str, Sequence[tuple[str, Sequence[str]]]]]
 """Per kind of first event: ``(scope, [(counter, digests), ...])``."""
@@ -97,6 +97,23 @@ def weight(flush: Flush) -> int:
         return errors
     events = sum(len(digests) for _, groups in flush.events for _, digests in groups)
     return errors + events + sum(len(digests) for _, digests in flush.distinct)
+
+
+def rounds(flushes: Sequence[Flush], indexes: Iterable[int]) -> list[list[int]]:
+    """``indexes`` (of ``flushes``), in order, cut into round trips.
+
+    Each carries at most :data:`MAX_WEIGHT`; a heavier flush goes alone.
+    """
+    groups: list[list[int]] = []
+    size = 0
+    for i in indexes:
+        cost = weight(flushes[i])
+        if not groups or (groups[-1] and size + cost > MAX_WEIGHT):
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += cost
+    return groups
 
 
 @runtime_checkable

@@ -58,7 +58,7 @@ from .._state import (
     restorable,
 )
 from ..exceptions import MissingExtraError, NoStoreError
-from ._batch import MAX_WEIGHT, Flush, Flushed, weight
+from ._batch import Flush, Flushed, rounds
 from ._codec import (
     dump_error,
     dump_state,
@@ -613,8 +613,7 @@ class PostgresStore(SharedStore):
     def _generation(self) -> object:
         with self._session() as conn:
             row = conn.execute(self._q["generation"]).fetchone()
-        text = str(row[0]) if row is not None else ""
-        return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else 0
+        return _marker(str(row[0]) if row is not None else "")
 
     def _read_many(self, names: list[str]) -> dict[str, object]:
         found: dict[str, object] = dict.fromkeys(names)
@@ -837,16 +836,7 @@ class PostgresStore(SharedStore):
         """
         answers: list[Flushed | Exception | None] = [None] * len(flushes)
         order = sorted(range(len(flushes)), key=lambda i: flushes[i].rollout)
-        part: list[int] = []
-        size = 0
-        for i in order:
-            digests = weight(flushes[i])
-            if part and size + digests > MAX_WEIGHT:
-                self._flush_part(flushes, part, answers)
-                part, size = [], 0
-            part.append(i)
-            size += digests
-        if part:
+        for part in rounds(flushes, order):
             self._flush_part(flushes, part, answers)
         return [answer for answer in answers if answer is not None]
 

@@ -61,7 +61,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from .._failures import log
 from .._state import MAX_ERROR_MESSAGE, MAX_ERROR_TYPE, RecentError, RolloutState, Transition
-from ._batch import MAX_WEIGHT, Flush, Flushed, Unsure, weight
+from ._batch import Flush, Flushed, Unsure, rounds
 from ._codec import (
     MAX_ERRORS,
     dump_error,
@@ -304,13 +304,20 @@ class RedisStore(SharedStore):
         no marker: ``None``, so every refresh reads every state, and
         ``store.generation_unreadable`` is counted.
         """
-        if self._unannounced:
-            self._announce(*self._unannounced.copy())  # a copy: writers may add meanwhile
+        self._announce_pending()
         try:
             value = self.client.get(f"{self.prefix}:generation")
         except self._redis.exceptions.ResponseError as exc:  # WRONGTYPE
             self.failures.record("store.generation_unreadable", exc, store=repr(self))
             return None
+        return self._counter(value)
+
+    def _counter(self, value: object) -> object:
+        """The marker that ``generation``'s value makes: 0 when it is missing.
+
+        Text that is no counter (written behind the store's back) is no marker: ``None``,
+        and ``store.generation_unreadable`` is counted.
+        """
         if value is None:
             return 0
         if not (isinstance(value, bytes) and value.isdigit() and len(value) <= 19):
@@ -318,6 +325,11 @@ class RedisStore(SharedStore):
                                  error="not a counter")  # fmt: skip
             return None
         return value
+
+    def _announce_pending(self) -> None:
+        """Announce the writes whose announcement failed (see :meth:`_announce`)."""
+        if self._unannounced:
+            self._announce(*self._unannounced.copy())  # a copy: writers may add meanwhile
 
     def _announce(self, *rollouts: str) -> None:
         """Increment ``generation`` and publish each rollout written; never raises.
@@ -724,8 +736,7 @@ class RedisStore(SharedStore):
         """
         if not flushes:
             return []
-        if self._unannounced:
-            self._announce(*self._unannounced.copy())  # as _generation does
+        self._announce_pending()  # as _generation does
         answers: dict[int, Flushed | Exception] = {}
         legacy: dict[int, list[tuple[str, str]]] = {}
         marker = self._send_all(flushes, range(len(flushes)), answers, legacy)
@@ -767,17 +778,8 @@ class RedisStore(SharedStore):
         returns the store's marker as the last round trip read it (see :meth:`_marker`),
         ``None`` when there was none (no flush could be sent).
         """
-        groups: list[list[int]] = [[]]
-        size = 0
-        for i in indexes:
-            digests = weight(flushes[i])
-            if groups[-1] and size + digests > MAX_WEIGHT:
-                groups.append([])
-                size = 0
-            groups[-1].append(i)
-            size += digests
         marker = None
-        for group in groups:
+        for group in rounds(flushes, indexes):
             marker = self._send(flushes, group, answers, legacy) or marker
         return marker
 
@@ -855,19 +857,15 @@ class RedisStore(SharedStore):
             )
             self.failures.record("store.generation_unreadable", exc, store=repr(self))
             return None
-        if not (isinstance(value, bytes) and value.isdigit() and len(value) <= 19):
-            self.failures.record("store.generation_unreadable", store=repr(self),
-                                 error="not a counter")  # fmt: skip
-            return None
-        return value
+        return self._counter(value)
 
     def close(self) -> None:
         """Stop the refresh and the listener, and close the connections.
 
         The writes whose announcement failed are announced once more first.
         """
-        if self._unannounced and not self._closed:
-            self._announce(*self._unannounced.copy())
+        if not self._closed:
+            self._announce_pending()
         self._stop()
         with self._lock:
             client, self._client = self._client, None
