@@ -25,19 +25,38 @@ import mmh3
 import structlog
 
 import stagedroll
-from stagedroll import Rollouts, threshold
-from stagedroll._schemes import Flagd, GrowthBook, LaunchDarkly, Scheme, Unleash
+from stagedroll import BucketingScheme, Rollouts, threshold
 
 NAME = "new-checkout"
 TARGETED = "new-checkout-targeted"
 UNTESTED = "new-checkout-no-health"
 UNITS = [f"user-{i}" for i in range(1000)]
 ATTRIBUTES: dict[str, object] = {"plan": "free", "country": "DE"}  # matches no segment
+# The latency test on: the recorded outcomes' slow calls take the locked path.
+QUARTER: dict[str, Any] = {
+    "stages": [{"name": "quarter", "percent": 25}],
+    "health": {"latency_p95": True},
+}
+# NAME's rollout bucketed as another flag system does, NAME being the flag's key: the cost
+# of each scheme on the decision path, beside the default scheme's in the same rounds.
+SCHEMES: dict[str, dict[str, Any]] = {
+    "unleash": {"scheme": "unleash", "group_id": NAME},
+    "growthbook v2": {"scheme": "growthbook", "seed": NAME, "hash_version": 2},
+    "flagd": {"scheme": "flagd", "flag_key": NAME},
+    "launchdarkly": {"scheme": "launchdarkly", "flag_key": NAME, "salt": "salt"},
+}
+
+
+def schemed(label: str) -> str:
+    """The name of NAME's twin rollout bucketed by scheme ``label``."""
+    return f"{NAME}.{SCHEMES[label]['scheme']}"
+
+
 POLICY: dict[str, Any] = {
     "segments": {"beta": {"rules": [{"attribute": "plan", "op": "eq", "value": "beta"}]}},
     "rollouts": {
-        # The latency test on: the recorded outcomes' slow calls take the locked path.
-        NAME: {"stages": [{"name": "quarter", "percent": 25}], "health": {"latency_p95": True}},
+        NAME: QUARTER,
+        **{schemed(label): {**QUARTER, "bucketing": b} for label, b in SCHEMES.items()},
         UNTESTED: {
             "salt": NAME,
             "stages": [{"name": "quarter", "percent": 25}],
@@ -62,6 +81,9 @@ TARGETS = {
     # the counters at scrape time, so the target is the one of the guard without them.
     "guard overhead, exporters on": 4.5,
 }
+# Candidates also compared with another candidate of the same run (for information): the
+# decision path of a rollout of another scheme, against the default scheme's same call.
+BASELINES = {f"Rollouts.enabled, {label}": "Rollouts.enabled" for label in SCHEMES}
 # Latencies of the recorded outcomes: log-normal around 1 ms, so about 5 % are slow calls.
 LATENCIES = [0.001 * math.exp(0.5 * random.Random(i).gauss(0.0, 1.0)) for i in range(len(UNITS))]
 
@@ -92,6 +114,34 @@ def exported() -> Rollouts:
     generate_latest(registry)
     reader.get_metrics_data()
     return rollouts
+
+
+def bucket_step(scheme: BucketingScheme) -> Bench:
+    """The bucket step of another system's scheme alone, for information."""
+    units, position, cut = UNITS, scheme.position, scheme.cut(25)
+
+    def run(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                position(u) < cut  # noqa: B015 - the comparison is the work
+        return time.perf_counter_ns() - start
+
+    return run
+
+
+def enabled_by_name(rollouts: Rollouts, name: str) -> Bench:
+    """``rollouts.enabled(name, u)``: the loop of ``Rollouts.enabled``, for rollout ``name``."""
+    units, rollouts_enabled = UNITS, rollouts.enabled
+
+    def run(loops: int) -> int:
+        start = time.perf_counter_ns()
+        for _ in range(loops):
+            for u in units:
+                rollouts_enabled(name, u)
+        return time.perf_counter_ns() - start
+
+    return run
 
 
 def candidates(rollouts: Rollouts, watched: Rollouts) -> dict[str, Bench]:
@@ -184,29 +234,20 @@ def candidates(rollouts: Rollouts, watched: Rollouts) -> dict[str, Bench]:
                 record_outcome(arm, u, error=False, latency_s=latency)
         return time.perf_counter_ns() - start
 
-    def scheme_bucket(scheme: Scheme) -> Bench:
-        """The bucket step of another system's scheme alone (for information: not yet in
-        the decision path; ``_schemes``)."""
-        position, cut = scheme.position, scheme.cut(25)
-
-        def run(loops: int) -> int:
-            start = time.perf_counter_ns()
-            for _ in range(loops):
-                for u in units:
-                    position(u) < cut  # noqa: B015 - the comparison is the work
-            return time.perf_counter_ns() - start
-
-        return run
-
+    policy = rollouts.policy.rollouts
     return {
         "floor": floor,
         "floor, prefix pre-joined": floor_prefix,
-        "bucket step, unleash": scheme_bucket(Unleash(NAME)),
-        "bucket step, growthbook v2": scheme_bucket(GrowthBook(NAME)),
-        "bucket step, flagd": scheme_bucket(Flagd(NAME)),
-        "bucket step, launchdarkly": scheme_bucket(LaunchDarkly(NAME, "salt")),
+        **{
+            f"bucket step, {label}": bucket_step(policy[schemed(label)].scheme(schemed(label)))
+            for label in SCHEMES
+        },
         "Rollout.enabled": handle,
         "Rollouts.enabled": by_name,
+        **{
+            f"Rollouts.enabled, {label}": enabled_by_name(rollouts, schemed(label))
+            for label in SCHEMES
+        },
         "Rollouts.decide (3 rules)": decide,
         "record an outcome": record,
         "bare noop call": bare_call,
@@ -242,6 +283,14 @@ def sanity_check(rollouts: Rollouts) -> None:
             sys.exit(f"bench_decide: the decision for {u!r} disagrees with the floor's formula")
         if rollouts.decide(TARGETED, u, ATTRIBUTES).enabled != expected:
             sys.exit(f"bench_decide: decide({TARGETED!r}, {u!r}) disagrees with the floor")
+    for label in SCHEMES:
+        # Each twin must bucket by its own scheme (not the default's), or it measures nothing.
+        name = schemed(label)
+        scheme = rollouts.policy.rollouts[name].scheme(name)
+        cut, default = scheme.cut(25), [rollout.enabled(u) for u in UNITS]
+        ours = [rollouts.enabled(name, u) for u in UNITS]
+        if ours != [scheme.position(u) < cut for u in UNITS] or ours == default:
+            sys.exit(f"bench_decide: {name!r} does not decide by {scheme.describe()}")
 
 
 def summarize(samples: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
@@ -260,13 +309,15 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
         best[overhead] = best[call] - best["bare noop call"]
     results: dict[str, dict[str, Any]] = {}
     for name, ns in best.items():
-        ratio, target = ns / best["floor"], TARGETS.get(name)
+        ratio, target, baseline = ns / best["floor"], TARGETS.get(name), BASELINES.get(name)
         results[name] = {
             "ns": round(ns, 1),
             "median_ns": round(statistics.median(samples[name]), 1),
             "ratio": round(ratio, 2),
             "target": target,
             "pass": None if target is None else ratio <= target,
+            "baseline": baseline,
+            "baseline_ratio": None if baseline is None else round(ns / best[baseline], 2),
         }
     return results
 
@@ -275,12 +326,17 @@ def print_table(results: dict[str, dict[str, Any]], loops: int, repeats: int) ->
     python = platform.python_version()
     print(f"stagedroll {stagedroll.__version__}, Python {python}")
     print(f"{len(UNITS)} units x {loops} loops per round, best of {repeats} interleaved rounds\n")
-    print(f"{'candidate':<28} {'best ns':>8} {'median':>8} {'x floor':>8}  target")
+    print(f"{'candidate':<32} {'best ns':>8} {'median':>8} {'x floor':>8}  target")
     for name, r in results.items():
         verdict = ""
         if r["target"] is not None:
             verdict = f"<= {r['target']:.1f}x  {'PASS' if r['pass'] else 'FAIL'}"
-        print(f"{name:<28} {r['ns']:8.1f} {r['median_ns']:8.1f} {r['ratio']:7.2f}x  {verdict}")
+        print(f"{name:<32} {r['ns']:8.1f} {r['median_ns']:8.1f} {r['ratio']:7.2f}x  {verdict}")
+    compared = {name: r for name, r in results.items() if r["baseline"] is not None}
+    if compared:
+        print("\nother systems' bucketing, against the default's in the same rounds:")
+    for name, r in compared.items():
+        print(f"{name:<32} {r['baseline_ratio']:5.2f}x {r['baseline']}")
 
 
 def positive(text: str) -> int:

@@ -48,6 +48,9 @@ class TestBenchDecide:
         assert results["floor"]["ratio"] == 1.0
         assert all(r["ns"] > 0 for name, r in results.items() if "overhead" not in name)
         assert {name for name, r in results.items() if r["target"]} == targeted
+        schemes = ("unleash", "growthbook v2", "flagd", "launchdarkly")
+        assert {f"Rollouts.enabled, {s}" for s in schemes} <= set(results)
+        assert {f"bucket step, {s}" for s in schemes} <= set(results)
 
 
 @pytest.fixture(name="bench_freeze")

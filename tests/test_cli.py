@@ -1510,3 +1510,36 @@ class TestJsonEnvelope:
         assert set(document["error"]) == {"code", "kind", "message", "details"}
         assert (document["error"]["code"], document["error"]["kind"]) == (code, kind)
         assert document["error"]["message"]
+
+
+class TestExplainABucketingScheme:
+    def test_unleash_position_and_cut(self, cli: Cli, tmp_path: Path) -> None:
+        """A rollout with Unleash's bucketing: explain shows its position (Unleash's
+        normalized value minus one) and cut, and names the scheme and its group id."""
+        policy = tmp_path / "rollouts.toml"
+        policy.write_text(
+            '[rollouts.checkout]\nbucketing = { scheme = "unleash", group_id = "groupX" }\n'
+            'stages = [{ name = "quarter", percent = 25 }, { name = "all", percent = 100 }]\n'
+        )
+        common = ["--policy", str(policy), "--store", "memory://", "--create", "--json"]
+        # Unleash's own test value: ("999", "groupX") normalizes to 25, in at 25 %.
+        run = cli("explain", "checkout", "999", *common)
+        assert run.code == 0, run.err
+        doc = run.json()
+        assert (doc["enabled"], doc["reason"], doc["bucket"], doc["threshold"]) == (
+            True, "IN_COHORT", 24, 25,
+        )  # fmt: skip
+        step = doc["steps"][-1]
+        assert (step["step"], step["outcome"], step["bucket"], step["threshold"]) == (
+            "bucket", "on", 24, 25,
+        )  # fmt: skip
+        assert step["detail"] == (
+            "bucket 24 (24.0000% of the space) < threshold 25 (25 %), unleash, group_id 'groupX'"
+        )
+        with Rollouts(policy) as rollouts:
+            decision = rollouts.decide("checkout", "999")
+        assert (decision.bucket, decision.enabled) == (doc["bucket"], doc["enabled"])
+        out = cli("explain", "checkout", "user-1", *common[:-1])
+        assert out.code == 0, out.err
+        assert "unleash, group_id" in out.out
+        assert "'groupX'" in out.out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from stagedroll import (
+    Bucketing,
+    BucketingScheme,
     Health,
     Policy,
     PolicyError,
@@ -1218,3 +1221,391 @@ class TestCheckEnvironment:
         policy = load_policy(_doc())
         policy.check_environment("anything")
         Policy().check_environment("else")
+
+
+def _bucketed(bucketing: object, *percents: object, **rollout: Any) -> dict[str, Any]:
+    """A policy with rollout ``r``: this ``bucketing``, stages ``s0``... at these percents."""
+    stages = [{"name": f"s{i}", "percent": p} for i, p in enumerate(percents or (1,))]
+    return _doc(stages=stages, bucketing=bucketing, **rollout)
+
+
+BUCKETING_TOML = """\
+[rollouts.checkout]
+bucketing = { scheme = "unleash", group_id = "gr1" }
+stages = [{ name = "quarter", percent = 25 }, { name = "all", percent = 100 }]
+environments = { dev = 50 }
+
+[rollouts.search]
+stages = [{ name = "tiny", percent = 0.125 }]
+
+[rollouts.search.bucketing]
+scheme = "launchdarkly"
+flag_key = "search-flag"
+salt = "5f8b2c1e"
+"""
+BUCKETING_JSON = """\
+{"rollouts": {
+  "checkout": {
+    "bucketing": {"scheme": "unleash", "group_id": "gr1"},
+    "stages": [{"name": "quarter", "percent": 25}, {"name": "all", "percent": 100}],
+    "environments": {"dev": 50}
+  },
+  "search": {
+    "stages": [{"name": "tiny", "percent": 0.125}],
+    "bucketing": {"scheme": "launchdarkly", "flag_key": "search-flag", "salt": "5f8b2c1e"}
+  }
+}}
+"""
+BUCKETING_YAML = """\
+rollouts:
+  checkout:
+    bucketing: {scheme: unleash, group_id: gr1}
+    stages:
+      - {name: quarter, percent: 25}
+      - {name: all, percent: 100}
+    environments: {dev: 50}
+  search:
+    stages: [{name: tiny, percent: 0.125}]
+    bucketing:
+      scheme: launchdarkly
+      flag_key: search-flag
+      salt: "5f8b2c1e"
+"""
+
+
+class TestBucketing:
+    """A rollout's ``bucketing``: its schemes' parameters, defaults, steps, and files."""
+
+    @pytest.mark.parametrize(
+        ("scheme", "field", "value", "owners"),
+        [
+            ("stagedroll", "group_id", "g", "unleash"),
+            ("stagedroll", "salt", "s", "launchdarkly"),
+            ("unleash", "seed", "s", "growthbook and launchdarkly"),
+            ("unleash", "flag_key", "f", "flagd and launchdarkly"),
+            ("unleash", "hash_version", 2, "growthbook"),
+            ("unleash", "salt", "s", "launchdarkly"),
+            ("growthbook", "group_id", "g", "unleash"),
+            ("growthbook", "flag_key", "f", "flagd and launchdarkly"),
+            ("growthbook", "salt", "s", "launchdarkly"),
+            ("flagd", "group_id", "g", "unleash"),
+            ("flagd", "seed", "s", "growthbook and launchdarkly"),
+            ("flagd", "hash_version", 1, "growthbook"),
+            ("flagd", "salt", "s", "launchdarkly"),
+            ("launchdarkly", "group_id", "g", "unleash"),
+            ("launchdarkly", "hash_version", 2, "growthbook"),
+        ],
+    )
+    def test_a_parameter_of_another_scheme_is_named(
+        self, scheme: str, field: str, value: object, owners: str
+    ) -> None:
+        """A parameter belongs to its schemes: elsewhere it is named, with its owners."""
+        bucketing = {"scheme": scheme, field: value}
+        if scheme == "launchdarkly":
+            bucketing["seed"] = 7
+        assert _problems(_bucketed(bucketing)) == [
+            f"rollouts.r.bucketing.{field}: is a parameter of {owners} bucketing, not {scheme}"
+        ]
+
+    def test_every_misplaced_parameter_is_named_at_once(self) -> None:
+        """Four parameters Unleash does not take: four problems."""
+        bucketing = {"scheme": "unleash", "group_id": "g", "seed": "s", "hash_version": 2,
+                     "flag_key": "f", "salt": "s"}  # fmt: skip
+        assert sorted(_problems(_bucketed(bucketing))) == [
+            "rollouts.r.bucketing.flag_key: is a parameter of flagd and launchdarkly bucketing,"
+            " not unleash",
+            "rollouts.r.bucketing.hash_version: is a parameter of growthbook bucketing,"
+            " not unleash",
+            "rollouts.r.bucketing.salt: is a parameter of launchdarkly bucketing, not unleash",
+            "rollouts.r.bucketing.seed: is a parameter of growthbook and launchdarkly bucketing,"
+            " not unleash",
+        ]
+
+    def test_launchdarkly_needs_a_salt_or_a_seed(self) -> None:
+        """Without the flag's salt (or a rollout seed) LaunchDarkly's cohort is unknown."""
+        assert _problems(_bucketed({"scheme": "launchdarkly", "flag_key": "f"})) == [
+            "rollouts.r.bucketing.salt: is required for launchdarkly bucketing: the flag's salt,"
+            " from its JSON (or give the rollout's seed)"
+        ]
+        for enough in ({"salt": "s"}, {"salt": ""}, {"seed": 61}, {"seed": 0}):
+            load_policy(_bucketed({"scheme": "launchdarkly", **enough}))
+
+    def test_launchdarkly_seed_is_an_integer_and_growthbook_seed_text(self) -> None:
+        """Each vendor's seed has its vendor's type."""
+        assert _problems(_bucketed({"scheme": "launchdarkly", "seed": "61"})) == [
+            "rollouts.r.bucketing.seed: must be an integer for launchdarkly bucketing (got '61')"
+        ]
+        assert _problems(_bucketed({"scheme": "growthbook", "seed": 61})) == [
+            "rollouts.r.bucketing.seed: must be text for growthbook bucketing (got 61)"
+        ]
+
+    @pytest.mark.parametrize("seed", [True, 1.5, ["s"]], ids=["bool", "float", "list"])
+    def test_a_seed_of_neither_type_is_one_problem_at_its_path(self, seed: object) -> None:
+        """A seed that is neither text nor an integer: one problem, at ``bucketing.seed``."""
+        [problem] = _problems(_bucketed({"scheme": "launchdarkly", "seed": seed}))
+        assert problem.startswith("rollouts.r.bucketing.seed: must be text (growthbook's seed) or")
+
+    def test_a_rollout_salt_is_refused_with_another_scheme(self) -> None:
+        """``salt`` salts stagedroll's own hash: with another scheme it would do nothing."""
+        for scheme in ("unleash", "growthbook", "flagd"):
+            assert _problems(_bucketed({"scheme": scheme}, salt="pinned")) == [
+                f"rollouts.r.salt: salts stagedroll's own bucketing, not {scheme}'s: give the "
+                "scheme's parameters in bucketing"
+            ]
+        load_policy(_bucketed({"scheme": "stagedroll"}, salt="pinned"))
+
+    @pytest.mark.parametrize(
+        ("bucketing", "fine", "coarse", "step"),
+        [
+            ({"scheme": "unleash"}, 2.5, 3, "1"),
+            ({"scheme": "flagd"}, 0.5, 1, "1"),
+            ({"scheme": "growthbook"}, 0.05, 0.1, "0.1"),
+            ({"scheme": "growthbook", "hash_version": 2}, 12.345, 12.34, "0.01"),
+            ({"scheme": "growthbook", "hash_version": 1}, 0.05, 0.1, "0.1"),
+            ({"scheme": "launchdarkly", "salt": "s"}, 0.0005, 0.001, "0.001"),
+            ({"scheme": "launchdarkly", "seed": 1}, 33.3333, 33.333, "0.001"),
+        ],
+        ids=[
+            "unleash",
+            "flagd",
+            "growthbook",
+            "growthbook-v2",
+            "growthbook-v1",
+            "launchdarkly",
+            "launchdarkly-seed",
+        ],
+    )
+    def test_a_percent_finer_than_the_scheme_is_named(
+        self, bucketing: dict[str, Any], fine: float, coarse: float, step: str
+    ) -> None:
+        """A stage's percent or an environment's, finer than the scheme's step: named, with
+        the scheme and its step; the coarser percent loads."""
+        scheme = bucketing["scheme"]
+        message = f"{fine!r} is finer than {scheme} bucketing can express (steps of {step} %)"
+        assert _problems(_bucketed(bucketing, 0, fine, 100)) == [
+            f"rollouts.r.stages[1].percent: {message}"
+        ]
+        environments = {"dev": fine, "qa": coarse, "prod": "stages", "ci": "off"}
+        assert _problems(_bucketed(bucketing, coarse, environments=environments)) == [
+            f"rollouts.r.environments.dev: {message}"
+        ]
+        load_policy(_bucketed(bucketing, 0, coarse, 100, environments={"dev": coarse}))
+
+    def test_stagedroll_takes_any_valid_percent(self) -> None:
+        """Its own scheme, named or not, takes percents to four decimals as before."""
+        for bucketing in (None, {"scheme": "stagedroll"}):
+            load_policy(_bucketed(bucketing, 0.0001, 33.3333, environments={"dev": 0.0005}))
+
+    def test_every_problem_of_a_rollout_is_named_at_once(self) -> None:
+        """The salt, each stage and each environment, with a bad bucketing field beside."""
+        document = _bucketed({"scheme": "growthbook", "hash_version": 1, "sed": "x"}, 0.05, 2.55,
+                             salt="x", environments={"prod": 0.25})  # fmt: skip
+        step = "is finer than growthbook bucketing can express (steps of 0.1 %)"
+        assert sorted(_problems(document)) == sorted([
+            "rollouts.r.bucketing.sed: unknown field; did you mean 'seed'?",
+            "rollouts.r.salt: salts stagedroll's own bucketing, not growthbook's: give the "
+            "scheme's parameters in bucketing",
+            f"rollouts.r.stages[0].percent: 0.05 {step}",
+            f"rollouts.r.stages[1].percent: 2.55 {step}",
+            f"rollouts.r.environments.prod: 0.25 {step}",
+        ])  # fmt: skip
+
+    def test_the_paths_of_a_policy_built_in_code(self) -> None:
+        """``Policy.model_validate`` names the same paths as ``load_policy``."""
+        document = {
+            "rollouts": {"new-checkout": _bucketed({"scheme": "unleash"}, 2.5)["rollouts"]["r"]}
+        }
+        with pytest.raises(
+            ValidationError, match=r"rollouts\.new-checkout\n.*stages\[0\]\.percent"
+        ):
+            Policy.model_validate(document)
+        assert _problems(document) == [
+            "rollouts.new-checkout.stages[0].percent: 2.5 is finer than unleash bucketing can "
+            "express (steps of 1 %)"
+        ]
+
+    @pytest.mark.parametrize(
+        ("bucketing", "problem"),
+        [
+            (
+                {"scheme": "unleesh"},
+                "bucketing.scheme: must be 'stagedroll', 'unleash', "
+                "'growthbook', 'flagd' or 'launchdarkly' (got 'unleesh')",
+            ),
+            ({"group_id": "g"}, "bucketing.scheme: is required"),
+            (
+                {"scheme": "unleash", "group": "g"},
+                "bucketing.group: unknown field; did you mean 'group_id'?",
+            ),
+            (
+                {"scheme": "launchdarkly", "sallt": "s", "seed": 1},
+                "bucketing.sallt: unknown field; did you mean 'salt'?",
+            ),
+            ({"scheme": "unleash", "zzzz": 1}, "bucketing.zzzz: unknown field"),
+            (
+                {"scheme": "growthbook", "hash_version": 3},
+                "bucketing.hash_version: must be 1 or 2 (got 3)",
+            ),
+            (
+                {"scheme": "unleash", "group_id": 5},
+                "bucketing.group_id: must be a valid string (got 5)",
+            ),
+            ("unleash", "bucketing: must be a table (got 'unleash')"),
+        ],
+        ids=[
+            "scheme",
+            "no-scheme",
+            "hint",
+            "hint-salt",
+            "unknown",
+            "hash-version",
+            "type",
+            "not-a-table",
+        ],
+    )
+    def test_field_problems(self, bucketing: object, problem: str) -> None:
+        """A bad scheme, a missing one, an unknown field (with a hint), a bad value."""
+        assert _problems(_bucketed(bucketing)) == [f"rollouts.r.{problem}"]
+
+    @pytest.mark.parametrize("version", [True, 1.0, 2.0], ids=["true", "1.0", "2.0"])
+    def test_hash_version_is_strict(self, version: object) -> None:
+        """As every integer of a policy: no ``true`` for 1, no float."""
+        assert _problems(_bucketed({"scheme": "growthbook", "hash_version": version})) == [
+            f"rollouts.r.bucketing.hash_version: must be 1 or 2 (got {version!r})"
+        ]
+
+    def test_a_parameter_past_1024_characters_is_named(self) -> None:
+        """A group id, seed, salt or flag key is at most 1,024 characters."""
+        load_policy(_bucketed({"scheme": "unleash", "group_id": "g" * 1024}))
+        [problem] = _problems(_bucketed({"scheme": "unleash", "group_id": "g" * 1025}))
+        assert problem == "rollouts.r.bucketing.group_id: must be at most 1024 characters"
+
+    @pytest.mark.parametrize(
+        ("bucketing", "described"),
+        [
+            (None, "stagedroll, salt 'checkout'"),
+            ({"scheme": "stagedroll"}, "stagedroll, salt 'checkout'"),
+            ({"scheme": "unleash"}, "unleash, group_id 'checkout'"),
+            ({"scheme": "growthbook"}, "growthbook, seed 'checkout', hash_version 1"),
+            (
+                {"scheme": "growthbook", "hash_version": 1},
+                "growthbook, seed 'checkout', hash_version 1",
+            ),
+            ({"scheme": "flagd"}, "flagd, flag_key 'checkout'"),
+            (
+                {"scheme": "launchdarkly", "salt": "s"},
+                "launchdarkly, flag_key 'checkout', salt 's'",
+            ),
+            ({"scheme": "launchdarkly", "seed": 61}, "launchdarkly, seed 61"),
+        ],
+    )
+    def test_defaults_are_the_rollouts_name(
+        self, bucketing: dict[str, Any] | None, described: str
+    ) -> None:
+        """A group id, seed or flag key left out is the rollout's name; GrowthBook's hash
+        version is 1; the scheme places units as the one with the name given explicitly."""
+        policy = load_policy({"rollouts": {"checkout": _bucketed(bucketing)["rollouts"]["r"]}})
+        rollout = policy.rollouts["checkout"]
+        scheme = rollout.scheme("checkout")
+        assert scheme.describe() == described
+        explicit: dict[str, Any] = dict(bucketing or {"scheme": "stagedroll"})
+        field = {"unleash": "group_id", "growthbook": "seed", "flagd": "flag_key",
+                 "launchdarkly": "flag_key"}.get(explicit["scheme"])  # fmt: skip
+        if field is None:
+            fields: dict[str, Any] = {"salt": "checkout"}
+        else:
+            fields = {"bucketing": {**explicit, field: "checkout"}}
+        if explicit["scheme"] == "growthbook":
+            fields["bucketing"].setdefault("hash_version", 1)
+        named = RolloutPolicy.model_validate(
+            {"stages": [{"name": "a", "percent": 1}], **fields}
+        ).scheme("another-name")
+        units = [f"user-{i}" for i in range(200)]
+        positions = [scheme.position(u) for u in units]
+        assert positions == [named.position(u) for u in units]
+        elsewhere = [rollout.scheme("another-name").position(u) for u in units]
+        assert (positions == elsewhere) is (explicit.get("seed") == 61)  # a seed ignores names
+
+    def test_the_scheme_belongs_to_the_rollout_named(self) -> None:
+        """``scheme(name)`` fills the defaults from the name it is given."""
+        rollout = RolloutPolicy.model_validate(
+            {"stages": [{"name": "a", "percent": 1}], "bucketing": {"scheme": "flagd"}}
+        )
+        assert rollout.scheme("one").describe() == "flagd, flag_key 'one'"
+        assert rollout.scheme("two").describe() == "flagd, flag_key 'two'"
+        assert isinstance(rollout.scheme("one"), BucketingScheme)
+        assert rollout.bucketing == Bucketing(scheme="flagd")
+
+    def test_the_bucketing_model_checks_its_parameters(self) -> None:
+        """``Bucketing`` built in code refuses a parameter of another scheme."""
+        with pytest.raises(ValidationError, match="is a parameter of unleash bucketing"):
+            Bucketing(scheme="flagd", group_id="g")
+        with pytest.raises(ValidationError, match="is required for launchdarkly"):
+            Bucketing(scheme="launchdarkly")
+
+    def test_toml_json_and_yaml_files(self, tmp_path: Path) -> None:
+        """An inline table, a table, a JSON object and a YAML mapping give one policy."""
+        paths = []
+        for suffix, text in (("toml", BUCKETING_TOML), ("json", BUCKETING_JSON),
+                             ("yaml", BUCKETING_YAML)):  # fmt: skip
+            path = tmp_path / f"rollouts.{suffix}"
+            path.write_text(text, encoding="utf-8")
+            paths.append(path)
+        toml, json_, yaml = (load_policy(path) for path in paths)
+        assert toml == json_ == yaml
+        assert toml.rollouts["checkout"].scheme("checkout").describe() == "unleash, group_id 'gr1'"
+        assert toml.rollouts["search"].scheme("search").describe() == (
+            "launchdarkly, flag_key 'search-flag', salt '5f8b2c1e'"
+        )
+        assert toml.rollouts["checkout"].bucketing == Bucketing(scheme="unleash", group_id="gr1")
+
+    @pytest.mark.parametrize("suffix", ["toml", "json", "yaml"])
+    def test_a_file_names_the_path_of_a_fine_percent(self, tmp_path: Path, suffix: str) -> None:
+        """In a file, the percent Unleash cannot express is named at its path."""
+        text = {"toml": BUCKETING_TOML, "json": BUCKETING_JSON, "yaml": BUCKETING_YAML}[suffix]
+        path = tmp_path / f"rollouts.{suffix}"
+        path.write_text(re.sub(r"(percent\W+)25\b", r"\g<1>25.5", text), encoding="utf-8")
+        with pytest.raises(PolicyError) as info:
+            load_policy(path)
+        [problem] = info.value.problems
+        assert problem.path == "rollouts.checkout.stages[0].percent"
+        assert problem.message == (
+            "25.5 is finer than unleash bucketing can express (steps of 1 %)"
+        )
+
+    def test_the_schema_has_bucketing(self) -> None:
+        """The JSON Schema of a policy file describes ``bucketing`` and its schemes."""
+        schema = Policy.model_json_schema()
+        rollout = schema["$defs"]["RolloutPolicy"]["properties"]
+        assert {"$ref": "#/$defs/Bucketing"} in rollout["bucketing"]["anyOf"]
+        bucketing = schema["$defs"]["Bucketing"]
+        assert bucketing["required"] == ["scheme"]
+        assert bucketing["properties"]["scheme"]["enum"] == [
+            "stagedroll", "unleash", "growthbook", "flagd", "launchdarkly"
+        ]  # fmt: skip
+        assert set(bucketing["properties"]) == {
+            "scheme", "group_id", "seed", "hash_version", "flag_key", "salt"
+        }  # fmt: skip
+        assert bucketing["additionalProperties"] is False
+
+    @given(
+        st.fixed_dictionaries(
+            {"scheme": st.one_of(st.sampled_from(["unleash", "growthbook", "flagd",
+                                                  "launchdarkly", "stagedroll"]), JUNK)},
+            optional=dict.fromkeys(
+                ("group_id", "seed", "hash_version", "flag_key", "salt", "extra"), JUNK
+            ),
+        ),
+        st.lists(st.one_of(JUNK, st.floats(0, 100)), min_size=1, max_size=3),
+        st.dictionaries(NAMES, JUNK, max_size=2),
+        JUNK,
+    )  # fmt: skip
+    def test_junk_loads_or_is_a_policy_error(
+        self, bucketing: dict[str, object], percents: list[object],
+        environments: dict[str, object], salt: object,
+    ) -> None:  # fmt: skip
+        """Junk in ``bucketing``, the percents, environments and salt: a policy or a
+        PolicyError, whose every problem has a message."""
+        document = _bucketed(bucketing, *percents, environments=environments, salt=salt)
+        problems = _problems_or_none(document)
+        assert problems is None or (problems and all(p.message for p in problems))

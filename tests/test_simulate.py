@@ -552,3 +552,78 @@ class TestReport:
             f"<RolloutSimulation 'search' quarter 25%: {first.count}, "
             f"most 75.5%: {second.count} (nested)>"
         )
+
+
+BUCKETINGS: dict[str, dict[str, Any]] = {
+    "stagedroll": {"scheme": "stagedroll"},
+    "unleash": {"scheme": "unleash", "group_id": "gr1"},
+    "growthbook": {"scheme": "growthbook"},
+    "growthbook-v1": {"scheme": "growthbook", "seed": "s", "hash_version": 1},
+    "flagd": {"scheme": "flagd", "flag_key": "f"},
+    "launchdarkly": {"scheme": "launchdarkly", "salt": "saltyA"},
+    "launchdarkly-seed": {"scheme": "launchdarkly", "seed": 61},
+}
+
+
+def bucketed_policy(bucketing: Mapping[str, Any]) -> dict[str, Any]:
+    """Rollouts with ``bucketing``: one only the bucket decides, one targeted (lists and
+    segments), one bucketed on an attribute, and one whose percent an environment fixes."""
+    stages = [{"name": f"at-{p}", "percent": p} for p in (0, 1, 25, 50, 99, 100)]
+    return {
+        "environments": ["qa", "prod"],
+        "segments": POLICY["segments"],
+        "rollouts": {
+            "plain": {"stages": stages, "bucketing": bucketing},
+            "targeted": {
+                "stages": [
+                    {"name": "staff", "percent": 0, "segments": ["staff"]},
+                    {"name": "beta", "percent": 10, "segments": ["beta"]},
+                    {"name": "half", "percent": 50},
+                    {"name": "all", "percent": 100},
+                ],
+                "targeting": {"allow": ["user-7", 43], "deny": ["user-3", "user-8"]},
+                "bucketing": bucketing,
+            },
+            "orgs": {
+                "bucket_by": "org",
+                "stages": [{"name": "third", "percent": 33}, {"name": "all", "percent": 100}],
+                "targeting": {"deny": ["org-2"]},
+                "bucketing": bucketing,
+            },
+            "fixed": {
+                "stages": [{"name": "none", "percent": 0}],
+                "environments": {"qa": 30, "prod": "stages"},
+                "bucketing": bucketing,
+            },
+        },
+    }
+
+
+class TestBucketingSchemes:
+    @pytest.mark.parametrize("scheme", list(BUCKETINGS))
+    @pytest.mark.parametrize("environment", [None, "qa"])
+    def test_every_scheme_agrees_with_decide(self, scheme: str, environment: str | None) -> None:
+        """Each scheme, on the fast path (only the bucket decides) and the targeted one (allow
+        and deny lists, segments, ``bucket_by``), stage by stage: ``decide``'s cohorts."""
+        policy = bucketed_policy(BUCKETINGS[scheme])
+        units = mixed_units(300)
+        simulation = simulate(policy, units, environment=environment, attributes=attributes_of)
+        assert_agrees(simulation, policy, units, environment=environment, attributes=attributes_of)
+        plain = simulation["plain"]
+        if environment is None:
+            counts = [cohort.count for cohort in plain.stages]
+            assert counts[0] == 0 < counts[1] < counts[2] < counts[3] < counts[4] <= len(units)
+            assert simulation["targeted"].contains("user-7", "staff")  # allowed
+            assert not simulation["targeted"].contains("user-3", "all")  # denied
+        else:
+            assert 0 < simulation["fixed"].stages[0].count < len(units)
+
+    @pytest.mark.parametrize("scheme", [s for s in BUCKETINGS if s != "stagedroll"])
+    def test_each_scheme_has_its_own_cohort(self, scheme: str) -> None:
+        """A scheme's cohort is its own: not the one stagedroll's hash would give."""
+        units = [f"user-{i}" for i in range(300)]
+        ours = simulate(bucketed_policy(BUCKETINGS["stagedroll"]), units)["plain"].members(3)
+        theirs = simulate(bucketed_policy(BUCKETINGS[scheme]), units)["plain"]
+        placed = load_policy(bucketed_policy(BUCKETINGS[scheme])).rollouts["plain"].scheme("plain")
+        assert theirs.members(3) == [u for u in units if placed.position(u) < placed.cut(50)]
+        assert theirs.members(3) != ours

@@ -14,6 +14,7 @@ from ._health import HealthReport
 from ._hooks import TransitionEvent
 from ._outcomes import ArmStats, Outcome
 from ._policy import (
+    Bucketing,
     Health,
     Policy,
     RolloutPolicy,
@@ -27,6 +28,7 @@ from ._policy import (
 )
 from ._rollout import Rollout
 from ._rollouts import Rollouts
+from ._schemes import BucketingScheme
 from ._state import Action, RecentError, RolloutState, Status, Transition
 from ._status import RolloutStatus, Snapshot, StageInfo
 from ._steering import Steering
@@ -46,6 +48,8 @@ __all__ = [
     "Action",
     "ArmStats",
     "Bound",
+    "Bucketing",
+    "BucketingScheme",
     "CorruptStateError",
     "Decision",
     "Health",

@@ -46,8 +46,9 @@ class Decision(NamedTuple):
 
     ``stage`` is the name of the stage in force (``None`` before the first stage or when the
     rollout is off in this environment; the environment's name where the environment fixes
-    the percent), ``percent`` its share, and ``bucket`` the
-    unit's hash when the bucket step was reached (``None`` when an earlier step decided).
+    the percent), ``percent`` its share, and ``bucket`` the unit's position when the bucket
+    step was reached (``None`` when an earlier step decided): its hash in ``[0, 2**32)``, or
+    its place in the space of the rollout's ``bucketing`` scheme (0 to 99 for Unleash).
     An immutable named tuple, true exactly when the new path is on.
     """
 

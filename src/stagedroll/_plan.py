@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +17,7 @@ from ._bucketing import hash_key, threshold, unit_key
 from ._decision import Decision, Reason, decision
 from ._outcomes import ArmCounts, Outcomes
 from ._policy import Policy, RolloutPolicy
+from ._schemes import BucketingScheme, Stagedroll
 from ._state import RolloutState, Status
 from ._targeting import Predicate
 
@@ -34,7 +35,11 @@ class StagePlan:
     name: str
     percent: float
     threshold: int
+    """The cut of the rollout's bucketing scheme: a position below it is in."""
     segments: tuple[Predicate, ...]
+    share: int
+    """``threshold(percent)``, in stagedroll's 2**32 space: a call with no unit is routed by a
+    random draw against it, whatever the scheme."""
 
 
 class Plan:
@@ -51,6 +56,7 @@ class Plan:
         "policy",
         "prefix",
         "removed",
+        "scheme",
         "stages",
     )
 
@@ -64,6 +70,10 @@ class Plan:
         self.name = name
         self.policy = policy
         self.prefix = policy.salt_or(name) + ":"
+        scheme = policy.scheme(name)
+        self.scheme: BucketingScheme | None = None if isinstance(scheme, Stagedroll) else scheme
+        """Another system's bucketing; ``None`` for stagedroll's own (``prefix`` and a hash)."""
+        cut = scheme.cut
         self.bucket_by = policy.bucket_by
         self.allow = frozenset(policy.targeting.allow)
         self.deny = frozenset(policy.targeting.deny)
@@ -72,9 +82,9 @@ class Plan:
         for stage in policy.stages:
             # Segments stay in once included, as units do when the percentage grows.
             included.extend(segments[s] for s in stage.segments if segments[s] not in included)
-            stages.append(
-                StagePlan(stage.name, stage.percent, threshold(stage.percent), tuple(included))
-            )
+            share = threshold(stage.percent)
+            stages.append(StagePlan(stage.name, stage.percent, cut(stage.percent),
+                                    tuple(included), share))  # fmt: skip
         self.stages = tuple(stages)
         self.killed = False
         """Killed in this process by ``$STAGEDROLL_KILL``, whatever the stored state says."""
@@ -91,7 +101,7 @@ class Plan:
             self.mode = "off"
         else:
             self.mode = "fixed"
-            self.fixed = StagePlan(f"{environment}", setting, threshold(setting), ())
+            self.fixed = StagePlan(f"{environment}", setting, cut(setting), (), threshold(setting))
 
     @property
     def last_stage(self) -> int:
@@ -138,14 +148,17 @@ class View:
         "control",
         "denied",
         "deny",
+        "direct",
         "mode",
         "no_unit",
         "percent",
         "plain",
         "prefix",
         "rollout",
+        "scheme",
         "segment",
         "segments",
+        "share",
         "stage",
         "stage_name",
         "state",
@@ -158,6 +171,7 @@ class View:
         self.mode = plan.mode
         self.state = state
         self.prefix = plan.prefix
+        self.scheme = plan.scheme
         self.bucket_by = plan.bucket_by
         self.allow = plan.allow
         self.deny = plan.deny
@@ -173,6 +187,7 @@ class View:
         self.stage_name = current.name if current is not None else None
         self.percent = current.percent if current is not None else 0.0
         self.threshold = current.threshold if current is not None else 0
+        self.share = current.share if current is not None else 0
         self.segments = current.segments if current is not None else ()
         # A decision that does not depend on the unit is made once, here.
         self.constant: Decision | None = None
@@ -189,17 +204,25 @@ class View:
         self.denied = Decision(name, False, Reason.DENIED, stage, percent)
         self.allowed = Decision(name, True, Reason.ALLOWED, stage, percent)
         self.segment = Decision(name, True, Reason.SEGMENT, stage, percent)
-        # The fast path: nothing but the bucket can decide.
-        self.plain = (
+        # The fast path: nothing but the bucket can decide. ``plain`` with stagedroll's own
+        # bucketing (inlined by the callers); ``direct`` is the position of another scheme.
+        alone = (
             self.constant is None
             and self.bucket_by is None
             and not self.allow
             and not self.deny
             and not self.segments
         )
+        self.plain = alone and self.scheme is None
+        self.direct: Callable[[str], int] | None = (
+            self.scheme.position if alone and self.scheme is not None else None
+        )
 
     def settle(self, key: str | None, attributes: Mapping[str, object] | None) -> Decision | int:
         """Return the decision made before the bucket step, or else the unit's bucket.
+
+        The bucket is the unit's position in the rollout's bucketing scheme (stagedroll's
+        own: its hash, in ``[0, 2**32)``), to compare with :attr:`threshold`.
 
         The evaluation order: environment and status (precomputed), no unit, deny, allow,
         stage segments, bucket. The decisions of the earlier steps do not depend on the unit,
@@ -219,6 +242,8 @@ class View:
             for segment in self.segments:
                 if segment(attributes):
                     return self.segment
+        if self.scheme is not None:
+            return self.scheme.position(key)
         return hash_key(self.prefix + key)
 
     def _attribute_key(self, attributes: Mapping[str, object] | None) -> str | None:
@@ -268,10 +293,10 @@ class View:
         return (self.treatment if settled < self.threshold else self.control), key
 
     def sample(self) -> ArmCounts:
-        """Route one request with no unit: a fresh random bucket against the threshold."""
+        """Route one request with no unit: a fresh random draw against the share."""
         if self.constant is not None:
             return self.arms.targeted_on if self.constant.enabled else self.arms.targeted_off
-        return self.treatment if _random_bucket(32) < self.threshold else self.control
+        return self.treatment if _random_bucket(32) < self.share else self.control
 
     def arm(self, decision: Decision) -> ArmCounts:
         """The counters that a call decided by ``decision`` is recorded in."""

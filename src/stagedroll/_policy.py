@@ -41,14 +41,25 @@ from ._document import (
     parse_document,
     read_document,
 )
+from ._schemes import (
+    BucketingScheme,
+    Flagd,
+    GrowthBook,
+    LaunchDarkly,
+    Stagedroll,
+    Unleash,
+    percent_problem,
+)
 from ._targeting import Operator, Predicate, compile_rule, compile_segment, semver_key
 from .exceptions import PolicyError, PolicyProblem
 
 __all__ = [
+    "MAX_BUCKETING_TEXT",
     "MAX_DURATION_DAYS",
     "MAX_STAGES",
     "MIGRATION_STAGES",
     "UNIT_CAP",
+    "Bucketing",
     "EnvironmentSetting",
     "Health",
     "OnError",
@@ -69,6 +80,9 @@ MAX_STAGES = 1000
 """The most stages a rollout may have: each stored state carries its ladder."""
 UNIT_CAP = 50_000
 """Distinct units an arm remembers per stage visit (for ``min_units`` and the sample ratio)."""
+
+MAX_BUCKETING_TEXT = 1024
+"""The longest group id, seed, salt or flag key a ``bucketing`` table may give (characters)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -228,6 +242,7 @@ def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[t
             ):
                 message = f"unknown segment {_shown(segment)}{_hint(segment, known_segments)}"
                 problems.append((f"stages[{i}].segments[{j}]", message))
+    problems.extend(_bucketing_checks(data))
     if data.get("pattern") == "migration":
         problems.extend(_migration_checks(data))
     health = data.get("health")
@@ -252,6 +267,34 @@ def _cross_checks(data: Mapping[str, Any], context: Mapping[str, Any]) -> list[t
         both = sorted(allow & deny)
         if both:
             problems.append(("targeting.deny", f"units also in targeting.allow: {', '.join(both)}"))
+    return problems
+
+
+def _bucketing_checks(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The percents a rollout gives must be ones its bucketing scheme can express."""
+    bucketing = data.get("bucketing")
+    if not isinstance(bucketing, Mapping):
+        return []
+    scheme, version = bucketing.get("scheme"), bucketing.get("hash_version")
+    if scheme not in ("unleash", "growthbook", "flagd", "launchdarkly"):
+        return []  # stagedroll's own (any valid percent), or a bad name reported by its field
+    problems = []
+    if data.get("salt") is not None:
+        problems.append(("salt", f"salts stagedroll's own bucketing, not {scheme}'s: "
+                         "give the scheme's parameters in bucketing"))  # fmt: skip
+    version = version if version in (1, 2) else None
+    stages = data.get("stages")
+    for i, stage in enumerate(stages if isinstance(stages, list | tuple) else ()):
+        percent = _number(stage.get("percent")) if isinstance(stage, Mapping) else None
+        problem = percent_problem(scheme, version, percent) if percent is not None else None
+        if problem is not None:
+            problems.append((f"stages[{i}].percent", problem))
+    environments = data.get("environments")
+    for env, setting in environments.items() if isinstance(environments, Mapping) else ():
+        percent = None if setting in ("stages", "off") else _number(setting)
+        problem = percent_problem(scheme, version, percent) if percent is not None else None
+        if problem is not None:
+            problems.append((f"environments.{env}", problem))
     return problems
 
 
@@ -396,6 +439,115 @@ class Health(_Model):
         return self
 
 
+SchemeName = Literal["stagedroll", "unleash", "growthbook", "flagd", "launchdarkly"]
+BucketingText = Annotated[StrictStr, Field(max_length=MAX_BUCKETING_TEXT)]
+
+
+_SEED_BOUND = 2**63  # a LaunchDarkly seed: a 64-bit integer, as its SDKs hold it
+
+
+def _seed(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -_SEED_BOUND <= value < _SEED_BOUND:
+            raise ValueError("must be a 64-bit integer (launchdarkly's rollout seed)")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_BUCKETING_TEXT:
+            raise ValueError(f"must be at most {MAX_BUCKETING_TEXT} characters")
+        return value
+    raise ValueError(
+        "must be text (growthbook's seed) or an integer (launchdarkly's rollout seed), "
+        f"not {_shown(value)}"
+    )
+
+
+def _hash_version(value: object) -> object:
+    if value.__class__ is int and value in (1, 2):
+        return value
+    raise ValueError(f"must be 1 or 2 (got {_shown(value)})")
+
+
+# Which schemes each parameter of ``bucketing`` belongs to.
+_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "group_id": ("unleash",),
+    "seed": ("growthbook", "launchdarkly"),
+    "hash_version": ("growthbook",),
+    "flag_key": ("flagd", "launchdarkly"),
+    "salt": ("launchdarkly",),
+}
+
+
+class Bucketing(_Model):
+    """Whose bucketing a rollout uses: stagedroll's own, or another flag system's.
+
+    A rollout moved from Unleash, GrowthBook, flagd or LaunchDarkly keeps every unit's
+    cohort when it buckets as that system did (``docs/bucketing.md``, "Other systems'
+    bucketing"). Each parameter belongs to the schemes that use it; a name left out is the
+    rollout's name, as the vendor defaults it to the flag's key.
+    """
+
+    scheme: SchemeName
+    """``"stagedroll"`` (the default contract), ``"unleash"``, ``"growthbook"``, ``"flagd"``
+    or ``"launchdarkly"``."""
+    group_id: BucketingText | None = None
+    """Unleash: the ``groupId`` of the ``flexibleRollout`` strategy (default: the rollout's
+    name)."""
+    seed: (
+        Annotated[
+            BucketingText | Annotated[StrictInt, Field(ge=-_SEED_BOUND, lt=_SEED_BOUND)],
+            BeforeValidator(_seed),
+        ]
+        | None
+    ) = None
+    """GrowthBook: the rule's ``seed`` (text; default, or empty: the rollout's name, as
+    GrowthBook reads it). LaunchDarkly: the rollout's ``seed`` (a 64-bit integer), which
+    replaces the flag's key and salt."""
+    hash_version: Annotated[Literal[1, 2], BeforeValidator(_hash_version)] | None = None
+    """GrowthBook: the rule's ``hashVersion`` (default 1, as GrowthBook reads a rule without
+    one)."""
+    flag_key: BucketingText | None = None
+    """flagd and LaunchDarkly: the flag's key (default: the rollout's name)."""
+    salt: BucketingText | None = None
+    """LaunchDarkly: the flag's ``salt`` from its exported JSON (required)."""
+
+    @model_validator(mode="after")
+    def _parameters(self) -> Bucketing:
+        problems = []
+        for field, schemes in _PARAMETERS.items():
+            if getattr(self, field) is not None and self.scheme not in schemes:
+                where = " and ".join(schemes)
+                problems.append((field, f"is a parameter of {where} bucketing, not {self.scheme}"))
+        if self.scheme == "launchdarkly":
+            if self.salt is None and self.seed is None:
+                problems.append(("salt", "is required for launchdarkly bucketing: the flag's "
+                                 "salt, from its JSON (or give the rollout's seed)"))  # fmt: skip
+            if self.seed is not None and not isinstance(self.seed, int):
+                problems.append(("seed", "must be an integer for launchdarkly bucketing "
+                                 f"(got {_shown(self.seed)})"))  # fmt: skip
+        if self.scheme == "growthbook" and isinstance(self.seed, int):
+            problems.append(("seed", f"must be text for growthbook bucketing (got {self.seed})"))
+        if problems:
+            raise _problems(problems)
+        return self
+
+    def for_rollout(self, name: str) -> BucketingScheme:
+        """The scheme that places the units of rollout ``name`` (its name fills the defaults)."""
+        scheme = self.scheme
+        if scheme == "unleash":
+            return Unleash(self.group_id if self.group_id is not None else name)
+        if scheme == "growthbook":
+            # An empty seed is the feature's key, as GrowthBook's SDKs read it (seed or key).
+            seed = self.seed if isinstance(self.seed, str) and self.seed else name
+            return GrowthBook(seed, self.hash_version if self.hash_version is not None else 1)
+        flag_key = self.flag_key if self.flag_key is not None else name
+        if scheme == "flagd":
+            return Flagd(flag_key)
+        if scheme == "launchdarkly":
+            number = self.seed if isinstance(self.seed, int) else None
+            return LaunchDarkly(flag_key, self.salt or "", number)
+        return Stagedroll(name)
+
+
 OnError = Literal["fallback", "raise"]
 """What a guard does with an exception of the new path: answer from the fallback, or raise."""
 
@@ -415,6 +567,8 @@ class RolloutPolicy(_Model):
     environments: dict[StrictStr, EnvironmentSetting] = Field(default_factory=dict)
     targeting: Targeting = Targeting()
     health: Health = Health()
+    bucketing: Bucketing | None = None
+    """Whose bucketing places the units (default: stagedroll's own, salted by ``salt``)."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -438,6 +592,17 @@ class RolloutPolicy(_Model):
     def salt_or(self, name: str) -> str:
         """The salt in force: the pinned one, else the rollout's name."""
         return self.salt if self.salt is not None else name
+
+    def scheme(self, name: str) -> BucketingScheme:
+        """The bucketing that places the units of this rollout, named ``name`` in its policy.
+
+        A unit is in the cohort of ``percent`` iff ``scheme.position(key) <
+        scheme.cut(percent)``, ``key`` being its id as text (:func:`unit_key
+        <stagedroll.unit_key>`) or its ``bucket_by`` attribute.
+        """
+        if self.bucketing is None or self.bucketing.scheme == "stagedroll":
+            return Stagedroll(self.salt_or(name))
+        return self.bucketing.for_rollout(name)
 
 
 def _rollouts_required(schema: dict[str, Any]) -> None:
@@ -531,6 +696,7 @@ _CHILDREN: dict[tuple[type[BaseModel], str], tuple[type[BaseModel], bool]] = {
     (RolloutPolicy, "stages"): (Stage, True),
     (RolloutPolicy, "targeting"): (Targeting, False),
     (RolloutPolicy, "health"): (Health, False),
+    (RolloutPolicy, "bucketing"): (Bucketing, False),
 }
 
 
@@ -580,6 +746,8 @@ def _message(error: Any, loc: tuple[int | str, ...]) -> str:
         return msg.removeprefix("Value error, ")
     if kind == "string_too_short":
         return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {error.get('ctx', {}).get('max_length')} characters"
     if kind in ("tuple_type", "list_type"):
         return f"must be a list (got {_shown(error.get('input'))})"
     if kind in ("dict_type", "model_type"):

@@ -152,6 +152,11 @@ class Rollout:
         v = self._router.view
         if v.plain and unit.__class__ is str and unit.isascii():
             return _hash(v.prefix + unit, 0, False) < v.threshold
+        if v.direct is not None and unit.__class__ is str:  # another system's bucketing
+            try:
+                return v.direct(unit) < v.threshold
+            except Exception:  # the slow path below answers, and counts the failure
+                pass
         return self._router.enabled(unit, attributes)
 
     def decide(self, unit: object, attributes: Mapping[str, object] | None = None) -> Decision:
@@ -629,6 +634,7 @@ class Rollout:
         view = self._plan.view(state, router.outcomes)
         if router.forced or router.sinks:
             view.plain = False  # the slow path asks for overrides, and feeds the sinks
+            view.direct = None
         return view
 
     def _adopt(self, state: RolloutState) -> None:

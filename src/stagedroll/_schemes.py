@@ -24,25 +24,44 @@ SDK, unit for unit, in ``tests/data/vendors/``, whose notes say where each was r
   100000`` as the SDK computes it in floats; steps of 0.001 %.
 
 At 0 % no scheme lets a unit in (stagedroll's kill). An empty unit id is never in with
-GrowthBook, flagd or LaunchDarkly (their SDKs turn it away), as it is there.
+GrowthBook, flagd or LaunchDarkly (their SDKs turn it away), as it is there. Nor is, with
+GrowthBook, a key longer than :data:`MAX_FNV_KEY`: its hash runs in Python, and a hostile id
+must not slow the caller down.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from decimal import Decimal
 from fractions import Fraction
 
 import mmh3
 
-from ._bucketing import hash_key
+from ._bucketing import SPACE, hash_key, threshold
 
-__all__ = ["SCHEMES", "Flagd", "GrowthBook", "LaunchDarkly", "Scheme", "Unleash"]
+__all__ = [
+    "MAX_FNV_KEY",
+    "SCHEMES",
+    "BucketingScheme",
+    "Flagd",
+    "GrowthBook",
+    "LaunchDarkly",
+    "Stagedroll",
+    "Unleash",
+    "percent_problem",
+    "step_of",
+]
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 _LD_SCALE = 0xFFFFFFFFFFFFFFF  # 15 hex digits: the divisor LaunchDarkly's SDKs use
 _mmh3 = mmh3.hash
+_sha1 = hashlib.sha1
+_UTF16 = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"  # read back in native order
+MAX_FNV_KEY = 1024
+"""The longest unit key GrowthBook bucketing hashes (characters): FNV-1a runs in Python,
+about 0.1 µs a character, so a longer key (no real id is) is never in."""
 
 
 def fnv1a32(text: str) -> int:
@@ -55,9 +74,15 @@ def fnv1a32(text: str) -> int:
 
 def _fnv(text: str, h: int) -> int:
     """FNV-1a from state ``h`` over ``text`` (a hash of a prefix goes on over the rest)."""
-    for code in memoryview(text.encode("utf-16-le", "surrogatepass")).cast("H"):
-        h = ((h ^ code) * _FNV_PRIME) & 0xFFFFFFFF
-    return h
+    # ASCII text's code units are its bytes, which iterate faster than a cast memoryview.
+    data = (
+        text.encode("ascii")
+        if text.isascii()
+        else memoryview(text.encode(_UTF16, "surrogatepass")).cast("H")
+    )
+    for code in data:
+        h = ((h & 0xFFFFFFFF) ^ code) * _FNV_PRIME  # modulo 2**32 once at the end: the same
+    return h & 0xFFFFFFFF
 
 
 def _cbor_text(text: str) -> bytes:
@@ -76,14 +101,31 @@ def _exact(percent: float | int | Decimal) -> Fraction:
     return Fraction(Decimal(repr(percent)) if isinstance(percent, float) else Decimal(percent))
 
 
-class Scheme:
-    """A vendor's bucketing for one rollout: ``position(key) < cut(percent)`` is in."""
+class BucketingScheme:
+    """How a rollout places its units: ``position(key) < cut(percent)`` is in the cohort.
+
+    A rollout's scheme comes from its policy (:meth:`RolloutPolicy.scheme
+    <stagedroll.RolloutPolicy.scheme>`): stagedroll's own contract by default, or the
+    bucketing of Unleash, GrowthBook, flagd or LaunchDarkly (``bucketing`` in the policy), so
+    that a rollout moved from one of them keeps every unit's cohort. Positions are integers
+    in ``[0, space)``; a unit the scheme never lets in (an empty id, for some vendors) is
+    placed at ``space`` or beyond.
+
+    >>> scheme = RolloutPolicy.model_validate(
+    ...     {"stages": [{"name": "all", "percent": 25}],
+    ...      "bucketing": {"scheme": "unleash", "group_id": "gr1"}}).scheme("checkout")
+    >>> scheme.position("123"), scheme.cut(25), scheme.space
+    (72, 25, 100)
+    """
 
     __slots__ = ()
 
     name = ""
+    """The scheme's name in a policy's ``bucketing.scheme``."""
     step = Fraction(1)
     """The finest step of the percentages the scheme can express, in percent."""
+    space = 100
+    """Positions are integers below this (a unit never in is placed at it or beyond)."""
 
     def position(self, key: str) -> int:
         """The unit's place in the scheme's space (its key as text)."""
@@ -95,13 +137,46 @@ class Scheme:
 
     def problem(self, percent: float | int | Decimal) -> str | None:
         """Why the scheme cannot express ``percent`` (finer than its step), or ``None``."""
-        if (_exact(percent) / self.step).denominator != 1:
-            return (f"{percent!r} is finer than {self.name} bucketing can express "
-                    f"(steps of {_text(self.step)} %)")  # fmt: skip
-        return None
+        return _problem(self.name, self.step, percent)
+
+    def describe(self) -> str:
+        """The scheme and its parameters, as an operator reads them."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<BucketingScheme {self.describe()}>"
 
 
-class Unleash(Scheme):
+def _problem(name: str, step: Fraction, percent: float | int | Decimal) -> str | None:
+    if (_exact(percent) / step).denominator != 1:
+        return (f"{percent!r} is finer than {name} bucketing can express "
+                f"(steps of {_text(step)} %)")  # fmt: skip
+    return None
+
+
+class Stagedroll(BucketingScheme):
+    """stagedroll's own contract (``docs/bucketing.md``): MurmurHash3 of ``salt:unit``."""
+
+    __slots__ = ("prefix", "salt")
+    name = "stagedroll"
+    step = Fraction(1, 10_000)
+    space = SPACE
+
+    def __init__(self, salt: str) -> None:
+        self.salt = salt
+        self.prefix = salt + ":"
+
+    def position(self, key: str) -> int:
+        return hash_key(self.prefix + key)
+
+    def cut(self, percent: float | int | Decimal) -> int:
+        return threshold(percent)
+
+    def describe(self) -> str:
+        return f"stagedroll, salt {self.salt!r}"
+
+
+class Unleash(BucketingScheme):
     """Unleash's ``flexibleRollout``: ``group_id`` defaults to the toggle's name."""
 
     __slots__ = ("group_id", "prefix")
@@ -117,8 +192,11 @@ class Unleash(Scheme):
     def cut(self, percent: float | int | Decimal) -> int:
         return int(_exact(percent))  # normalized <= percent, percent whole
 
+    def describe(self) -> str:
+        return f"unleash, group_id {self.group_id!r}"
 
-class GrowthBook(Scheme):
+
+class GrowthBook(BucketingScheme):
     """GrowthBook's rollout ``coverage``: ``seed`` defaults to the feature's key."""
 
     __slots__ = ("modulus", "seed", "seeded", "version")
@@ -136,8 +214,15 @@ class GrowthBook(Scheme):
     def step(self) -> Fraction:  # type: ignore[override]
         return Fraction(100, self.modulus)
 
+    @property
+    def space(self) -> int:  # type: ignore[override]
+        return self.modulus
+
+    def describe(self) -> str:
+        return f"growthbook, seed {self.seed!r}, hash_version {self.version}"
+
     def position(self, key: str) -> int:
-        if not key:
+        if not key or len(key) > MAX_FNV_KEY:
             return self.modulus  # never in: the SDK includes no unit without an id
         if self.version == 2:
             return fnv1a32(str(_fnv(key, self.seeded))) % 10_000
@@ -155,40 +240,53 @@ class GrowthBook(Scheme):
         return first
 
 
-class Flagd(Scheme):
+class Flagd(BucketingScheme):
     """flagd's ``fractional`` over two variants: the new path's weight, then the old's."""
 
-    __slots__ = ("flag_key",)
+    __slots__ = ("flag_key", "head")
     name = "flagd"
 
     def __init__(self, flag_key: str) -> None:
         self.flag_key = flag_key
+        self.head = b"\x82" + _cbor_text(flag_key)  # an array of two, then the flag's key
 
     def position(self, key: str) -> int:
         if not key:
             return 100  # never in: the SDK serves the default to a unit without an id
-        encoded = b"\x82" + _cbor_text(self.flag_key) + _cbor_text(key)  # [flag_key, unit]
-        return (_mmh3(encoded, 0, False) * 100) >> 32
+        data = key.encode("utf-8", "surrogatepass")
+        size = len(data)  # a short text's head is one byte: 0x60 plus its length
+        unit = bytes((0x60 + size,)) + data if size < 24 else _cbor_text(key)
+        return (_mmh3(self.head + unit, 0, False) * 100) >> 32  # the CBOR of [flag_key, unit]
 
     def cut(self, percent: float | int | Decimal) -> int:
         return int(_exact(percent))  # bucket < the new path's weight, of 100
 
+    def describe(self) -> str:
+        return f"flagd, flag_key {self.flag_key!r}"
 
-class LaunchDarkly(Scheme):
+
+class LaunchDarkly(BucketingScheme):
     """LaunchDarkly's percentage rollout: the flag's key and salt (or a rollout ``seed``)."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("flag_key", "prefix", "salt", "seed")
     name = "launchdarkly"
     step = Fraction(1, 1000)
+    space = _LD_SCALE + 1
 
     def __init__(self, flag_key: str, salt: str, seed: int | None = None) -> None:
+        self.flag_key, self.salt, self.seed = flag_key, salt, seed
         self.prefix = f"{seed}." if seed is not None else f"{flag_key}.{salt}."
+
+    def describe(self) -> str:
+        if self.seed is not None:
+            return f"launchdarkly, seed {self.seed}"
+        return f"launchdarkly, flag_key {self.flag_key!r}, salt {self.salt!r}"
 
     def position(self, key: str) -> int:
         if not key:
             return _LD_SCALE + 1  # never in: the SDK refuses a context without a key
-        digest = hashlib.sha1((self.prefix + key).encode("utf-8", "surrogatepass"))
-        return int(digest.hexdigest()[:15], 16)
+        digest = _sha1((self.prefix + key).encode("utf-8", "surrogatepass")).digest()
+        return int.from_bytes(digest[:8], "big") >> 4  # its first 15 hex digits
 
     def cut(self, percent: float | int | Decimal) -> int:
         weight = int(_exact(percent) * 1000)  # 1/1000 of a percent, as LaunchDarkly weighs
@@ -206,8 +304,22 @@ class LaunchDarkly(Scheme):
         return high
 
 
-SCHEMES = {scheme.name: scheme for scheme in (Unleash, GrowthBook, Flagd, LaunchDarkly)}
+SCHEMES: dict[str, type[BucketingScheme]] = {
+    scheme.name: scheme for scheme in (Stagedroll, Unleash, GrowthBook, Flagd, LaunchDarkly)
+}
 """The schemes by the name a policy gives them."""
+
+
+def step_of(name: str, hash_version: int | None = None) -> Fraction:
+    """The finest percent step of scheme ``name`` (GrowthBook's: of its hash version, or 1)."""
+    if name == "growthbook":
+        return Fraction(1, 100) if hash_version == 2 else Fraction(1, 10)
+    return SCHEMES[name].step
+
+
+def percent_problem(name: str, hash_version: int | None, percent: float) -> str | None:
+    """Why scheme ``name`` cannot express ``percent``, or ``None``."""
+    return _problem(name, step_of(name, hash_version), percent)
 
 
 def _text(step: Fraction) -> str:

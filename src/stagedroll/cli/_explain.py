@@ -6,15 +6,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .. import Rollouts, RolloutStatus, Status, bucket, threshold, unit_key
+from .. import BucketingScheme, Rollouts, RolloutStatus, Status, unit_key
 from ._main import OK, USAGE, CliError, Context
 from ._render import SCHEMA_VERSION, dump, printable, table
 from ._steer import Operating
 from ._words import place
 
 __all__ = ["explain"]
-
-_SPACE = 2**32  # the hash space: buckets are integers in [0, 2**32)
 
 
 def _attributes(pairs: list[str]) -> dict[str, object] | None:
@@ -164,18 +162,26 @@ def _steps(
         "segments", detail, True if any(m["match"] for m in matches) else None, segments=matches
     )
 
-    limit, salt = threshold(percent), policy.salt_or(name)
+    scheme = policy.scheme(name)
+    limit = scheme.cut(percent)
     if key is None:
         steps.add("bucket", "no unit to bucket", None, bucket=None, threshold=limit)
     else:
-        value = bucket(salt, key)
+        value = scheme.position(key)
         inside = value < limit
+        place = f"{min(value / scheme.space, 1):.4%} of the space"
         detail = (
-            f"bucket {value} ({value / _SPACE:.4%} of the space) {'<' if inside else '>='} "
-            f"threshold {limit} ({percent:g} %), salt {salt!r}"
+            f"bucket {value} ({place}) {'<' if inside else '>='} "
+            f"threshold {limit} ({percent:g} %), {_bucketing(scheme)}"
         )
         steps.add("bucket", detail, inside, bucket=value, threshold=limit)
     return steps
+
+
+def _bucketing(scheme: BucketingScheme) -> str:
+    """How the unit was bucketed: stagedroll's salt, or the other system's scheme."""
+    described = scheme.describe()
+    return described.removeprefix("stagedroll, ") if scheme.name == "stagedroll" else described
 
 
 def explain(ctx: Context) -> int:

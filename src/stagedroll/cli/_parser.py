@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from .. import Action, __version__
-from . import _commands, _dashboard, _explain, _offline, _plot
+from . import _commands, _dashboard, _explain, _import, _offline, _plot
 from ._main import Context
 
 __all__ = ["ACTIONS", "build_parser"]
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--plot", metavar="PNG", help="draw the cohort sizes (needs stagedroll[plot])")
 
     command("schema", _offline.schema, "the JSON Schema of the policy file")
+    sub = command("import", _import.import_flags, "a policy from Unleash, GrowthBook, ... flags")
+    _import.add_arguments(sub)
     command("tick", _commands.tick, "take the automatic steps that are due, once")
     sub = command("plot", _plot.plot, "draw a rollout's timeline or evidence (stagedroll[plot])")
     sub.add_argument("picture", choices=_plot.PICTURES, help="timeline or evidence")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import mmh3
 
-from .. import Policy, RolloutPolicy, Rollouts, bucket, load_policy, threshold, unit_key
+from .. import BucketingScheme, Policy, RolloutPolicy, Rollouts, load_policy, unit_key
 
 __all__ = ["RolloutSimulation", "Simulation", "StageCohort", "simulate"]
 
@@ -56,7 +56,8 @@ class StageCohort:
 class _Stage:
     """A stage as ``decide`` runs it: its threshold, and the segments in force.
 
-    A stage's segments are its own and those of the earlier stages.
+    The threshold is the cut of the rollout's bucketing scheme. A stage's segments are its
+    own and those of the earlier stages.
     """
 
     name: str
@@ -73,6 +74,9 @@ class _Plan:
     stages: tuple[_Stage, ...]
     """Its stages; where the environment fixes a percent or turns it off, the one setting."""
     salt: str
+    """The salt of stagedroll's own bucketing (when ``scheme`` is that)."""
+    scheme: BucketingScheme
+    """The bucketing that places the rollout's units (stagedroll's own, or another system's)."""
     bucket_by: str | None
     allow: frozenset[str]
     deny: frozenset[str]
@@ -86,30 +90,35 @@ def _plan(
     if environment is not None and rollout.environments and setting is None:
         setting = "off"  # environments listed, this one not: the new path stays off here
     mode: Mode
+    scheme = rollout.scheme(name)
     if setting is None or setting == "stages":
-        mode, stages = "stages", _stages(rollout, segments)
+        mode, stages = "stages", _stages(rollout, segments, scheme)
     elif setting == "off":
         mode, stages = "off", (_Stage(f"{environment}", 0.0, 0),)
     else:
-        mode, stages = "fixed", (_Stage(f"{environment}", setting, threshold(setting)),)
+        mode, stages = "fixed", (_Stage(f"{environment}", setting, scheme.cut(setting)),)
     targeting = rollout.targeting
     return _Plan(
         mode=mode,
         stages=stages,
         salt=rollout.salt_or(name),
+        scheme=scheme,
         bucket_by=rollout.bucket_by,
         allow=frozenset(targeting.allow),
         deny=frozenset(targeting.deny),
     )
 
 
-def _stages(rollout: RolloutPolicy, segments: Mapping[str, Predicate]) -> tuple[_Stage, ...]:
+def _stages(
+    rollout: RolloutPolicy, segments: Mapping[str, Predicate], scheme: BucketingScheme
+) -> tuple[_Stage, ...]:
     """The rollout's stages; a segment stays in once included, as units do as the percent grows."""
     stages = []
     included: list[Predicate] = []
     for stage in rollout.stages:
         included.extend(segments[s] for s in stage.segments if segments[s] not in included)
-        stages.append(_Stage(stage.name, stage.percent, threshold(stage.percent), tuple(included)))
+        cut = scheme.cut(stage.percent)
+        stages.append(_Stage(stage.name, stage.percent, cut, tuple(included)))
     return tuple(stages)
 
 
@@ -426,7 +435,7 @@ def _masks(plan: _Plan, keys: list[str], attributes: list[Attrs | None] | None) 
         return bytes(len(keys))
     full = (1 << count) - 1
     thresholds = [stage.threshold for stage in stages]
-    salt = plan.salt
+    scheme = plan.scheme
     bucket_mask: Callable[[int], int]
     if all(a <= b for a, b in pairwise(thresholds)):
         # The stages from the first whose threshold exceeds the bucket on: one bisection.
@@ -441,18 +450,22 @@ def _masks(plan: _Plan, keys: list[str], attributes: list[Attrs | None] | None) 
             and not plan.deny
             and not any(stage.segments for stage in stages)
         )
+        if plain and scheme.name != "stagedroll":
+            position = scheme.position
+            return _pack([table[bisect_right(thresholds, position(k))] for k in keys], count)
         if plain:  # the common case, inlined: one hash and one bisection per unit
-            # bucket(salt, key) is MurmurHash3 (seed 0, unsigned) of "salt:key": called
+            # stagedroll's position is MurmurHash3 (seed 0, unsigned) of "salt:key": called
             # directly on an ASCII key, the UTF-8 of which is the text itself.
-            prefix = salt + ":"
+            prefix = plan.salt + ":"
             ascii_salt = prefix.isascii()
+            position = scheme.position
             masks = [
                 table[
                     bisect_right(
                         thresholds,
                         _hash(prefix + key, 0, False)
                         if ascii_salt and key.isascii()
-                        else bucket(salt, key),
+                        else position(key),
                     )
                 ]
                 for key in keys
@@ -481,7 +494,7 @@ def _targeted_masks(
         for segment in stage.segments:
             including[segment] = including.get(segment, 0) | 1 << i
     segments = list(including.items())
-    salt, allow, deny, bucket_by = plan.salt, plan.allow, plan.deny, plan.bucket_by
+    position, allow, deny, bucket_by = plan.scheme.position, plan.allow, plan.deny, plan.bucket_by
     masks = []
     for index, unit in enumerate(keys):
         found = attributes[index] if attributes is not None else None
@@ -500,7 +513,7 @@ def _targeted_masks(
                 if stages_in & ~mask and segment(found):
                     mask |= stages_in
         if mask != full:
-            mask |= bucket_mask(bucket(salt, key))
+            mask |= bucket_mask(position(key))
         masks.append(mask)
     return masks
 
