@@ -184,6 +184,27 @@ class TestReload:
         with pytest.raises(UnknownRolloutError):
             rollouts["never-there"]
 
+    def test_a_change_of_bucketing_is_a_warning(self, path: Path) -> None:
+        """A reload that changes how a live rollout buckets moves units between cohorts at
+        the same percent: the operator is warned, with the scheme before and after."""
+        rollouts = Rollouts.from_file(path, reload_interval=INTERVAL)
+        unleash = 'bucketing = { scheme = "unleash", group_id = "checkout" }'
+        for extra, warned in [(unleash, True), (unleash + '\ndescription = "x"', False),
+                              ("", True)]:  # fmt: skip
+            write(path, policy_text(20, extra=extra))
+            after_interval()
+            with structlog.testing.capture_logs() as logs:
+                rollouts.tick()
+            found = [e for e in logs if e["event"] == "policy.rebucketed"]
+            assert len(found) == int(warned), extra
+        [event] = found
+        assert event["log_level"] == "warning"
+        assert (event["was"], event["now"]) == (
+            "unleash, group_id 'checkout'",
+            "stagedroll, salt 'checkout'",
+        )
+        assert (event["rollout"], event["stage"]) == ("checkout", 0)
+
     def test_an_environment_the_new_file_lacks_is_refused(self, tmp_path: Path) -> None:
         """A new policy that drops this process's environment is not applied."""
         path = tmp_path / "rollouts.toml"

@@ -26,7 +26,7 @@ from ._guard import Tracking
 from ._hooks import Hook, Hooks
 from ._migration import Migration, Phase
 from ._plan import Plan, compile_policy
-from ._policy import OnError, Policy, load_policy
+from ._policy import OnError, Policy, RolloutPolicy, load_policy
 from ._reload import PolicyFile, kill_list
 from ._rollout import Rollout
 from ._runtime import Runtime
@@ -258,6 +258,7 @@ class Rollouts:
         for name, plan in plans.items():
             current = handles.get(name)
             if current is not None:
+                self._rebucketed(name, current, plan.policy, str(file.path))
                 current._replan(plan)
                 if name in self.removed:
                     self.removed.remove(name)
@@ -280,6 +281,17 @@ class Rollouts:
                 guards=handle._bound, stage=state.stage, status=str(state.status),
                 version=state.version, serving="the old path for every call; the stored "
                 "state stays, and kill, freeze and status still reach it")  # fmt: skip
+
+    @staticmethod
+    def _rebucketed(name: str, handle: Rollout, policy: RolloutPolicy, path: str) -> None:
+        """Warn when a reload changes how a live rollout buckets: its units change cohorts."""
+        was, now = handle.policy.scheme(name).describe(), policy.scheme(name).describe()
+        state = handle.state
+        if was == now or not handle.in_policy or state.stage < 0:
+            return
+        log("warning", "policy.rebucketed", rollout=name, path=path, was=was, now=now,
+            stage=state.stage, status=str(state.status), note="units move between cohorts "
+            "at the same percent; set the bucketing back to keep them")  # fmt: skip
 
     def _tend(self) -> None:
         """The chores that a caller's call does now and then; never raises.
