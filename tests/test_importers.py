@@ -203,6 +203,10 @@ class TestReadExport:
         with pytest.raises(PolicyError, match="UTF-8"):
             read_export(latin)
 
+    def test_a_directory_is_an_os_error(self, tmp_path: Path) -> None:
+        with pytest.raises(OSError, match="not a regular file"):
+            read_export(tmp_path)
+
     def test_a_missing_file_is_an_os_error(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError):
             read_export(tmp_path / "nope.json")

@@ -7,9 +7,11 @@ and the bounded reading of an export file.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,10 +278,12 @@ def read_export(path: str | Path, *, max_bytes: int = MAX_EXPORT_BYTES) -> objec
     """The data of an export file (JSON; YAML for ``.yaml``/``.yml``), read within bounds.
 
     A file over ``max_bytes``, not UTF-8, nested deeper than 64 levels, or not valid JSON
-    (YAML) raises :class:`~stagedroll.exceptions.PolicyError`; one that cannot be read,
-    :class:`OSError`.
+    (YAML) raises :class:`~stagedroll.exceptions.PolicyError`; one that cannot be read, or
+    is not a regular file (a directory, a FIFO, a device: never read), :class:`OSError`.
     """
     path = Path(path)
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     fmt: Literal["json", "yaml"] = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
     text = decode(read_document(path, max_bytes=max_bytes), source=str(path))
     return parse_document(text, fmt, source=str(path))
