@@ -254,7 +254,7 @@ class TestBucketingInAPolicy:
             "stagedroll", "unleash", "growthbook", "flagd", "launchdarkly",
         ]  # fmt: skip
         assert set(bucketing["properties"]) == {
-            "scheme", "group_id", "seed", "hash_version", "flag_key", "salt",
+            "scheme", "group_id", "seed", "hash_version", "flag_key", "salt", "template",
         }  # fmt: skip
 
     def test_the_schema_bounds_the_seed_as_the_policy_does(

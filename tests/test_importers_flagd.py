@@ -33,7 +33,7 @@ UNITS: list[str] = EXPECTED["units"]
 
 # The new path of the flags that are not boolean, as the importer reports it took them.
 NEW_PATH = {"theme-v2": "dark", "checkout-copy": "long"}
-LEFT_OUT = {"recommendations", "onboarding", "search-ranking", "split-thirds"}
+LEFT_OUT = {"recommendations", "onboarding", "split-thirds"}
 
 
 def attributes(index: int) -> dict[str, Any]:
@@ -80,6 +80,10 @@ AFFECTED: dict[str, Callable[[str, Mapping[str, Any]], bool]] = {
     "price-test": lambda unit, a: a.get("plan") == "pro",
     # JsonLogic's >= on age (text read as a number, missing as 0)
     "age-gate": lambda unit, a: number(a.get("age")) >= 21,
+    # bucket_by country: flagd hashes "team-dashboard:null" for a unit without a country
+    "team-dashboard": lambda unit, a: "country" not in a,
+    # a bare var: flagd serves the default to the empty targeting key, stagedroll hashes "null"
+    "referral-bonus": lambda unit, a: unit == "",
 }
 
 
@@ -93,18 +97,24 @@ def _rollouts(imported: Imported) -> Rollouts:
     return Rollouts(imported.policy)
 
 
+def cbor_text(value: str) -> bytes:
+    """The CBOR encoding of a text, as flagd-core's cbor2 writes it."""
+    data = value.encode("utf-8")
+    size = len(data)
+    if size < 24:
+        return bytes([0x60 + size]) + data
+    width = 1 if size < 256 else 2 if size < 65536 else 4
+    return bytes([0x77 + width.bit_length()]) + size.to_bytes(width, "big") + data
+
+
 def flagd_hash(flag_key: str, unit: str) -> int:
     """flagd-core 2's hash of a unit: MurmurHash3 of the CBOR list [flag_key, unit]."""
+    return mmh3.hash(b"\x82" + cbor_text(flag_key) + cbor_text(unit), 0, False)
 
-    def text(value: str) -> bytes:
-        data = value.encode("utf-8")
-        size = len(data)
-        if size < 24:
-            return bytes([0x60 + size]) + data
-        width = 1 if size < 256 else 2 if size < 65536 else 4
-        return bytes([0x77 + width.bit_length()]) + size.to_bytes(width, "big") + data
 
-    return mmh3.hash(b"\x82" + text(flag_key) + text(unit), 0, False)
+def text_bucket(value: str) -> int:
+    """flagd-core 2's bucket of 100 for a bucketing expression whose value is ``value``."""
+    return (mmh3.hash(cbor_text(value), 0, False) * 100) >> 32
 
 
 def flag_document(flags: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -155,7 +165,8 @@ class TestExport:
             "header-v3": 60, "loyalty-points": 75, "partner-api": 15, "checkout-copy": 0,
             "dark-mode": 0, "maintenance-banner": 0, "legacy-cleanup": 100,
             "search-suggestions": 0, "theme-v2": 40, "free-shipping": 20, "price-test": 0,
-            "age-gate": 30,
+            "age-gate": 30, "search-ranking": 50, "spring-sale-banner": 40,
+            "team-dashboard": 50, "referral-bonus": 40,
         }  # fmt: skip
         search = rollouts["new-search"]["targeting"]
         assert search == {"allow": ["qa-alice", "qa-bob", "user-7"], "deny": ["user-13", "user-99"]}
@@ -166,6 +177,15 @@ class TestExport:
             {"attribute": "app_version", "op": "semver_ge", "value": "2.1.0"},
             {"attribute": "country", "op": "in", "value": ["DE", "AT", "CH"]},
         ]
+        # Custom bucketing expressions: a template, with bucket_by where an attribute is read.
+        templates = {name: (r.get("bucket_by"), r["bucketing"]) for name, r in rollouts.items()
+                     if "template" in r.get("bucketing", {})}  # fmt: skip
+        assert templates == {
+            "search-ranking": (None, {"scheme": "flagd", "template": "search-ranking{unit}"}),
+            "spring-sale-banner": (None, {"scheme": "flagd", "template": "spring-sale:{unit}"}),
+            "team-dashboard": ("country", {"scheme": "flagd", "template": "team-dashboard:{unit}"}),
+            "referral-bonus": (None, {"scheme": "flagd", "template": "{unit}"}),
+        }
         # A flag that serves one variant to everyone else has no cohort: no flagd bucketing.
         assert "bucketing" not in rollouts["legacy-cleanup"]
         assert "bucketing" not in rollouts["dark-mode"]
@@ -206,7 +226,8 @@ class TestExport:
             ("age-gate", "flags.age-gate.targeting.if[0]"): "a missing attribute is 0",
             ("recommendations", "flags.recommendations.targeting.fractional"): "experiment",
             ("onboarding", "flags.onboarding.targeting.fractional"): "after the old one",
-            ("search-ranking", "flags.search-ranking.targeting.fractional"): "custom expression",
+            ("team-dashboard", "flags.team-dashboard.targeting.fractional[0]"): "empty text",
+            ("referral-bonus", "flags.referral-bonus.targeting.fractional[0]"): "text 'null'",
             ("split-thirds", "flags.split-thirds.targeting.fractional"): "33.33 %",
         }
         assert set(found) == set(expected)
@@ -216,6 +237,12 @@ class TestExport:
             assert any("left out of the policy" in r for (f, _), r in found.items() if f == flag)
         for part in [p for p in expected if p[0] in {"free-shipping", "price-test"}]:
             assert "units matching it get what the rest" in found[part]
+        dashboard = [u.reason for u in imported.unmapped if u.flag == "team-dashboard"]
+        assert len(dashboard) == 2
+        assert (
+            "text 'null' in its place, which gives the new path, to a unit without"
+            in (dashboard[0])
+        )
 
     def test_toml_round_trips(self, imported: Imported, tmp_path: Path) -> None:
         """to_toml() reads back through tomllib as the same document, and loads."""
@@ -302,7 +329,8 @@ class TestWeights:
             ([["on", 25], ["off", 70], ["maybe", 5]], "neither the new path nor the old"),
             ([["on", 25, 1], ["off", 75]], "not a [variant, weight] pair"),
             ([[{"var": "x"}, 25], ["off", 75]], "computes its variant"),
-            ([{"var": "targetingKey"}, ["on", 25], ["off", 75]], "custom expression"),
+            ([{"cat": [{"var": "a"}, {"var": "b"}]}, ["on", 25], ["off", 75]], "reads both"),
+            ([{"var": "targetingKey"}, ["on", 25.0], ["off", 75]], "argument 1 has a weight"),
             ([], "no arguments"),
         ],
     )
@@ -314,6 +342,146 @@ class TestWeights:
         assert (flag, part) == ("f", "flags.f.targeting.fractional")
         assert words in reason
         assert "left out of the policy" in reason
+
+
+def bucketed_on(expression: object, percent: int, *, default: str = "off") -> Imported:
+    """The import of flag ``f``: a fractional at ``percent`` on a bucketing expression."""
+    targeting = {"fractional": [expression, ["on", percent], ["off", 100 - percent]]}
+    return from_flagd(flag_document({"f": boolean_flag(targeting, default=default)}))
+
+
+TEXTS = st.text(max_size=12).filter(lambda text: "{unit}" not in text)
+
+
+class TestExpressions:
+    """A custom bucketing expression is a template: the rollout hashes what flagd hashes."""
+
+    @settings(max_examples=60)
+    @given(
+        key=TEXTS.filter(bool),
+        before=TEXTS,
+        after=TEXTS,
+        with_key=st.booleans(),
+        percent=st.integers(0, 100),
+        units=st.lists(st.text(max_size=20), min_size=1, max_size=10),
+    )
+    def test_targeting_key_in_a_text(
+        self, *, key: str, before: str, after: str, with_key: bool, percent: int, units: list[str]
+    ) -> None:
+        """flagd serves a unit iff the bucket of the expression's text is below the percent.
+
+        The empty targeting key reaches the expression as null, which cat writes "null".
+        """
+        head: list[Any] = [{"var": "$flagd.flagKey"}] if with_key else []
+        parts = [*head, before, {"var": "targetingKey"}, after]
+        targeting = {"fractional": [{"cat": parts}, ["on", percent], ["off", 100 - percent]]}
+        imported = from_flagd(flag_document({key: boolean_flag(targeting)}))
+        assert imported.unmapped == ()
+        ((name, rollout),) = imported.document["rollouts"].items()
+        prefix = (key if with_key else "") + before
+        assert rollout["bucketing"] == {"scheme": "flagd", "template": f"{prefix}{{unit}}{after}"}
+        rollouts = Rollouts(imported.policy)
+        for unit in [*units, ""]:
+            text = prefix + (unit or "null") + after
+            assert rollouts.enabled(name, unit) is (text_bucket(text) < percent)
+
+    @pytest.mark.parametrize(
+        ("value", "text"),
+        [("DE", "DE"), ("", ""), (7, "7"), (-12, "-12"), (True, None), (1.0, None), (None, None)],
+    )
+    def test_attribute_is_bucket_by(self, value: object, text: str | None) -> None:
+        """An attribute in the expression is bucket_by: text and integers as cat writes them.
+
+        A unit without it, or with a boolean or a number that is not an integer, is no unit
+        (off); flagd's cat writes those "null", "True", "1" (see docs/migrating/flagd.md).
+        The empty text is bucketed as "null" is: the report says where that differs.
+        """
+        imported = bucketed_on({"cat": ["shop:", {"var": "region"}]}, 100)
+        rollout = imported.document["rollouts"]["f"]
+        assert (rollout["bucket_by"], rollout["bucketing"]["template"]) == ("region", "shop:{unit}")
+        attributes = {} if value is None else {"region": value}
+        rollouts = Rollouts(imported.policy)
+        assert rollouts.enabled("f", "anyone", attributes) is (text is not None)
+        for percent in (13, 50, 87):
+            rollouts = Rollouts(bucketed_on({"cat": ["shop:", {"var": "region"}]}, percent).policy)
+            expected = text is not None and text_bucket(f"shop:{text or 'null'}") < percent
+            assert rollouts.enabled("f", "anyone", attributes) is expected
+
+    @pytest.mark.parametrize("percent", range(101))
+    @pytest.mark.parametrize("default", ["on", "off"])
+    def test_notes_only_where_the_answers_differ(self, percent: int, default: str) -> None:
+        """A unit without the key or attribute is reported only where flagd answers otherwise."""
+        bare = bucketed_on({"var": "targetingKey"}, percent, default=default)
+        # flagd serves the default variant to the empty unit; stagedroll hashes "null"
+        differs = (text_bucket("null") < percent) != (default == "on")
+        assert [u.part for u in bare.unmapped] == ["flags.f.targeting.fractional[0]"] * differs
+        assert Rollouts(bare.policy).enabled("f", "") is (text_bucket("null") < percent)
+        cat = bucketed_on({"cat": ["p-", {"var": "team"}]}, percent, default=default)
+        # flagd hashes "p-null" for a unit without a team, stagedroll turns it off;
+        # flagd hashes "p-" for an empty team, stagedroll "p-null"
+        missing = text_bucket("p-null") < percent
+        empty = (text_bucket("p-") < percent) != missing
+        reasons = [u.reason for u in cat.unmapped]
+        assert [("without 'team'" in r, "empty text" in r) for r in reasons] == [
+            (True, False)] * missing + [(False, True)] * empty  # fmt: skip
+        assert not Rollouts(cat.policy).enabled("f", "u", {})
+        keyed = bucketed_on({"cat": ["p-", {"var": "targetingKey"}]}, percent, default=default)
+        assert keyed.unmapped == ()  # the empty unit hashes "p-null" in both
+
+    @pytest.mark.parametrize(
+        ("expression", "words"),
+        [
+            ({"cat": ["{unit}", {"var": "targetingKey"}]}, "holds the text {unit}"),
+            ({"cat": ["{un", "it}", {"var": "a"}]}, "appear twice"),
+            ({"cat": [{"var": "a"}, {"var": "targetingKey"}]}, "reads both"),
+            ({"cat": ["x", {"var": "$flagd.flagKey"}]}, "neither the targeting key"),
+            ("fixed", "is 'fixed'; a cat of texts and vars"),
+            ({"cat": [{"var": "$flagd.timestamp"}, {"var": "a"}]}, "'$flagd.timestamp'"),
+            ({"cat": [{"var": "user.id"}]}, "'user.id'"),
+            ({"cat": [1, {"var": "a"}]}, "is 1, not text"),
+            ({"cat": [{"var": ["a", "x"]}]}, "an operation 'var', not text"),
+            ({"cat": [{"cat": ["a", {"var": "b"}]}]}, "an operation 'cat', not text"),
+            ({"substr": [{"var": "a"}, 0, 4]}, "an operation 'substr'"),
+            ({"cat": ["x" * 1020, {"var": "a"}]}, "not one a template can hold"),
+        ],
+    )
+    def test_expressions_that_do_not_map(self, expression: object, words: str) -> None:
+        """Anything but texts, the flag's key and one unit is reported; the flag is left out."""
+        imported = bucketed_on(expression, 25)
+        assert imported.document["rollouts"] == {}
+        ((unmapped),) = imported.unmapped
+        assert unmapped.part == "flags.f.targeting.fractional"
+        assert "custom expression" in unmapped.reason
+        assert words in unmapped.reason
+
+    def test_flag_key_holding_the_placeholder(self) -> None:
+        """A flag key written into the template may not hold {unit} either."""
+        targeting = {
+            "fractional": [
+                {"cat": [{"var": "$flagd.flagKey"}, {"var": "targetingKey"}]},
+                ["on", 1],
+                ["off", 1],
+            ]
+        }
+        imported = from_flagd(flag_document({"a{unit}": boolean_flag(targeting)}))
+        assert imported.document["rollouts"] == {}
+        assert "holds the text {unit}" in imported.unmapped[0].reason
+
+    def test_bucket_by_with_lists_and_segments(self) -> None:
+        """With bucket_by, key lists do not map, and segments miss units without the attribute."""
+        chain = [{"in": [{"var": "targetingKey"}, ["qa-1"]]}, "on",
+                 {"===": [{"var": "plan"}, "pro"]}, "on",
+                 {"fractional": [{"var": "org"}, ["on", 10], ["off", 90]]}]  # fmt: skip
+        imported = from_flagd(flag_document({"f": boolean_flag({"if": chain})}))
+        rollout = imported.document["rollouts"]["f"]
+        assert "targeting" not in rollout
+        assert rollout["stages"][0]["segments"] == ["f-1"]
+        found = reasons(imported)
+        assert "allow and deny lists would match" in found[("f", "flags.f.targeting.if[0]")]
+        assert "before its segments" in found[("f", "flags.f.targeting.if[2]")]
+        rollouts = Rollouts(imported.policy)
+        assert rollouts.enabled("f", "u", {"plan": "pro", "org": "acme"})
+        assert not rollouts.enabled("f", "u", {"plan": "pro"})  # the reported difference
 
 
 class TestTargeting:
@@ -753,8 +921,8 @@ class TestCli:
         assert code == 0
         assert set(parse_policy(out, format="toml").rollouts) == set(FLAGS) - LEFT_OUT
         lines = err.splitlines()
-        assert lines[-1] == "stagedroll: 16 rollouts imported from flagd, 12 part(s) not mapped"
-        assert sum(line.startswith("stagedroll: not mapped: ") for line in lines) == 12
+        assert lines[-1] == "stagedroll: 20 rollouts imported from flagd, 14 part(s) not mapped"
+        assert sum(line.startswith("stagedroll: not mapped: ") for line in lines) == 14
 
     def test_strict(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         """--strict exits 1 when a part did not map, 0 when everything did."""

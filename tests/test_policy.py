@@ -1345,6 +1345,24 @@ class TestBucketing:
         [problem] = _problems(_bucketed({"scheme": "launchdarkly", "seed": seed}))
         assert problem.startswith("rollouts.r.bucketing.seed: must be text (growthbook's seed) or")
 
+    def test_a_flagd_template_holds_the_unit_once(self) -> None:
+        """flagd's ``template``: ``{unit}`` once, not with ``flag_key``, flagd's only."""
+        template = {"scheme": "flagd", "template": "campaign-7:{unit}"}
+        scheme = load_policy(_bucketed(template)).rollouts["r"].scheme("r")
+        assert scheme.describe() == "flagd, template 'campaign-7:{unit}'"
+        message = "must hold {unit} once, where the unit's key goes"
+        for bad in ("campaign-7", "{unit}:{unit}", ""):
+            assert _problems(_bucketed({"scheme": "flagd", "template": bad})) == [
+                f"rollouts.r.bucketing.template: {message}"
+            ]
+        assert _problems(_bucketed({**template, "flag_key": "k"})) == [
+            "rollouts.r.bucketing.flag_key: is not used with a template: write the flag's key "
+            "into the template where the expression has it"
+        ]
+        assert _problems(_bucketed({"scheme": "unleash", "template": "{unit}"})) == [
+            "rollouts.r.bucketing.template: is a parameter of flagd bucketing, not unleash"
+        ]
+
     def test_a_rollout_salt_is_refused_with_another_scheme(self) -> None:
         """``salt`` salts stagedroll's own hash: with another scheme it would do nothing."""
         for scheme in ("unleash", "growthbook", "flagd"):
@@ -1584,7 +1602,7 @@ class TestBucketing:
             "stagedroll", "unleash", "growthbook", "flagd", "launchdarkly"
         ]  # fmt: skip
         assert set(bucketing["properties"]) == {
-            "scheme", "group_id", "seed", "hash_version", "flag_key", "salt"
+            "scheme", "group_id", "seed", "hash_version", "flag_key", "salt", "template"
         }  # fmt: skip
         assert bucketing["additionalProperties"] is False
 

@@ -140,6 +140,16 @@ def vectors(vendor: str) -> dict[str, Any]:
     return dict(json.loads(path.read_text(encoding="utf-8")))
 
 
+def template_of(case: dict[str, Any]) -> str | None:
+    """A flagd case's bucketing expression as a ``template``: a ``cat`` of texts and the
+    targeting key (``None`` without one: flagd's default, the pair)."""
+    expression = case.get("bucket_by")
+    if expression is None:
+        return None
+    parts = expression["cat"]
+    return "".join("{unit}" if part == {"var": "targetingKey"} else part for part in parts)
+
+
 def scheme_of(vendor: str, case: dict[str, Any]) -> tuple[BucketingScheme, Decimal]:
     """The scheme and percent of one case of a vendor's file."""
     if vendor == "unleash":
@@ -148,7 +158,7 @@ def scheme_of(vendor: str, case: dict[str, Any]) -> tuple[BucketingScheme, Decim
         percent = Decimal(repr(case["coverage"])) * 100
         return GrowthBook(case["seed"], case["hash_version"]), percent
     if vendor == "flagd":
-        return Flagd(case["flag"]), Decimal(case["percent"])
+        return Flagd(case["flag"], template_of(case)), Decimal(case["percent"])
     seed = case.get("seed")
     return LaunchDarkly(case["flag"], case["salt"], seed), Decimal(case["weight"]) / 1000
 
@@ -161,8 +171,6 @@ def test_the_vendors_sdk_decides_the_same_unit_for_unit(vendor: str) -> None:
     units = data["units"]
     checked = 0
     for case in data["cases"]:
-        if "bucket_by" in case:
-            continue  # flagd bucketing on an expression of its own: not reproduced (yet)
         scheme, percent = scheme_of(vendor, case)
         cut = scheme.cut(percent)
         ours = "".join("1" if scheme.position(unit) < cut else "0" for unit in units)
@@ -198,6 +206,8 @@ def bucketing_of(vendor: str, case: dict[str, Any], *, explicit: bool) -> dict[s
     elif vendor == "growthbook":
         table = {"scheme": "growthbook", "seed": case["seed"], "hash_version": case["hash_version"]}
         defaults = {"seed": flag, "hash_version": 1}
+    elif vendor == "flagd" and "bucket_by" in case:
+        table, defaults = {"scheme": "flagd", "template": template_of(case)}, {}
     elif vendor == "flagd":
         table, defaults = {"scheme": "flagd", "flag_key": flag}, {"flag_key": flag}
     else:
@@ -388,7 +398,7 @@ class TestInAPolicy:
         unit (a few hundred units a case; every unit for the last case at 50 %)."""
         data = vectors(vendor)
         all_units: list[str] = data["units"]
-        cases = [case for case in data["cases"] if "bucket_by" not in case]
+        cases = data["cases"]
         full = max(i for i, case in enumerate(cases) if scheme_of(vendor, case)[1] == 50)
         for index, case in enumerate(cases):
             picked = sampled(all_units, index == full)

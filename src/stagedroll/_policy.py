@@ -42,6 +42,7 @@ from ._document import (
     read_document,
 )
 from ._schemes import (
+    UNIT_PLACEHOLDER,
     BucketingScheme,
     Flagd,
     GrowthBook,
@@ -473,6 +474,7 @@ _PARAMETERS: dict[str, tuple[str, ...]] = {
     "seed": ("growthbook", "launchdarkly"),
     "hash_version": ("growthbook",),
     "flag_key": ("flagd", "launchdarkly"),
+    "template": ("flagd",),
     "salt": ("launchdarkly",),
 }
 
@@ -509,6 +511,11 @@ class Bucketing(_Model):
     """flagd and LaunchDarkly: the flag's key (default: the rollout's name)."""
     salt: BucketingText | None = None
     """LaunchDarkly: the flag's ``salt`` from its exported JSON (required)."""
+    template: BucketingText | None = None
+    """flagd: the value of a ``fractional``'s bucketing expression, the unit's key written
+    ``{unit}`` (``"campaign-7:{unit}"`` for ``{"cat": ["campaign-7:", {"var":
+    "targetingKey"}]}``); without it, flagd's default, the pair of the flag's key and the
+    unit's."""
 
     @model_validator(mode="after")
     def _parameters(self) -> Bucketing:
@@ -524,6 +531,12 @@ class Bucketing(_Model):
             if self.seed is not None and not isinstance(self.seed, int):
                 problems.append(("seed", "must be an integer for launchdarkly bucketing "
                                  f"(got {_shown(self.seed)})"))  # fmt: skip
+        if self.template is not None and self.template.count(UNIT_PLACEHOLDER) != 1:
+            problems.append(("template", f"must hold {UNIT_PLACEHOLDER} once, where the "
+                             "unit's key goes"))  # fmt: skip
+        if self.template is not None and self.flag_key is not None:
+            problems.append(("flag_key", "is not used with a template: write the flag's key "
+                             "into the template where the expression has it"))  # fmt: skip
         if self.scheme == "growthbook" and isinstance(self.seed, int):
             problems.append(("seed", f"must be text for growthbook bucketing (got {self.seed})"))
         if problems:
@@ -541,7 +554,7 @@ class Bucketing(_Model):
             return GrowthBook(seed, self.hash_version if self.hash_version is not None else 1)
         flag_key = self.flag_key if self.flag_key is not None else name
         if scheme == "flagd":
-            return Flagd(flag_key)
+            return Flagd(flag_key, self.template)
         if scheme == "launchdarkly":
             number = self.seed if isinstance(self.seed, int) else None
             return LaunchDarkly(flag_key, self.salt or "", number)

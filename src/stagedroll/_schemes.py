@@ -43,6 +43,7 @@ from ._bucketing import SPACE, hash_key, threshold
 __all__ = [
     "MAX_FNV_KEY",
     "SCHEMES",
+    "UNIT_PLACEHOLDER",
     "BucketingScheme",
     "Flagd",
     "GrowthBook",
@@ -57,6 +58,8 @@ _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 _LD_SCALE = 0xFFFFFFFFFFFFFFF  # 15 hex digits: the divisor LaunchDarkly's SDKs use
 _mmh3 = mmh3.hash
+UNIT_PLACEHOLDER = "{unit}"
+"""Where a flagd ``template`` puts the unit's key."""
 _sha1 = hashlib.sha1
 _UTF16 = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"  # read back in native order
 MAX_FNV_KEY = 1024
@@ -241,16 +244,29 @@ class GrowthBook(BucketingScheme):
 
 
 class Flagd(BucketingScheme):
-    """flagd's ``fractional`` over two variants: the new path's weight, then the old's."""
+    """flagd's ``fractional`` over two variants: the new path's weight, then the old's.
 
-    __slots__ = ("flag_key", "head")
+    With ``template`` (a text holding ``{unit}`` once), the bucketing expression of a
+    ``fractional`` whose value is that text: ``{"cat": ["campaign-7:", {"var":
+    "targetingKey"}]}`` is ``"campaign-7:{unit}"``. flagd hashes the CBOR of the expression's
+    value, a text, instead of the pair.
+    """
+
+    __slots__ = ("flag_key", "head", "prefix", "suffix", "template")
     name = "flagd"
 
-    def __init__(self, flag_key: str) -> None:
+    def __init__(self, flag_key: str, template: str | None = None) -> None:
         self.flag_key = flag_key
         self.head = b"\x82" + _cbor_text(flag_key)  # an array of two, then the flag's key
+        self.template = template
+        self.prefix, _, self.suffix = (template or "").partition(UNIT_PLACEHOLDER)
 
     def position(self, key: str) -> int:
+        if self.template is not None:
+            # The expression's text: an empty targeting key reaches it as null, which
+            # JsonLogic's ``cat`` writes as "null".
+            text = self.prefix + (key or "null") + self.suffix
+            return (_mmh3(_cbor_text(text), 0, False) * 100) >> 32
         if not key:
             return 100  # never in: the SDK serves the default to a unit without an id
         data = key.encode("utf-8", "surrogatepass")
@@ -262,6 +278,8 @@ class Flagd(BucketingScheme):
         return int(_exact(percent))  # bucket < the new path's weight, of 100
 
     def describe(self) -> str:
+        if self.template is not None:
+            return f"flagd, template {self.template!r}"
         return f"flagd, flag_key {self.flag_key!r}"
 
 

@@ -10,13 +10,18 @@ of flagd's Python provider) evaluates it:
   (a whole one) with ``flagd`` bucketing on the flag's key, the new path's variant listed
   first; ``DISABLED`` is 0 %, and a flag that serves everyone else one variant is at 0 % or
   100 %, with stagedroll's own bucketing (it has no cohort to keep);
+- a custom bucketing expression first in the ``fractional`` (``{"cat": ["campaign-7:",
+  {"var": "targetingKey"}]}``) is a ``flagd`` bucketing ``template`` where its value is text
+  made of literal texts, the flag's key and one of the targeting key or an attribute (then
+  ``bucket_by``); the units on which flagd and stagedroll read it apart are reported;
 - an ``if`` chain's conditions on the targeting key (``in`` a list of keys) go to
   ``targeting.allow`` (new path) or ``targeting.deny`` (old path), and conditions on other
   attributes that serve the new path become segments included from stage 0, where the rule
   is exactly equivalent (:mod:`stagedroll.importers._flagd_rules` reads the rules);
 - every other part is reported in :attr:`Imported.unmapped`: what flagd does, and what the
   imported rollout does instead. A flag with no rollout to keep (an experiment of three
-  variants, a custom bucketing expression, a percent finer than whole) is left out.
+  variants, a bucketing expression that no template expresses, a percent finer than whole)
+is left out.
 
 The new path is, for a boolean flag, its variants whose value is ``true``. For any other
 flag, it is the first variant of the ``fractional`` (the second being the old path) or,
@@ -32,14 +37,19 @@ its size.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import mmh3
+
+from .. import Bucketing
 from .._document import clipped
 from ._flagd_rules import (
     TOO_MANY,
+    UNIT,
+    Expression,
     Note,
     Rules,
     kind_of,
@@ -61,6 +71,8 @@ _BARE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 _YAML = "(YAML reads a bare on, off, yes or no as a boolean: quote it)"
 _LEFT_OUT = "the flag is left out of the policy"
 _INSTEAD = "units matching it get what the rest of the targeting gives them"
+# flagd-core's bucket of 100 for an expression whose value is the empty text (CBOR 0x60).
+_EMPTY_TEXT = (mmh3.hash(b"\x60", 0, False) * 100) >> 32
 
 
 def from_flagd(
@@ -157,6 +169,7 @@ class _Import:
         self.rules = Rules(evaluators)
         self.draft = Draft("flagd", keys)
         self.key = self.where = ""
+        self.expression: Expression | None = None  # the flag's bucketing expression, if any
 
     @property
     def shown_key(self) -> str:
@@ -193,11 +206,49 @@ class _Import:
         percent = None if sides is None else self.percent(last, arms, at, sides)
         if sides is None or percent is None:
             return
-        if sides.of(None) == "new" and last[0] == "fractional" and 0 < percent < 100:
+        bucketed = last[0] == "fractional"
+        if bucketed and self.expression is not None:
+            for reason in self.value_notes(self.expression, percent, sides):
+                self.report(f"{at}.fractional[0]", reason)
+        elif sides.of(None) == "new" and bucketed and 0 < percent < 100:
             self.report(".defaultVariant", "flagd serves the default variant, the new path, "
                         "to a unit without a targeting key; stagedroll's flagd bucketing never "
                         "lets the empty unit in")  # fmt: skip
-        self.add(percent, *self.branches(branches, sides), bucketed=last[0] == "fractional")
+        self.add(percent, *self.branches(branches, sides), bucketed=bucketed)
+
+    def value_notes(self, expression: Expression, percent: int, sides: _Sides) -> Iterator[str]:
+        """Where flagd and the rollout read the expression apart, and the answers differ.
+
+        Each case is checked at the rollout's percent: a unit without a targeting key (a bare
+        ``var``), and with ``bucket_by`` a unit without the attribute or with empty text.
+        """
+        scheme = Bucketing(scheme="flagd", template=expression.template).for_rollout(self.key)
+        null_in = scheme.position("") < percent  # the text with "null" for the unit
+        default_new = sides.of(None) == "new"
+        name = expression.attribute
+        if name is None:
+            if expression.bare and default_new != null_in:
+                yield (f"flagd serves the default variant, {_path(default_new)}, to a unit "
+                       "without a targeting key that no rule matches (the expression is "
+                       "null); the imported rollout buckets it on the text 'null', "
+                       f"{_path(null_in)}")  # fmt: skip
+            return
+        if default_new if expression.bare else null_in:
+            how = "serves the default variant, the new path,"
+            if not expression.bare:
+                how = "buckets on the text 'null' in its place, which gives the new path,"
+            yield (
+                f"flagd {how} to a unit without {shown(name)}; stagedroll's bucket_by "
+                "counts such a unit as no unit (off). Units that have it keep their cohort"
+            )
+        empty = expression.template.replace(UNIT, "")
+        empty_in = (_flagd_bucket(empty) if empty else _EMPTY_TEXT) < percent
+        if empty_in != null_in:
+            null = expression.template.replace(UNIT, "null")
+            yield (
+                f"flagd buckets a unit whose {shown(name)} is empty text on {shown(empty)}, "
+                f"{_path(empty_in)}; the imported rollout on {shown(null)}, {_path(null_in)}"
+            )
 
     def add(
         self, percent: int, targeting: dict[str, Any], segments: list[Any], *, bucketed: bool
@@ -213,7 +264,12 @@ class _Import:
         if named:
             stages[0]["segments"] = named
         rollout: dict[str, Any] = {"description": f"Imported from flagd flag {self.key}"}
-        if bucketed:
+        expression = self.expression
+        if bucketed and expression is not None:
+            if expression.attribute is not None:
+                rollout["bucket_by"] = expression.attribute
+            rollout["bucketing"] = {"scheme": "flagd", "template": expression.template}
+        elif bucketed:
             rollout["bucketing"] = {"scheme": "flagd", "flag_key": self.key}
         rollout["stages"] = stages
         if targeting:
@@ -237,6 +293,7 @@ class _Import:
         """The if chain's (condition, origin, answer, path) branches, then the last answer."""
         branches: list[Any] = []
         at = ".targeting"
+        self.expression = None  # a new flag's targeting: arms() reads its expression
         node, origin = self.rules.deref(targeting, -1)
         if not node:  # flagd serves the default variant without a rule
             return branches, ("default", None, origin), at
@@ -336,13 +393,15 @@ class _Import:
         if not args:
             return "has no arguments"
         if not isinstance(self.rules.deref(args[0], origin)[0], list):
-            return ("buckets on a custom expression: flagd-core 2 hashes that expression's "
-                    "value, and stagedroll's flagd bucketing the pair (flag key, targeting "
-                    "key) of the shorthand form, so the cohorts differ")  # fmt: skip
+            expression = self.rules.expression(args[0], origin, self.key)
+            if isinstance(expression, str):
+                return expression
+            self.expression, args = expression, args[1:]
         if not self.rules.take(len(args)):
             return TOO_MANY
         arms: Arms = []
-        for i, item in enumerate(args):
+        first = 0 if self.expression is None else 1  # the arms' index in the fractional
+        for i, item in enumerate(args, first):
             arm = self.rules.deref(item, origin)[0]
             if not isinstance(arm, list) or not 1 <= len(arm) <= 2:
                 return f"argument {i} is not a [variant, weight] pair"
@@ -361,11 +420,16 @@ class _Import:
         decided: set[str] = set()
         segments: list[Any] = []
         earlier = ""  # the first rule that serves the new path by attributes
+        by = None if self.expression is None else self.expression.attribute
         for condition, origin, (kind, value, _), at in branches:
             side = sides.of(value) if kind in ("default", "variant") else kind
             ids = self.rules.ids(condition, origin)
             if isinstance(ids, str):
                 self.report(at, f"{ids}; {_INSTEAD}")
+            elif ids is not None and side in ("new", "old") and by is not None:
+                self.report(at, f"tests the targeting key, and the rollout buckets by "
+                            f"{shown(by)}, whose value stagedroll's allow and deny lists "
+                            f"would match; {_INSTEAD}")  # fmt: skip
             elif ids is not None and side in ("new", "old"):
                 fresh = [unit for unit in dict.fromkeys(ids) if unit not in decided]
                 decided.update(fresh)
@@ -383,6 +447,10 @@ class _Import:
             else:
                 segments.append(segment)
                 earlier = earlier or f"the rule at {self.where}{at}"
+                if by is not None:
+                    self.report(at, f"flagd serves the new path to a unit matching it that has "
+                                f"no {shown(by)} too; stagedroll's bucket_by counts such a unit "
+                                "as no unit (off), before its segments")  # fmt: skip
         return {k: v for k, v in lists.items() if v}, segments
 
     def segment(self, condition: object, origin: int, at: str) -> dict[str, Any] | str:
@@ -403,6 +471,15 @@ def _branch_reason(kind: str, side: str, value: object) -> str:
         return ("restricts the rollout: flagd serves the old path to units matching it, and "
                 f"stagedroll cannot exclude a group; {_INSTEAD}")  # fmt: skip
     return f"answers with a nested rule ({why(value)}), which does not map; {_INSTEAD}"
+
+
+def _path(new: bool) -> str:
+    return "the new path" if new else "the old path"
+
+
+def _flagd_bucket(text: str) -> int:
+    """flagd-core's bucket of 100 for an expression whose value is ``text`` (not empty)."""
+    return Bucketing(scheme="flagd", template=UNIT).for_rollout("").position(text)
 
 
 def _where(key: object) -> str:

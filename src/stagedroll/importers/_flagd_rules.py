@@ -12,6 +12,10 @@ it reads (ids, compared values, conditions, a fractional's arms) is charged to o
 of :data:`~stagedroll._document.MAX_NODES` per import (:meth:`Rules.take`), so a ``$ref``
 that repeats a long list in every flag ends in a report, in time linear in the export's
 size.
+
+A ``fractional``'s custom bucketing expression is read as a ``flagd`` template
+(:meth:`Rules.expression`): a ``cat`` of texts, the flag's key and one attribute, or a bare
+``{"var": name}``.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .. import Rule
+from .. import Bucketing, Rule
 from .._document import MAX_NODES
 
 __all__ = [
     "TOO_MANY",
+    "UNIT",
+    "Expression",
     "Note",
     "Rules",
     "kind_of",
@@ -53,6 +60,24 @@ _ORDER = (
     "compares as JsonLogic does (a missing attribute is 0, text is read as a number), "
     "and stagedroll's lt, le, gt, ge compare numbers with numbers, text with text"
 )
+UNIT = "{unit}"
+"""Where a ``flagd`` template puts the unit's key."""
+_FLAG_KEY = "$flagd.flagKey"
+_CUSTOM = "buckets on a custom expression that no flagd template expresses"
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A ``fractional``'s bucketing expression, as a ``flagd`` bucketing template."""
+
+    template: str
+    """The expression's value, ``{unit}`` where the unit's key goes."""
+    attribute: str | None
+    """The attribute read in the unit's place (``bucket_by``), or ``None``: the targeting key."""
+    bare: bool
+    """A lone ``{"var": name}``: flagd serves the default where it is null, not "null"."""
+
+
 _REASONS = {"!=": _NOT, "!==": _NOT, "<": _ORDER, "<=": _ORDER, ">": _ORDER, ">=": _ORDER}
 
 
@@ -99,6 +124,60 @@ class Rules:
                 return Note(f"{reason} (flagd fails, and serves the code's default)"), origin
             node, origin = self.evaluators[name], index
         return node, origin
+
+    def expression(self, node: object, origin: int, flag_key: str) -> Expression | str:
+        """A fractional's bucketing expression as a template, or why it does not map.
+
+        The expression maps when its value is text made of literal texts, the flag's key and
+        exactly one of the targeting key or an attribute: ``{"cat": [...]}`` of those, or a
+        lone ``{"var": name}``.
+        """
+        node, origin = self.deref(node, origin)
+        op = operation(node)
+        if op is None or op[0] not in ("cat", "var"):
+            return f"{_CUSTOM} ({why(node)}; a cat of texts and vars, or a var, maps)"
+        bare = op[0] == "var"
+        parts = [node] if bare else op[1]
+        if not self.take(len(parts)):
+            return TOO_MANY
+        texts: list[str] = []
+        unit: str | None = None
+        for i, raw in enumerate(parts):
+            part = self.deref(raw, origin)[0]
+            name = _var(part)
+            where = "it" if bare else f"its part {i}"
+            if isinstance(part, str) or name == _FLAG_KEY:
+                text = part if isinstance(part, str) else flag_key
+                if UNIT in text:
+                    return (f"{_CUSTOM}: {where} holds the text {UNIT}, which would make the "
+                            "template's placeholder ambiguous")  # fmt: skip
+                texts.append(text)
+            elif name is None:
+                return (f"{_CUSTOM}: {where} {why(part)}, not text, the flag's key or a "
+                        '{"var": name}')  # fmt: skip
+            elif name.startswith("$flagd") or "." in name:
+                return (f"{_CUSTOM}: {where} reads {shown(name)}, which no attribute of "
+                        "stagedroll holds")  # fmt: skip
+            elif unit is not None:
+                return f"{_CUSTOM}: it reads both {shown(unit)} and {shown(name)}"
+            else:
+                unit = name
+                texts.append(UNIT)
+        if unit is None:
+            return (f"{_CUSTOM}: it reads neither the targeting key nor an attribute, so "
+                    "every unit gets the same bucket")  # fmt: skip
+        at = texts.index(UNIT)
+        prefix, suffix = "".join(texts[:at]), "".join(texts[at + 1 :])
+        template = prefix + UNIT + suffix
+        if template.partition(UNIT) != (prefix, UNIT, suffix):
+            return (f"{_CUSTOM}: its texts joined make {UNIT} appear twice, which would make "
+                    "the template's placeholder ambiguous")  # fmt: skip
+        try:
+            Bucketing(scheme="flagd", template=template)
+        except ValueError:
+            return f"{_CUSTOM}: its text, {shown(template)}, is not one a template can hold"
+        attribute = None if unit == "targetingKey" else unit
+        return Expression(template, attribute, bare)
 
     def ids(self, node: object, origin: int, *, inner: bool = False) -> list[str] | str | None:
         """The targeting keys a condition lists (``None``: not such a condition; text: why).
