@@ -114,6 +114,7 @@ class Names:
     def __init__(self, keys: Iterable[str] = ()) -> None:
         self._taken: set[str] = set()
         self._reserved = {key for key in keys if _NAME.fullmatch(key)}
+        self._next: dict[str, int] = {}  # the next suffix to try for each base: no rescans
 
     def name(self, key: str) -> str:
         """A new rollout name for flag ``key``."""
@@ -121,10 +122,13 @@ class Names:
             self._taken.add(key)
             return key
         base = key if _NAME.fullmatch(key) else _slug(key)
-        name, n = base, 2
-        while name in self._taken or (name != key and name in self._reserved):
+        name, n = base, self._next.get(base, 2)
+        if name in self._taken or (name != key and name in self._reserved):
+            name = ""
+        while not name or name in self._taken or name in self._reserved:
             suffix = f"-{n}"
             name, n = base[: 128 - len(suffix)] + suffix, n + 1
+        self._next[base] = n
         self._taken.add(name)
         return name
 
@@ -286,7 +290,34 @@ def read_export(path: str | Path, *, max_bytes: int = MAX_EXPORT_BYTES) -> objec
         raise OSError(errno.EINVAL, "not a regular file", str(path))
     fmt: Literal["json", "yaml"] = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
     text = decode(read_document(path, max_bytes=max_bytes), source=str(path))
-    return parse_document(text, fmt, source=str(path))
+    data = parse_document(text, fmt, source=str(path))
+    duplicates = _duplicate_keys(data)
+    if duplicates:  # which of the values would count is the reader's guess: refused
+        raise refuse(duplicates, str(path))
+    return data
+
+
+def _duplicate_keys(data: object) -> list[tuple[str, str]]:
+    """Each key an object of the file gives more than once, at its path (JSON allows it)."""
+    problems: list[tuple[str, str]] = []
+    stack: list[tuple[object, str]] = [(data, "")]
+    while stack and len(problems) < _LISTED:
+        value, path = stack.pop()
+        if isinstance(value, Mapping):
+            for key, count in getattr(value, "duplicates", {}).items():
+                problems.append((_joined(path, key), f"duplicate key (given {count} times)"))
+            stack.extend((v, _joined(path, k)) for k, v in value.items() if _nested(v))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value) if _nested(v))
+    return problems
+
+
+def _nested(value: object) -> bool:
+    return isinstance(value, Mapping | list)
+
+
+def _joined(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
 
 
 def refuse(problems: Iterable[tuple[str, str]], source: str | None = None) -> PolicyError:

@@ -69,6 +69,8 @@ def shown(value: object) -> str:
         text = json.dumps(value, ensure_ascii=False)
     except ValueError:  # an integer of more digits than Python converts to text
         return "a number too long to show"
+    except TypeError:  # not a JSON value (a program's bytes, set or object)
+        return f"a {type(value).__name__}"
     return text if len(text) <= 60 else text[:57] + '..."'
 
 
