@@ -69,10 +69,12 @@ class Plan:
     ) -> None:
         self.name = name
         self.policy = policy
-        self.prefix = policy.salt_or(name) + ":"
         scheme = policy.scheme(name)
         self.scheme: BucketingScheme | None = None if isinstance(scheme, Stagedroll) else scheme
         """Another system's bucketing; ``None`` for stagedroll's own (``prefix`` and a hash)."""
+        self.prefix = scheme.prefix if isinstance(scheme, Stagedroll) else ""
+        """``salt:``, what stagedroll's own bucketing hashes before the unit (the fast paths
+        that inline its hash run only with it)."""
         cut = scheme.cut
         self.bucket_by = policy.bucket_by
         self.allow = frozenset(policy.targeting.allow)
